@@ -1,0 +1,186 @@
+"""Input data: one preprocessing path shared by eager, every artifact, and calibration.
+
+``preprocess`` turns a PIL image into the recipe's normalized CHW float32 array using
+torchvision transforms (resize shorter side -> center crop -> to tensor -> normalize).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import CalibrationError
+from .recipes import InputSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def build_transform(spec: InputSpec):
+    """The torchvision transform that maps a PIL image to the model's input tensor."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.CenterCrop(spec.size),
+        T.ToTensor(),
+        T.Normalize(mean=spec.mean, std=spec.std),
+    ])
+
+
+def convert_mode(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, str | None]:
+    """Convert an image to the recipe's colour mode; return the note describing any conversion."""
+    if image.mode == spec.color_mode:
+        return image, None
+    note = f"{image.mode}->{spec.color_mode}"
+    if image.mode in ("RGBA", "LA", "P") and spec.color_mode == "RGB":
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)  # alpha composited onto white
+        note += " (alpha on white)"
+    return image.convert(spec.color_mode), note
+
+
+def preprocess(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """One PIL image -> CHW float32 array, exactly as every runner and calibration sees it."""
+    image, _ = convert_mode(image, spec)
+    return build_transform(spec)(image).numpy().astype(np.float32)
+
+
+@dataclass
+class ImageBatch:
+    """Preprocessed images plus what happened while reading them."""
+
+    array: np.ndarray  # NCHW float32
+    labels: np.ndarray | None = None  # class indices when the folder had class subfolders
+    class_names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    conversions: dict[str, int] = field(default_factory=dict)  # "RGBA->RGB" -> count
+    source: str = ""
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+
+def _list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def load_image_folder(root: str | Path, spec: InputSpec, limit: int | None = None) -> ImageBatch:
+    """Read an image folder; class subfolders (``root/<class>/img.jpg``) become labels.
+
+    Unreadable or non-image files are skipped and listed in ``skipped``; mode conversions are
+    counted in ``conversions``. Raises :class:`CalibrationError` when nothing usable is found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CalibrationError(f"image folder '{root}' does not exist",
+                               fix="pass a directory of images (optionally one subfolder per class)")
+    files = _list_images(root)
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir())
+    labelled = bool(subdirs) and all(f.parent != root for f in files)
+    arrays, labels, paths, skipped, conversions = [], [], [], [], {}
+    transform = build_transform(spec)
+    for path in files:
+        if limit is not None and len(arrays) >= limit:
+            break
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((str(path), "not an image file extension"))
+            continue
+        try:
+            with Image.open(path) as img:
+                img.load()
+                img, note = convert_mode(img, spec)
+                arrays.append(transform(img).numpy().astype(np.float32))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            skipped.append((str(path), f"unreadable: {err}"))
+            continue
+        if note:
+            conversions[note] = conversions.get(note, 0) + 1
+        paths.append(str(path))
+        if labelled:
+            labels.append(subdirs.index(path.relative_to(root).parts[0]))
+    if not arrays:
+        raise CalibrationError(
+            f"no usable images in '{root}' ({len(files)} files, {len(skipped)} skipped)",
+            fix="point at a folder of .jpg/.png images; see calibration/README.md",
+        )
+    return ImageBatch(
+        array=np.stack(arrays), labels=np.array(labels) if labelled else None,
+        class_names=subdirs if labelled else [], paths=paths, skipped=skipped,
+        conversions=conversions, source=str(root),
+    )
+
+
+def packaged_photos() -> list[tuple[str, Image.Image]]:
+    """Natural photos shipped by installed packages (scikit-image, matplotlib, scikit-learn)."""
+    photos: list[tuple[str, Image.Image]] = []
+    try:
+        from skimage import data as skdata
+
+        for name in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
+                     "cat"):
+            fn = getattr(skdata, name, None)
+            if fn is None:
+                continue
+            try:
+                arr = fn()
+            except Exception:  # some datasets need pooch downloads; skip those offline
+                continue
+            if arr.ndim == 3 and arr.shape[2] in (3, 4):
+                photos.append((f"skimage:{name}", Image.fromarray(arr[..., :3])))
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook as cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as fh:
+            photos.append(("matplotlib:grace_hopper", Image.open(fh).convert("RGB")))
+    except Exception:
+        pass
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for i, arr in enumerate(load_sample_images().images):
+            photos.append((f"sklearn:sample_{i}", Image.fromarray(arr)))
+    except Exception:
+        pass
+    return photos
+
+
+def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0) -> ImageBatch:
+    """``count`` deterministic random crops of the packaged photos, preprocessed for ``spec``.
+
+    Different ``seed`` (or ``offset``) values give disjoint-looking sets, so calibration and
+    evaluation can use different crops of the same photos.
+    """
+    photos = packaged_photos()
+    if not photos:
+        raise CalibrationError("no packaged sample photos found",
+                               fix="pip install scikit-image matplotlib (they ship natural photos)")
+    rng = np.random.default_rng(seed)
+    transform = build_transform(spec)
+    arrays, paths = [], []
+    for i in range(offset + count):
+        name, photo = photos[int(rng.integers(len(photos)))]
+        w, h = photo.size
+        side = int(rng.uniform(0.35, 1.0) * min(w, h))
+        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        flip = bool(rng.integers(2))
+        if i < offset:
+            continue
+        crop = photo.crop((x0, y0, x0 + side, y0 + side))
+        if flip:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop, _ = convert_mode(crop, spec)
+        arrays.append(transform(crop).numpy().astype(np.float32))
+        paths.append(f"{name}[{x0},{y0},{side}{',flip' if flip else ''}]")
+    return ImageBatch(array=np.stack(arrays), paths=paths, source=f"packaged photos (seed {seed})")
+
+
+def random_inputs(spec: InputSpec, count: int, seed: int = 0) -> np.ndarray:
+    """Standard-normal NCHW inputs (already 'normalized'), deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, spec.channels, *spec.size)).astype(np.float32)
