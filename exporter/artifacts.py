@@ -1,0 +1,75 @@
+"""Artifact bookkeeping: manifest entries with hashes, atomic staging, tool versions."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("zoo-exporter", "torch", "torchvision", "onnx", "onnxruntime", "onnxsim",
+                    "onnxslim", "onnxscript", "onnxconverter-common", "numpy", "tensorrt")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_entry(path: Path, fmt: str, precision: str, **details: Any) -> dict[str, Any]:
+    """Manifest entry for one artifact file (its sha256 and size are computed here)."""
+    return {"file": path.name, "format": fmt, "precision": precision, "sha256": sha256_file(path),
+            "bytes": path.stat().st_size, "details": details}
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read ``directory/manifest.json`` (raises FileNotFoundError if absent)."""
+    return json.loads((Path(directory) / MANIFEST).read_text())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+@contextmanager
+def staging(final_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success its files move into ``final_dir``.
+
+    On any exception the staging directory is deleted and ``final_dir`` is left untouched (and
+    not created), so a failed command leaves no half-written artifact behind.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.staging-", dir=final_dir.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    final_dir.mkdir(exist_ok=True)
+    for item in stage.iterdir():
+        target = final_dir / item.name
+        if target.is_dir() and item.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,221 @@
+"""Load stage: resolve a model spec to a recipe, build the module, load weights.
+
+Model specs: a recipe name (``mobilenet_v3_small``), ``torchvision:<name>`` for any torchvision
+classifier, or ``path/to/file.py:factory`` for a user's own ``nn.Module``.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import pickle
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputSpecError, UnknownModelError, UsageError, WeightsError
+from .recipes import InputSpec, PrepareSpec, Recipe, get_recipe
+
+# torchvision classifiers whose auxiliary heads the deploy form removes.
+TORCHVISION_AUX = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
+
+
+def _torchvision_classifiers() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _torchvision_recipe(name: str) -> Recipe:
+    import torchvision.models as tvm
+
+    names = _torchvision_classifiers()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join('torchvision:' + c for c in close)}?" if close else \
+            "see torchvision.models.list_models(module=torchvision.models)"
+        raise UnknownModelError(f"'{name}' is not a torchvision classification model", fix=hint)
+    default = tvm.get_model_weights(name).DEFAULT
+    tr = default.transforms()  # metadata only: no download
+    crop, resize = int(tr.crop_size[0]), int(tr.resize_size[0])
+    spec = InputSpec(size=(crop, crop), resize=resize, mean=tuple(tr.mean), std=tuple(tr.std))
+    aux = TORCHVISION_AUX.get(name, ())
+    kwargs = {"aux_logits": True, "init_weights": True} if aux else {}
+    return Recipe(name=name, family="torchvision", source="torchvision", builder=name,
+                  input=spec, prepare=PrepareSpec(strip_aux=aux), weights="DEFAULT",
+                  builder_kwargs=kwargs, description=f"torchvision.models.{name} (no zoo recipe)")
+
+
+def _file_recipe(spec_str: str, input_spec: InputSpec, num_classes: int | None) -> Recipe:
+    path, _, factory = spec_str.rpartition(":")
+    if not Path(path).is_file():
+        raise UnknownModelError(f"model file '{path}' does not exist",
+                                fix="pass an existing path/to/file.py:factory")
+    return Recipe(name=f"{Path(path).stem}_{factory}", family="custom", source="file",
+                  builder=f"{Path(path).resolve()}:{factory}", num_classes=num_classes or 1000,
+                  input=input_spec, description=f"user module {spec_str}")
+
+
+def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int | None = None,
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                  num_classes: int | None = None) -> tuple[Recipe, InputSpec]:
+    """Turn a model spec into (recipe, input spec actually used), validating the input size."""
+    if spec_str.startswith("torchvision:"):
+        recipe = _torchvision_recipe(spec_str.split(":", 1)[1])
+    elif ".py:" in spec_str:
+        base = InputSpec(channels=channels or 3, size=(input_size or 224,) * 2,
+                         resize=round((input_size or 224) * 256 / 224),
+                         mean=mean or (0.485, 0.456, 0.406)[: channels or 3],
+                         std=std or (0.229, 0.224, 0.225)[: channels or 3], min_size=1)
+        if len(base.mean) != base.channels or len(base.std) != base.channels:
+            raise UsageError(f"--mean/--std need {base.channels} values each")
+        recipe = _file_recipe(spec_str, base, num_classes)
+    else:
+        recipe = get_recipe(spec_str)
+    spec = recipe.input
+    if input_size is not None and input_size != max(spec.size):
+        if spec.fixed_size:
+            raise InputSpecError(f"{recipe.name} only takes {spec.size[0]}x{spec.size[1]} inputs "
+                                 f"(got --input-size {input_size})", fix="drop --input-size")
+        if input_size < spec.min_size:
+            raise InputSpecError(f"{recipe.name} needs inputs of at least {spec.min_size}x"
+                                 f"{spec.min_size} (got --input-size {input_size})",
+                                 fix=f"use --input-size {spec.min_size} or larger")
+        spec = spec.with_size(input_size)
+    return recipe, spec
+
+
+def _instantiate(recipe: Recipe, tv_weights: Any = None) -> nn.Module:
+    if recipe.source == "torchvision":
+        import torchvision.models as tvm
+
+        kwargs = dict(recipe.builder_kwargs)
+        if tv_weights is not None:  # torchvision fixes these itself for pretrained weights
+            for key in ("transform_input", "init_weights"):
+                kwargs.pop(key, None)
+        else:
+            kwargs["num_classes"] = recipe.num_classes
+        return tvm.get_model(recipe.builder, weights=tv_weights, **kwargs)
+    if recipe.source == "zoo":
+        from .zoo import ZOO_BUILDERS
+
+        return ZOO_BUILDERS[recipe.builder](num_classes=recipe.num_classes, **recipe.builder_kwargs)
+    path, _, factory = recipe.builder.rpartition(":")
+    module_spec = importlib.util.spec_from_file_location(f"user_model_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, factory, None)
+    if fn is None:
+        raise UnknownModelError(f"'{path}' has no attribute '{factory}'",
+                                fix=f"define {factory}() returning an nn.Module in {path}")
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise UnknownModelError(f"{path}:{factory}() returned {type(model).__name__}, not nn.Module")
+    return model
+
+
+def _torchvision_weights(recipe: Recipe, name: str):
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(recipe.builder)
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise WeightsError(f"{recipe.name} has no torchvision weights '{name}'",
+                           fix=f"use one of {['DEFAULT'] + [w.name for w in enum]}") from None
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"checkpoint '{path}' does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise WeightsError(
+            f"checkpoint '{path}' needs arbitrary code execution to load (weights_only=True "
+            f"refused it: {first})",
+            fix="re-save it as a plain state_dict: torch.save(model.state_dict(), 'model.pth')",
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"checkpoint '{path}' is not a state_dict of tensors",
+                           fix="save it with torch.save(model.state_dict(), path)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
+    """Strictly load a local state_dict; keys of heads the recipe strips may be absent."""
+    state = _read_checkpoint(path)
+    own = model.state_dict()
+    aux = tuple(f"{name}." for name in recipe.prepare.strip_aux)
+    missing = [k for k in own if k not in state and not k.startswith(aux)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:3])})")
+        raise WeightsError(f"checkpoint '{path}' does not match {recipe.name}: " + "; ".join(parts),
+                           fix="check the model name and --num-classes, or pass the checkpoint of this architecture")
+    model.load_state_dict(state, strict=False)
+
+
+def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str | Path | None = None,
+                seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the module in eval mode and load its weights; returns (model, weights info).
+
+    With neither ``weights`` nor ``checkpoint`` the model gets a seeded random init whose
+    BatchNorm statistics are also randomized (default statistics would hide folding bugs).
+    """
+    if weights and checkpoint:
+        raise UsageError("--weights and --checkpoint are mutually exclusive", fix="pass only one")
+    info: dict[str, Any]
+    torch.manual_seed(seed)
+    if weights:
+        if recipe.source != "torchvision":
+            raise WeightsError(f"{recipe.name} is not a torchvision model: it has no named weights",
+                               fix="pass --checkpoint PATH with a state_dict, or omit --weights for random init")
+        tv_weights = _torchvision_weights(recipe, weights)
+        try:
+            model = _instantiate(replace(recipe, num_classes=1000), tv_weights)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise WeightsError(
+                f"could not download torchvision weights {tv_weights} ({type(err).__name__}: {err})",
+                fix=f"run once with internet access (cached in {torch.hub.get_dir()}), or pass "
+                    "--checkpoint PATH to a local state_dict",
+            ) from None
+        info = {"kind": "torchvision", "name": str(tv_weights), "url": tv_weights.url}
+    else:
+        model = _instantiate(recipe)
+        if checkpoint:
+            load_checkpoint(model, Path(checkpoint), recipe)
+            digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+            info = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "sha256": digest}
+        else:
+            from .prepare import randomize_bn_stats
+
+            randomize_bn_stats(model, seed)
+            info = {"kind": "random", "seed": seed, "bn_stats": "randomized"}
+    return model.eval(), info
+
+
+def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> None:
+    """Run one forward pass at the requested size; a shape error becomes an InputSpecError."""
+    dummy = torch.zeros(1, spec.channels, *spec.size)
+    try:
+        with torch.no_grad():
+            model(dummy)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise InputSpecError(
+            f"{recipe.name} cannot take a 1x{spec.channels}x{spec.size[0]}x{spec.size[1]} input ({first})",
+            fix=f"use the recipe's size {recipe.input.size[0]} or a size >= {recipe.input.min_size}",
+        ) from None

@@ -1,0 +1,81 @@
+"""Model options shared by ``export``, ``parity`` and ``build``, and the request they make."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import UsageError
+from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
+from .pipeline import ExportRequest
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def add_model_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """The options that say which model (and which weights, size, graph form) to export."""
+    parser.add_argument("model", nargs=None if model_required else "?",
+                        help="recipe name, torchvision:<name>, or path/to/file.py:factory")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...)")
+    weights.add_argument("--checkpoint", help="local state_dict file (loaded with weights_only=True)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
+    parser.add_argument("--output", "-o", type=Path, help="artifact directory (default artifacts/<model>)")
+    parser.add_argument("--input-size", type=int, help="square input size, where the architecture allows")
+    parser.add_argument("--channels", type=int, help="input channels (file.py:factory models)")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean (file.py:factory models)")
+    parser.add_argument("--std", type=_floats, help="per-channel std (file.py:factory models)")
+    parser.add_argument("--num-classes", type=int, help="classes (file.py:factory models)")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch axis)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
+                        help=f"torch ONNX exporter (default {DEFAULT_EXPORTER}, see docs/zoo.md)")
+    parser.add_argument("--simplifier", choices=SIMPLIFIERS, default=DEFAULT_SIMPLIFIER,
+                        help=f"ONNX simplifier (default {DEFAULT_SIMPLIFIER})")
+    parser.add_argument("--simplify-fallback", action="store_true",
+                        help="keep the unsimplified graph if simplification fails (default: error)")
+
+
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """FP16/INT8 options (the quantize stage)."""
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    parser.add_argument("--calibration", help="INT8 calibration data: an image folder or an .npy of "
+                        "preprocessed NCHW tensors (see calibration/README.md)")
+    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"))
+    parser.add_argument("--calibration-samples", type=int)
+    parser.add_argument("--target", choices=("tensorrt", "cpu"), help="INT8 Q/DQ placement (default tensorrt)")
+    parser.add_argument("--max-accuracy-drop", type=float,
+                        help="INT8 budget in top-1 points (default 1.0, or >=97%% agreement without labels)")
+
+
+def quant_options(args: argparse.Namespace) -> dict:
+    names = {"calibration": "calibration", "calibration_method": "method",
+             "calibration_samples": "samples", "target": "target",
+             "max_accuracy_drop": "max_accuracy_drop"}
+    return {dest: getattr(args, src) for src, dest in names.items()
+            if getattr(args, src, None) is not None}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not formats:
+        raise UsageError("--format is empty", fix="use --format onnx, torchscript or onnx,torchscript")
+    return formats
+
+
+def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> ExportRequest:
+    """Build the ExportRequest the model options describe."""
+    return ExportRequest(
+        model=args.model, formats=formats, output=args.output, weights=args.weights,
+        checkpoint=args.checkpoint, seed=args.seed, input_size=args.input_size,
+        channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
+        batch=args.batch, opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
+        simplify_fallback=args.simplify_fallback, precision=getattr(args, "precision", "fp32"),
+        quant=quant_options(args),
+    )

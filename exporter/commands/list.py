@@ -1,0 +1,34 @@
+"""``exporter list``: every recipe with family, input size, source and prepare steps."""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list the zoo's recipes")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..recipes import all_recipes
+
+    recipes = all_recipes()
+    if args.json:
+        print(json.dumps([{"name": r.name, "family": r.family, "source": r.source,
+                           "input": list(r.input.size), "channels": r.input.channels,
+                           "classes": r.num_classes, "prepare": r.prepare_steps,
+                           "weights": r.weights} for r in recipes.values()], indent=2))
+        return 0
+    table = Table(title=f"zoo-exporter recipes ({len(recipes)})")
+    for col in ("model", "family", "input", "source", "pretrained", "prepare"):
+        table.add_column(col)
+    for r in recipes.values():
+        h, w = r.input.size
+        table.add_row(r.name, r.family, f"{r.input.channels}x{h}x{w}", r.source,
+                      r.weights or "-", ", ".join(r.prepare_steps))
+    Console(width=140).print(table)
+    return 0

@@ -1,0 +1,122 @@
+"""Export and simplify stages: ONNX (torch's two exporters), simplification, TorchScript."""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import ExportError, SimplifyError, UsageError
+from .recipes import InputSpec
+
+EXPORTERS = ("torchscript", "dynamo")
+SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
+DEFAULT_OPSET = 18
+# Chosen from docs/zoo.md (scripts/zoo_table.py): the TorchScript-based exporter is faster and,
+# after simplification, gives graphs of the same size with the same parity over the zoo.
+DEFAULT_EXPORTER = "torchscript"
+DEFAULT_SIMPLIFIER = "onnxsim"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(node.op_type for node in model.graph.node))
+
+
+def _dummy(spec: InputSpec, batch: int) -> torch.Tensor:
+    return torch.randn(batch, spec.channels, *spec.size, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str = DEFAULT_EXPORTER,
+                opset: int = DEFAULT_OPSET, batch: int | None = None) -> dict[str, Any]:
+    """Export ``model`` to a single ONNX file with input ``input`` and output ``logits``.
+
+    ``batch=None`` makes the batch axis dynamic; an int fixes it. Returns export facts.
+    """
+    if exporter not in EXPORTERS:
+        raise UsageError(f"unknown exporter '{exporter}'", fix=f"use one of {EXPORTERS}")
+    start = time.perf_counter()
+    dummy = _dummy(spec, batch or 2)
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(
+                    model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                    dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
+            else:
+                dynamic = None if batch else {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}}
+                program = torch.onnx.export(
+                    model, (dummy,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, optimize=True,
+                )
+                program.save(str(path), external_data=False)
+    except Exception as err:  # the exporters raise many unrelated types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        other = "dynamo" if exporter == "torchscript" else "torchscript"
+        raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}",
+                          fix=f"try --exporter {other}, or another --opset") from err
+    proto = onnx.load(str(path), load_external_data=False)
+    return {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 3),
+            "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}
+
+
+def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str, Any]:
+    """Simplify the ONNX file in place. Any simplifier failure raises :class:`SimplifyError`."""
+    if simplifier not in SIMPLIFIERS:
+        raise UsageError(f"unknown simplifier '{simplifier}'", fix=f"use one of {SIMPLIFIERS}")
+    model = onnx.load(str(path))
+    before = len(model.graph.node)
+    start = time.perf_counter()
+    if simplifier == "none":
+        return {"simplifier": "none", "nodes_before": before, "nodes_after": before, "simplify_seconds": 0.0}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if simplifier == "onnxsim":
+                import onnxsim
+
+                simplified, ok = onnxsim.simplify(model, check_n=1)
+                if not ok:
+                    raise RuntimeError("onnxsim's own numerical check of the simplified graph failed")
+            else:
+                import onnxslim
+
+                simplified = onnxslim.slim(model)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SimplifyError(
+            f"{simplifier} failed on {path.name}: {first}",
+            fix="try --simplifier onnxslim (or onnxsim), or pass --simplify-fallback to keep the "
+                "unsimplified graph",
+        ) from err
+    onnx.save(simplified, str(path))
+    return {"simplifier": simplifier, "nodes_before": before, "nodes_after": len(simplified.graph.node),
+            "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified)}
+
+
+def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
+    """Trace, freeze and save; the file loads with ``torch.jit.load`` alone."""
+    start = time.perf_counter()
+    dummy = _dummy(spec, 2)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model.eval(), dummy, check_trace=False)
+            frozen = torch.jit.freeze(traced)
+            torch.jit.save(frozen, str(path))
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"TorchScript trace/freeze failed: {first}",
+                          fix="export ONNX only (--format onnx)") from err
+    return {"seconds": round(time.perf_counter() - start, 3), "method": "trace+freeze"}

@@ -1,0 +1,257 @@
+"""The export pipeline: it only composes the stages (load -> prepare -> export -> simplify ->
+deploy check -> quantize -> verify) and writes the manifest."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .artifacts import MANIFEST, artifact_entry, read_manifest, staging, tool_versions, write_json_atomic
+from .builders import build_model, check_input_size, resolve_model
+from .data import packaged_crops, random_inputs
+from .errors import ParityError, UsageError
+from .export import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx,
+                     export_torchscript, simplify_onnx)
+from .metrics import compare_outputs
+from .recipes import InputSpec, Recipe
+
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class ExportRequest:
+    """Everything a user can ask of ``exporter export`` (and what ``parity`` re-uses)."""
+
+    model: str
+    formats: tuple[str, ...] = ("onnx",)
+    output: Path | None = None
+    weights: str | None = None
+    checkpoint: str | None = None
+    seed: int = 0
+    input_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+    batch: int | None = None  # None: dynamic batch axis
+    opset: int = DEFAULT_OPSET
+    exporter: str = DEFAULT_EXPORTER
+    simplifier: str = DEFAULT_SIMPLIFIER
+    simplify_fallback: bool = False
+    precision: str = "fp32"
+    quant: dict[str, Any] = field(default_factory=dict)  # calibration, method, samples, target, ...
+    verify: bool = True
+    fail_on_breach: bool = True
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: dict[str, Any]
+    recipe: Recipe
+    spec: InputSpec
+    reference: nn.Module  # prepared, BN *not* folded: the eager reference
+    deploy: nn.Module  # prepared and folded: what was exported
+    parity: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def summary(self) -> str:
+        from .summary import export_summary
+
+        return export_summary(self)
+
+
+def _parse_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UsageError(f"unknown format(s) {bad}", fix=f"use one or more of {list(FORMATS)}, "
+                         "comma-separated (e.g. --format onnx,torchscript)")
+    return tuple(dict.fromkeys(formats))
+
+
+def load_stage(request: ExportRequest) -> tuple[Recipe, InputSpec, nn.Module, dict[str, Any]]:
+    recipe, spec = resolve_model(request.model, input_size=request.input_size,
+                                 channels=request.channels, mean=request.mean, std=request.std,
+                                 num_classes=request.num_classes)
+    model, weights_info = build_model(recipe, weights=request.weights,
+                                      checkpoint=request.checkpoint, seed=request.seed)
+    return recipe, spec, model, weights_info
+
+
+def prepare_stage(model: nn.Module, recipe: Recipe, spec: InputSpec):
+    """(reference, deploy, report): the same prepared model without and with BN folding."""
+    from .prepare import prepare_for_deploy
+
+    reference, _ = prepare_for_deploy(model, recipe, fold=False)
+    deploy, report = prepare_for_deploy(model, recipe, fold=True)
+    check_input_size(deploy, recipe, spec)
+    return reference, deploy, report
+
+
+def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRequest,
+               expected_bn: int) -> dict[str, Any]:
+    """Export, simplify and deploy-check one FP32 ONNX file."""
+    from .deploy_check import check_deploy_form
+    from .errors import SimplifyError
+
+    info = export_onnx(deploy, spec, path, exporter=request.exporter, opset=request.opset,
+                       batch=request.batch)
+    try:
+        info.update(simplify_onnx(path, request.simplifier))
+    except SimplifyError as err:
+        if not request.simplify_fallback:
+            raise
+        info.update(simplifier=request.simplifier, simplify_failed=err.message, nodes_before=None,
+                    nodes_after=info["nodes_exported"])
+    info["deploy_check"] = check_deploy_form(path, expected_bn, strict=True).to_dict()
+    return info
+
+
+def verification_inputs(spec: InputSpec, seed: int = 0, photos: int = 8, noise: int = 4) -> np.ndarray:
+    """Real photo crops plus random tensors: the default inputs of every parity check."""
+    real = packaged_crops(spec, photos, seed=seed + 1000).array if photos else None
+    rand = random_inputs(spec, noise, seed=seed)
+    return rand if real is None else np.concatenate([real, rand])
+
+
+def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn.Module,
+                 recipe: Recipe, spec: InputSpec, batch: int | None) -> list[dict[str, Any]]:
+    """Run every artifact against eager on the same inputs; return one metrics row each."""
+    from .backends.base import runner_for
+
+    inputs = verification_inputs(spec)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(inputs)).numpy()
+    rows = []
+    for artifact in artifacts:
+        runner = runner_for(artifact, directory, "cpu")
+        step = batch or len(inputs)
+        got = np.concatenate([runner(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+        metrics = compare_outputs(expected, got)
+        tol = recipe.tolerance(artifact["precision"])
+        breach = []
+        if metrics["rel_max_abs"] > tol.rel_max_abs:
+            breach.append(f"relative max-abs {metrics['rel_max_abs']:.2e} > {tol.rel_max_abs:.0e}")
+        if metrics["top1_agreement"] < tol.min_top1_agreement:
+            breach.append(f"top-1 agreement {metrics['top1_agreement']:.3f} < {tol.min_top1_agreement}")
+        rows.append({"file": artifact["file"], "format": artifact["format"],
+                     "precision": artifact["precision"], "runtime": runner.runtime,
+                     "provider": runner.provider, "samples": len(inputs), **metrics, "breach": breach})
+    return rows
+
+
+def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> None:
+    bad = [r for r in rows if r["breach"]]
+    if bad:
+        detail = "; ".join(f"{r['file']} output 'logits': {', '.join(r['breach'])}" for r in bad)
+        raise ParityError(f"{recipe.name}: parity breach vs eager PyTorch: {detail}",
+                          fix=f"inspect with `exporter parity {command} --locate`, or pass --no-fail "
+                              "to keep the artifacts anyway")
+
+
+def export(request: ExportRequest) -> ExportResult:
+    """Run the whole export pipeline; nothing is written unless every stage succeeds."""
+    start = time.perf_counter()
+    formats = _parse_formats(request.formats)
+    if request.precision != "fp32" and "onnx" not in formats:
+        raise UsageError(f"--precision {request.precision} produces an ONNX artifact",
+                         fix=f"add onnx to --format (e.g. --format onnx --precision {request.precision})")
+    recipe, spec, model, weights_info = load_stage(request)
+    if request.precision == "int8" and not request.quant.get("calibration"):
+        raise UsageError("INT8 needs calibration images and none were given",
+                         fix=f"pass --calibration DIR (an image folder or .npy); the packaged default "
+                             f"set: python calibration/make_default_set.py calibration/default && "
+                             f"exporter export {request.model} --precision int8 --calibration calibration/default")
+    reference, deploy, prep = prepare_stage(model, recipe, spec)
+    directory = Path(request.output or Path("artifacts") / recipe.name)
+    stem = recipe.name
+    artifacts: list[dict[str, Any]] = []
+    export_info: dict[str, Any] = {}
+    with staging(directory) as stage:
+        if "onnx" in formats:
+            onnx_path = stage / f"{stem}.onnx"
+            export_info = onnx_stage(deploy, spec, onnx_path, request, len(prep.bn_unfolded))
+            artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
+                                            simplifier=request.simplifier, opset=request.opset))
+        if "torchscript" in formats:
+            ts_path = stage / f"{stem}.ts.pt"
+            info = export_torchscript(deploy, spec, ts_path)
+            artifacts.append(artifact_entry(ts_path, "torchscript", "fp32", **info))
+        if request.precision != "fp32":
+            from .quantize import quantize_stage
+
+            artifacts.append(quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec,
+                                            request.precision, **request.quant))
+        parity = verify_stage(stage, artifacts, reference, recipe, spec, request.batch) \
+            if request.verify else []
+        if request.fail_on_breach:
+            _check_rows(parity, recipe, request.model)
+        manifest = _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
+                             parity, directory)
+        write_json_atomic(stage / MANIFEST, manifest)
+    return ExportResult(directory=directory, manifest=manifest, recipe=recipe, spec=spec,
+                        reference=reference, deploy=deploy, parity=parity,
+                        seconds=time.perf_counter() - start)
+
+
+def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts, parity,
+              directory) -> dict[str, Any]:
+    """The manifest: previous artifacts of the *same* model configuration are kept."""
+    model_block = {
+        "model": recipe.name,
+        "model_spec": request.model,
+        "recipe": {"name": recipe.name, "family": recipe.family, "source": recipe.source,
+                   "builder": recipe.builder, "num_classes": recipe.num_classes,
+                   "path": str(recipe.path) if recipe.path else None},
+        "weights": weights_info,
+        "input": {**spec.to_dict(), "batch": request.batch, "dynamic_batch": request.batch is None},
+        "model_options": {k: v for k, v in asdict(request).items() if k in (
+            "model", "weights", "checkpoint", "seed", "input_size", "channels", "mean", "std",
+            "num_classes", "batch")},
+    }
+    kept: list[dict[str, Any]] = []
+    try:
+        old = read_manifest(directory)
+        if all(old.get(k) == v for k, v in model_block.items()):
+            new_files = {a["file"] for a in artifacts}
+            kept = [a for a in old.get("artifacts", []) if a["file"] not in new_files
+                    and (directory / a["file"]).exists()]
+            export_info = export_info or old.get("export", {})
+    except (FileNotFoundError, ValueError):
+        pass
+    return {
+        "schema": 1,
+        **model_block,
+        "prepare": prep.to_dict(),
+        "export": export_info,
+        "artifacts": kept + artifacts,
+        "parity": parity,
+        "versions": {**tool_versions(), "zoo-exporter": __version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def request_from_manifest(directory: Path, **overrides: Any) -> ExportRequest:
+    """The ExportRequest that rebuilds the eager model recorded in ``directory``."""
+    options = dict(read_manifest(directory)["model_options"])
+    for key in ("mean", "std"):
+        if options.get(key) is not None:
+            options[key] = tuple(options[key])
+    options.update(overrides)
+    return ExportRequest(**options, output=Path(directory))
+
+
+def load_reference(directory: Path) -> tuple[Recipe, InputSpec, nn.Module]:
+    """Rebuild the exact eager reference (prepared, unfolded) recorded in a manifest."""
+    from .prepare import prepare_for_deploy
+
+    recipe, spec, model, _ = load_stage(request_from_manifest(directory))
+    reference, _ = prepare_for_deploy(model, recipe, fold=False)
+    return recipe, spec, reference

@@ -1,0 +1,50 @@
+"""The short human summary ``exporter export`` prints."""
+from __future__ import annotations
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def weights_line(info: dict) -> str:
+    if info["kind"] == "random":
+        return (f"weights: seeded random init (seed {info['seed']}, BN statistics randomized) - "
+                "NOT trained; pass --weights DEFAULT or --checkpoint PATH for real weights")
+    if info["kind"] == "torchvision":
+        return f"weights: torchvision {info['name']}"
+    return f"weights: checkpoint {info['path']} (sha256 {info['sha256'][:12]})"
+
+
+def export_summary(result) -> str:
+    """Lines: model, weights, prepare, export, artifacts, parity."""
+    m = result.manifest
+    prep, exp = m["prepare"], m.get("export", {})
+    h, w = result.spec.size
+    lines = [f"{result.recipe.name}: input {m['input']['channels']}x{h}x{w}, "
+             f"batch {'dynamic' if m['input']['dynamic_batch'] else m['input']['batch']}, "
+             f"done in {result.seconds:.1f} s -> {result.directory}",
+             "  " + weights_line(m["weights"])]
+    unfolded = prep.get("bn_unfolded", [])
+    prepare = f"  prepare: {prep.get('bn_folded', 0)} BN folded, {len(unfolded)} not foldable"
+    if unfolded:
+        prepare += f" (e.g. {unfolded[0]['module']}: {unfolded[0]['reason']})"
+    if prep.get("aux_removed"):
+        prepare += ", removed " + ", ".join(f"{k} ({v:,} params)" for k, v in prep["aux_removed"].items())
+    lines.append(prepare)
+    if exp:
+        lines.append(f"  onnx: {exp['exporter']} exporter, opset {exp['opset']}, "
+                     f"{exp.get('nodes_exported')} nodes -> {exp.get('nodes_after')} after "
+                     f"{exp.get('simplifier')}, export {exp['seconds']:.1f} s + simplify "
+                     f"{exp.get('simplify_seconds', 0):.1f} s")
+    for a in m["artifacts"]:
+        lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})")
+    for row in result.parity:
+        status = "BREACH " + "; ".join(row["breach"]) if row["breach"] else "ok"
+        lines.append(f"  parity vs eager [{row['file']} on {row['provider']}, {row['samples']} inputs]: "
+                     f"rel max-abs {row['rel_max_abs']:.2e}, cosine {row['cosine']:.6f}, "
+                     f"top-1 {row['top1_agreement']:.3f}, top-5 {row['top5_agreement']:.3f} -> {status}")
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""The command line as a user meets it: listing, exporting, and every bad input's one-line error.
+
+Each failure must exit non-zero, name the fix, and leave no artifact directory behind.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from exporter.cli import main
+from exporter.recipes import all_recipes
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_list_shows_every_recipe_with_details(capsys):
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(all_recipes())
+    googlenet = next(r for r in rows if r["name"] == "googlenet")
+    assert "strip aux1/aux2" in googlenet["prepare"] and "fold BN" in googlenet["prepare"]
+    lenet = next(r for r in rows if r["name"] == "lenet5")
+    assert lenet["channels"] == 1 and lenet["input"] == [32, 32] and lenet["classes"] == 10
+
+
+def test_export_command_prints_summary_and_writes_manifest(tmp_path):
+    out = tmp_path / "mv3"
+    proc = run_cli("export", "mobilenet_v3_small", "--format", "onnx,torchscript", "--input-size", "64",
+                   "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "random init" in proc.stdout and "parity vs eager" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["size"] == [64, 64] and manifest["input"]["dynamic_batch"] is True
+    assert manifest["export"]["nodes_after"] <= manifest["export"]["nodes_exported"]
+    assert {"torch", "onnx", "onnxruntime", "onnxsim"} <= set(manifest["versions"])
+    assert manifest["weights"] == {"kind": "random", "seed": 0, "bn_stats": "randomized"}
+
+
+@pytest.mark.parametrize("args, message, fix", [
+    (["mobilenet_v3_smal"], "unknown model 'mobilenet_v3_smal'", "did you mean 'mobilenet_v3_small'"),
+    (["torchvision:regnet_x_400"], "not a torchvision classification model", "torchvision:regnet_x_400mf"),
+    (["resnet18", "--format", "tflite"], "unknown format", "--format onnx,torchscript"),
+    (["resnet18", "--input-size", "16"], "needs inputs of at least 32x32", "--input-size 32"),
+    (["lenet5", "--input-size", "64"], "only takes 32x32", "drop --input-size"),
+    (["resnet18", "--precision", "int8", "--input-size", "32"], "INT8 needs calibration", "--calibration DIR"),
+    (["lenet5", "--weights", "DEFAULT"], "not a torchvision model", "--checkpoint PATH"),
+])
+def test_bad_input_one_line_error_and_no_artifacts(tmp_path, args, message, fix):
+    out = tmp_path / "out"
+    proc = run_cli("export", *args, "--output", str(out))
+    assert proc.returncode != 0
+    assert message in proc.stderr and fix in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_mismatch_names_first_keys(tmp_path):
+    from torchvision.models import resnet34
+
+    ckpt = tmp_path / "r34.pth"
+    torch.save(resnet34().state_dict(), ckpt)
+    proc = run_cli("export", "resnet18", "--checkpoint", str(ckpt), "--output", str(tmp_path / "o"))
+    assert proc.returncode != 0
+    assert "does not match resnet18" in proc.stderr and "unexpected (first: layer1.2." in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_needing_code_execution_is_refused(tmp_path):
+    ckpt = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {}, "config": argparse_namespace()}, ckpt)
+    proc = run_cli("export", "resnet18", "--checkpoint", str(ckpt), "--output", str(tmp_path / "o"))
+    assert proc.returncode != 0
+    assert "needs arbitrary code execution" in proc.stderr and "torch.save(model.state_dict()" in proc.stderr
+
+
+def argparse_namespace():
+    import argparse
+
+    return argparse.Namespace(lr=0.1)
+
+
+def test_checkpoint_round_trip_matches(tmp_path):
+    from exporter.builders import build_model
+    from exporter.pipeline import ExportRequest, export
+    from exporter.recipes import get_recipe
+
+    model, _ = build_model(get_recipe("resnet18"), seed=7)
+    ckpt = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    result = export(ExportRequest(model="resnet18", checkpoint=str(ckpt), input_size=32,
+                                  output=tmp_path / "r18"))
+    assert result.manifest["weights"]["kind"] == "checkpoint"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(result.reference(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torchvision_model_outside_the_zoo(tmp_path):
+    proc = run_cli("export", "torchvision:regnet_x_400mf", "--input-size", "64", "--output",
+                   str(tmp_path / "regnet"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "regnet" / "manifest.json").read_text())
+    assert manifest["prepare"]["bn_folded"] > 0 and manifest["parity"][0]["top1_agreement"] == 1.0
+    graph = onnx.load(str(tmp_path / "regnet" / "regnet_x_400mf.onnx"))
+    assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
+
+
+def test_user_module_from_file(tmp_path):
+    src = tmp_path / "mynet.py"
+    src.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def make():
+            return nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    """))
+    proc = run_cli("export", f"{src}:make", "--input-size", "28", "--channels", "1", "--mean", "0.5",
+                   "--std", "0.25", "--format", "onnx,torchscript", "--output", str(tmp_path / "mine"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "mine" / "manifest.json").read_text())
+    assert manifest["input"]["channels"] == 1 and manifest["input"]["mean"] == [0.5]
+    assert manifest["prepare"]["bn_folded"] == 1
+    assert all(r["rel_max_abs"] < 1e-4 for r in manifest["parity"])
+
+
+def test_missing_factory_is_a_clear_error(tmp_path):
+    src = tmp_path / "empty.py"
+    src.write_text("x = 1\n")
+    proc = run_cli("export", f"{src}:make", "--output", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "has no attribute 'make'" in proc.stderr
+
+
+def test_fixed_batch_and_dynamo_exporter(tmp_path):
+    from exporter.pipeline import ExportRequest, export
+
+    result = export(ExportRequest(model="mobilenet_v2", input_size=64, batch=4, exporter="dynamo",
+                                  output=tmp_path / "mv2"))
+    graph = onnx.load(str(tmp_path / "mv2" / "mobilenet_v2.onnx"))
+    dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [4, 3, 64, 64]
+    assert result.manifest["export"]["exporter"] == "dynamo"
+    assert result.parity[0]["rel_max_abs"] < 1e-4
+
+
+def test_weights_download_without_internet_is_a_clear_error(tmp_path, monkeypatch):
+    # point the hub cache at an empty folder so a real download is attempted (no network here)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    proc = run_cli("export", "resnet18", "--weights", "IMAGENET1K_V1", "--output", str(tmp_path / "o"))
+    if proc.returncode == 0:
+        pytest.skip("this machine has internet access: the download succeeded")
+    assert "could not download torchvision weights" in proc.stderr and "--checkpoint" in proc.stderr
+    assert not (tmp_path / "o").exists()
