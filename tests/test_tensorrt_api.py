@@ -1,0 +1,214 @@
+"""The TensorRT backend on a machine without TensorRT: API hygiene, lazy imports, clean refusal.
+
+The removed-API list follows NVIDIA's TensorRT 10.x deprecations that TensorRT 11.0 removed
+(release notes / API migration guide): the implicit INT8 calibrator classes and
+``int8_calibrator`` / ``set_dynamic_range`` (deprecated 10.1), the weak-typing precision builder
+flags FP16/INT8/BF16/FP8 and per-layer precision controls (deprecated 10.12), plus the APIs gone
+since 8.x/10.0: ``max_workspace_size``, ``Builder.build_engine``, ``execute_async_v2`` /
+``execute_v2`` with bindings, ``EXPLICIT_BATCH`` and the binding-index accessors.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+import exporter.backends.tensorrt as trt_backend
+from exporter.errors import BackendUnavailableError
+
+SOURCE = Path(trt_backend.__file__)
+
+# BuilderFlag members of weakly typed networks (deprecated 10.12, removed 11.0)
+REMOVED_BUILDER_FLAGS = {"FP16", "INT8", "BF16", "FP8", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                         "PREFER_PRECISION_CONSTRAINTS"}
+REMOVED_ATTRIBUTES = {
+    # per-layer precision control (deprecated 10.12, removed 11.0)
+    "set_output_type", "precision_is_set", "reset_precision", "reset_output_type",
+    # implicit quantization (deprecated 10.1, removed 11.0)
+    "IInt8Calibrator", "IInt8EntropyCalibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
+    "IInt8LegacyCalibrator", "CalibrationAlgoType", "int8_calibrator", "set_dynamic_range",
+    "dynamic_range",
+    # removed before 10.0
+    "max_workspace_size", "build_engine", "build_cuda_engine", "execute_async_v2", "execute_v2",
+    "execute_async", "execute", "EXPLICIT_BATCH", "EXPLICIT_PRECISION", "max_batch_size",
+    "get_binding_index", "get_binding_name", "get_binding_shape", "get_binding_dtype",
+    "binding_is_input", "num_bindings", "set_binding_shape", "set_optimization_profile_async",
+}
+REMOVED_TEXT = ["BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "BuilderFlag.FP8",
+                "IInt8", "int8_calibrator", "set_dynamic_range", "max_workspace_size",
+                ".build_engine(", "execute_async_v2", "execute_v2", "EXPLICIT_BATCH",
+                "get_binding_index", "binding_is_input", "num_bindings", "pycuda"]
+
+
+def _code_only(source: str) -> str:
+    """The module's code without comments and docstrings."""
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(body[0].lineno)
+    out = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT or (tok.type == tokenize.STRING and tok.start[0] in docstrings):
+            continue
+        out.append(tok.string)
+    return " ".join(out)
+
+
+def test_backend_uses_no_removed_tensorrt_api():
+    source = SOURCE.read_text()
+    tree = ast.parse(source)
+    used, flags = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            used.add(node.attr)
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) else \
+                getattr(node.value, "id", "")
+            if owner == "BuilderFlag":
+                flags.add(node.attr)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "getattr"
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+            used.add(node.args[1].value)  # getattr(trt.X, "NAME") style access
+            owner = node.args[0]
+            if getattr(owner, "attr", getattr(owner, "id", "")) == "BuilderFlag":
+                flags.add(node.args[1].value)
+    assert not (used & REMOVED_ATTRIBUTES), sorted(used & REMOVED_ATTRIBUTES)
+    assert not (flags & REMOVED_BUILDER_FLAGS), sorted(flags & REMOVED_BUILDER_FLAGS)
+    code = _code_only(source).replace(" ", "")
+    found = [text for text in REMOVED_TEXT if text.replace(" ", "") in code]
+    assert not found, found
+
+
+def test_backend_uses_the_current_api():
+    code = _code_only(SOURCE.read_text())
+    for needed in ("build_serialized_network", "set_memory_pool_limit", "MemoryPoolType",
+                   "WORKSPACE", "create_optimization_profile", "set_input_shape",
+                   "set_tensor_address", "execute_async_v3", "num_io_tensors", "get_tensor_name",
+                   "get_tensor_mode", "deserialize_cuda_engine", "create_timing_cache",
+                   "get_timing_cache", "parse_from_file", '"STRONGLY_TYPED"'):
+        assert needed in code, needed
+    # The strongly typed flag is looked up by name, never as an attribute (its value moved in 11.x).
+    assert ".STRONGLY_TYPED" not in code
+
+
+def test_module_imports_without_tensorrt_or_cuda():
+    script = ("import sys; sys.modules['tensorrt'] = None\n"
+              "import exporter.backends.tensorrt, exporter.backends.ort_gpu, exporter.lint\n"
+              "print([m for m in ('tensorrt', 'onnxruntime', 'torch', 'cuda') if sys.modules.get(m)])\n"
+              "import exporter.commands.build, exporter.commands.lint, torch\n"
+              "print([m for m in ('tensorrt', 'onnxruntime') if sys.modules.get(m)],"
+              " torch.cuda.is_initialized())")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[]", "[] False"]
+
+
+def test_require_tensorrt_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without the package
+    with pytest.raises(BackendUnavailableError) as info:
+        trt_backend.require_tensorrt()
+    err = info.value
+    assert "tensorrt' Python package" in err.message and "\n" not in err.message
+    assert "pip install 'zoo-exporter[tensorrt]'" in err.fix and "NVIDIA GPU" in err.fix
+
+
+def test_runner_refuses_cpu_and_unverifiable_engines(tmp_path):
+    with pytest.raises(BackendUnavailableError, match="CUDA devices only"):
+        trt_backend._device_index("cpu")
+    gpu = {"name": "NVIDIA H100", "compute_capability": "9.0"}
+    engine = tmp_path / "m.fp16.sm90.engine"
+    ok = {"tensorrt_version": "10.15.1", "compute_capability": "9.0", "gpu": "NVIDIA H100"}
+    trt_backend.check_engine_compatible(ok, "10.15.1", gpu, engine)
+    for manifest, text in [(None, "no engine manifest"),
+                           ({**ok, "tensorrt_version": "10.9.0"}, "TensorRT 10.9.0"),
+                           ({**ok, "compute_capability": "8.6"}, "compute capability 8.6")]:
+        with pytest.raises(trt_backend.EngineMismatchError, match=text) as info:
+            trt_backend.check_engine_compatible(manifest, "10.15.1", gpu, engine)
+        assert "rebuild" in info.value.fix and isinstance(info.value, BackendUnavailableError)
+
+
+def test_engine_cache_key_covers_every_input():
+    base = dict(onnx_sha256="a" * 64, trt_version="10.15.1", compute_capability="9.0",
+                profile={"input": "input", "min": [1, 3, 8, 8], "opt": [4, 3, 8, 8],
+                         "max": [8, 3, 8, 8]}, precision="fp16", workspace_bytes=1 << 30)
+    key = trt_backend.engine_cache_key(**base)
+    assert key == trt_backend.engine_cache_key(**base)
+    for change in [{"onnx_sha256": "b" * 64}, {"trt_version": "11.4.0"},
+                   {"compute_capability": "8.9"}, {"precision": "fp32"},
+                   {"profile": {**base["profile"], "max": [16, 3, 8, 8]}}]:
+        assert trt_backend.engine_cache_key(**{**base, **change}) != key, change
+
+
+def _cli(argv, capsys):
+    from exporter.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_build_command_without_tensorrt_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "engines"
+    code, stdout, stderr = _cli(["build", "resnet18", "--precision", "fp16", "--input-size", "64",
+                                 "--output", str(out)], capsys)
+    assert code != 0 and stdout == ""
+    first = stderr.splitlines()[0]
+    assert first.startswith("error: TensorRT backend unavailable") and "tensorrt' Python package" in first
+    assert "pip install 'zoo-exporter[tensorrt]'" in stderr
+    assert list(tmp_path.iterdir()) == []  # no output dir, no artifacts/ dir, no export
+
+    # An existing ONNX: still refused before anything is written beside it.
+    onnx_dir = tmp_path / "given"
+    onnx_dir.mkdir()
+    (onnx_dir / "m.onnx").write_bytes(b"not read")
+    code, _, stderr = _cli(["build", "--onnx", str(onnx_dir / "m.onnx")], capsys)
+    assert code != 0 and "TensorRT backend unavailable" in stderr
+    assert [p.name for p in onnx_dir.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["build"], "needs a MODEL"),
+    (["build", "resnet18", "--onnx", "x.onnx"], "both MODEL"),
+    (["build", "--onnx", "x.onnx", "--calibration", "calib"], "--calibration"),
+    (["build", "resnet18", "--min-batch", "8", "--max-batch", "4"], "min=8"),
+    (["build", "resnet18", "--batch", "4", "--max-batch", "8"], "--batch 4"),
+])
+def test_build_command_rejects_bad_options(argv, text, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = _cli(argv, capsys)
+    assert code != 0 and text in stderr and "fix:" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lint_command_exit_codes(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def save(name, op):
+        graph = helper.make_graph([helper.make_node(op, ["input"], ["logits"])], "g",
+                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                 ["N", 3, 8, 8])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                  str(tmp_path / name))
+
+    save("good.onnx", "Relu")
+    save("bad.onnx", "Det")
+    code, out, _ = _cli(["lint", str(tmp_path / "good.onnx")], capsys)
+    assert code == 0 and "TensorRT lint OK" in out
+    code, out, _ = _cli(["lint", str(tmp_path / "bad.onnx")], capsys)
+    assert code == 1 and "'Det'" in out and "fix:" in out
+    code, out, _ = _cli(["lint", str(tmp_path), "--json"], capsys)
+    assert code == 1 and [r["ok"] for r in json.loads(out)] == [False, True]
+    code, _, err = _cli(["lint", str(tmp_path / "missing.onnx")], capsys)
+    assert code != 0 and "no such ONNX" in err
