@@ -63,6 +63,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 program.save(str(path), external_data=False)
     except Exception as err:  # the exporters raise many unrelated types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.split(" Please feel free")[0].split(" [Caused by")[0]
         other = "dynamo" if exporter == "torchscript" else "torchscript"
         raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}",
                           fix=f"try --exporter {other}, or another --opset") from err
