@@ -59,12 +59,18 @@ def staging(final_dir: Path) -> Iterator[Path]:
     not created), so a failed command leaves no half-written artifact behind.
     """
     final_dir = Path(final_dir)
+    created = [p for p in reversed(final_dir.parents) if not p.exists()]
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.staging-", dir=final_dir.parent))
     try:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        for parent in reversed(created):  # parents this call created, deepest first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
         raise
     final_dir.mkdir(exist_ok=True)
     for item in stage.iterdir():

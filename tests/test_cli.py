@@ -161,3 +161,40 @@ def test_weights_download_without_internet_is_a_clear_error(tmp_path, monkeypatc
         pytest.skip("this machine has internet access: the download succeeded")
     assert "could not download torchvision weights" in proc.stderr and "--checkpoint" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+BRANCHY = """
+import torch
+import torch.nn as nn
+
+class Branchy(nn.Module):
+    # Python control flow on the batch size: tracing records the branch of the dummy batch, so
+    # the exported graph is wrong for other batch sizes (a classic dynamic-batch bug)
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        if x.shape[0] > 2:
+            y = -y * 3
+        return self.fc(y)
+
+def make():
+    torch.manual_seed(0)
+    return Branchy()
+"""
+
+
+def test_parity_breach_is_an_error_naming_the_output_and_leaves_nothing(tmp_path):
+    src = tmp_path / "branchy.py"
+    src.write_text(BRANCHY)
+    out = tmp_path / "artifacts" / "branchy"
+    proc = run_cli("export", f"{src}:make", "--input-size", "32", "--output", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert "parity breach" in proc.stderr and "output 'logits'" in proc.stderr
+    assert "relative max-abs" in proc.stderr and "--locate" in proc.stderr
+    assert not (tmp_path / "artifacts").exists()
+    kept = run_cli("export", f"{src}:make", "--input-size", "32", "--output", str(out), "--no-fail")
+    assert kept.returncode == 0 and "BREACH" in kept.stdout and (out / "manifest.json").exists()
