@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import init_cnn_weights
+
 __all__ = ["SqueezeExcitation", "SEBasicBlock", "SEResNet", "se_resnet18"]
 
 
@@ -77,17 +79,7 @@ class SEResNet(nn.Module):
         self.layer4 = self._make_layer(512, layers[3], 2, reduction)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, SEBasicBlock):
