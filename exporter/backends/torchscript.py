@@ -1,0 +1,33 @@
+"""TorchScript runner: ``torch.jit.load`` of a ``<model>.ts.pt`` artifact, on CPU or CUDA."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .eager import TorchModuleRunner, resolve_device
+
+
+class TorchScriptRunner(TorchModuleRunner):
+    kind = "torchscript"
+
+    def __init__(self, path: str | Path, device: str = "cpu", precision: str = "fp32"):
+        path = Path(path)
+        device = resolve_device(device)
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": still what loads .ts.pt
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device)
+        super().__init__(module, device, name=f"torchscript {precision}", precision=precision,
+                         runtime=f"torch {torch.__version__} (TorchScript)", file=path.name)
+        self.path = path
+
+
+def make_runner(artifact: dict[str, Any], directory: Path, device: str = "cpu",
+                threads: int | None = None) -> TorchScriptRunner:
+    """Runner for one manifest entry of format ``torchscript`` (threads: torch's global count)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    return TorchScriptRunner(Path(directory) / artifact["file"], device=device,
+                             precision=artifact.get("precision", "fp32"))

@@ -1,0 +1,306 @@
+"""``exporter parity MODEL | --artifacts DIR | --zoo``: eager PyTorch vs every artifact.
+
+Exports what is missing (or takes ``--artifacts DIR`` and rebuilds the eager model its manifest
+records), runs eager and every artifact on the same preprocessed inputs, prints one table
+(errors, agreement, accuracy, latency, speed-up), optionally writes report.md/report.json/PNGs, and
+exits non-zero (ParityError, exit code 3) when an artifact breaches its recipe's tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# model options that change the eager model (checked against a manifest before re-using it)
+MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
+                     "std", "num_classes", "batch")
+EXPORT_OPTION_KEYS = ("exporter", "simplifier")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got '{text}'")
+    return values
+
+
+def add_parser(sub) -> None:
+    from ..cli_options import add_model_options, add_precision_options
+    from ..latency import DEFAULT_RUNS, DEFAULT_WARMUP
+    from ..parity import DEFAULT_RANDOM, DEFAULT_SAMPLES
+
+    p = sub.add_parser(
+        "parity", help="eager PyTorch vs every artifact: errors, agreement, accuracy, latency",
+        description="Run eager PyTorch and every artifact on the same inputs and compare outputs, "
+                    "accuracy and latency. Exit code 3 when an artifact breaches its recipe's tolerance.")
+    add_model_options(p, model_required=False)
+    add_precision_options(p)
+    p.add_argument("--format", "-f", default="onnx,torchscript",
+                   help="formats to export when missing (default onnx,torchscript)")
+    src = p.add_argument_group("what to compare")
+    src.add_argument("--artifacts", type=Path, metavar="DIR",
+                     help="existing artifact directory; the eager model is rebuilt from its manifest "
+                          "(model options given here override the manifest's)")
+    src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar")
+    src.add_argument("--reduced", action="store_true",
+                     help="with --zoo: each recipe's reduced test size instead of its native size")
+    data = p.add_argument_group("inputs (one preprocessing path: exporter/data.py)")
+    data.add_argument("--images", type=Path, metavar="DIR",
+                      help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy")
+    data.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                      help=f"images to use (default {DEFAULT_SAMPLES}; packaged photo crops when no --images)")
+    data.add_argument("--random", type=int, default=DEFAULT_RANDOM, metavar="N",
+                      help=f"random N(0,1) tensors added to the images (default {DEFAULT_RANDOM})")
+    timing = p.add_argument_group("latency (docs/LATENCY.md)")
+    timing.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU")
+    timing.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs (default {DEFAULT_RUNS})")
+    timing.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                        help=f"discarded warm-up runs (default {DEFAULT_WARMUP})")
+    timing.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    timing.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
+    timing.add_argument("--batch-sizes", type=_int_list, default=(1, 8), metavar="1,8",
+                        help="batch sizes to time (default 1,8; a fixed --batch overrides)")
+    timing.add_argument("--no-latency", action="store_true", help="compare outputs only")
+    out = p.add_argument_group("outcome")
+    out.add_argument("--report", type=Path, metavar="DIR",
+                     help="write report.md, report.json and PNG plots here (--zoo default: reports/parity-zoo)")
+    out.add_argument("--no-fail", action="store_true",
+                     help="exit 0 even when an artifact breaches its tolerance")
+    out.add_argument("--locate", action="store_true",
+                     help="on a breach, find the first diverging layer of the ONNX artifact")
+    p.set_defaults(func=run, parity_defaults={a.dest: a.default for a in p._actions})
+
+
+# ------------------------------------------------------------------------------- helpers
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _explicit_overrides(args) -> dict[str, Any]:
+    """Model options the user actually typed (differ from the parser's defaults)."""
+    defaults = getattr(args, "parity_defaults", {})
+    return {k: getattr(args, k) for k in MODEL_OPTION_KEYS
+            if k != "model" and getattr(args, k, None) != defaults.get(k)}
+
+
+def _wanted_artifacts(formats: tuple[str, ...], precision: str) -> list[tuple[str, str]]:
+    wanted = [(f, "fp32") for f in formats]
+    if precision != "fp32":
+        wanted.append(("onnx", precision))
+    return wanted
+
+
+def _matches(manifest: dict[str, Any], request) -> bool:
+    options = manifest.get("model_options") or {}
+    for key in MODEL_OPTION_KEYS:
+        if _norm(options.get(key)) != _norm(getattr(request, key)):
+            return False
+    export = manifest.get("export") or {}
+    return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
+
+
+def _missing(manifest: dict[str, Any], directory: Path, formats, precision) -> list[tuple[str, str]]:
+    have = {(a["format"], a["precision"]) for a in manifest.get("artifacts", [])
+            if (directory / a["file"]).exists()}
+    return [w for w in _wanted_artifacts(formats, precision) if w not in have]
+
+
+def prepare_directory(request, say=print):
+    """Export what is missing for ``request``; return (directory, recipe, spec, reference, note).
+
+    A directory whose manifest records the same model options is re-used and only the missing
+    formats are exported (the pipeline keeps the manifest's other artifacts); otherwise the whole
+    request is exported. Export-time verification is skipped: parity is the verification.
+    """
+    from dataclasses import replace
+
+    from ..artifacts import read_manifest
+    from ..builders import resolve_model
+    from ..pipeline import export, load_reference
+
+    recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
+                              mean=request.mean, std=request.std, num_classes=request.num_classes)
+    directory = Path(request.output or Path("artifacts") / recipe.name)
+    formats = tuple(request.formats)
+    try:
+        manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError):
+        manifest = None
+    if manifest is not None and _matches(manifest, request):
+        missing = _missing(manifest, directory, formats, request.precision)
+        if not missing:
+            recipe, spec, reference = load_reference(directory)
+            return directory, recipe, spec, reference, f"re-using {directory}"
+        fmt = tuple(dict.fromkeys(f for f, _ in missing))
+        if request.precision != "fp32" and ("onnx", request.precision) in missing:
+            fmt = tuple(dict.fromkeys(("onnx",) + fmt))
+        request = replace(request, formats=fmt)
+        note = f"exported missing {', '.join(f'{f} {p}' for f, p in missing)} into {directory}"
+    else:
+        note = f"exported {', '.join(formats)} into {directory}"
+    say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")
+    result = export(replace(request, output=directory, verify=False, fail_on_breach=False))
+    return result.directory, result.recipe, result.spec, result.reference, note
+
+
+def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = None):
+    """(recipe, spec, reference) recorded by ``directory``'s manifest, with optional overrides."""
+    from ..pipeline import load_reference, load_stage, request_from_manifest
+    from ..prepare import prepare_for_deploy
+
+    if not overrides:
+        return load_reference(directory)
+    request = request_from_manifest(directory, **overrides)
+    recipe, spec, model, _ = load_stage(request)
+    reference, _ = prepare_for_deploy(model, recipe, fold=False)
+    return recipe, spec, reference
+
+
+def _parity_one(args, directory: Path, recipe, spec, reference, console, say):
+    from ..locate import locate_for_report
+    from ..parity import build_inputs, run_parity
+
+    inputs = build_inputs(spec, images=args.images, samples=args.samples, random=args.random,
+                          seed=args.seed or 0)
+    report = run_parity(directory, reference, spec, recipe, inputs, args.device,
+                        latency=not args.no_latency, batch_sizes=args.batch_sizes,
+                        warmup=args.warmup, runs=args.runs, rounds=args.rounds,
+                        threads=args.threads, progress=say)
+    if args.locate:
+        if report.breaches():
+            locate_for_report(report, reference, inputs[0].array, recipe)
+        else:
+            report.notes.append("--locate: every artifact is within tolerance, nothing to locate")
+    return report
+
+
+# ------------------------------------------------------------------------------- run
+def run(args) -> int:
+    from ..cli_options import parse_formats, request_from_args
+    from ..errors import UsageError
+    from ..report import print_report, wide_console, write_report
+
+    console = wide_console()
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]{msg}[/dim]")
+
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    if args.zoo:
+        if args.model or args.artifacts:
+            raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",
+                             fix="drop the model name (or drop --zoo)")
+        return _run_zoo(args, console)
+    if args.reduced:
+        raise UsageError("--reduced goes with --zoo", fix="use --input-size N for one model")
+
+    if args.artifacts:
+        directory = Path(args.artifacts)
+        if not (directory / "manifest.json").is_file():
+            raise UsageError(f"'{directory}' has no manifest.json",
+                             fix="pass a directory written by `exporter export`, or drop --artifacts")
+        from ..artifacts import read_manifest
+
+        manifest = read_manifest(directory)
+        recorded = manifest.get("model_spec") or manifest.get("model")
+        if args.model and args.model not in (recorded, manifest.get("model")):
+            raise UsageError(f"'{directory}' holds {recorded}, not {args.model}",
+                             fix=f"drop the model name or run `exporter parity {args.model}`")
+        overrides = _explicit_overrides(args)
+        if overrides:
+            say(f"overriding the manifest's model options: {overrides}")
+        recipe, spec, reference = reference_for_directory(directory, overrides)
+        note = f"eager reference rebuilt from {directory / 'manifest.json'}"
+    else:
+        if not args.model:
+            raise UsageError("which model?", fix="exporter parity MODEL, exporter parity --artifacts DIR, "
+                                                 "or exporter parity --zoo")
+        request = request_from_args(args, formats=parse_formats(args.format))
+        directory, recipe, spec, reference, note = prepare_directory(request, say)
+    say(note)
+    report = _parity_one(args, directory, recipe, spec, reference, console, say)
+    print_report(report, console)
+    if args.report:
+        paths = write_report([report], args.report, title=f"Parity report: {report.model}")
+        console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
+                      f"{paths['errors_png'].name})")
+    err = report.error()
+    if err is not None:
+        if args.no_fail:
+            console.print(f"[yellow]--no-fail: {len(report.breaches())} breach(es) reported, exit 0[/yellow]")
+            return 0
+        raise err
+    return 0
+
+
+def _zoo_request(args, name: str, recipe):
+    """The request for one zoo model: the shared options, at native / reduced / --input-size."""
+    from ..cli_options import parse_formats, request_from_args
+
+    ns = argparse.Namespace(**vars(args))
+    ns.model = name
+    size = args.input_size
+    spec = recipe.input
+    if args.reduced:
+        size = spec.test_size
+    if size is not None and (spec.fixed_size or size < spec.min_size or size == max(spec.size)):
+        size = None
+    ns.input_size = size
+    base = Path(args.output) if args.output else Path("artifacts")
+    suffix = f"@{size}" if size else ""
+    ns.output = base / f"{name}{suffix}"
+    return request_from_args(ns, formats=parse_formats(args.format))
+
+
+def _run_zoo(args, console) -> int:
+    from tqdm import tqdm
+
+    from ..errors import ExporterError, ParityError
+    from ..recipes import all_recipes
+    from ..report import print_zoo_summary, write_report
+
+    recipes = all_recipes()
+    reports, failures = [], []
+    bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        try:
+            request = _zoo_request(args, name, recipes[name])
+            directory, recipe, spec, reference, _ = prepare_directory(request, say=lambda m: None)
+            report = _parity_one(args, directory, recipe, spec, reference, console,
+                                 say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))
+            reports.append(report)
+            status = "ok" if report.ok else f"FAIL {'; '.join(str(b) for b in report.breaches())}"
+        except ExporterError as err:
+            failures.append({"model": name, "error": f"{type(err).__name__}: {err.message}"
+                             + (f" (fix: {err.fix})" if err.fix else "")})
+            status = f"ERROR {type(err).__name__}: {err.message}"
+        except Exception as err:  # noqa: BLE001 - one broken model must not stop the zoo
+            failures.append({"model": name, "error": f"{type(err).__name__}: {err}"})
+            status = f"ERROR {type(err).__name__}: {err}"
+        tqdm.write(f"{name}: {status}")
+    bar.close()
+    print_zoo_summary(reports, failures, console)
+    out = Path(args.report or Path("reports") / "parity-zoo")
+    paths = write_report(reports, out, failures, title="Zoo parity report")
+    console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
+                  f"{paths['errors_png'].name})")
+    breaches = [b for r in reports for b in r.breaches()]
+    if (breaches or failures) and not args.no_fail:
+        detail = "; ".join(str(b) for b in breaches[:5]) + ("; ..." if len(breaches) > 5 else "")
+        failed = [f["model"] for f in failures]
+        msg = f"zoo parity: {len(breaches)} breach(es)" + (f": {detail}" if breaches else "")
+        if failed:
+            msg += f"; {len(failed)} model(s) failed to export or run: {', '.join(failed)}"
+        raise ParityError(msg, fix=f"details in {paths['markdown']}; rerun one model with "
+                                   "`exporter parity MODEL --locate`; --no-fail reports without failing")
+    return 0

@@ -1,0 +1,390 @@
+"""Parity reports for people: a rich table in the terminal; report.md + report.json + PNG plots.
+
+``write_report(reports, out_dir)`` writes:
+
+* ``report.json`` - every number of every :class:`~exporter.parity.ParityReport`;
+* ``latency_vs_eager.png`` - speed-up of every artifact over eager (p50 ratio, same process);
+* ``errors.png`` - distribution of the per-sample relative error of every artifact, with its
+  tolerance;
+* ``report.md`` - machine, method, one table per model, breaches, first diverging layers, and the
+  two plots embedded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .parity import ArtifactResult, ParityReport
+
+LATENCY_PNG = "latency_vs_eager.png"
+ERRORS_PNG = "errors.png"
+
+
+# ------------------------------------------------------------------------------- formatting
+def fmt_sci(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.1e}"
+
+
+def fmt_frac(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value < 1 else "1.000"
+
+
+def fmt_cos(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6f}" if value < 0.999999995 else "1.000000"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _latency_cell(result: ArtifactResult, batch: int) -> str:
+    stats = result.latency.get(batch)
+    if stats is None:
+        return "-"
+    return f"{fmt_ms(stats.p50_ms)} / {fmt_ms(stats.p90_ms)} / {fmt_ms(stats.p99_ms)}"
+
+
+def _speedup_cell(result: ArtifactResult, batches: Sequence[int]) -> str:
+    if result.status == "reference":
+        return "1.00x (ref)"
+    parts = [f"{result.speedup[b]:.2f}x" for b in batches if b in result.speedup]
+    return " / ".join(parts) if parts else "-"
+
+
+def _accuracy_cell(result: ArtifactResult) -> str:
+    if not result.accuracy:
+        return "-"
+    return ", ".join(f"{v['top1']:.3f}/{v['top5']:.3f}" for v in result.accuracy.values())
+
+
+def _status_cell(result: ArtifactResult) -> str:
+    if result.status == "breach":
+        return "FAIL " + ",".join(sorted({b.metric for b in result.breaches}))
+    if result.status == "error":
+        return "ERROR"
+    if result.status == "skipped":
+        return "skipped"
+    if result.status == "reference":
+        return "reference"
+    return "ok"
+
+
+def short_runtime(result: ArtifactResult) -> str:
+    """'onnxruntime 1.32.0 CPUExecutionProvider', 'torch 2.14.1 TorchScript cpu'."""
+    runtime = result.runtime.replace("+cu130", "")
+    for full, short in (("(eager)", "eager"), ("(TorchScript)", "TorchScript")):
+        runtime = runtime.replace(full, short)
+    return " ".join(x for x in (runtime, result.provider) if x) or "-"
+
+
+def rows(report: ParityReport, compact: bool = False) -> list[dict[str, str]]:
+    """One display row per runner (eager first), shared by the terminal and Markdown tables."""
+    batches = list(report.batch_sizes)
+    out = []
+    for result in [report.eager, *report.artifacts]:
+        s = result.summary
+        ref = result.status == "reference"
+        row = {
+            "artifact": result.file or "eager PyTorch",
+            "precision": result.precision,
+            "runtime + provider": short_runtime(result),
+            "max-abs": "" if ref else fmt_sci(s.get("max_abs")),
+            "rel. err": "" if ref else fmt_sci(s.get("rel_max_abs")),
+            "cosine": "" if ref else fmt_cos(s.get("cosine")),
+        }
+        if compact:
+            row["top-1/5 agr."] = "" if ref or not s else \
+                f"{fmt_frac(s.get('top1_agreement'))}/{fmt_frac(s.get('top5_agreement'))}"
+        else:
+            row["top-1 agr."] = "" if ref else fmt_frac(s.get("top1_agreement"))
+            row["top-5 agr."] = "" if ref else fmt_frac(s.get("top5_agreement"))
+        if not compact or any(r.accuracy for r in [report.eager, *report.artifacts]):
+            row["acc. top1/top5"] = _accuracy_cell(result)
+        for b in batches:
+            row[f"b{b} p50/p90/p99 ms"] = _latency_cell(result, b)
+        if batches:
+            row["x eager " + "/".join(f"b{b}" for b in batches)] = _speedup_cell(result, batches)
+        row["status"] = _status_cell(result)
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------- terminal
+def render_table(report: ParityReport):
+    """A ``rich.table.Table`` of one report."""
+    from rich.table import Table
+
+    data = rows(report, compact=True)
+    table = Table(title=f"{report.model}: eager PyTorch vs artifacts ({report.device_label}, "
+                        f"{report.threads} threads)", show_lines=False)
+    for key in data[0]:
+        justify = "left" if key in ("artifact", "precision", "runtime + provider", "status") else "right"
+        table.add_column(key, justify=justify, overflow="fold",
+                         min_width=min(len(key), 8) if justify == "right" else None)
+    for row, result in zip(data, [report.eager, *report.artifacts]):
+        style = {"breach": "red", "error": "red", "skipped": "yellow", "reference": "bold"}.get(result.status)
+        table.add_row(*row.values(), style=style)
+    return table
+
+
+def wide_console():
+    """A rich Console; when output is not a terminal (CI logs, pipes) it is 160 columns wide
+    instead of rich's default 80, so the table is not folded into unreadable slivers."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def print_report(report: ParityReport, console=None) -> None:
+    """The table, where it was measured, the input sets, notes, breaches and located layers."""
+    from rich.console import Console
+
+    console = console or wide_console()
+    console.print(render_table(report))
+    console.print(f"[dim]{report.measured_on}[/dim]")
+    inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in report.inputs)
+    console.print(f"[dim]inputs: {inputs}; agreement judged on the real images; errors are the "
+                  f"worst over all inputs[/dim]")
+    if report.batch_sizes:
+        console.print(f"[dim]latency: {report.warmup} warm-up runs discarded, {report.runs} timed runs "
+                      f"in {report.rounds} interleaved rounds, batch {'/'.join(map(str, report.batch_sizes))}; "
+                      "speed-up = eager p50 / artifact p50 (see docs/LATENCY.md)[/dim]")
+    for result in [report.eager, *report.artifacts]:
+        for note in result.notes:
+            console.print(f"[yellow]note[/yellow] {result.file or 'eager'}: {note}")
+    for note in report.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
+    for breach in report.breaches():
+        console.print(f"[red]breach[/red] {breach}")
+    for file, loc in report.locations.items():
+        console.print(f"[cyan]locate[/cyan] {loc['summary']}")
+
+
+def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),
+                      console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or wide_console()
+    table = Table(title="zoo parity")
+    for col in ("model", "artifacts", "worst rel. err", "min top-1 agr.", "speed-up b1 (best)", "status"):
+        table.add_column(col)
+    for line in zoo_rows(reports, failures):
+        table.add_row(*line.values(), style="red" if line["status"] != "ok" else None)
+    console.print(table)
+
+
+def zoo_rows(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = ()) -> list[dict[str, str]]:
+    out = []
+    for rep in reports:
+        arts = [a for a in rep.artifacts if a.summary]
+        worst = max((a.summary["rel_max_abs"] for a in arts), default=None)
+        agree = min((a.summary["top1_agreement"] for a in arts), default=None)
+        first = rep.batch_sizes[0] if rep.batch_sizes else None
+        speed = [(a.speedup[first], a.file) for a in rep.artifacts if first in a.speedup]
+        best = max(speed, default=None)
+        out.append({"model": rep.model, "artifacts": str(len(rep.artifacts)),
+                    "worst rel. err": fmt_sci(worst), "min top-1 agr.": fmt_frac(agree),
+                    "speed-up b1 (best)": f"{best[0]:.2f}x {best[1]}" if best else "-",
+                    "status": "ok" if rep.ok else f"FAIL ({len(rep.breaches())} breach)"})
+    for fail in failures:
+        out.append({"model": fail["model"], "artifacts": "-", "worst rel. err": "-",
+                    "min top-1 agr.": "-", "speed-up b1 (best)": "-",
+                    "status": f"ERROR: {fail['error'].splitlines()[0][:120]}"})
+    return out
+
+
+# ------------------------------------------------------------------------------- plots
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_latency(reports: Sequence[ParityReport], path: Path) -> Path:
+    """Horizontal bars: speed-up over eager of every artifact, one bar per batch size."""
+    plt = _mpl()
+    labels, values = [], []
+    batches = sorted({b for r in reports for b in r.batch_sizes})
+    for rep in reports:
+        for art in rep.artifacts:
+            if art.speedup:
+                labels.append(f"{rep.model} · {art.file}" if len(reports) > 1 else art.file)
+                values.append([art.speedup.get(b, float("nan")) for b in batches])
+    height = max(2.5, 0.45 * len(labels) * max(1, len(batches)) ** 0.5 + 1.2)
+    fig, ax = plt.subplots(figsize=(9, height))
+    if labels:
+        n = len(batches)
+        width = 0.8 / n
+        for k, b in enumerate(batches):
+            ys = [i + (k - (n - 1) / 2) * width for i in range(len(labels))]
+            xs = [v[k] for v in values]
+            bars = ax.barh(ys, xs, height=width, label=f"batch {b}")
+            for y, x in zip(ys, xs):
+                if x == x:  # not NaN
+                    ax.text(x, y, f" {x:.2f}x", va="center", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", lw=1, ls="--", label="eager = 1x")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no latency measured", ha="center", va="center", transform=ax.transAxes)
+    where = reports[0].device_label if reports else "?"
+    ax.set_xlabel("speed-up over eager PyTorch (eager p50 / artifact p50, same process; log scale)")
+    ax.set_title(f"Latency relative to eager ({where})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_errors(reports: Sequence[ParityReport], path: Path) -> Path:
+    """Per-sample relative error (max|diff| / max|eager|) of every artifact, log scale, with the
+    tolerance of its precision as a red tick."""
+    plt = _mpl()
+    labels, data, tols = [], [], []
+    for rep in reports:
+        for art in rep.artifacts:
+            if art.sample_errors:
+                labels.append(f"{rep.model} · {art.file}" if len(reports) > 1 else art.file)
+                data.append([max(v, 1e-12) for v in art.sample_errors])
+                tols.append(art.tolerance.rel_max_abs if art.tolerance else None)
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.4 * len(labels) + 1.2)))
+    if data:
+        ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=True)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(values, [i] * len(values), s=6, alpha=0.5, color="tab:blue")
+            if tols[i - 1]:
+                ax.plot([tols[i - 1]] * 2, [i - 0.35, i + 0.35], color="red", lw=2)
+        ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.plot([], [], color="red", lw=2, label="tolerance (rel_max_abs)")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no artifact outputs", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("per-sample max |artifact - eager| / max |eager logits| (log scale)")
+    ax.set_title("Error distribution per artifact", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------- markdown / json
+def _md_table(data: list[dict[str, str]]) -> str:
+    if not data:
+        return ""
+    keys = list(data[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    for row in data:
+        lines.append("| " + " | ".join(str(row[k]).replace("|", "\\|") for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),
+             plots: dict[str, str] | None = None, title: str = "Parity report") -> str:
+    plots = plots or {}
+    first = reports[0] if reports else None
+    out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.", ""]
+    if first is not None:
+        m = first.machine
+        v = m.get("versions", {})
+        out += [
+            f"- **Measured on:** {first.measured_on}",
+            f"- **Machine:** {m.get('cpu', '?')}, {m.get('usable_cpus', m.get('logical_cpus', '?'))} usable CPUs"
+            + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ", no CUDA GPU"),
+            f"- **Versions:** python {m.get('python')}, " + ", ".join(
+                f"{k} {v[k]}" for k in ("torch", "torchvision", "onnx", "onnxruntime", "zoo-exporter")
+                if k in v),
+            f"- **Latency method:** {first.warmup} warm-up runs discarded, {first.runs} timed runs in "
+            f"{first.rounds} interleaved rounds per batch size ({', '.join(map(str, first.batch_sizes)) or 'none'}), "
+            f"{first.threads} threads for every runtime, p50/p90/p99 in ms; speed-up = eager p50 / "
+            "artifact p50 in the same process (docs/LATENCY.md)",
+            "- **Checks:** relative error = max |artifact - eager| / max |eager logits| (worst over all "
+            "inputs); cosine = worst sample; top-1/top-5 agreement with eager on the real images; "
+            "tolerances from each recipe's `[tolerance.<precision>]`",
+            "",
+        ]
+    if len(reports) + len(failures) > 1:
+        out += ["## Summary", "", _md_table(zoo_rows(reports, failures)), ""]
+    if plots:
+        out += ["## Plots", ""]
+        if LATENCY_PNG in plots:
+            out += [f"![Latency relative to eager]({plots[LATENCY_PNG]})", ""]
+        if ERRORS_PNG in plots:
+            out += [f"![Error distribution per artifact]({plots[ERRORS_PNG]})", ""]
+    all_breaches = [b for r in reports for b in r.breaches()]
+    if all_breaches or failures:
+        out += ["## Failures", ""]
+        out += [f"- **{b.file}** output `{b.output}`: {b.detail}" for b in all_breaches]
+        out += [f"- **{f['model']}**: {f['error'].splitlines()[0]}" for f in failures]
+        out.append("")
+    for rep in reports:
+        inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in rep.inputs)
+        w = rep.weights
+        weights = w.get("kind", "?") + (f" {w['name']}" if w.get("name") else "") + \
+            (f" seed {w['seed']}" if w.get("seed") is not None and w.get("kind") == "random" else "")
+        size = rep.input_spec.get("size")
+        out += [f"## {rep.model}", "",
+                f"`{rep.directory}` · input {size} · weights: {weights} · inputs: {inputs}", "",
+                _md_table(rows(rep)), ""]
+        notes = [f"- {n}" for n in rep.notes]
+        notes += [f"- {r.file or 'eager'}: {n}" for r in [rep.eager, *rep.artifacts] for n in r.notes]
+        if notes:
+            out += notes + [""]
+        for file, loc in rep.locations.items():
+            out += [f"**First diverging layer ({file}):** {loc['summary']}", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_json(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ok": all(r.ok for r in reports) and not failures,
+            "reports": [r.to_dict() for r in reports], "failures": list(failures)}
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def write_report(reports: Sequence[ParityReport] | ParityReport, out_dir: str | Path,
+                 failures: Iterable[dict[str, Any]] = (), title: str = "Parity report") -> dict[str, Path]:
+    """Write report.md, report.json and the PNG plots into ``out_dir``; return their paths."""
+    if isinstance(reports, ParityReport):
+        reports = [reports]
+    reports, failures = list(reports), list(failures)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"latency_png": plot_latency(reports, out_dir / LATENCY_PNG),
+             "errors_png": plot_errors(reports, out_dir / ERRORS_PNG)}
+    md = markdown(reports, failures, plots={LATENCY_PNG: LATENCY_PNG, ERRORS_PNG: ERRORS_PNG},
+                  title=title)
+    paths["markdown"] = out_dir / "report.md"
+    paths["markdown"].write_text(md)
+    paths["json"] = out_dir / "report.json"
+    paths["json"].write_text(json.dumps(to_json(reports, failures), indent=2, default=_json_default) + "\n")
+    return paths
