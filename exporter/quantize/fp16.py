@@ -1,0 +1,59 @@
+"""FP16 ONNX: fp16 weights and compute, graph inputs/outputs kept fp32 (Casts at the edges).
+
+Conversion is onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``. Numerically
+sensitive nodes stay fp32 ("AutoCast"-style, like NVIDIA ModelOpt): ops that are unsafe in fp16
+by type (``ALWAYS_FP32``), and any node whose FP32 output on sample inputs exceeds
+``MAX_FP16_MAGNITUDE`` (fp16 overflows at 65504, and large sums lose too many bits).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+
+ALWAYS_FP32 = ["Softmax", "LogSoftmax", "Exp", "Pow", "ReduceSum", "ReduceMean", "ReduceProd",
+               "ReduceL2", "ReduceLogSumExp", "LayerNormalization", "InstanceNormalization",
+               "Range", "Resize", "TopK", "NonMaxSuppression", "RandomNormalLike"]
+MAX_FP16_MAGNITUDE = 8192.0
+
+
+def large_magnitude_nodes(model: onnx.ModelProto, x: np.ndarray,
+                          limit: float = MAX_FP16_MAGNITUDE) -> list[str]:
+    """Names of nodes whose FP32 output magnitude exceeds ``limit`` on ``x``."""
+    from .int8 import run
+
+    outputs = {o: n.name for n in model.graph.node for o in n.output if n.op_type != "Constant"}
+    vals = run(model, x, batch=max(1, len(x)), extra=list(outputs), basic=True)
+    flagged = []
+    for name, val in vals.items():
+        if name in outputs and np.issubdtype(val.dtype, np.floating) and val.size \
+                and float(np.abs(val).max()) > limit:
+            flagged.append(outputs[name])
+    return flagged
+
+
+def convert_fp16(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict]:
+    """(fp16 model, details) — details list the nodes kept fp32 and why."""
+    from onnxconverter_common import float16
+
+    from .placement import ensure_node_names
+
+    model32 = onnx.ModelProto()
+    model32.CopyFrom(model)
+    ensure_node_names(model32)
+    present = {n.op_type for n in model32.graph.node}
+    op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | (set(ALWAYS_FP32) & present))
+    large = large_magnitude_nodes(model32, sample) if sample is not None else []
+    with warnings.catch_warnings():  # "float32 number ... truncated to 1e-07" per tiny weight
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model32, keep_io_types=True, op_block_list=op_block, node_block_list=large or None,
+            disable_shape_infer=False)
+    kept = sorted({n.name for n in model32.graph.node if n.op_type in op_block} | set(large))
+    details = {"converter": "onnxconverter-common convert_float_to_float16(keep_io_types=True)",
+               "io": "float32", "kept_fp32_nodes": kept,
+               "kept_fp32_reasons": {**{n: "op type unsafe in fp16" for n in kept if n not in large},
+                                     **{n: f"|output| > {MAX_FP16_MAGNITUDE:g} on sample inputs"
+                                        for n in large}}}
+    return converted, details

@@ -1,0 +1,286 @@
+"""Build the explicit Q/DQ INT8 ONNX from a :class:`~.placement.Plan` and calibrated ranges.
+
+Our own Q/DQ writer (rather than ``onnxruntime.quantization.quantize_static``) because the
+placement *is* the product: TensorRT's fusion rules, fp16 fallback layers, and bias correction
+need edge-level control. Conventions follow what TensorRT and ORT accept:
+
+* activations: ``QuantizeLinear -> DequantizeLinear`` with a scalar scale; int8 zero-point 0
+  (tensorrt) or uint8 asymmetric (cpu);
+* weights: stored int8 (range [-127, 127], symmetric, zero-point 0) per output channel, read
+  through a ``DequantizeLinear`` with ``axis``; biases stay float (no int32 bias);
+* layers kept out of int8 run in fp16 for TensorRT: ``Cast -> Conv(fp16 weights) -> Cast`` (graph
+  I/O fp32); for the ``cpu`` target they stay fp32 (ORT CPU has no fast fp16 conv: measured, fp16
+  fallback layers cost more than int8 saves).
+
+Bias correction: the mean per-channel output of every int8 Conv/Gemm over the calibration data
+is pulled back to the FP32 mean by adjusting its float bias (iterated, so the correction of early
+layers is seen by later ones).
+
+ONNX Runtime note: 1.32's CPU optimizer ``WeightBiasQuantization`` rewrites float biases of
+DQ-fed convs into int32 DQ and wrecks graphs whose non-quantized parts are fp16. Every session
+made here disables it by name (``disabled_optimizers``).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .placement import Graph, Plan, weight_axis
+
+DISABLED_ORT_OPTIMIZERS = ["WeightBiasQuantization"]
+
+
+def make_session(model, basic: bool = False, threads: int | None = 1):
+    """ORT CPU session (file path, bytes or ModelProto) with the unsafe pass disabled."""
+    import onnxruntime as ort
+
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if basic
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_ORT_OPTIMIZERS)
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The graph input's fixed batch size, or None when the batch axis is dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 \
+        else None
+
+
+def run(model, x: np.ndarray, batch: int | None = None, extra: list[str] | None = None,
+        basic: bool = False):
+    """Logits (or, with ``extra``, a dict of the named tensors) of a model over ``x``.
+
+    A fixed-batch model is run in exactly its batch size (``x`` must hold a multiple of it).
+    """
+    if isinstance(model, onnx.ModelProto):
+        batch = fixed_batch(model) or batch or 16
+    batch = batch or 16
+    if extra:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        have = {o.name for o in m.graph.output}
+        for name in extra:
+            if name not in have:
+                m.graph.output.append(helper.make_empty_tensor_value_info(name))
+        model = m
+    sess = make_session(model, basic=basic)
+    names = [o.name for o in sess.get_outputs()]
+    inp = sess.get_inputs()[0].name
+    outs = defaultdict(list)
+    for i in range(0, len(x), batch):
+        for name, val in zip(names, sess.run(None, {inp: x[i:i + batch]})):
+            outs[name].append(val)
+    joined = {k: np.concatenate(v) for k, v in outs.items()}
+    return joined if extra else joined[names[0]].astype(np.float32)
+
+
+def _scale_zp(rng: tuple[float, float, float], signed: bool) -> tuple[float, int]:
+    lo, hi, amax = rng
+    if signed:
+        return max(amax, 1e-12) / 127.0, 0
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-12) / 255.0
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel int8 (narrow range) of a weight: (int8 weight, float32 scales)."""
+    other = tuple(a for a in range(w.ndim) if a != axis)
+    amax = np.abs(w).max(axis=other)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def kept_precision(target: str) -> str:
+    """Precision of layers left out of int8: fp16 for TensorRT; fp32 on ORT CPU (no fast fp16 conv)."""
+    return "fp16" if target == "tensorrt" else "fp32"
+
+
+def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
+              kept_dtype: str | None = None) -> onnx.ModelProto:
+    """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias."""
+    kept_dtype = kept_dtype or kept_precision(plan.target)
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    graph = Graph(model)
+    g = model.graph
+    new_nodes, new_inits = [], []
+    act_dtype = TensorProto.INT8 if plan.signed else TensorProto.UINT8
+    for tensor, edges in plan.edges.items():
+        src = plan.range_of.get(tensor, tensor)
+        scale, zp = _scale_zp(ranges[src], plan.signed)
+        base = _safe(tensor)
+        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
+                      helper.make_tensor(f"{base}_zp", act_dtype, [], [zp])]
+        new_nodes += [
+            helper.make_node("QuantizeLinear", [tensor, f"{base}_scale", f"{base}_zp"], [f"{base}_q"],
+                             name=f"{base}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zp"],
+                             [f"{base}_dq"], name=f"{base}_DequantizeLinear")]
+        for node_name, slot in edges:
+            graph.nodes[node_name].input[slot] = f"{base}_dq"
+    bias_delta = bias_delta or {}
+    for name in plan.quantized:
+        node = graph.nodes[name]
+        w = graph.weight(node)
+        axis = weight_axis(node)
+        q, scale = quantize_weight(w, axis)
+        base = _safe(name)
+        new_inits += [numpy_helper.from_array(q, f"{base}_w_int8"),
+                      numpy_helper.from_array(scale, f"{base}_w_scale"),
+                      numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_w_zp")]
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_w_int8", f"{base}_w_scale",
+                                                               f"{base}_w_zp"], [f"{base}_w_dq"],
+                                          name=f"{base}_w_DequantizeLinear", axis=axis))
+        node.input[1] = f"{base}_w_dq"
+        if name in bias_delta:
+            _set_bias(graph, node, np.asarray(bias_delta[name], np.float32), new_inits, len(scale))
+        if not plan.signed and len(node.input) > 2 and node.input[2]:
+            # cpu placement: int32 bias (scale = input scale x weight scale) so ORT's selectors
+            # fuse DQ -> Conv/Gemm -> Q into QLinearConv / QGemm
+            x_scale = _scale_zp(ranges[plan.range_of.get(_edge_source(plan, name), _edge_source(plan, name))],
+                                False)[0]
+            bias = _bias_array(graph, node, new_inits)
+            b_scale = (x_scale * scale).astype(np.float32)
+            b_q = np.round(bias / b_scale).astype(np.int64).clip(-2**31, 2**31 - 1).astype(np.int32)
+            new_inits += [numpy_helper.from_array(b_q, f"{base}_b_int32"),
+                          numpy_helper.from_array(b_scale, f"{base}_b_scale"),
+                          numpy_helper.from_array(np.zeros(len(b_scale), np.int32), f"{base}_b_zp")]
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_b_int32", f"{base}_b_scale",
+                                                                   f"{base}_b_zp"], [f"{base}_b_dq"],
+                                              name=f"{base}_b_DequantizeLinear", axis=0))
+            node.input[2] = f"{base}_b_dq"
+    if kept_dtype == "fp16":
+        for name in plan.kept:
+            _to_fp16(graph, graph.nodes[name], new_nodes, new_inits)
+    g.initializer.extend(new_inits)
+    g.node.extend(new_nodes)
+    _toposort(g)
+    _drop_unused_initializers(g)
+    return model
+
+
+def _edge_source(plan: Plan, node_name: str) -> str:
+    for tensor, edges in plan.edges.items():
+        if (node_name, 0) in edges:
+            return tensor
+    raise KeyError(f"no quantized input edge for {node_name}")
+
+
+def _bias_array(graph: Graph, node, new_inits: list) -> np.ndarray:
+    name = node.input[2]
+    for t in new_inits:
+        if t.name == name:
+            return numpy_helper.to_array(t).astype(np.float32)
+    return numpy_helper.to_array(graph.inits[name]).astype(np.float32)
+
+
+def _safe(name: str) -> str:
+    return name.strip("/").replace("/", "_").replace(":", "_") or "t"
+
+
+def _set_bias(graph: Graph, node, delta: np.ndarray, new_inits: list, channels: int) -> None:
+    base = _safe(node.name)
+    if len(node.input) > 2 and node.input[2]:
+        bias = numpy_helper.to_array(graph.inits[node.input[2]]).astype(np.float32)
+    else:
+        bias = np.zeros(channels, np.float32)
+        while len(node.input) < 3:
+            node.input.append("")
+    new_inits.append(numpy_helper.from_array((bias + delta).astype(np.float32), f"{base}_bias_corr"))
+    node.input[2] = f"{base}_bias_corr"
+
+
+def _to_fp16(graph: Graph, node, new_nodes: list, new_inits: list) -> None:
+    base = _safe(node.name)
+    for slot in (1, 2):
+        if len(node.input) > slot and node.input[slot] in graph.inits:
+            arr = numpy_helper.to_array(graph.inits[node.input[slot]]).astype(np.float16)
+            new_inits.append(numpy_helper.from_array(arr, f"{base}_fp16_{slot}"))
+            node.input[slot] = f"{base}_fp16_{slot}"
+    src, out = node.input[0], node.output[0]
+    new_nodes.append(helper.make_node("Cast", [src], [f"{base}_in_fp16"], to=TensorProto.FLOAT16,
+                                      name=f"{base}_CastIn"))
+    node.input[0] = f"{base}_in_fp16"
+    node.output[0] = f"{base}_out_fp16"
+    new_nodes.append(helper.make_node("Cast", [f"{base}_out_fp16"], [out], to=TensorProto.FLOAT,
+                                      name=f"{base}_CastOut"))
+
+
+def _toposort(g: onnx.GraphProto) -> None:
+    available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise RuntimeError("Q/DQ graph has a cycle or a dangling input: "
+                               + ", ".join(n.name for n in rest[:5]))
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+
+
+def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
+                    kept_dtype: str | None = None) -> dict:
+    """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
+
+    One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
+    through the int8 weight; the difference of the per-channel means of the FP32 output and the
+    shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
+    corrections do not double-count errors inherited from earlier layers.)
+    """
+    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype)
+    qgraph = Graph(qdq)
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    g = model.graph
+    have = {t.name for t in g.initializer}
+    g.initializer.extend(t for t in qdq.graph.initializer if t.name not in have)
+    g.node.extend(n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    pairs = {}
+    for name in plan.quantized:
+        qnode = qgraph.nodes[name]
+        shadow = onnx.NodeProto()
+        shadow.CopyFrom(qnode)
+        shadow.name = f"{name}_shadow"
+        del shadow.output[:]
+        shadow.output.append(f"{_safe(name)}_shadow_out")
+        g.node.append(shadow)
+        pairs[name] = (qnode.output[0], shadow.output[0])
+    _toposort(g)
+    names = [t for pair in pairs.values() for t in pair]
+    outs = run(model, data, batch=8, extra=names, basic=True)
+    delta = {}
+    for name, (ref, sh) in pairs.items():
+        axes = tuple(a for a in range(outs[ref].ndim) if a != 1)
+        diff = outs[ref].astype(np.float64).mean(axis=axes) - outs[sh].astype(np.float64).mean(axis=axes)
+        delta[name] = diff.astype(np.float32)
+    return delta

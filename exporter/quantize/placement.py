@@ -1,0 +1,175 @@
+"""Where Q/DQ pairs go: the TensorRT placement and the onnxruntime-CPU placement.
+
+A :class:`Plan` lists which *edges* (tensor -> consumer input slot) read a fake-quantized copy of
+an activation, and which Conv/Gemm weights are stored as per-channel int8. Edges, not tensors:
+a tensor consumed by a quantized conv and by a layer kept in higher precision gets one Q/DQ pair
+whose output feeds only the quantized consumer.
+
+``tensorrt`` (the placement NVIDIA's ModelOpt uses, its rules re-derived here):
+  * Q/DQ on the activation input and (per-channel, axis 0) the weight of every quantized
+    Conv / Gemm; symmetric int8, zero-point 0; the bias stays float (TensorRT wants no int32 DQ).
+  * a residual ``Add`` whose one input is the output of a quantized Conv gets Q/DQ on its *other*
+    input (the skip branch) only, so TensorRT fuses conv + add into one int8 kernel.
+  * no Q/DQ on any op output (no output quantization), nothing else quantized.
+
+``cpu`` (what makes onnxruntime's CPU int8 kernels fire):
+  * uint8 asymmetric activations, int8 symmetric per-channel weights (the U8S8 path of MLAS).
+  * every input of Conv / Gemm / Add / GlobalAveragePool is quantized, so each op's output is also
+    a quantized tensor: ORT fuses DQ -> op -> Q into QLinearConv / QLinearAdd / QGemm and folds a
+    Clip/Relu followed by Q into the Q. Shape-only ops (Flatten, Reshape, MaxPool) reuse their input's
+    scale so ORT can drop the DQ/Q around them. The graph output stays float.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import numpy_helper
+
+TARGETS = ("tensorrt", "cpu")
+LINEAR_OPS = ("Conv", "Gemm")
+CPU_INT8_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool")
+PASSTHROUGH_OPS = ("Flatten", "Reshape", "MaxPool")
+ACTIVATION_OPS = ("Relu", "Clip")
+
+
+class Graph:
+    """Producer / consumer / initializer lookups over an ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        g = model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.constants = {o for n in g.node if n.op_type == "Constant" for o in n.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        for node in g.node:
+            for out in node.output:
+                self.producer[out] = node
+            for idx, name in enumerate(node.input):
+                if name:
+                    self.consumers[name].append((node, idx))
+        self.inputs = {i.name for i in g.input if i.name not in self.inits}
+        self.outputs = {o.name for o in g.output}
+        self.nodes = {n.name: n for n in g.node}
+
+    def is_activation(self, name: str) -> bool:
+        return bool(name) and name not in self.inits and name not in self.constants
+
+    def weight(self, node: onnx.NodeProto):
+        return numpy_helper.to_array(self.inits[node.input[1]]) if node.input[1] in self.inits else None
+
+
+def ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every node a unique name (exclusion lists and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def linear_nodes(graph: Graph) -> list[onnx.NodeProto]:
+    """Conv / Gemm nodes with a constant weight: the layers that can run in int8."""
+    out = []
+    for node in graph.model.graph.node:
+        if node.op_type not in LINEAR_OPS or len(node.input) < 2 or node.input[1] not in graph.inits:
+            continue
+        if node.op_type == "Gemm":
+            attrs = {a.name: a.i for a in node.attribute}
+            if attrs.get("transA", 0):
+                continue
+        out.append(node)
+    return out
+
+
+def weight_axis(node: onnx.NodeProto) -> int:
+    """Per-channel axis of a weight: output channels (Conv axis 0, Gemm axis 0 if transB else 1)."""
+    if node.op_type == "Gemm":
+        return 0 if {a.name: a.i for a in node.attribute}.get("transB", 0) else 1
+    return 0
+
+
+@dataclass
+class Plan:
+    target: str
+    quantized: list[str]  # Conv/Gemm node names running int8
+    kept: list[str]  # Conv/Gemm node names left in higher precision
+    edges: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> [(node, slot)]
+    range_of: dict[str, str] = field(default_factory=dict)  # tensor whose range a tensor borrows
+    signed: bool = True  # int8 (True) or uint8 (False) activations
+
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.edges)
+
+
+def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = frozenset()) -> Plan:
+    """Choose the Q/DQ edges for ``target``; ``exclude`` names Conv/Gemm nodes kept in fp16/fp32."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    graph = Graph(model)
+    linear = linear_nodes(graph)
+    quantized = [n.name for n in linear if n.name not in exclude]
+    kept = [n.name for n in linear if n.name in exclude]
+    qset = set(quantized)
+    edges: dict[str, list[tuple[str, int]]] = defaultdict(list)
+
+    def add(tensor: str, node: onnx.NodeProto, slot: int) -> None:
+        if graph.is_activation(tensor) and (node.name, slot) not in edges[tensor]:
+            edges[tensor].append((node.name, slot))
+
+    if target == "tensorrt":
+        for node in graph.model.graph.node:
+            if node.name in qset:
+                add(node.input[0], node, 0)
+            elif node.op_type == "Add" and len(node.input) == 2:
+                slots = [i for i, t in enumerate(node.input) if graph.is_activation(t)]
+                if len(slots) != 2:
+                    continue  # a bias add, not a residual
+                fused = _fused_input(graph, node, qset)
+                if fused is not None:
+                    add(node.input[1 - fused], node, 1 - fused)
+        return Plan(target, quantized, kept, dict(edges), signed=True)
+
+    # cpu placement
+    range_of: dict[str, str] = {}
+    int8_nodes = {n.name for n in graph.model.graph.node
+                  if (n.op_type in CPU_INT8_OPS and n.op_type not in LINEAR_OPS) or n.name in qset}
+    for node in graph.model.graph.node:
+        if node.name in int8_nodes:
+            add(node.input[0], node, 0)
+            if node.op_type == "Add":
+                add(node.input[1], node, 1)
+    # shape-only ops between two quantized tensors: quantize their input with their output's range
+    changed = True
+    while changed:
+        changed = False
+        for node in graph.model.graph.node:
+            if node.op_type in PASSTHROUGH_OPS and node.output[0] in edges \
+                    and (node.name, 0) not in edges.get(node.input[0], []):
+                add(node.input[0], node, 0)
+                range_of[node.output[0]] = node.input[0]
+                changed = True
+    return Plan(target, quantized, kept, dict(edges), range_of, signed=False)
+
+
+def _fused_input(graph: Graph, add: onnx.NodeProto, quantized: set[str]) -> int | None:
+    """Index of the Add input TensorRT would fuse into its producing conv (None: not a conv add).
+
+    The fusible input is the output of a quantized Conv consumed only by this Add; when both
+    inputs qualify (a projection shortcut), the later-produced one is fused, the other is the
+    skip branch.
+    """
+    order = {n.name: i for i, n in enumerate(graph.model.graph.node)}
+    best, best_pos = None, -1
+    for idx, tensor in enumerate(add.input):
+        prod = graph.producer.get(tensor)
+        if prod is None or prod.op_type != "Conv" or prod.name not in quantized:
+            continue
+        if len(graph.consumers[tensor]) != 1:
+            continue
+        if order[prod.name] > best_pos:
+            best, best_pos = idx, order[prod.name]
+    return best

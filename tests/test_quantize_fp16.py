@@ -1,0 +1,89 @@
+"""FP16 ONNX over the zoo: fp16 weights and compute, fp32 graph I/O, parity within the recipe's tolerance."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.data import packaged_crops, random_inputs
+from exporter.metrics import compare_outputs
+from exporter.quantize import quantize_stage
+from exporter.quantize.fp16 import convert_fp16
+from exporter.quantize.int8 import run
+from exporter.recipes import all_recipes
+
+from quant_helpers import (PIP_HINT, can_build, fp32_onnx, onnx_dtype_summary, real_weights_path,
+                           skip_unless_slow)
+
+# one network per family in the default suite; the rest of the zoo runs with --runslow
+FAST = {"mobilenet_v2", "mobilenet_v3_small", "resnet18", "shufflenet_v2_x1_0", "googlenet",
+        "efficientnet_b0", "lenet5", "se_resnet18", "nin", "mobilenet_v1", "shufflenet_v1"}
+RECIPES = all_recipes()
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_fp16_parity_zoo(name, tmp_path, request):
+    recipe = RECIPES[name]
+    if name not in FAST:
+        skip_unless_slow(request)
+    reason = can_build(recipe)
+    if reason:
+        pytest.skip(reason)
+    size = recipe.input.test_size or min(recipe.input.size)
+    path, spec = fp32_onnx(recipe, size=size)
+    entry = quantize_stage(path, tmp_path, recipe, spec, "fp16")
+    assert entry["file"] == f"{name}.fp16.onnx" and entry["precision"] == "fp16"
+    assert entry["format"] == "onnx" and entry["bytes"] == (tmp_path / entry["file"]).stat().st_size
+    model = onnx.load(str(tmp_path / entry["file"]))
+    types = onnx_dtype_summary(model)
+    assert types["inputs"] == ["FLOAT"] and types["outputs"] == ["FLOAT"], types
+    assert "FLOAT16" in types["initializers"]
+    # the weights of every Conv/Gemm are fp16 unless a node was kept fp32 for a stated reason
+    kept = set(entry["details"]["kept_fp32_nodes"])
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.name not in kept and node.input[1] in inits:
+            assert inits[node.input[1]] == onnx.TensorProto.FLOAT16, node.name
+    # parity on fresh inputs (not the ones the stage used), natural images when the recipe is RGB
+    tol = recipe.tolerance("fp16")
+    x = (packaged_crops(spec, 8, seed=11).array if spec.channels == 3 and spec.color_mode == "RGB"
+         else random_inputs(spec, 8, seed=11))
+    ref, out = run(onnx.load(str(path)), x), run(model, x)
+    cmp = compare_outputs(ref, out)
+    assert cmp["rel_max_abs"] <= tol.rel_max_abs, cmp
+    assert cmp["top1_agreement"] >= tol.min_top1_agreement, cmp
+    assert entry["details"]["within_tolerance"], entry["details"]
+
+
+def test_fp16_keeps_large_magnitude_nodes_fp32():
+    """A node whose activations would overflow fp16 stays fp32 (and the output stays finite)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((4, 4), 300.0, np.float32), "w")
+    w2 = numpy_helper.from_array(np.full((4, 2), 1e-3, np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["big"], name="big_mm"),
+         helper.make_node("MatMul", ["big", "big_w"], ["big2"], name="bigger_mm"),
+         helper.make_node("MatMul", ["big2", "w2"], ["logits"], name="head")],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [w, w2, numpy_helper.from_array(np.full((4, 4), 300.0, np.float32), "big_w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.ones((2, 4), np.float32)
+    converted, details = convert_fp16(model, x)
+    assert "bigger_mm" in details["kept_fp32_nodes"], details
+    out = run(converted, x)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, run(model, x), rtol=1e-2)
+
+
+def test_fp16_real_weights_parity(tmp_path):
+    if real_weights_path() is None:
+        pytest.skip(f"real MobileNetV2 weights missing: {PIP_HINT}")
+    recipe = RECIPES["mobilenet_v2"]
+    path, spec = fp32_onnx(recipe, size=96, real_weights=True)
+    entry = quantize_stage(path, tmp_path, recipe, spec, "fp16")
+    x = packaged_crops(spec, 32, seed=5).array
+    cmp = compare_outputs(run(onnx.load(str(path)), x), run(onnx.load(str(tmp_path / entry["file"])), x))
+    tol = recipe.tolerance("fp16")
+    assert cmp["rel_max_abs"] <= tol.rel_max_abs and cmp["top1_agreement"] >= tol.min_top1_agreement, cmp
