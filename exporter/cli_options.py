@@ -47,17 +47,24 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     parser.add_argument("--calibration", help="INT8 calibration data: an image folder or an .npy of "
                         "preprocessed NCHW tensors (see calibration/README.md)")
-    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"))
+    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile", "mse"),
+                        help="activation range method (default mse: best measured, see "
+                             "benchmarks/INT8_RESULTS.md)")
     parser.add_argument("--calibration-samples", type=int)
     parser.add_argument("--target", choices=("tensorrt", "cpu"), help="INT8 Q/DQ placement (default tensorrt)")
     parser.add_argument("--max-accuracy-drop", type=float,
-                        help="INT8 budget in top-1 points (default 1.0, or >=97%% agreement without labels)")
+                        help="INT8 budget: max top-1 accuracy drop in points with labelled --eval-images "
+                             "(default 1.0); without labels top-1 agreement with FP32 must be >= "
+                             "1 - N/100 (default 97%%)")
+    parser.add_argument("--eval-images", metavar="DIR",
+                        help="held-out images the INT8 budget is measured on (class subfolders named "
+                             "by class index give accuracy); default: the calibration data")
 
 
 def quant_options(args: argparse.Namespace) -> dict:
     names = {"calibration": "calibration", "calibration_method": "method",
              "calibration_samples": "samples", "target": "target",
-             "max_accuracy_drop": "max_accuracy_drop"}
+             "max_accuracy_drop": "max_accuracy_drop", "eval_images": "eval_data"}
     return {dest: getattr(args, src) for src, dest in names.items()
             if getattr(args, src, None) is not None}
 

@@ -2,6 +2,7 @@
 deploy check -> quantize -> verify) and writes the manifest."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,15 +115,17 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
     return info
 
 
-def verification_inputs(spec: InputSpec, seed: int = 0, photos: int = 8, noise: int = 4) -> np.ndarray:
-    """Real photo crops plus random tensors: the default inputs of every parity check.
+def verification_inputs(spec: InputSpec, seed: int = 0, photos: int = 8,
+                        noise: int = 4) -> tuple[np.ndarray, int]:
+    """(inputs, number of real photos first): photo crops plus random tensors.
 
     Photos are used where the input is RGB or grayscale; other channel counts get noise only.
     """
     use_photos = photos and spec.channels in (1, 3)
-    real = packaged_crops(spec, photos, seed=seed + 1000).array if use_photos else None
     rand = random_inputs(spec, noise, seed=seed)
-    return rand if real is None else np.concatenate([real, rand])
+    if not use_photos:
+        return rand, 0
+    return np.concatenate([packaged_crops(spec, photos, seed=seed + 1000).array, rand]), photos
 
 
 def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn.Module,
@@ -130,7 +133,7 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
     """Run every artifact against eager on the same inputs; return one metrics row each."""
     from .backends.base import runner_for
 
-    inputs = verification_inputs(spec)
+    inputs, n_photos = verification_inputs(spec)
     with torch.no_grad():
         expected = reference(torch.from_numpy(inputs)).numpy()
     rows = []
@@ -139,10 +142,15 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
         step = batch or len(inputs)
         got = np.concatenate([runner(inputs[i:i + step]) for i in range(0, len(inputs), step)])
         metrics = compare_outputs(expected, got)
+        if n_photos:  # agreement is judged on real images; errors over every input
+            real = compare_outputs(expected[:n_photos], got[:n_photos])
+            metrics.update(top1_agreement=real["top1_agreement"], top5_agreement=real["top5_agreement"])
         tol = recipe.tolerance(artifact["precision"])
         breach = []
         if metrics["rel_max_abs"] > tol.rel_max_abs:
             breach.append(f"relative max-abs {metrics['rel_max_abs']:.2e} > {tol.rel_max_abs:.0e}")
+        if metrics["cosine"] < tol.min_cosine:
+            breach.append(f"cosine {metrics['cosine']:.6f} < {tol.min_cosine}")
         if metrics["top1_agreement"] < tol.min_top1_agreement:
             breach.append(f"top-1 agreement {metrics['top1_agreement']:.3f} < {tol.min_top1_agreement}")
         rows.append({"file": artifact["file"], "format": artifact["format"],
@@ -191,6 +199,9 @@ def export(request: ExportRequest) -> ExportResult:
         if request.precision != "fp32":
             from .quantize import quantize_stage
 
+            cache = directory / f"{stem}.int8.calib.json"  # reuse an earlier calibration
+            if cache.is_file():
+                shutil.copy2(cache, stage / cache.name)
             artifacts.append(quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec,
                                             request.precision, **request.quant))
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request.batch) \

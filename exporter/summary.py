@@ -10,6 +10,26 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _quant_lines(d: dict) -> list[str]:
+    """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
+    if "int8_conv_fraction" not in d:
+        return []
+    measured = d.get("measured", {})
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in measured.items() if isinstance(v, float))
+    kept = d.get("kept_fp16_layers", [])
+    cache = d.get("calibration_cache", {})
+    return [
+        f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%), "
+        f"{len(kept)} layer(s) kept in {d.get('kept_layers_precision', 'fp16')}"
+        + (f" ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else ""),
+        f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'} "
+        f"({shown}) on {d.get('measured_on')}",
+        f"    calibration: {d.get('method')} over {d.get('samples_used')} samples, "
+        f"{d.get('skipped_files', 0)} file(s) skipped, cache {'hit' if cache.get('hit') else 'miss'}"
+        f" ({cache.get('reason')})",
+    ]
+
+
 def weights_line(info: dict) -> str:
     if info["kind"] == "random":
         return (f"weights: seeded random init (seed {info['seed']}, BN statistics randomized) - "
@@ -42,6 +62,7 @@ def export_summary(result) -> str:
                      f"{exp.get('simplify_seconds', 0):.1f} s")
     for a in m["artifacts"]:
         lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})")
+        lines.extend(_quant_lines(a.get("details", {})))
     for row in result.parity:
         status = "BREACH " + "; ".join(row["breach"]) if row["breach"] else "ok"
         lines.append(f"  parity vs eager [{row['file']} on {row['provider']}, {row['samples']} inputs]: "

@@ -1,6 +1,8 @@
 """``exporter export MODEL --format onnx[,torchscript] [--precision fp16|int8]``."""
 from __future__ import annotations
 
+import sys
+
 from ..cli_options import add_model_options, add_precision_options, parse_formats, request_from_args
 
 
@@ -20,6 +22,8 @@ def run(args) -> int:
     from ..pipeline import export
 
     request = request_from_args(args, formats=parse_formats(args.format))
+    if request.precision == "int8":
+        request.quant["log"] = lambda msg: print(msg, file=sys.stderr, flush=True)
     request.verify = not args.no_verify
     request.fail_on_breach = not args.no_fail
     result = export(request)

@@ -144,11 +144,16 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x: 
             best = (result.score(), model, list(kept), result)
         if result.ok:
             return BudgetResult(model, kept, result, history, ranking)
+    reached = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in best[3].metrics.items())
+    loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
+              else "--max-accuracy-drop N (without labels: top-1 agreement >= 1 - N/100)")
     raise PrecisionError(
-        f"the INT8 accuracy budget ({criterion.describe()}) cannot be met: keeping the "
-        f"{len(best[2])} most sensitive layer(s) in fp16 (up to a quarter of the {len(convs)} convs) "
-        f"reached {best[3].metrics}",
-        fix="use --precision fp16, loosen --max-accuracy-drop, or calibrate with more/closer data")
+        f"the INT8 accuracy budget ({criterion.describe()}) cannot be met: the best of keeping up to "
+        f"a quarter of the {len(convs)} convs out of INT8 ({len(best[2])} most sensitive layer(s)) "
+        f"reached {reached}",
+        fix=f"use --precision fp16, loosen the budget with {loosen}, or calibrate with more or "
+            "closer-to-deployment data (--calibration DIR, --calibration-samples N)")
 
 
 def _op(model: onnx.ModelProto, name: str) -> str:
