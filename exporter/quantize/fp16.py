@@ -50,10 +50,39 @@ def convert_fp16(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tu
         converted = float16.convert_float_to_float16(
             model32, keep_io_types=True, op_block_list=op_block, node_block_list=large or None,
             disable_shape_infer=False)
+    fixed = _force_fp32_outputs(converted)
     kept = sorted({n.name for n in model32.graph.node if n.op_type in op_block} | set(large))
     details = {"converter": "onnxconverter-common convert_float_to_float16(keep_io_types=True)",
-               "io": "float32", "kept_fp32_nodes": kept,
+               "io": "float32", "kept_fp32_nodes": kept, "outputs_recast_fp32": fixed,
                "kept_fp32_reasons": {**{n: "op type unsafe in fp16" for n in kept if n not in large},
                                      **{n: f"|output| > {MAX_FP16_MAGNITUDE:g} on sample inputs"
                                         for n in large}}}
     return converted, details
+
+
+def _force_fp32_outputs(model: onnx.ModelProto) -> list[str]:
+    """Make every graph output float32; returns the outputs that needed fixing.
+
+    onnxconverter-common (1.14-1.16) declares an output fp16 and casts to fp16 when the node that
+    produces it is kept fp32 (node_block_list) despite ``keep_io_types=True``.
+    """
+    fp32, fixed = onnx.TensorProto.FLOAT, []
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type == fp32:
+            continue
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = fp32
+        else:
+            raw = f"{out.name}_fp16"
+            for n in model.graph.node:
+                n.output[:] = [raw if o == out.name else o for o in n.output]
+                n.input[:] = [raw if i == out.name else i for i in n.input]
+            model.graph.node.append(onnx.helper.make_node("Cast", [raw], [out.name], to=fp32,
+                                                          name=f"{out.name}_to_fp32"))
+        out.type.tensor_type.elem_type = fp32
+        fixed.append(out.name)
+    return fixed
