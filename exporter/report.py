@@ -139,19 +139,20 @@ def render_table(report: ParityReport):
 
 
 def wide_console():
-    """A rich Console; when output is not a terminal (CI logs, pipes) it is 160 columns wide
-    instead of rich's default 80, so the table is not folded into unreadable slivers."""
+    """A rich Console; when output is not a terminal (CI logs, pipes) it is $COLUMNS (default 200)
+    wide instead of rich's default 80, so the table is not folded into unreadable slivers."""
+    import os
     import sys
 
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=int(os.environ.get("COLUMNS", "200")))
 
 
 def print_report(report: ParityReport, console=None) -> None:
     """The table, where it was measured, the input sets, notes, breaches and located layers."""
-    from rich.console import Console
-
     console = console or wide_console()
     console.print(render_table(report))
     console.print(f"[dim]{report.measured_on}[/dim]")
@@ -175,7 +176,6 @@ def print_report(report: ParityReport, console=None) -> None:
 
 def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),
                       console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = console or wide_console()
@@ -235,7 +235,7 @@ def plot_latency(reports: Sequence[ParityReport], path: Path) -> Path:
         for k, b in enumerate(batches):
             ys = [i + (k - (n - 1) / 2) * width for i in range(len(labels))]
             xs = [v[k] for v in values]
-            bars = ax.barh(ys, xs, height=width, label=f"batch {b}")
+            ax.barh(ys, xs, height=width, label=f"batch {b}")
             for y, x in zip(ys, xs):
                 if x == x:  # not NaN
                     ax.text(x, y, f" {x:.2f}x", va="center", fontsize=7)

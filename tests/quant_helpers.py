@@ -7,7 +7,6 @@ fresh temporary directory (never across runs: a stale cache would hide regressio
 from __future__ import annotations
 
 import atexit
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -73,10 +72,6 @@ def run_onnx(path: Path, x: np.ndarray, batch: int = 16, basic: bool = False) ->
     sess = make_session(path, basic=basic)
     outs = [sess.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32)
-
-
-def file_sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def can_build(recipe) -> str | None:

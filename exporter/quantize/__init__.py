@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from ..artifacts import sha256_file
 from ..errors import CalibrationError, PrecisionError, UsageError
 from ..recipes import InputSpec
 from . import budget as bud
@@ -57,7 +58,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         log(f"calibration: converted {count} image(s) {note}")
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
-    components = {"model": cal.file_sha(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
+    components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
