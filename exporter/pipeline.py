@@ -8,18 +8,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from . import __version__
 from .artifacts import MANIFEST, artifact_entry, read_manifest, staging, tool_versions, write_json_atomic
 from .builders import build_model, check_input_size, resolve_model
-from .data import packaged_crops, random_inputs
 from .errors import ParityError, UsageError
 from .export import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx,
                      export_torchscript, simplify_onnx)
-from .metrics import compare_outputs
 from .recipes import InputSpec, Recipe
 
 FORMATS = ("onnx", "torchscript")
@@ -115,48 +111,21 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
     return info
 
 
-def verification_inputs(spec: InputSpec, seed: int = 0, photos: int = 8,
-                        noise: int = 4) -> tuple[np.ndarray, int]:
-    """(inputs, number of real photos first): photo crops plus random tensors.
-
-    Photos are used where the input is RGB or grayscale; other channel counts get noise only.
-    """
-    use_photos = photos and spec.channels in (1, 3)
-    rand = random_inputs(spec, noise, seed=seed)
-    if not use_photos:
-        return rand, 0
-    return np.concatenate([packaged_crops(spec, photos, seed=seed + 1000).array, rand]), photos
-
-
 def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn.Module,
-                 recipe: Recipe, spec: InputSpec, batch: int | None) -> list[dict[str, Any]]:
-    """Run every artifact against eager on the same inputs; return one metrics row each."""
-    from .backends.base import runner_for
+                 recipe: Recipe, spec: InputSpec, request: ExportRequest) -> list[dict[str, Any]]:
+    """Every artifact against eager on 8 photo crops + 4 random tensors (the parity runner
+    without latency); returns one metrics row per artifact, breaches spelled out."""
+    from .parity import build_inputs, run_parity
 
-    inputs, n_photos = verification_inputs(spec)
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(inputs)).numpy()
-    rows = []
-    for artifact in artifacts:
-        runner = runner_for(artifact, directory, "cpu")
-        step = batch or len(inputs)
-        got = np.concatenate([runner(inputs[i:i + step]) for i in range(0, len(inputs), step)])
-        metrics = compare_outputs(expected, got)
-        if n_photos:  # agreement is judged on real images; errors over every input
-            real = compare_outputs(expected[:n_photos], got[:n_photos])
-            metrics.update(top1_agreement=real["top1_agreement"], top5_agreement=real["top5_agreement"])
-        tol = recipe.tolerance(artifact["precision"])
-        breach = []
-        if metrics["rel_max_abs"] > tol.rel_max_abs:
-            breach.append(f"relative max-abs {metrics['rel_max_abs']:.2e} > {tol.rel_max_abs:.0e}")
-        if metrics["cosine"] < tol.min_cosine:
-            breach.append(f"cosine {metrics['cosine']:.6f} < {tol.min_cosine}")
-        if metrics["top1_agreement"] < tol.min_top1_agreement:
-            breach.append(f"top-1 agreement {metrics['top1_agreement']:.3f} < {tol.min_top1_agreement}")
-        rows.append({"file": artifact["file"], "format": artifact["format"],
-                     "precision": artifact["precision"], "runtime": runner.runtime,
-                     "provider": runner.provider, "samples": len(inputs), **metrics, "breach": breach})
-    return rows
+    manifest = {"model": recipe.name, "model_spec": request.model, "artifacts": artifacts,
+                "input": {"batch": request.batch}}
+    inputs = build_inputs(spec, samples=8 if spec.channels in (1, 3) else 0, random=4)
+    report = run_parity(directory, reference, spec, recipe, inputs, "cpu", manifest=manifest,
+                        latency=False)
+    return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
+             "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
+             "agreement_on": r.agreement_on, "breach": [b.detail for b in r.breaches]}
+            for r in report.artifacts]
 
 
 def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> None:
@@ -164,8 +133,8 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
     if bad:
         detail = "; ".join(f"{r['file']} output 'logits': {', '.join(r['breach'])}" for r in bad)
         raise ParityError(f"{recipe.name}: parity breach vs eager PyTorch: {detail}",
-                          fix=f"inspect with `exporter parity {command} --locate`, or pass --no-fail "
-                              "to keep the artifacts anyway")
+                          fix=f"inspect with `exporter parity {command} --no-fail --locate`, or "
+                              "pass --no-fail to keep the artifacts anyway")
 
 
 def export(request: ExportRequest) -> ExportResult:
@@ -204,7 +173,7 @@ def export(request: ExportRequest) -> ExportResult:
                 shutil.copy2(cache, stage / cache.name)
             artifacts.append(quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec,
                                             request.precision, **request.quant))
-        parity = verify_stage(stage, artifacts, reference, recipe, spec, request.batch) \
+        parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:
             _check_rows(parity, recipe, request.model)

@@ -193,7 +193,7 @@ def test_parity_breach_is_an_error_naming_the_output_and_leaves_nothing(tmp_path
     proc = run_cli("export", f"{src}:make", "--input-size", "32", "--output", str(out))
     assert proc.returncode == 3, proc.stderr
     assert "parity breach" in proc.stderr and "output 'logits'" in proc.stderr
-    assert "relative max-abs" in proc.stderr and "--locate" in proc.stderr
+    assert "max-abs error" in proc.stderr and "--locate" in proc.stderr
     assert not (tmp_path / "artifacts").exists()
     kept = run_cli("export", f"{src}:make", "--input-size", "32", "--output", str(out), "--no-fail")
     assert kept.returncode == 0 and "BREACH" in kept.stdout and (out / "manifest.json").exists()
