@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 
 from ..artifacts import sha256_file as _sha256_file
+from ..artifacts import write_bytes_atomic
 from ..errors import BackendUnavailableError, ExportError, InputSpecError, UsageError
 from ..lint import lint_onnx
 from ..recipes import PRECISIONS, InputSpec
@@ -97,21 +97,6 @@ def default_timing_cache_path(trt_version: str, compute_capability: str) -> Path
 
 
 # ------------------------------------------------------------------------------ small helpers
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def source_digest(onnx_path: Path) -> str:
     """sha256 of the ONNX bytes plus any external-data files it references."""
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -203,7 +188,7 @@ def _timing_cache(config, path: Path) -> str:
 
 def _save_timing_cache(config, path: Path, state: str) -> str:
     try:
-        _atomic_write(path, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes_atomic(path, bytes(memoryview(config.get_timing_cache().serialize())))
         return state
     except OSError as err:  # the engine is still good; say so in its manifest
         return f"{state}; not saved ({err})"
@@ -260,7 +245,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, min
         manifest.update(cache_key=key, source_onnx=onnx_path.name, source_onnx_sha256=onnx_sha,
                         input_spec=input_spec.to_dict(), cached=False)
         try:
-            _atomic_write(sidecar, (json.dumps(manifest, indent=2) + "\n").encode())
+            write_bytes_atomic(sidecar, (json.dumps(manifest, indent=2) + "\n").encode())
         except BaseException:
             engine_path.unlink(missing_ok=True)  # never an engine without its manifest
             raise
@@ -311,7 +296,7 @@ def _build(trt, gpu, onnx_path: Path, engine_path: Path, precision: str, profile
                                    "the ONNX")
     cache_state = _save_timing_cache(config, timing_cache_path, cache_state)
     data = bytes(memoryview(serialized))
-    _atomic_write(engine_path, data)
+    write_bytes_atomic(engine_path, data)
     return {
         "schema": ENGINE_SCHEMA, "engine": engine_path.name,
         "engine_sha256": hashlib.sha256(data).hexdigest(), "engine_bytes": len(data),

@@ -7,7 +7,6 @@ by the hashes of model, preprocessing, data and method) is written next to it on
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from ..artifacts import sha256_file
+from ..artifacts import artifact_entry, sha256_file, write_bytes_atomic
 from ..errors import CalibrationError, PrecisionError, UsageError
 from ..recipes import InputSpec
 from . import budget as bud
@@ -190,19 +189,12 @@ def _producer(model: onnx.ModelProto, what: str) -> None:
 
 
 def _write(model: onnx.ModelProto, out_dir: Path, filename: str, precision: str) -> dict:
-    """Serialize to a temporary name, then rename into place (nothing left behind on error)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / filename
-    tmp = out_dir / f".{filename}.tmp-{os.getpid()}"
+    """Check, then write atomically (nothing left behind on error); returns the manifest entry."""
     try:
-        payload = model.SerializeToString()
         onnx.checker.check_model(model)
-        tmp.write_bytes(payload)
-        os.replace(tmp, final)
+        write_bytes_atomic(out_dir / filename, model.SerializeToString())
     except Exception as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, (PrecisionError, CalibrationError)):
-            raise
         raise PrecisionError(f"could not write {filename}: {err}") from err
-    return {"file": filename, "format": "onnx", "precision": precision,
-            "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    entry = artifact_entry(out_dir / filename, "onnx", precision)
+    del entry["details"]  # the caller fills in the stage's details
+    return entry
