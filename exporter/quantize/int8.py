@@ -28,9 +28,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..backends.onnxruntime import WEIGHT_BIAS_QUANTIZATION
 from .placement import Graph, Plan, weight_axis
 
-DISABLED_ORT_OPTIMIZERS = ["WeightBiasQuantization"]
+DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: backends/onnxruntime.py
 
 
 def make_session(model, basic: bool = False, threads: int | None = 1):
