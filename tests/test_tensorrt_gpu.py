@@ -14,9 +14,6 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)", allow_module_level=True)
 
-import onnx  # noqa: E402
-import torchvision  # noqa: E402
-
 from exporter.backends.tensorrt import (EngineMismatchError, build_engine, gpu_latency,  # noqa: E402
                                         make_runner)
 from exporter.errors import InputSpecError  # noqa: E402
@@ -38,31 +35,23 @@ def strict_fp32_reference():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _randomize_bn(model):
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model
+def _export(directory, name, precision, **quant):
+    """The exporter's own artifacts (what `exporter build` consumes): BN folded, simplified,
+    quantized by our stage; random init with randomized BN statistics."""
+    from exporter.pipeline import ExportRequest, export
+
+    return export(ExportRequest(model=name, input_size=SIZE, precision=precision, quant=quant,
+                                output=directory))
 
 
 @pytest.fixture(scope="module", params=MODELS)
 def exported(request, tmp_path_factory):
-    """(name, eager CUDA model, directory, fp32 ONNX path, fp16 ONNX path)."""
-    from onnxconverter_common import float16
-
-    torch.manual_seed(0)
+    """(name, eager CUDA reference, directory, fp32 ONNX path, fp16 ONNX path)."""
     name = request.param
-    model = _randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
     directory = tmp_path_factory.mktemp(name)
-    fp32 = directory / f"{name}.onnx"
-    torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(fp32), dynamo=False,
-                      opset_version=17, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    fp16 = directory / f"{name}.fp16.onnx"
-    onnx.save(float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(fp16))
-    return name, model.cuda(), directory, fp32, fp16
+    result = _export(directory, name, "fp16")
+    return (name, result.reference.cuda(), directory, directory / f"{name}.onnx",
+            directory / f"{name}.fp16.onnx")
 
 
 def _inputs(n=BATCH, seed=0):
@@ -141,22 +130,9 @@ def test_stale_engine_is_refused_before_deserializing(exported, tmp_path):
 
 
 def test_int8_qdq_engine(exported, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    name, model, directory, fp32, _ = exported
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": _inputs(1, seed=100 + i)} for i in range(16)])
-
-        def get_next(self):
-            return next(self.items, None)
-
+    name, model, _, _, _ = exported
+    _export(tmp_path, name, "int8", calibration="packaged:0", samples=32)
     int8 = tmp_path / f"{name}.int8.tensorrt.onnx"
-    quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   "QuantizeBias": False})
     report = lint_onnx(int8, "int8")
     assert report.ok, report.render()
     entry = _build(int8, tmp_path, "int8")
