@@ -19,6 +19,9 @@ from .export import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export
 from .recipes import InputSpec, Recipe
 
 FORMATS = ("onnx", "torchscript")
+# the request fields that define the eager model (recorded in the manifest, compared on re-use)
+MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
+                     "std", "num_classes", "batch")
 
 
 @dataclass
@@ -196,9 +199,7 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
                    "path": str(recipe.path) if recipe.path else None},
         "weights": weights_info,
         "input": {**spec.to_dict(), "batch": request.batch, "dynamic_batch": request.batch is None},
-        "model_options": {k: v for k, v in asdict(request).items() if k in (
-            "model", "weights", "checkpoint", "seed", "input_size", "channels", "mean", "std",
-            "num_classes", "batch")},
+        "model_options": {k: v for k, v in asdict(request).items() if k in MODEL_OPTION_KEYS},
     }
     kept: list[dict[str, Any]] = []
     try:

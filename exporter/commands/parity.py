@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# model options that change the eager model (checked against a manifest before re-using it)
-MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
-                     "std", "num_classes", "batch")
+from ..pipeline import MODEL_OPTION_KEYS  # options that change the eager model
+
 EXPORT_OPTION_KEYS = ("exporter", "simplifier")
 
 
