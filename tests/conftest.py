@@ -29,9 +29,9 @@ def pytest_collection_modifyitems(config, items):
         reason="needs TensorRT and a CUDA GPU: pip install 'zoo-exporter[tensorrt]' on an NVIDIA machine"
                f" (tensorrt importable: {has_trt}, CUDA: {cuda})")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
+        if item.get_closest_marker("slow") and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
-        if "gpu" in item.keywords and not cuda:
+        if item.get_closest_marker("gpu") and not cuda:
             item.add_marker(skip_gpu)
-        if "tensorrt" in item.keywords and not (cuda and has_trt):
+        if item.get_closest_marker("tensorrt") and not (cuda and has_trt):
             item.add_marker(skip_trt)

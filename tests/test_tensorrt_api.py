@@ -101,7 +101,7 @@ def test_backend_uses_the_current_api():
 
 def test_module_imports_without_tensorrt_or_cuda():
     script = ("import sys; sys.modules['tensorrt'] = None\n"
-              "import exporter.backends.tensorrt, exporter.backends.ort_gpu, exporter.lint\n"
+              "import exporter.backends.tensorrt, exporter.backends.onnxruntime, exporter.lint\n"
               "print([m for m in ('tensorrt', 'onnxruntime', 'torch', 'cuda') if sys.modules.get(m)])\n"
               "import exporter.commands.build, exporter.commands.lint, torch\n"
               "print([m for m in ('tensorrt', 'onnxruntime') if sys.modules.get(m)],"

@@ -28,7 +28,10 @@ RUNNER_FACTORIES: dict[str, str] = {
 }
 
 
-def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu") -> Runner:
-    """Instantiate the runner for one manifest artifact entry."""
+def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu",
+               **options: Any) -> Runner:
+    """Instantiate the runner for one manifest artifact entry; ``options`` go to its factory
+    (e.g. ``provider=`` for ``onnx``)."""
     module_name, factory = RUNNER_FACTORIES[artifact["format"]].split(":")
-    return getattr(importlib.import_module(module_name), factory)(artifact, Path(directory), device)
+    return getattr(importlib.import_module(module_name), factory)(artifact, Path(directory), device,
+                                                                  **options)

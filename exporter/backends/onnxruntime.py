@@ -1,9 +1,12 @@
-"""ONNX Runtime runner: CPU, or the CUDA execution provider where it is installed and asked for.
+"""ONNX Runtime runner: the CPU provider, or onnxruntime-gpu's CUDA / TensorRT execution providers.
 
 ``provider`` is what ONNX Runtime actually put first (``session.get_providers()[0]``), never what
-was requested: asking for CUDA on a CPU-only onnxruntime build gives ``CPUExecutionProvider`` and a
-note saying so. Intra-op threads are fixed (default: ``torch.get_num_threads()``, so eager and ORT
-run with the same count) and reported.
+was requested. ONNX Runtime silently falls back to the next provider when one cannot be registered;
+an explicitly requested provider (``provider="cuda"|"tensorrt"``) that did not load is therefore an
+error (:class:`ProviderFallbackError`) unless ``allow_fallback`` is set, and then a note says what
+ran instead. ``device="cuda"`` alone (parity's ``--device auto``) prefers the CUDA provider and
+notes a fall-back to CPU. Intra-op threads are fixed (default: ``torch.get_num_threads()``, so eager
+and ORT run with the same count) and reported.
 """
 from __future__ import annotations
 
@@ -17,6 +20,17 @@ from ..errors import BackendUnavailableError
 # onnxruntime 1.32's CPU pass that quantizes float weights/biases feeding Q/DQ pairs; it wrecks
 # Q/DQ graphs whose non-quantized parts are fp16 (measured: top-1 agreement 0.04 instead of ~0.7).
 WEIGHT_BIAS_QUANTIZATION = "WeightBiasQuantization"
+
+# --ort-provider value -> ONNX Runtime execution provider
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+GPU_INSTALL_HINT = ("pip install 'zoo-exporter[gpu]' (onnxruntime-gpu in place of onnxruntime) on a "
+                    "machine with an NVIDIA GPU; the tensorrt provider also needs "
+                    "'zoo-exporter[tensorrt]'")
+
+
+class ProviderFallbackError(BackendUnavailableError):
+    """An explicitly requested ONNX Runtime execution provider is not what runs the session."""
 
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64}
@@ -66,18 +80,86 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in _ort().get_available_providers()
 
 
+def _device_index(device: str) -> int:
+    """CUDA device index for ONNX Runtime's GPU providers (0 for 'cuda' and for 'cpu': where the
+    provider would run when an explicitly requested GPU provider is tried from a CPU run)."""
+    if device in ("cuda", "gpu", "cpu"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise BackendUnavailableError(f"unknown device '{device}' for ONNX Runtime",
+                                  fix="pass --device cpu, cuda or cuda:N")
+
+
+def default_trt_cache_dir() -> Path:
+    """Per-user engine/timing cache of ONNX Runtime's TensorRT provider (it keys engines itself)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "zoo-exporter" / "ort-tensorrt"
+
+
+def check_provider(provider: str, allow_fallback: bool = False) -> str:
+    """The execution provider name for ``provider`` (cpu | cuda | tensorrt), refusing one this
+    onnxruntime build does not offer unless ``allow_fallback`` (then ONNX Runtime falls back)."""
+    if provider not in PROVIDERS:
+        raise BackendUnavailableError(f"unknown ONNX Runtime provider '{provider}'",
+                                      fix=f"use one of {', '.join(PROVIDERS)}")
+    name = PROVIDERS[provider]
+    ort = _ort()
+    available = ort.get_available_providers()
+    if name not in available and not allow_fallback:
+        raise ProviderFallbackError(
+            f"onnxruntime {ort.__version__} offers no {name} (available: {', '.join(available)})",
+            fix=f"{GPU_INSTALL_HINT}; or --allow-provider-fallback to run on what is there")
+    return name
+
+
+def provider_chain(provider: str, device: str, precision: str,
+                   trt_cache_dir: str | Path | None = None) -> list[Any]:
+    """ONNX Runtime's ``providers`` list for ``provider``: the requested one first, then the ones
+    ONNX Runtime falls back to (TensorRT -> CUDA -> CPU)."""
+    name = PROVIDERS[provider]
+    if name == "CPUExecutionProvider":
+        return ["CPUExecutionProvider"]
+    index = _device_index(device)
+    cuda_opts = {"device_id": str(index)}
+    if precision == "fp32":
+        cuda_opts["use_tf32"] = "0"  # fp32 means fp32: no TF32 convs/matmuls
+    chain: list[Any] = []
+    if name == "TensorrtExecutionProvider":
+        trt_opts: dict[str, Any] = {"device_id": str(index)}
+        if trt_cache_dir is not None:
+            Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+            trt_opts.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(trt_cache_dir),
+                            trt_timing_cache_enable="True", trt_timing_cache_path=str(trt_cache_dir))
+        chain.append(("TensorrtExecutionProvider", trt_opts))
+    return chain + [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+
+
+def _session(ort, path: Path, opts, providers: list[Any], kwargs: dict[str, Any]):
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers, **kwargs)
+    except Exception as err:
+        if "use_tf32" not in str(err):
+            raise
+    # an older CUDA provider without the use_tf32 option: same chain without it
+    stripped = [(p[0], {k: v for k, v in p[1].items() if k != "use_tf32"}) if isinstance(p, tuple)
+                else p for p in providers]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=stripped, **kwargs)
+
+
 class OnnxRuntimeRunner:
     """One ``InferenceSession`` on NCHW float32 numpy batches, returning float32 logits."""
 
     def __init__(self, path: str | Path, *, precision: str = "fp32", device: str = "cpu",
                  threads: int | None = None, name: str | None = None,
                  disabled_optimizers: list[str] | None = None, output_name: str | None = None,
-                 extra_outputs: bool = False):
+                 provider: str | None = None, allow_fallback: bool = False,
+                 trt_cache_dir: str | Path | None = None):
         ort = _ort()
         self.path = Path(path)
         self.file = self.path.name
         self.precision = precision
-        self.name = name or f"onnx {precision}"
         self.threads = int(threads or default_threads())
         self.notes: list[str] = []
         opts = ort.SessionOptions()
@@ -90,35 +172,34 @@ class OnnxRuntimeRunner:
             disabled.append(WEIGHT_BIAS_QUANTIZATION)
             self.notes.append(f"fp16-mixed Q/DQ graph: ORT optimizer {WEIGHT_BIAS_QUANTIZATION} disabled")
         self.disabled_optimizers = disabled
-        providers: list[Any] = ["CPUExecutionProvider"]
-        self.device = "cpu"
-        if device.startswith("cuda"):
-            if cuda_provider_available():
-                index = int(device.split(":")[1]) if ":" in device else 0
-                cuda_opts = {"device_id": str(index)}
-                if precision == "fp32":
-                    cuda_opts["use_tf32"] = "0"  # fp32 means fp32: no TF32 convs/matmuls
-                providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-                self.device = f"cuda:{index}"
-            else:
+        explicit = provider is not None
+        if provider is None:  # device decides: CUDA when asked for and offered, else CPU
+            provider = "cuda" if device.startswith("cuda") and cuda_provider_available() else "cpu"
+            if device.startswith("cuda") and provider == "cpu":
                 self.notes.append("CUDA asked for but this onnxruntime has no CUDAExecutionProvider "
-                                  "(pip install onnxruntime-gpu): ran on CPU")
+                                  f"({GPU_INSTALL_HINT}): ran on CPU")
+        self.requested = check_provider(provider, allow_fallback) if explicit else PROVIDERS[provider]
+        providers = provider_chain(provider, device, precision, trt_cache_dir)
         kwargs = {"disabled_optimizers": disabled} if disabled else {}
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                providers=providers, **kwargs)
-        except Exception as err:
-            if providers[0] != "CPUExecutionProvider" and "use_tf32" in str(err):
-                providers = [("CUDAExecutionProvider", {"device_id": providers[0][1]["device_id"]}),
-                             "CPUExecutionProvider"]
-                self.session = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                    providers=providers, **kwargs)
-            else:
-                raise
-        self.provider = self.session.get_providers()[0]
-        if self.device.startswith("cuda") and self.provider != "CUDAExecutionProvider":
-            self.notes.append(f"CUDA provider did not load; ORT runs on {self.provider}")
-            self.device = "cpu"
+        import warnings
+
+        with warnings.catch_warnings():  # ORT warns about unavailable providers; we report them
+            warnings.simplefilter("ignore", UserWarning)
+            self.session = _session(ort, self.path, opts, providers, kwargs)
+        self.provider = self.session.get_providers()[0]  # what runs, never what was asked for
+        if self.provider != self.requested:
+            message = (f"asked ONNX Runtime for {self.requested}, it runs on "
+                       f"{self.provider} (the requested provider did not load)")
+            if explicit and not allow_fallback:
+                raise ProviderFallbackError(f"{self.file}: {message}", fix=f"{GPU_INSTALL_HINT}; check ONNX Runtime's "
+                                            "log for the provider's load error; or "
+                                            "--allow-provider-fallback")
+            self.notes.append(message)
+        self.device = f"cuda:{_device_index(device)}" if self.provider in (
+            "CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        short = {"CPUExecutionProvider": "", "CUDAExecutionProvider": " (ort-cuda)",
+                 "TensorrtExecutionProvider": " (ort-tensorrt)"}.get(self.provider, f" ({self.provider})")
+        self.name = name or f"onnx {precision}{short}"
         self.runtime = f"onnxruntime {ort.__version__}"
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -172,10 +253,14 @@ class OnnxRuntimeRunner:
 
 
 def make_runner(artifact: dict[str, Any], directory: Path, device: str = "cpu",
-                threads: int | None = None) -> OnnxRuntimeRunner:
-    """Runner for one manifest entry of format ``onnx``."""
+                threads: int | None = None, provider: str | None = None,
+                allow_fallback: bool = False, trt_cache_dir: str | Path | None = None
+                ) -> OnnxRuntimeRunner:
+    """Runner for one manifest entry of format ``onnx`` (``provider``: cpu | cuda | tensorrt;
+    default: CUDA when ``device`` is a CUDA device and onnxruntime-gpu is installed, else CPU)."""
     details = artifact.get("details") or {}
     return OnnxRuntimeRunner(Path(directory) / artifact["file"], precision=artifact.get("precision", "fp32"),
                              device=device, threads=threads,
                              disabled_optimizers=details.get("ort_disabled_optimizers"),
-                             name=f"onnx {artifact.get('precision', 'fp32')}")
+                             provider=provider, allow_fallback=allow_fallback,
+                             trt_cache_dir=trt_cache_dir)

@@ -56,6 +56,13 @@ def add_parser(sub) -> None:
     timing = p.add_argument_group("latency (docs/LATENCY.md)")
     timing.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU")
+    timing.add_argument("--ort-provider", choices=("cpu", "cuda", "tensorrt"),
+                        help="ONNX Runtime execution provider for the ONNX artifacts (default: cuda "
+                             "on a CUDA run when onnxruntime-gpu is installed, else cpu); the report "
+                             "names the provider that actually ran")
+    timing.add_argument("--allow-provider-fallback", action="store_true",
+                        help="with --ort-provider: run on ONNX Runtime's fall-back provider instead "
+                             "of failing when the requested one does not load (the report says so)")
     timing.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs (default {DEFAULT_RUNS})")
     timing.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"discarded warm-up runs (default {DEFAULT_WARMUP})")
@@ -170,7 +177,7 @@ def _parity_one(args, directory: Path, recipe, spec, reference, console, say):
     inputs = build_inputs(spec, images=args.images, samples=args.samples, random=args.random,
                           seed=args.seed or 0)
     report = run_parity(directory, reference, spec, recipe, inputs, args.device,
-                        latency=not args.no_latency, batch_sizes=args.batch_sizes,
+                        runner_options={"onnx": ort_options(args)}, latency=not args.no_latency, batch_sizes=args.batch_sizes,
                         warmup=args.warmup, runs=args.runs, rounds=args.rounds,
                         threads=args.threads, progress=say)
     if args.locate:
@@ -179,6 +186,28 @@ def _parity_one(args, directory: Path, recipe, spec, reference, console, say):
         else:
             report.notes.append("--locate: every artifact is within tolerance, nothing to locate")
     return report
+
+
+def ort_options(args) -> dict[str, Any]:
+    """Runner options for the ONNX artifacts, checked before anything is exported or run."""
+    from ..backends.onnxruntime import check_provider, default_trt_cache_dir
+    from ..errors import UsageError
+
+    provider = getattr(args, "ort_provider", None)
+    if provider is None:
+        if args.allow_provider_fallback:
+            raise UsageError("--allow-provider-fallback goes with --ort-provider",
+                             fix="e.g. --ort-provider cuda --allow-provider-fallback")
+        return {}
+    if provider != "cpu" and args.device == "cpu":
+        raise UsageError(f"--ort-provider {provider} runs on a GPU; --device cpu was asked for",
+                         fix=f"use --device cuda (or auto) with --ort-provider {provider}, or "
+                             "--ort-provider cpu")
+    check_provider(provider, args.allow_provider_fallback)
+    options: dict[str, Any] = {"provider": provider, "allow_fallback": args.allow_provider_fallback}
+    if provider == "tensorrt":
+        options["trt_cache_dir"] = default_trt_cache_dir()
+    return options
 
 
 # ------------------------------------------------------------------------------- run
@@ -194,6 +223,7 @@ def run(args) -> int:
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    ort_options(args)  # an unusable provider fails here, before any export
     if args.zoo:
         if args.model or args.artifacts:
             raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",

@@ -1,0 +1,256 @@
+"""Parity: eager PyTorch versus every artifact of a directory, on the same inputs.
+
+``run_parity`` runs the eager reference and every artifact listed in the manifest (through
+``backends.base.runner_for``) on the same preprocessed inputs, compares the logits
+(``metrics.compare_outputs``), checks each artifact against ``recipe.tolerance(precision)``, and
+times everything in one process (``latency.benchmark``). The result is a :class:`ParityReport`;
+``report.breaches()`` lists what broke the tolerance and ``report.error()`` turns that into a
+:class:`ParityError` naming the file, the output, the numbers and the command to run next.
+
+Which numbers are checked:
+
+* max-abs error relative to ``max|eager logits|`` (worst over every input set) against
+  ``rel_max_abs`` - relative because random-init logits range from 1e-2 to 1e11;
+* cosine similarity (worst sample over every input set) against ``min_cosine``;
+* top-1 agreement on the real images (random tensors only when no image was given) against
+  ``min_top1_agreement``; random tensors are out-of-distribution, their argmax is not a meaningful
+  prediction, so they test the numbers, the images test the predictions.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from torch import nn
+
+from ..artifacts import read_manifest, sha256_file
+from ..data import random_inputs
+from ..errors import BackendUnavailableError
+from ..latency import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, set_threads, speedup
+from ..metrics import accuracy, compare_outputs
+from ..recipes import InputSpec, Recipe
+from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, InputSet, as_input_sets, build_inputs,
+                     per_sample_rel_error, run_chunked)
+from .results import OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance
+
+__all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "InputSet",
+           "OUTPUT_NAME", "ParityReport", "build_inputs", "check_tolerance", "machine_info",
+           "run_chunked", "run_parity"]
+
+DEFAULT_BATCH_SIZES = (1, 8)
+
+
+# --------------------------------------------------------------------------------------- metrics
+def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
+               outs: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, float]], dict[str, float], str]:
+    per_set = {s.name: compare_outputs(refs[s.name], outs[s.name]) for s in sets}
+    agree_sets = [s for s in sets if s.real] or list(sets)
+    ref = np.concatenate([refs[s.name] for s in agree_sets])
+    cand = np.concatenate([outs[s.name] for s in agree_sets])
+    agree = compare_outputs(ref, cand)
+    values = list(per_set.values())
+    summary = {
+        "max_abs": max(m["max_abs"] for m in values),
+        "rel_max_abs": max(m["rel_max_abs"] for m in values),
+        "mean_abs": max(m["mean_abs"] for m in values),
+        "cosine": min(m["cosine"] for m in values),
+        "top1_agreement": agree["top1_agreement"],
+        "top5_agreement": agree["top5_agreement"],
+    }
+    on = " + ".join(f"{len(s)} {s.name}" for s in agree_sets)
+    return per_set, summary, on
+
+
+def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    return {s.name: accuracy(outs[s.name], s.labels) for s in sets if s.labels is not None}
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Machine and versions the numbers were measured with."""
+    import torch
+
+    from ..artifacts import tool_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "cuda_available": torch.cuda.is_available(),
+            "versions": tool_versions()}
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):  # other jobs on the machine inflate absolute times
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _measured_on(device: str, label: str, threads: int) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return (f"CUDA: {label}; PyTorch timed with CUDA events (synchronized, warm-up excluded), "
+                f"ONNX Runtime with the CUDA execution provider where installed; {threads} CPU threads")
+    why = "no CUDA device found" if not torch.cuda.is_available() else "CPU requested"
+    return f"CPU ({why}): measured on CPU with {threads} intra-op threads for every runtime"
+
+
+# --------------------------------------------------------------------------------------- runner
+def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
+                     options: dict[str, dict[str, Any]]):
+    from ..backends.base import runner_for
+
+    return runner_for(entry, directory, device, **options.get(entry["format"], {}))
+
+
+def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, recipe: Recipe,
+               inputs: Any, device: str = "cpu", *, manifest: dict[str, Any] | None = None,
+               artifacts: Iterable[str] | None = None,
+               runners: dict[str, Any] | None = None,
+               runner_options: dict[str, dict[str, Any]] | None = None,
+               latency: bool = True, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+               warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, rounds: int = DEFAULT_ROUNDS,
+               threads: int | None = None, progress: Callable[[str], None] | None = None,
+               ) -> ParityReport:
+    """Eager ``reference`` versus every artifact of ``directory`` on ``inputs``.
+
+    ``inputs``: a list of :class:`InputSet` (see :func:`build_inputs`), an ``ImageBatch`` or an
+    NCHW array. ``artifacts``: only these files (or formats). ``runners``: ``{file: runner}`` to
+    use instead of the manifest's backend for that file (a runner for a file absent from the
+    manifest is run too, with format ``custom``) - the plug-in point for other runtimes, and how
+    the tests feed an artifact wrongly preprocessed inputs. ``runner_options``: per-format keyword
+    arguments for the backend's runner factory, e.g. ``{"onnx": {"provider": "tensorrt"}}``; a
+    requested provider that does not load raises (``ProviderFallbackError``), it is not skipped.
+    """
+    from ..backends.onnxruntime import ProviderFallbackError
+    from ..backends.eager import EagerRunner, device_label, resolve_device
+
+    directory = Path(directory)
+    say = progress or (lambda _msg: None)
+    device = resolve_device(device)
+    threads = set_threads(threads)
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    sets = as_input_sets(inputs)
+    fixed_batch = (manifest.get("input") or {}).get("batch")
+    if fixed_batch:
+        batch_sizes = (int(fixed_batch),)
+    notes: list[str] = []
+
+    say("eager reference")
+    eager = EagerRunner(reference, device)
+    refs = {s.name: run_chunked(eager, s.array, fixed_batch) for s in sets}
+    eager_result = ArtifactResult(file="", format="pytorch", precision="fp32", name="eager",
+                                  runtime=eager.runtime, provider=eager.provider,
+                                  threads=threads, status="reference", notes=list(eager.notes),
+                                  accuracy=_accuracy(sets, refs))
+
+    real = [refs[s.name] for s in sets if s.real and len(s) > 1]
+    if real and len(np.unique(np.argmax(np.concatenate(real), axis=1))) == 1:
+        notes.append("eager predicts the same class for every image (random weights?): top-1 "
+                     "agreement says little here; the error and cosine checks still hold")
+
+    entries = list(manifest.get("artifacts", []))
+    wanted = set(artifacts) if artifacts is not None else None
+    if wanted is not None:
+        entries = [e for e in entries if e["file"] in wanted or e["format"] in wanted]
+    extra = dict(runners or {})
+    for file in extra:
+        if not any(e["file"] == file for e in entries):
+            entries.append({"file": file, "format": "custom", "precision": getattr(extra[file], "precision", "fp32")})
+
+    live: dict[str, Any] = {"eager": eager}
+    results: list[ArtifactResult] = []
+    for entry in entries:
+        file = entry["file"]
+        result = ArtifactResult(file=file, format=entry["format"], precision=entry.get("precision", "fp32"),
+                                tolerance=recipe.tolerance(entry.get("precision", "fp32")))
+        results.append(result)
+        path = directory / file
+        if entry.get("sha256") and path.exists() and file not in extra:
+            if sha256_file(path) != entry["sha256"]:
+                result.notes.append("file differs from the manifest (sha256 changed since export)")
+        say(f"{file}")
+        if file not in extra and entry["format"] == "tensorrt" and not device.startswith("cuda"):
+            result.status = "skipped"
+            result.error = "TensorRT engines run on a CUDA GPU; this run is on CPU"
+            result.notes.append(f"skipped: {result.error}")
+            continue
+        try:
+            runner = (extra[file] if file in extra
+                      else _artifact_runner(entry, directory, device, runner_options or {}))
+        except ProviderFallbackError:
+            raise  # explicitly requested: never silently measured on another provider
+        except (BackendUnavailableError, ImportError) as err:
+            result.status = "skipped"
+            result.error = getattr(err, "message", None) or f"{type(err).__name__}: {err}"
+            result.notes.append(f"skipped: {result.error}")
+            continue
+        except Exception as err:  # noqa: BLE001 - a broken artifact is a finding, not a crash
+            result.status, result.error = "error", f"{type(err).__name__}: {err}"
+            result.breaches.append(Breach(file, OUTPUT_NAME, result.precision, "error", float("nan"),
+                                          float("nan"), f"could not be loaded: {result.error}"))
+            continue
+        result.name = getattr(runner, "name", entry["format"])
+        result.runtime = getattr(runner, "runtime", "")
+        result.provider = getattr(runner, "provider", "")
+        result.output_name = getattr(runner, "output_name", OUTPUT_NAME)
+        result.threads = getattr(runner, "threads", threads)
+        result.notes.extend(getattr(runner, "notes", []))
+        runner_batch = fixed_batch or getattr(runner, "fixed_batch", None)
+        try:
+            outs = {s.name: run_chunked(runner, s.array, runner_batch) for s in sets}
+            result.metrics, result.summary, result.agreement_on = _summarize(sets, refs, outs)
+        except Exception as err:  # noqa: BLE001
+            result.status, result.error = "error", f"{type(err).__name__}: {err}"
+            result.breaches.append(Breach(file, result.output_name, result.precision, "error",
+                                          float("nan"), float("nan"), f"failed to run: {result.error}"))
+            continue
+        result.accuracy = _accuracy(sets, outs)
+        result.sample_errors = [float(v) for s in sets
+                                for v in per_sample_rel_error(refs[s.name], outs[s.name])]
+        result.breaches.extend(check_tolerance(result, result.tolerance))
+        result.status = "breach" if result.breaches else "ok"
+        live[file] = runner
+
+    if latency and batch_sizes:
+        say("latency")
+        biggest = max(batch_sizes)
+        pool = random_inputs(spec, biggest, seed=12345)
+        batches = {int(b): pool[:b] for b in batch_sizes}
+
+        def failed(key: str, size: int, err: Exception) -> None:
+            target = eager_result if key == "eager" else next(r for r in results if r.file == key)
+            target.notes.append(f"latency at batch {size} failed: {type(err).__name__}: {err}")
+
+        timings = benchmark(live, batches, warmup=warmup, runs=runs, rounds=rounds, threads=threads,
+                            on_error=failed)
+        eager_result.latency = timings.get("eager", {})
+        for result in results:
+            result.latency = timings.get(result.file, {})
+            for size, stats in result.latency.items():
+                if size in eager_result.latency:
+                    result.speedup[size] = speedup(eager_result.latency[size], stats)
+
+    model_spec = manifest.get("model_spec") or (manifest.get("model_options") or {}).get("model") \
+        or manifest.get("model") or recipe.name
+    return ParityReport(
+        model=manifest.get("model", recipe.name), model_spec=model_spec, directory=directory,
+        device=device, device_label=device_label(device),
+        measured_on=_measured_on(device, device_label(device), threads), threads=threads,
+        inputs=[s.describe() for s in sets], eager=eager_result, artifacts=results,
+        batch_sizes=tuple(int(b) for b in batch_sizes) if latency else (), warmup=warmup,
+        runs=runs, rounds=rounds, machine=machine_info(device),
+        weights=dict(manifest.get("weights") or {}), input_spec=dict(manifest.get("input") or spec.to_dict()),
+        notes=notes,
+    )

@@ -1,0 +1,98 @@
+"""Parity inputs: named batches every runner sees identically, and chunked runs over them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..data import ImageBatch, load_image_folder, packaged_crops, random_inputs
+from ..recipes import InputSpec
+
+DEFAULT_SAMPLES = 16
+DEFAULT_RANDOM = 8
+MAX_CHUNK = 16  # images per forward when computing outputs (bounds memory at native sizes)
+
+@dataclass
+class InputSet:
+    """One named batch of preprocessed inputs every runner sees identically."""
+
+    name: str  # "images", "photos", "random"
+    array: np.ndarray  # NCHW float32, already through data.py's preprocessing
+    labels: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    source: str = ""
+    real: bool = True  # natural images (agreement is judged on these) vs random tensors
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": len(self), "source": self.source, "real": self.real,
+                "labelled": self.labels is not None, "classes": len(self.class_names),
+                "shape": list(self.array.shape[1:]), "notes": list(self.notes)}
+
+    @classmethod
+    def from_batch(cls, name: str, batch: ImageBatch) -> "InputSet":
+        notes = [f"{len(batch.skipped)} file(s) skipped"] if batch.skipped else []
+        notes += [f"{count} converted {what}" for what, count in batch.conversions.items()]
+        return cls(name, batch.array, batch.labels, list(batch.class_names), batch.source, True, notes)
+
+
+def build_inputs(spec: InputSpec, *, images: str | Path | None = None,
+                 samples: int = DEFAULT_SAMPLES, random: int = DEFAULT_RANDOM,
+                 seed: int = 0) -> list[InputSet]:
+    """The parity inputs: an image folder (class subfolders give labels), else crops of the
+    photos shipped by installed packages, plus ``random`` standard-normal tensors.
+
+    Everything goes through :mod:`exporter.data`, the preprocessing every runner and the INT8
+    calibration share.
+    """
+    sets: list[InputSet] = []
+    if images is not None:
+        sets.append(InputSet.from_batch("images", load_image_folder(images, spec, limit=samples or None)))
+    elif samples:
+        sets.append(InputSet.from_batch("photos", packaged_crops(spec, samples, seed=seed + 1000)))
+    if random:
+        sets.append(InputSet("random", random_inputs(spec, random, seed=seed), source=f"N(0,1) seed {seed}",
+                             real=False))
+    return sets
+
+
+def as_input_sets(inputs: Any) -> list[InputSet]:
+    if isinstance(inputs, InputSet):
+        return [inputs]
+    if isinstance(inputs, ImageBatch):
+        return [InputSet.from_batch("images", inputs)]
+    if isinstance(inputs, np.ndarray):
+        return [InputSet("inputs", inputs.astype(np.float32), source="array", real=True)]
+    sets = [s if isinstance(s, InputSet) else as_input_sets(s)[0] for s in inputs]
+    if not sets:
+        raise ValueError("run_parity needs at least one input set")
+    return sets
+
+
+def run_chunked(runner: Callable[[np.ndarray], np.ndarray], array: np.ndarray,
+                batch: int | None = None) -> np.ndarray:
+    """Run ``array`` through ``runner`` in chunks; a fixed ``batch`` pads the last chunk."""
+    if batch:
+        outs = []
+        for i in range(0, len(array), batch):
+            chunk = array[i:i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            outs.append(np.asarray(runner(chunk))[:n])
+        return np.concatenate(outs)
+    step = MAX_CHUNK
+    return np.concatenate([np.asarray(runner(array[i:i + step])) for i in range(0, len(array), step)])
+
+
+def per_sample_rel_error(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """max |ref - cand| of each sample divided by max |ref| of the set (rel_max_abs per sample)."""
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+    scale = float(np.max(np.abs(ref))) or 1.0
+    return np.max(np.abs(ref - cand), axis=1) / scale

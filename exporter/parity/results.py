@@ -1,0 +1,169 @@
+"""Parity results: one :class:`ArtifactResult` per artifact, the :class:`ParityReport` of a run,
+and the tolerance check that turns metrics into breaches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ParityError
+from ..latency import LatencyStats
+from ..recipes import Tolerance
+
+OUTPUT_NAME = "logits"
+
+@dataclass
+class Breach:
+    """One artifact metric outside its recipe's tolerance."""
+
+    file: str
+    output: str
+    precision: str
+    metric: str  # rel_max_abs | cosine | top1_agreement | error
+    value: float
+    limit: float
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.file} output '{self.output}': {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "output": self.output, "precision": self.precision,
+                "metric": self.metric, "value": self.value, "limit": self.limit,
+                "detail": self.detail}
+
+
+@dataclass
+class ArtifactResult:
+    """Parity and latency of one artifact (or of the eager reference itself)."""
+
+    file: str
+    format: str
+    precision: str
+    name: str = ""
+    runtime: str = ""
+    provider: str = ""
+    output_name: str = OUTPUT_NAME
+    threads: int | None = None
+    status: str = "ok"  # ok | breach | error | skipped | reference
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # input set -> metrics
+    summary: dict[str, float] = field(default_factory=dict)  # worst case over the sets
+    agreement_on: str = ""
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # labelled set -> top1/top5
+    latency: dict[int, LatencyStats] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)  # eager p50 / this p50
+    tolerance: Tolerance | None = None
+    breaches: list[Breach] = field(default_factory=list)
+    sample_errors: list[float] = field(default_factory=list)  # per-sample rel max-abs
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.file or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "format": self.format, "precision": self.precision, "name": self.name,
+            "runtime": self.runtime, "provider": self.provider, "output": self.output_name,
+            "threads": self.threads, "status": self.status, "metrics": self.metrics,
+            "summary": self.summary, "agreement_on": self.agreement_on, "accuracy": self.accuracy,
+            "latency": {str(b): s.to_dict() for b, s in self.latency.items()},
+            "speedup_vs_eager": {str(b): v for b, v in self.speedup.items()},
+            "tolerance": None if self.tolerance is None else vars(self.tolerance),
+            "breaches": [b.to_dict() for b in self.breaches],
+            "sample_errors": [float(f"{v:.4g}") for v in self.sample_errors],
+            "notes": self.notes, "error": self.error,
+        }
+
+
+@dataclass
+class ParityReport:
+    """Everything one parity run measured for one model directory."""
+
+    model: str
+    model_spec: str
+    directory: Path
+    device: str  # cpu | cuda[:i]
+    device_label: str
+    measured_on: str  # a sentence: where the numbers come from
+    threads: int
+    inputs: list[dict[str, Any]]
+    eager: ArtifactResult
+    artifacts: list[ArtifactResult]
+    batch_sizes: tuple[int, ...] = ()
+    warmup: int = 0
+    runs: int = 0
+    rounds: int = 0
+    machine: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    input_spec: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    locations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> locate result
+
+    def breaches(self) -> list[Breach]:
+        return [b for a in self.artifacts for b in a.breaches]
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaches()
+
+    def locate_command(self) -> str:
+        return f"exporter parity {self.model_spec} --artifacts {self.directory} --locate"
+
+    def error(self) -> ParityError | None:
+        """The ParityError describing every breach (None when all artifacts are within tolerance)."""
+        breaches = self.breaches()
+        if not breaches:
+            return None
+        files = sorted({b.file for b in breaches})
+        detail = "; ".join(str(b) for b in breaches)
+        fix = (f"find the first diverging layer with `{self.locate_command()}`"
+               if not self.locations else "see the first diverging layer above")
+        fix += (f"; re-export with `exporter export {self.model_spec}`; `--no-fail` reports "
+                "without failing")
+        return ParityError(f"{self.model}: {len(files)} artifact(s) breach the recipe's tolerance "
+                           f"vs eager PyTorch: {detail}", fix=fix)
+
+    def raise_for_breaches(self) -> None:
+        err = self.error()
+        if err is not None:
+            raise err
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_spec": self.model_spec, "directory": str(self.directory),
+            "device": self.device, "device_label": self.device_label,
+            "measured_on": self.measured_on, "threads": self.threads, "inputs": self.inputs,
+            "input_spec": self.input_spec, "weights": self.weights,
+            "latency_method": {"batch_sizes": list(self.batch_sizes), "warmup": self.warmup,
+                               "runs": self.runs, "rounds": self.rounds},
+            "machine": self.machine, "ok": self.ok,
+            "breaches": [b.to_dict() for b in self.breaches()],
+            "eager": self.eager.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
+            "notes": self.notes, "locations": self.locations,
+        }
+
+
+def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
+    """Breaches of ``tol`` by the summary metrics of one artifact."""
+    s, out = result.summary, []
+
+    def add(metric: str, value: float, limit: float, detail: str) -> None:
+        out.append(Breach(result.file, result.output_name, result.precision, metric, value, limit,
+                          detail))
+
+    if s["rel_max_abs"] > tol.rel_max_abs or not np.isfinite(s["rel_max_abs"]):
+        add("rel_max_abs", s["rel_max_abs"], tol.rel_max_abs,
+            f"max-abs error {s['max_abs']:.3g} = {s['rel_max_abs']:.2e} of max|eager| exceeds the "
+            f"{result.precision} tolerance {tol.rel_max_abs:.0e}")
+    if s["cosine"] < tol.min_cosine or not np.isfinite(s["cosine"]):
+        add("cosine", s["cosine"], tol.min_cosine,
+            f"cosine similarity {s['cosine']:.6f} below the {result.precision} minimum {tol.min_cosine}")
+    if s["top1_agreement"] < tol.min_top1_agreement:
+        add("top1_agreement", s["top1_agreement"], tol.min_top1_agreement,
+            f"top-1 agreement {s['top1_agreement']:.3f} on {result.agreement_on} below the "
+            f"{result.precision} minimum {tol.min_top1_agreement}")
+    return out
