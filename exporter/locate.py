@@ -198,27 +198,11 @@ def _float_value_types(model) -> dict[str, int]:
 
 def _run_all_tensors(onnx_path: Path, names: list[str], inputs: np.ndarray, threads: int | None,
                      types: dict[str, int] | None = None):
-    import onnx
-    import onnxruntime as ort
+    from .backends.onnxruntime import OnnxRuntimeRunner
 
-    from .backends.onnxruntime import WEIGHT_BIAS_QUANTIZATION, default_threads, is_fp16_mixed_qdq
-
-    model = onnx.load(str(onnx_path))
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(
-                name, (types or {}).get(name, onnx.TensorProto.FLOAT), None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or default_threads())
-    opts.log_severity_level = 3
-    kwargs = {"disabled_optimizers": [WEIGHT_BIAS_QUANTIZATION]} if is_fp16_mixed_qdq(onnx_path) else {}
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts,
-                                providers=["CPUExecutionProvider"], **kwargs)
-    inp = sess.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-    values = sess.run(names, {inp.name: np.ascontiguousarray(inputs, dtype=dtype)})
-    return dict(zip(names, values))
+    runner = OnnxRuntimeRunner(onnx_path, threads=threads, extra_outputs=names,
+                               extra_output_types=types)
+    return runner.named_outputs(inputs, names)
 
 
 # ------------------------------------------------------------------------------- locate

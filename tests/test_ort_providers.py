@@ -103,8 +103,6 @@ def test_report_states_the_provider_that_ran(lenet, tmp_path, capsys):
                "--allow-provider-fallback", "--no-latency", "--samples", "4", "--random", "2",
                "--report", str(tmp_path / "rep")])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "onnxruntime" in printed and "CPUExecutionProvider" in printed
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     (row,) = [a for a in data["reports"][0]["artifacts"] if a["format"] == "onnx"]
     assert row["provider"] == "CPUExecutionProvider" and row["status"] == "ok"

@@ -22,7 +22,8 @@ import pytest
 import exporter.backends.tensorrt as trt_backend
 from exporter.errors import BackendUnavailableError
 
-SOURCE = Path(trt_backend.__file__)
+PACKAGE = Path(trt_backend.__file__).parent
+SOURCES = sorted(PACKAGE.glob("*.py"))  # every module of the backend package
 
 # BuilderFlag members of weakly typed networks (deprecated 10.12, removed 11.0)
 REMOVED_BUILDER_FLAGS = {"FP16", "INT8", "BF16", "FP8", "FP4", "OBEY_PRECISION_CONSTRAINTS",
@@ -63,8 +64,14 @@ def _code_only(source: str) -> str:
     return " ".join(out)
 
 
-def test_backend_uses_no_removed_tensorrt_api():
-    source = SOURCE.read_text()
+def test_backend_package_is_walked_whole():
+    names = {p.name for p in SOURCES}
+    assert {"__init__.py", "build.py", "runner.py", "engine_cache.py", "environment.py"} <= names
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_backend_uses_no_removed_tensorrt_api(path):
+    source = path.read_text()
     tree = ast.parse(source)
     used, flags = set(), set()
     for node in ast.walk(tree):
@@ -88,7 +95,7 @@ def test_backend_uses_no_removed_tensorrt_api():
 
 
 def test_backend_uses_the_current_api():
-    code = _code_only(SOURCE.read_text())
+    code = " ".join(_code_only(p.read_text()) for p in SOURCES)
     for needed in ("build_serialized_network", "set_memory_pool_limit", "MemoryPoolType",
                    "WORKSPACE", "create_optimization_profile", "set_input_shape",
                    "set_tensor_address", "execute_async_v3", "num_io_tensors", "get_tensor_name",
@@ -122,7 +129,7 @@ def test_require_tensorrt_names_what_is_missing(monkeypatch):
 
 def test_runner_refuses_cpu_and_unverifiable_engines(tmp_path):
     with pytest.raises(BackendUnavailableError, match="CUDA devices only"):
-        trt_backend._device_index("cpu")
+        trt_backend.device_index("cpu")
     gpu = {"name": "NVIDIA H100", "compute_capability": "9.0"}
     engine = tmp_path / "m.fp16.sm90.engine"
     ok = {"tensorrt_version": "10.15.1", "compute_capability": "9.0", "gpu": "NVIDIA H100"}
@@ -212,3 +219,78 @@ def test_lint_command_exit_codes(tmp_path, capsys):
     assert code == 1 and [r["ok"] for r in json.loads(out)] == [False, True]
     code, _, err = _cli(["lint", str(tmp_path / "missing.onnx")], capsys)
     assert code != 0 and "no such ONNX" in err
+
+
+# ------------------------------------------------------------------ the engine cache, on CPU
+def _write_engine(directory, key, payload=b"plan-bytes"):
+    import hashlib
+
+    engine = trt_backend.engine_path_for(directory, "resnet18", "fp16", "9.0")
+    engine.write_bytes(payload)
+    manifest = {"cache_key": key, "engine_sha256": hashlib.sha256(payload).hexdigest(),
+                "tensorrt_version": "10.15.1", "compute_capability": "9.0", "precision": "fp16"}
+    (directory / (engine.name + ".json")).write_text(json.dumps(manifest))
+    return engine
+
+
+def test_engine_file_is_per_gpu_architecture(tmp_path):
+    assert trt_backend.engine_path_for(tmp_path, "resnet18", "int8", "8.6").name == \
+        "resnet18.int8.sm86.engine"
+
+
+def test_matching_engine_is_reused_anything_else_rebuilt(tmp_path):
+    engine = _write_engine(tmp_path, "k1")
+    reused = trt_backend.reusable_engine(engine, "k1")
+    assert reused is not None and reused["cached"] is True
+    assert trt_backend.reusable_engine(engine, "k2") is None  # other ONNX/TensorRT/GPU/profile
+    engine.write_bytes(b"plan-bytes, truncated or overwritten")
+    assert trt_backend.reusable_engine(engine, "k1") is None  # bytes differ from the manifest
+    engine.unlink()
+    assert trt_backend.reusable_engine(engine, "k1") is None
+    assert trt_backend.reusable_engine(tmp_path / "none.engine", "k1") is None
+
+
+def _onnx_with_input(path, dims, external=False):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("dims,batches,error,text", [
+    (["N", 3, 8, 8], (1, 4, 8), None, None),
+    (["N", 3, 8, 8], (2, 1, 8), "UsageError", "1 <= min <= opt <= max"),
+    (["N", 3, 16, 16], (1, 4, 8), "InputSpecError", "the input spec says [N, 3, 8, 8]"),
+    ([4, 3, 8, 8], (1, 4, 8), "UsageError", "fixed batch of 4"),
+    ([4, 3, 8, 8], (4, 4, 4), None, None),
+])
+def test_engine_profile_is_checked_against_the_onnx(tmp_path, dims, batches, error, text):
+    from exporter import errors
+    from exporter.recipes import InputSpec
+
+    path = _onnx_with_input(tmp_path / "m.onnx", dims)
+    spec = InputSpec(size=(8, 8))
+    if error is None:
+        profile = trt_backend.engine_profile(path, spec, batches)
+        assert profile == {"input": "input", "min": [batches[0], 3, 8, 8],
+                           "opt": [batches[1], 3, 8, 8], "max": [batches[2], 3, 8, 8]}
+    else:
+        with pytest.raises(getattr(errors, error), match=text.replace("[", r"\[").replace("]", r"\]")):
+            trt_backend.engine_profile(path, spec, batches)
+
+
+def test_source_digest_covers_external_weights(tmp_path):
+    path = _onnx_with_input(tmp_path / "m.onnx", ["N", 3, 8, 8], external=True)
+    data = tmp_path / "m.onnx.data"
+    assert data.is_file()
+    before = trt_backend.source_digest(path)
+    data.write_bytes(bytes(reversed(data.read_bytes())))  # same graph file, other weights
+    assert trt_backend.source_digest(path) != before

@@ -136,9 +136,22 @@ def provider_chain(provider: str, device: str, precision: str,
     return chain + [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
 
 
-def _session(ort, path: Path, opts, providers: list[Any], kwargs: dict[str, Any]):
+def _with_outputs(path: Path, names: list[str], types: dict[str, int] | None) -> bytes:
+    """The model at ``path`` with ``names`` (intermediate tensors) added as graph outputs."""
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, (types or {}).get(name, onnx.TensorProto.FLOAT), None))
+    return model.SerializeToString()
+
+
+def _session(ort, path: str | bytes, opts, providers: list[Any], kwargs: dict[str, Any]):
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers, **kwargs)
+        return ort.InferenceSession(path, sess_options=opts, providers=providers, **kwargs)
     except Exception as err:
         if "use_tf32" not in str(err):
             raise
@@ -155,7 +168,10 @@ class OnnxRuntimeRunner:
                  threads: int | None = None, name: str | None = None,
                  disabled_optimizers: list[str] | None = None, output_name: str | None = None,
                  provider: str | None = None, allow_fallback: bool = False,
-                 trt_cache_dir: str | Path | None = None):
+                 trt_cache_dir: str | Path | None = None, extra_outputs: list[str] | None = None,
+                 extra_output_types: dict[str, int] | None = None):
+        """``extra_outputs``: intermediate tensors to expose (``named_outputs``), e.g. for
+        ``--locate``; ``extra_output_types`` gives their ONNX element types (default float)."""
         ort = _ort()
         self.path = Path(path)
         self.file = self.path.name
@@ -185,7 +201,9 @@ class OnnxRuntimeRunner:
 
         with warnings.catch_warnings():  # ORT warns about unavailable providers; we report them
             warnings.simplefilter("ignore", UserWarning)
-            self.session = _session(ort, self.path, opts, providers, kwargs)
+            source = (_with_outputs(self.path, extra_outputs, extra_output_types) if extra_outputs
+                      else str(self.path))
+            self.session = _session(ort, source, opts, providers, kwargs)
         self.provider = self.session.get_providers()[0]  # what runs, never what was asked for
         if self.provider != self.requested:
             message = (f"asked ONNX Runtime for {self.requested}, it runs on "
@@ -217,6 +235,11 @@ class OnnxRuntimeRunner:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
         (out,) = self.session.run([self.output_name], feed)
         return np.asarray(out, dtype=np.float32)
+
+    def named_outputs(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The tensors ``names`` (graph outputs or ``extra_outputs``) for ``batch``."""
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        return dict(zip(names, self.session.run(list(names), feed)))
 
     def timed_call(self, batch: np.ndarray):
         """(fn, clock): one inference on an input already staged for the session.
