@@ -1,0 +1,81 @@
+"""TensorRT-readiness lint of an ONNX graph, on CPU, before any engine build.
+
+TensorRT needs a CUDA device even to parse an ONNX file, so everything an engine build depends on
+that *can* be checked without one is checked here, from the graph alone:
+
+- ``opset``: the default-domain opset is in the range the TensorRT ONNX parser accepts;
+- ``op-support``: every node is in the onnx-tensorrt operator table (``trt_ops.json``);
+- ``static-shape``: graph inputs have fixed dimensions except the batch axis (dim 0);
+- ``qdq-*``: explicit-quantization invariants for strongly typed INT8 engines (int8 zero-points
+  equal to 0, positive scales, per-tensor activations, per-channel weight axis, no int32 bias);
+- ``fp16-io``: FP16 graphs keep float32 graph I/O with Casts at the boundary;
+- ``precision``: the graph's precision is the one that was asked for.
+
+``lint_onnx`` returns a :class:`LintReport`; ``lint_path`` lints a file or every ONNX artifact of
+an artifact directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from ..errors import UsageError
+from .checks import _check_ops, _check_opset, _check_static_shapes
+from .findings import ERROR, WARNING, Finding, LintError, LintReport, trt_op_table
+from .graph import _Graph, detect_precision
+from .qdq import _check_fp16_io, _check_qdq
+
+__all__ = ["ERROR", "WARNING", "Finding", "LintError", "LintReport", "detect_precision",
+           "lint_onnx", "lint_path", "trt_op_table"]
+
+
+# ---------------------------------------------------------------------------- entry points
+def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None = None) -> LintReport:
+    """Lint one ONNX graph for TensorRT. ``precision`` None: lint as the detected precision."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model, source = path_or_model, "<model>"
+    else:
+        model, source = onnx.load(str(path_or_model)), str(path_or_model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    detected = detect_precision(model)
+    table = trt_op_table()
+    report = LintReport(source=source, precision=precision or detected, detected_precision=detected,
+                        opset=opset, nodes=len(model.graph.node),
+                        table_version=table["source"]["version"])
+    for node in model.graph.node:
+        report.op_types[node.op_type] = report.op_types.get(node.op_type, 0) + 1
+    if precision is not None and precision != detected:
+        report.add(ERROR, "precision", "", f"asked to lint as {precision} but the graph is {detected}",
+                   fix=f"pass the {precision} artifact (fp16: convert_float_to_float16 with "
+                       "keep_io_types=True; int8: Q/DQ from the quantize stage), or ask for "
+                       f"--precision {detected}")
+    g = _Graph(model)
+    _check_opset(model, report)
+    _check_ops(model, report)
+    _check_static_shapes(model, report)
+    _check_qdq(g, report)
+    if report.precision == "fp16":
+        _check_fp16_io(g, report)
+    return report
+
+
+def lint_path(path: str | Path) -> list[LintReport]:
+    """Lint an ``.onnx`` file, or every ONNX artifact listed in a directory's ``manifest.json``."""
+    path = Path(path)
+    if path.is_file():
+        return [lint_onnx(path)]
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such ONNX file or artifact directory",
+                         fix="pass a .onnx file or a directory written by `exporter export`")
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        entries = [e for e in json.loads(manifest.read_text()).get("artifacts", [])
+                   if e.get("format") == "onnx"]
+        missing = [e["file"] for e in entries if not (path / e["file"]).is_file()]
+        if missing:
+            raise UsageError(f"{manifest} lists ONNX artifacts that are missing: {missing}",
+                             fix="re-run `exporter export` into this directory")
+        return [lint_onnx(path / e["file"], e.get("precision")) for e in entries]
+    return [lint_onnx(p) for p in sorted(path.glob("*.onnx"))]
