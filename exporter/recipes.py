@@ -28,12 +28,13 @@ def recipes_dir() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "recipes", here / "recipes"):
+    for candidate in (here.parent / "recipes", here / "_recipes"):  # checkout, then installed
         if candidate.is_dir():
             return candidate
     raise RecipeError(
         f"no recipes directory next to {here}",
-        fix="install from a checkout with `pip install -e .`, or set EXPORTER_RECIPES=/path/to/recipes",
+        fix="reinstall zoo-exporter (the wheel ships exporter/_recipes), or set "
+            "EXPORTER_RECIPES=/path/to/recipes",
     )
 
 
