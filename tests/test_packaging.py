@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is Python >= 3.11")
 
 ROOT = Path(__file__).resolve().parents[1]
 

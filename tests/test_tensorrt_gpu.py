@@ -141,3 +141,22 @@ def test_int8_qdq_engine(exported, tmp_path):
     metrics = compare_outputs(_eager(model)(x), runner(x))
     print(f"{name} int8: {metrics}")
     assert np.isfinite(metrics["max_abs"]) and metrics["cosine"] >= 0.8, metrics
+
+
+def test_parity_cli_includes_the_engine(tmp_path):
+    """`exporter build` then `exporter parity`: the engine is a row of the report, run on the GPU
+    with torch CUDA buffers and timed with CUDA events like eager."""
+    from exporter.cli import main
+
+    out = tmp_path / "mv3"
+    assert main(["build", "mobilenet_v3_small", "--precision", "fp16", "--input-size", str(SIZE),
+                 "--output", str(out), "--max-batch", "8", "--timing-cache",
+                 str(tmp_path / "timing.cache")]) == 0
+    assert main(["parity", "--artifacts", str(out), "--device", "cuda", "--runs", "10",
+                 "--report", str(tmp_path / "rep")]) == 0
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = {a["format"] + ":" + a["precision"]: a for a in data["reports"][0]["artifacts"]}
+    engine = rows["tensorrt:fp16"]
+    assert engine["status"] == "ok" and engine["provider"].startswith("cuda:")
+    assert {s["clock"] for s in engine["latency"].values()} == {"cuda-events"}
+    assert data["reports"][0]["eager"]["provider"].startswith("cuda")
