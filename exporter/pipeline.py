@@ -24,6 +24,20 @@ MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "ch
                      "std", "num_classes", "batch")
 
 
+def json_value(value: Any) -> Any:
+    """``value`` as it reads back from a JSON manifest (tuples -> lists, paths -> str)."""
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def quant_options_record(quant: dict[str, Any]) -> dict[str, Any]:
+    """The quantize options as a precision artifact's manifest entry records them (re-use key)."""
+    return {k: json_value(v) for k, v in sorted(quant.items()) if v is not None}
+
+
 @dataclass
 class ExportRequest:
     """Everything a user can ask of ``exporter export`` (and what ``parity`` re-uses)."""
@@ -174,8 +188,10 @@ def export(request: ExportRequest) -> ExportResult:
             cache = directory / f"{stem}.int8.calib.json"  # reuse an earlier calibration
             if cache.is_file():
                 shutil.copy2(cache, stage / cache.name)
-            artifacts.append(quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec,
-                                            request.precision, **request.quant))
+            entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
+                                   **request.quant)
+            entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
+            artifacts.append(entry)
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:

@@ -95,19 +95,21 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
-    """Export MODEL (with --precision's quantize stage) and return its ONNX for the engine."""
+    """Take the request's ONNX from its artifact directory, or export it (with --precision's
+    quantize stage and the export's parity check) when it is missing or was made differently."""
     from ..cli_options import request_from_args
-    from ..pipeline import export
+    from ..reuse import export_or_reuse
 
     request = request_from_args(args, formats=("onnx",))
-    result = export(request)
-    candidates = [a for a in result.manifest["artifacts"]
+    ready = export_or_reuse(request, verify=True, say=print)
+    print(ready.note)
+    candidates = [a for a in ready.manifest["artifacts"]
                   if a["format"] == "onnx" and a["precision"] == args.precision
                   and (args.precision != "int8" or ".tensorrt." in a["file"])]
     if not candidates:
         raise UsageError(f"the export wrote no {args.precision} ONNX for TensorRT",
                          fix="for int8 use the tensorrt placement (--target tensorrt)")
-    return result.directory / candidates[-1]["file"], result.directory, result.spec, result.recipe.name
+    return ready.directory / candidates[-1]["file"], ready.directory, ready.spec, ready.recipe.name
 
 
 def _record(out_dir: Path, entry: dict[str, Any]) -> bool:

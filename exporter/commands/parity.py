@@ -13,8 +13,6 @@ from typing import Any
 
 from ..pipeline import MODEL_OPTION_KEYS  # options that change the eager model
 
-EXPORT_OPTION_KEYS = ("exporter", "simplifier")
-
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -82,14 +80,6 @@ def add_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------------- helpers
-def _norm(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _explicit_overrides(args) -> dict[str, Any]:
     """Model options the user actually typed (differ from the parser's defaults)."""
     defaults = getattr(args, "parity_defaults", {})
@@ -97,64 +87,13 @@ def _explicit_overrides(args) -> dict[str, Any]:
             if k != "model" and getattr(args, k, None) != defaults.get(k)}
 
 
-def _wanted_artifacts(formats: tuple[str, ...], precision: str) -> list[tuple[str, str]]:
-    wanted = [(f, "fp32") for f in formats]
-    if precision != "fp32":
-        wanted.append(("onnx", precision))
-    return wanted
-
-
-def _matches(manifest: dict[str, Any], request) -> bool:
-    options = manifest.get("model_options") or {}
-    for key in MODEL_OPTION_KEYS:
-        if _norm(options.get(key)) != _norm(getattr(request, key)):
-            return False
-    export = manifest.get("export") or {}
-    return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
-
-
-def _missing(manifest: dict[str, Any], directory: Path, formats, precision) -> list[tuple[str, str]]:
-    have = {(a["format"], a["precision"]) for a in manifest.get("artifacts", [])
-            if (directory / a["file"]).exists()}
-    return [w for w in _wanted_artifacts(formats, precision) if w not in have]
-
-
 def prepare_directory(request, say=print):
-    """Export what is missing for ``request``; return (directory, recipe, spec, reference, note).
+    """Export what is missing for ``request`` (``reuse.export_or_reuse``; export-time verification
+    is skipped: parity is the verification); return (directory, recipe, spec, reference, note)."""
+    from ..reuse import export_or_reuse
 
-    A directory whose manifest records the same model options is re-used and only the missing
-    formats are exported (the pipeline keeps the manifest's other artifacts); otherwise the whole
-    request is exported. Export-time verification is skipped: parity is the verification.
-    """
-    from dataclasses import replace
-
-    from ..artifacts import read_manifest
-    from ..builders import resolve_model
-    from ..pipeline import export, load_reference
-
-    recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
-                              mean=request.mean, std=request.std, num_classes=request.num_classes)
-    directory = Path(request.output or Path("artifacts") / recipe.name)
-    formats = tuple(request.formats)
-    try:
-        manifest = read_manifest(directory)
-    except (FileNotFoundError, ValueError):
-        manifest = None
-    if manifest is not None and _matches(manifest, request):
-        missing = _missing(manifest, directory, formats, request.precision)
-        if not missing:
-            recipe, spec, reference = load_reference(directory)
-            return directory, recipe, spec, reference, f"re-using {directory}"
-        fmt = tuple(dict.fromkeys(f for f, _ in missing))
-        if request.precision != "fp32" and ("onnx", request.precision) in missing:
-            fmt = tuple(dict.fromkeys(("onnx",) + fmt))
-        request = replace(request, formats=fmt)
-        note = f"exported missing {', '.join(f'{f} {p}' for f, p in missing)} into {directory}"
-    else:
-        note = f"exported {', '.join(formats)} into {directory}"
-    say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")
-    result = export(replace(request, output=directory, verify=False, fail_on_breach=False))
-    return result.directory, result.recipe, result.spec, result.reference, note
+    ready = export_or_reuse(request, verify=False, say=say)
+    return ready.directory, ready.recipe, ready.spec, ready.reference, ready.note
 
 
 def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = None):

@@ -1,0 +1,96 @@
+"""Take or make: re-use an artifact directory written for the same request, export what is missing.
+
+``parity`` and ``build`` both start from "the artifacts of this request". A directory is re-used
+when its manifest records the same model options (:data:`pipeline.MODEL_OPTION_KEYS`) and export
+options, and a precision artifact only when it was quantized with the same options (calibration
+source, method, samples, target, budget). Anything else is exported again through the pipeline,
+which keeps the manifest's other artifacts of the same model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .pipeline import MODEL_OPTION_KEYS, ExportRequest, json_value, quant_options_record
+from .recipes import InputSpec, Recipe
+
+EXPORT_OPTION_KEYS = ("exporter", "simplifier")
+
+
+@dataclass
+class Prepared:
+    """An artifact directory ready for parity or an engine build, and how it came to be."""
+
+    directory: Path
+    recipe: Recipe
+    spec: InputSpec
+    reference: nn.Module  # the eager reference (prepared, unfolded)
+    manifest: dict[str, Any]
+    note: str  # "re-using DIR" / "exported ... into DIR"
+
+
+def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
+    """Same eager model and same export options as ``request``."""
+    options = manifest.get("model_options") or {}
+    if any(json_value(options.get(k)) != json_value(getattr(request, k)) for k in MODEL_OPTION_KEYS):
+        return False
+    export = manifest.get("export") or {}
+    return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
+
+
+def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> bool:
+    if not (directory / entry["file"]).exists():
+        return False
+    if entry["precision"] == "fp32":
+        return True
+    recorded = (entry.get("details") or {}).get("options")
+    return recorded == quant_options_record(request.quant)
+
+
+def missing_artifacts(manifest: dict[str, Any], directory: Path,
+                      request: ExportRequest) -> list[tuple[str, str]]:
+    """(format, precision) pairs ``request`` asks for that the directory cannot supply as is."""
+    wanted = [(f, "fp32") for f in request.formats]
+    if request.precision != "fp32":
+        wanted.append(("onnx", request.precision))
+    have = {(a["format"], a["precision"]) for a in manifest.get("artifacts", [])
+            if _usable(a, directory, request)}
+    return [w for w in wanted if w not in have]
+
+
+def export_or_reuse(request: ExportRequest, *, verify: bool = False,
+                    say: Callable[[str], None] = print) -> Prepared:
+    """Re-use ``request``'s directory when it already holds what is asked for, else export (only
+    the missing formats when the model matches). ``verify``: run the export's parity stage."""
+    from .artifacts import read_manifest
+    from .builders import resolve_model
+    from .pipeline import export, load_reference
+
+    recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
+                              mean=request.mean, std=request.std, num_classes=request.num_classes)
+    directory = Path(request.output or Path("artifacts") / recipe.name)
+    try:
+        manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError):
+        manifest = None
+    if manifest is not None and manifest_matches(manifest, request):
+        missing = missing_artifacts(manifest, directory, request)
+        if not missing:
+            recipe, spec, reference = load_reference(directory)
+            return Prepared(directory, recipe, spec, reference, manifest, f"re-using {directory}")
+        formats = tuple(dict.fromkeys(f for f, _ in missing))
+        if request.precision != "fp32" and ("onnx", request.precision) in missing:
+            formats = tuple(dict.fromkeys(("onnx",) + formats))  # quantized from a fresh fp32 ONNX
+        else:  # the precision artifact is there and kept; only fp32 formats are missing
+            request = replace(request, precision="fp32", quant={})
+        request = replace(request, formats=formats)
+        note = f"exported missing {', '.join(f'{f} {p}' for f, p in missing)} into {directory}"
+    else:
+        note = f"exported {', '.join(request.formats)} into {directory}"
+    say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")
+    result = export(replace(request, output=directory, verify=verify, fail_on_breach=verify))
+    return Prepared(result.directory, result.recipe, result.spec, result.reference, result.manifest,
+                    note)

@@ -1,0 +1,57 @@
+"""Take or make (``reuse.export_or_reuse``, used by ``parity`` and ``build``): a directory written
+for the same request is re-used untouched; a differing model, export or quantize option, or a
+missing file, is exported again."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from exporter.pipeline import ExportRequest, export
+from exporter.reuse import export_or_reuse
+
+INT8 = {"calibration": "packaged", "samples": 8, "method": "minmax"}
+
+
+@pytest.fixture()
+def base(tmp_path):
+    request = ExportRequest(model="lenet5", output=tmp_path / "lenet5", precision="int8",
+                            quant=dict(INT8), verify=False)
+    export(request)
+    return request
+
+
+def _stamp(directory):
+    return {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+
+
+def test_same_request_is_reused_untouched(base):
+    before = _stamp(base.output)
+    ready = export_or_reuse(base, say=lambda _m: None)
+    assert ready.note == f"re-using {base.output}" and _stamp(base.output) == before
+    recorded = [a for a in ready.manifest["artifacts"] if a["precision"] == "int8"]
+    assert recorded and recorded[0]["details"]["options"] == dict(sorted(INT8.items()))
+    assert ready.recipe.name == "lenet5" and ready.spec.channels == 1
+    fp32 = export_or_reuse(replace(base, precision="fp32", quant={}), say=lambda _m: None)
+    assert fp32.note.startswith("re-using")  # the fp32 ONNX is there
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"quant": {**INT8, "method": "entropy"}}, "exported missing onnx int8"),
+    ({"quant": {**INT8, "samples": 16}}, "exported missing onnx int8"),
+    ({"formats": ("onnx", "torchscript")}, "exported missing torchscript fp32"),
+    ({"seed": 1}, "exported onnx into"),
+    ({"simplifier": "none"}, "exported onnx into"),
+])
+def test_any_difference_is_exported_again(base, change, expect):
+    ready = export_or_reuse(replace(base, **change), say=lambda _m: None)
+    assert ready.note.startswith(expect), ready.note
+    again = export_or_reuse(replace(base, **change), say=lambda _m: None)
+    assert again.note.startswith("re-using")
+
+
+def test_deleted_file_is_exported_again(base):
+    (base.output / "lenet5.int8.tensorrt.onnx").unlink()
+    ready = export_or_reuse(base, say=lambda _m: None)
+    assert ready.note.startswith("exported missing onnx int8")
+    assert (base.output / "lenet5.int8.tensorrt.onnx").is_file()
