@@ -4,8 +4,10 @@ The removed-API list follows NVIDIA's TensorRT 10.x deprecations that TensorRT 1
 (release notes / API migration guide): the implicit INT8 calibrator classes and
 ``int8_calibrator`` / ``set_dynamic_range`` (deprecated 10.1), the weak-typing precision builder
 flags FP16/INT8/BF16/FP8 and per-layer precision controls (deprecated 10.12), plus the APIs gone
-since 8.x/10.0: ``max_workspace_size``, ``Builder.build_engine``, ``execute_async_v2`` /
-``execute_v2`` with bindings, ``EXPLICIT_BATCH`` and the binding-index accessors.
+since 8.x/10.0: ``max_workspace_size``, ``Builder.build_engine``, ``execute_async_v2``,
+``EXPLICIT_BATCH`` and the binding-index accessors. Both lists, and every TensorRT name the backend
+uses, are checked against the names of real releases (10.8, 10.16, 11.0, 11.4) that
+``scripts/tensorrt_api_names.py`` read from their PyPI bindings wheels (``tests/data/tensorrt_api``).
 """
 from __future__ import annotations
 
@@ -36,11 +38,14 @@ REMOVED_ATTRIBUTES = {
     "IInt8LegacyCalibrator", "CalibrationAlgoType", "int8_calibrator", "set_dynamic_range",
     "dynamic_range",
     # removed before 10.0
-    "max_workspace_size", "build_engine", "build_cuda_engine", "execute_async_v2", "execute_v2",
-    "execute_async", "execute", "EXPLICIT_BATCH", "EXPLICIT_PRECISION", "max_batch_size",
-    "get_binding_index", "get_binding_name", "get_binding_shape", "get_binding_dtype",
-    "binding_is_input", "num_bindings", "set_binding_shape", "set_optimization_profile_async",
+    "max_workspace_size", "build_engine", "build_cuda_engine", "execute_async_v2", "execute",
+    "EXPLICIT_BATCH", "EXPLICIT_PRECISION", "get_binding_index", "get_binding_name",
+    "get_binding_shape", "get_binding_dtype", "binding_is_input", "num_bindings",
+    "set_binding_shape",
 }
+# Still in 11.x (the release data below shows them) but of the bindings-array era that
+# set_tensor_address + execute_async_v3 replace: avoided all the same.
+AVOIDED_ATTRIBUTES = {"execute_v2", "execute_async", "max_batch_size", "set_optimization_profile_async"}
 REMOVED_TEXT = ["BuilderFlag.FP16", "BuilderFlag.INT8", "BuilderFlag.BF16", "BuilderFlag.FP8",
                 "IInt8", "int8_calibrator", "set_dynamic_range", "max_workspace_size",
                 ".build_engine(", "execute_async_v2", "execute_v2", "EXPLICIT_BATCH",
@@ -87,7 +92,8 @@ def test_backend_uses_no_removed_tensorrt_api(path):
             owner = node.args[0]
             if getattr(owner, "attr", getattr(owner, "id", "")) == "BuilderFlag":
                 flags.add(node.args[1].value)
-    assert not (used & REMOVED_ATTRIBUTES), sorted(used & REMOVED_ATTRIBUTES)
+    assert not (used & (REMOVED_ATTRIBUTES | AVOIDED_ATTRIBUTES)), sorted(
+        used & (REMOVED_ATTRIBUTES | AVOIDED_ATTRIBUTES))
     assert not (flags & REMOVED_BUILDER_FLAGS), sorted(flags & REMOVED_BUILDER_FLAGS)
     code = _code_only(source).replace(" ", "")
     found = [text for text in REMOVED_TEXT if text.replace(" ", "") in code]
@@ -294,3 +300,100 @@ def test_source_digest_covers_external_weights(tmp_path):
     before = trt_backend.source_digest(path)
     data.write_bytes(bytes(reversed(data.read_bytes())))  # same graph file, other weights
     assert trt_backend.source_digest(path) != before
+
+
+# ------------------------------------------------------------------ names checked against releases
+# The Python API names of real TensorRT releases, read from their PyPI bindings wheels by
+# scripts/tensorrt_api_names.py (the bindings cannot be imported here: libnvinfer is not on PyPI).
+RELEASE_NAMES = {p.name[:-len(".txt.gz")]: p for p in
+                 sorted((Path(__file__).parent / "data" / "tensorrt_api").glob("*.txt.gz"))}
+TRT_ROOTS = {"trt", "builder", "network", "config", "parser", "opt_profile", "self.engine",
+             "self.context", "self._runtime"}  # names bound to TensorRT objects in the backend
+
+
+def _release(version: str) -> set[str]:
+    import gzip
+
+    with gzip.open(RELEASE_NAMES[version], "rt") as f:
+        return set(f.read().split())
+
+
+def _has(names: set[str], name: str) -> bool:
+    """A name a pybind11 module registers: a string of its own, or the tail of a longer one
+    (compilers merge a string into one that ends with it)."""
+    return name in names or any(n.endswith(name) for n in names)
+
+
+def _root(node) -> str | None:
+    """The variable at the base of an attribute/call chain: `config` for config.a().b."""
+    while True:
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name) and node.value.id == "self":
+                return f"self.{node.attr}"
+            node = node.value
+        elif isinstance(node, (ast.Call,)):
+            node = node.func
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Name):
+            return node.id
+        else:
+            return None
+
+
+def tensorrt_names_used() -> dict[str, set[str]]:
+    """Every TensorRT attribute, getattr name and keyword argument the backend uses, with files."""
+    used: dict[str, set[str]] = {}
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Attribute) and _root(node.value) in TRT_ROOTS:
+                names.append(node.attr)
+            elif isinstance(node, ast.Call):
+                if (getattr(node.func, "id", "") == "getattr" and len(node.args) >= 2
+                        and isinstance(node.args[1], ast.Constant) and _root(node.args[0]) in TRT_ROOTS):
+                    names.append(node.args[1].value)
+                if _root(node.func) in TRT_ROOTS:
+                    names += [kw.arg for kw in node.keywords if kw.arg]
+            for name in names:
+                if not name.startswith("__"):
+                    used.setdefault(name, set()).add(path.name)
+    return used
+
+
+def test_release_name_data_is_there_and_tells_versions_apart():
+    assert {"10.8.0.43", "10.16.1.11", "11.0.0.114", "11.4.0.106"} <= set(RELEASE_NAMES)
+    for version in RELEASE_NAMES:
+        names = _release(version)
+        assert len(names) > 5000 and _has(names, "build_serialized_network"), version
+        removed_in_11 = ["IInt8EntropyCalibrator2", "int8_calibrator", "EXPLICIT_BATCH",
+                         "OBEY_PRECISION_CONSTRAINTS"]
+        present = [n for n in removed_in_11 if _has(names, n)]
+        assert present == (removed_in_11 if version.startswith("10.") else []), (version, present)
+        # gone before 10.8 already
+        assert not any(_has(names, n) for n in ("max_workspace_size", "build_engine",
+                                                "execute_async_v2", "num_bindings")), version
+
+
+@pytest.mark.parametrize("version", [v for v in sorted(RELEASE_NAMES) if v.startswith("11.")])
+def test_removed_list_matches_the_11x_releases(version):
+    names = _release(version)
+    assert not sorted(a for a in REMOVED_ATTRIBUTES if _has(names, a))
+    assert sorted(a for a in AVOIDED_ATTRIBUTES if _has(names, a)) == sorted(AVOIDED_ATTRIBUTES)
+
+
+def test_collector_finds_the_backends_tensorrt_calls():
+    used = tensorrt_names_used()
+    for name in ("build_serialized_network", "set_memory_pool_limit", "WORKSPACE", "STRONGLY_TYPED",
+                 "TF32", "ignore_mismatch", "execute_async_v3", "set_tensor_address",
+                 "get_tensor_profile_shape", "deserialize_cuda_engine", "serialize", "HALF"):
+        assert name in used, name
+    assert "lines" not in used and "cuda_stream" not in used  # our logger, torch's stream
+
+
+@pytest.mark.parametrize("version", sorted(RELEASE_NAMES))
+def test_every_tensorrt_name_the_backend_uses_exists_in_the_release(version):
+    names = _release(version)
+    missing = {n: sorted(files) for n, files in tensorrt_names_used().items() if not _has(names, n)}
+    # Anything missing is a typo or an API this release lacks (the backend supports 10.x and 11.x).
+    assert not missing, f"TensorRT {version} has no {missing}"

@@ -15,13 +15,15 @@ from .environment import (EngineBuildError, EngineMismatchError, device_index, g
 
 
 def _torch_dtype(trt, dtype):
+    """The torch dtype of an engine I/O tensor type (every member exists in TensorRT >= 10)."""
     import torch
 
-    names = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
-             "INT8": torch.int8, "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64,
-             "BOOL": torch.bool}
-    for name, torch_dtype in names.items():
-        if getattr(trt.DataType, name, None) == dtype:
+    pairs = [(trt.DataType.FLOAT, torch.float32), (trt.DataType.HALF, torch.float16),
+             (trt.DataType.BF16, torch.bfloat16), (trt.DataType.INT8, torch.int8),
+             (trt.DataType.UINT8, torch.uint8), (trt.DataType.INT32, torch.int32),
+             (trt.DataType.INT64, torch.int64), (trt.DataType.BOOL, torch.bool)]
+    for trt_dtype, torch_dtype in pairs:
+        if trt_dtype == dtype:
             return torch_dtype
     raise EngineBuildError(f"engine I/O tensor type {dtype} has no torch equivalent")
 
