@@ -10,6 +10,7 @@ and ORT run with the same count) and reported.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def _session(ort, path: str | bytes, opts, providers: list[Any], kwargs: dict[st
     # an older CUDA provider without the use_tf32 option: same chain without it
     stripped = [(p[0], {k: v for k, v in p[1].items() if k != "use_tf32"}) if isinstance(p, tuple)
                 else p for p in providers]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=stripped, **kwargs)
+    return ort.InferenceSession(path, sess_options=opts, providers=stripped, **kwargs)
 
 
 class OnnxRuntimeRunner:
@@ -197,8 +198,6 @@ class OnnxRuntimeRunner:
         self.requested = check_provider(provider, allow_fallback) if explicit else PROVIDERS[provider]
         providers = provider_chain(provider, device, precision, trt_cache_dir)
         kwargs = {"disabled_optimizers": disabled} if disabled else {}
-        import warnings
-
         with warnings.catch_warnings():  # ORT warns about unavailable providers; we report them
             warnings.simplefilter("ignore", UserWarning)
             source = (_with_outputs(self.path, extra_outputs, extra_output_types) if extra_outputs
@@ -209,9 +208,10 @@ class OnnxRuntimeRunner:
             message = (f"asked ONNX Runtime for {self.requested}, it runs on "
                        f"{self.provider} (the requested provider did not load)")
             if explicit and not allow_fallback:
-                raise ProviderFallbackError(f"{self.file}: {message}", fix=f"{GPU_INSTALL_HINT}; check ONNX Runtime's "
-                                            "log for the provider's load error; or "
-                                            "--allow-provider-fallback")
+                raise ProviderFallbackError(
+                    f"{self.file}: {message}",
+                    fix=f"{GPU_INSTALL_HINT}; check ONNX Runtime's log for the provider's load "
+                        "error; or --allow-provider-fallback")
             self.notes.append(message)
         self.device = f"cuda:{_device_index(device)}" if self.provider in (
             "CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"

@@ -109,14 +109,15 @@ def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = 
     return recipe, spec, reference
 
 
-def _parity_one(args, directory: Path, recipe, spec, reference, console, say):
+def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, say):
     from ..locate import locate_for_report
     from ..parity import build_inputs, run_parity
 
     inputs = build_inputs(spec, images=args.images, samples=args.samples, random=args.random,
                           seed=args.seed or 0)
     report = run_parity(directory, reference, spec, recipe, inputs, args.device,
-                        runner_options={"onnx": ort_options(args)}, latency=not args.no_latency, batch_sizes=args.batch_sizes,
+                        runner_options=runner_options, latency=not args.no_latency,
+                        batch_sizes=args.batch_sizes,
                         warmup=args.warmup, runs=args.runs, rounds=args.rounds,
                         threads=args.threads, progress=say)
     if args.locate:
@@ -162,12 +163,12 @@ def run(args) -> int:
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
-    ort_options(args)  # an unusable provider fails here, before any export
+    runner_options = {"onnx": ort_options(args)}  # an unusable provider fails before any export
     if args.zoo:
         if args.model or args.artifacts:
             raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",
                              fix="drop the model name (or drop --zoo)")
-        return _run_zoo(args, console)
+        return _run_zoo(args, console, runner_options)
     if args.reduced:
         raise UsageError("--reduced goes with --zoo", fix="use --input-size N for one model")
 
@@ -195,7 +196,7 @@ def run(args) -> int:
         request = request_from_args(args, formats=parse_formats(args.format))
         directory, recipe, spec, reference, note = prepare_directory(request, say)
     say(note)
-    report = _parity_one(args, directory, recipe, spec, reference, console, say)
+    report = _parity_one(args, directory, recipe, spec, reference, runner_options, say)
     print_report(report, console)
     if args.report:
         paths = write_report([report], args.report, title=f"Parity report: {report.model}")
@@ -229,7 +230,7 @@ def _zoo_request(args, name: str, recipe):
     return request_from_args(ns, formats=parse_formats(args.format))
 
 
-def _run_zoo(args, console) -> int:
+def _run_zoo(args, console, runner_options) -> int:
     from tqdm import tqdm
 
     from ..errors import ExporterError, ParityError
@@ -244,7 +245,7 @@ def _run_zoo(args, console) -> int:
         try:
             request = _zoo_request(args, name, recipes[name])
             directory, recipe, spec, reference, _ = prepare_directory(request, say=lambda m: None)
-            report = _parity_one(args, directory, recipe, spec, reference, console,
+            report = _parity_one(args, directory, recipe, spec, reference, runner_options,
                                  say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))
             reports.append(report)
             status = "ok" if report.ok else f"FAIL {'; '.join(str(b) for b in report.breaches())}"
