@@ -397,3 +397,32 @@ def test_every_tensorrt_name_the_backend_uses_exists_in_the_release(version):
     missing = {n: sorted(files) for n, files in tensorrt_names_used().items() if not _has(names, n)}
     # Anything missing is a typo or an API this release lacks (the backend supports 10.x and 11.x).
     assert not missing, f"TensorRT {version} has no {missing}"
+
+
+def test_parity_on_cpu_lists_the_engine_skipped_and_flags_a_stale_one(tmp_path):
+    """An engine recorded in the manifest is a parity row: skipped on CPU with the reason, and
+    flagged when the ONNX it was built from has been re-exported since."""
+    from exporter.artifacts import read_manifest, write_json_atomic
+    from exporter.parity import build_inputs, run_parity
+    from exporter.pipeline import ExportRequest, export
+
+    result = export(ExportRequest(model="lenet5", output=tmp_path, verify=False))
+    engine = trt_backend.engine_path_for(tmp_path, "lenet5", "fp32", "9.0")
+    engine.write_bytes(b"a serialized plan")
+    manifest = read_manifest(tmp_path)
+
+    def with_engine(source_sha):
+        details = {"precision": "fp32", "source_onnx": "lenet5.onnx", "source_onnx_sha256": source_sha,
+                   "tensorrt_version": "10.15.1", "compute_capability": "9.0"}
+        entry = {"file": engine.name, "format": "tensorrt", "precision": "fp32", "details": details}
+        write_json_atomic(tmp_path / "manifest.json", {**manifest,
+                                                       "artifacts": manifest["artifacts"] + [entry]})
+        report = run_parity(tmp_path, result.reference, result.spec, result.recipe,
+                            build_inputs(result.spec, samples=2, random=2), "cpu", latency=False)
+        (row,) = [a for a in report.artifacts if a.format == "tensorrt"]
+        assert row.status == "skipped" and "run on a CUDA GPU" in row.error and report.ok
+        return row.notes
+
+    assert not any("earlier" in n for n in with_engine(trt_backend.source_digest(tmp_path / "lenet5.onnx")))
+    stale = [n for n in with_engine("0" * 64) if "earlier lenet5.onnx" in n]
+    assert stale and "exporter build --onnx" in stale[0] and "--precision fp32" in stale[0]

@@ -181,6 +181,12 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             if sha256_file(path) != entry["sha256"]:
                 result.notes.append("file differs from the manifest (sha256 changed since export)")
         say(f"{file}")
+        if file not in extra and entry["format"] == "tensorrt":
+            from ..backends.tensorrt.engine_cache import stale_source_note
+
+            stale = stale_source_note(entry, directory)
+            if stale:
+                result.notes.append(stale)
         if file not in extra and entry["format"] == "tensorrt" and not device.startswith("cuda"):
             result.status = "skipped"
             result.error = "TensorRT engines run on a CUDA GPU; this run is on CPU"

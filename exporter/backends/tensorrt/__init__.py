@@ -15,7 +15,7 @@ on machines without TensorRT or a GPU; :func:`require_tensorrt` says what is mis
 from .build import build_engine
 from .engine_cache import (ENGINE_SCHEMA, check_engine_compatible, default_timing_cache_path,
                            engine_cache_key, engine_path_for, engine_profile, read_engine_manifest,
-                           reusable_engine, source_digest)
+                           reusable_engine, source_digest, stale_source_note)
 from .environment import (INSTALL_HINT, MIN_MAJOR, EngineBuildError, EngineMismatchError,
                           device_index, gpu_info, require_tensorrt)
 from .runner import TensorRTRunner, cuda_event_timer, gpu_latency, make_runner
@@ -24,4 +24,4 @@ __all__ = ["ENGINE_SCHEMA", "INSTALL_HINT", "MIN_MAJOR", "EngineBuildError", "En
            "TensorRTRunner", "build_engine", "check_engine_compatible", "cuda_event_timer",
            "default_timing_cache_path", "device_index", "engine_cache_key", "engine_path_for",
            "engine_profile", "gpu_info", "gpu_latency", "make_runner", "read_engine_manifest",
-           "require_tensorrt", "reusable_engine", "source_digest"]
+           "require_tensorrt", "reusable_engine", "source_digest", "stale_source_note"]

@@ -128,3 +128,16 @@ def check_engine_compatible(manifest: dict[str, Any] | None, trt_version: str, g
         raise EngineMismatchError(f"{engine_path.name} was built for compute capability {built[1]} "
                                   f"({manifest.get('gpu')}); this GPU ({gpu['name']}) is "
                                   f"{gpu['compute_capability']}", fix=rebuild)
+
+
+def stale_source_note(entry: dict[str, Any], directory: Path) -> str | None:
+    """A note when the ONNX an engine was built from has changed since (re-exported beside it)."""
+    details = entry.get("details") or {}
+    source, built_from = details.get("source_onnx"), details.get("source_onnx_sha256")
+    if not source or not built_from or not (Path(directory) / source).is_file():
+        return None
+    if source_digest(Path(directory) / source) == built_from:
+        return None
+    return (f"built from an earlier {source} (sha256 {built_from[:12]}); the directory's {source} "
+            f"has changed since: rebuild with `exporter build --onnx {Path(directory) / source} "
+            f"--precision {details.get('precision', entry.get('precision', 'fp32'))}`")
