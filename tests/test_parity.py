@@ -295,6 +295,33 @@ def test_swapped_preprocessing_drops_agreement(tmp_path):
     assert {b.metric for b in bad.breaches()} >= {"rel_max_abs", "top1_agreement"}
 
 
+class _CappedBatch:
+    """A runner that, like a TensorRT engine profile, refuses batches above ``max_batch``."""
+
+    def __init__(self, runner, max_batch):
+        self.runner, self.max_batch, self.seen = runner, max_batch, []
+
+    def __call__(self, batch):
+        self.seen.append(len(batch))
+        if len(batch) > self.max_batch:
+            raise ValueError(f"batch {len(batch)} is outside the profile 1..{self.max_batch}")
+        return self.runner(batch)
+
+
+def test_inputs_are_chunked_to_a_runners_max_batch(mv3):
+    from exporter.backends.base import runner_for
+    from exporter.parity import run_parity
+
+    entry = next(a for a in mv3.manifest["artifacts"] if a["format"] == "onnx")
+    capped = _CappedBatch(runner_for(entry, mv3.directory, "cpu"), max_batch=3)
+    inputs = _inputs(mv3.spec, samples=7, random=5)
+    report = run_parity(mv3.directory, mv3.reference, mv3.spec, mv3.recipe, inputs, latency=False,
+                        artifacts=[], runners={"capped": capped})
+    (row,) = report.artifacts
+    assert row.status == "ok", row.error
+    assert max(capped.seen) == 3 and sum(capped.seen) == 12
+
+
 # ------------------------------------------------------------------ inputs, CLI, zoo
 def test_labelled_image_folder_gives_accuracy(mv3, tmp_path):
     from exporter.data import packaged_photos

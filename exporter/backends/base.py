@@ -18,6 +18,10 @@ class Runner(Protocol):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
+    # Optional, read with getattr by parity/latency: ``fixed_batch`` (the only batch it accepts),
+    # ``max_batch`` (the largest, e.g. an engine profile's), ``notes``, ``output_name``,
+    # ``threads`` and ``timed_call(batch) -> (fn, clock)`` (a call on inputs already staged).
+
 
 # artifact "format" in the manifest -> "module:factory"; factory(artifact: dict, directory: Path,
 # device: str) -> Runner. Modules are imported only when an artifact of that format is run.

@@ -215,7 +215,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         result.notes.extend(getattr(runner, "notes", []))
         runner_batch = fixed_batch or getattr(runner, "fixed_batch", None)
         try:
-            outs = {s.name: run_chunked(runner, s.array, runner_batch) for s in sets}
+            limit = getattr(runner, "max_batch", None)
+            outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in sets}
             result.metrics, result.summary, result.agreement_on = _summarize(sets, refs, outs)
         except Exception as err:  # noqa: BLE001
             result.status, result.error = "error", f"{type(err).__name__}: {err}"

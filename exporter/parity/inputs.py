@@ -75,8 +75,9 @@ def as_input_sets(inputs: Any) -> list[InputSet]:
 
 
 def run_chunked(runner: Callable[[np.ndarray], np.ndarray], array: np.ndarray,
-                batch: int | None = None) -> np.ndarray:
-    """Run ``array`` through ``runner`` in chunks; a fixed ``batch`` pads the last chunk."""
+                batch: int | None = None, max_batch: int | None = None) -> np.ndarray:
+    """Run ``array`` through ``runner`` in chunks; a fixed ``batch`` pads the last chunk, a
+    ``max_batch`` (an engine profile's largest batch) caps the chunk size."""
     if batch:
         outs = []
         for i in range(0, len(array), batch):
@@ -86,7 +87,7 @@ def run_chunked(runner: Callable[[np.ndarray], np.ndarray], array: np.ndarray,
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
             outs.append(np.asarray(runner(chunk))[:n])
         return np.concatenate(outs)
-    step = MAX_CHUNK
+    step = min(MAX_CHUNK, max_batch or MAX_CHUNK)
     return np.concatenate([np.asarray(runner(array[i:i + step])) for i in range(0, len(array), step)])
 
 

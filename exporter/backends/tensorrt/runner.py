@@ -58,6 +58,8 @@ class TensorRTRunner:
         self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         lo, _, hi = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
         self.min_shape, self.max_shape = tuple(lo), tuple(hi)
+        self.max_batch = int(hi[0])  # parity chunks its inputs to fit the profile
+        self.fixed_batch = int(lo[0]) if lo[0] == hi[0] else None
         self.device = torch.device("cuda", index)
         self.stream = torch.cuda.Stream(device=self.device)
         self.precision = (manifest or {}).get("precision", "fp32")
