@@ -119,9 +119,21 @@ def test_cuda_provider_runs_on_the_gpu(lenet):
     path = lenet.directory / "lenet5.onnx"
     runner = OnnxRuntimeRunner(path, provider="cuda", device="cuda")
     assert runner.provider == "CUDAExecutionProvider" and runner.device == "cuda:0"
+    assert not any("TF32" in n for n in runner.notes), runner.notes  # use_tf32=0 took effect
     x = _inputs(8)
     ref = OnnxRuntimeRunner(path)(x)
     got = runner(x)
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
     fn, clock = runner.timed_call(x)
     fn()  # I/O bound on the device
+
+
+def test_tensorrt_provider_cache_is_per_onnxruntime_version(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from exporter.backends.onnxruntime import default_trt_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = default_trt_cache_dir()
+    assert path.parent == tmp_path / "zoo-exporter" / "ort-tensorrt"
+    assert path.name.startswith(f"ort-{ort.__version__}-") and "/" not in path.name

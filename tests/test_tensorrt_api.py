@@ -142,7 +142,8 @@ def test_runner_refuses_cpu_and_unverifiable_engines(tmp_path):
     trt_backend.check_engine_compatible(ok, "10.15.1", gpu, engine)
     for manifest, text in [(None, "no engine manifest"),
                            ({**ok, "tensorrt_version": "10.9.0"}, "TensorRT 10.9.0"),
-                           ({**ok, "compute_capability": "8.6"}, "compute capability 8.6")]:
+                           ({**ok, "compute_capability": "8.6"}, "compute capability 8.6"),
+                           ({**ok, "gpu": "NVIDIA H800"}, "built on a NVIDIA H800")]:
         with pytest.raises(trt_backend.EngineMismatchError, match=text) as info:
             trt_backend.check_engine_compatible(manifest, "10.15.1", gpu, engine)
         assert "rebuild" in info.value.fix and isinstance(info.value, BackendUnavailableError)
@@ -150,12 +151,13 @@ def test_runner_refuses_cpu_and_unverifiable_engines(tmp_path):
 
 def test_engine_cache_key_covers_every_input():
     base = dict(onnx_sha256="a" * 64, trt_version="10.15.1", compute_capability="9.0",
-                profile={"input": "input", "min": [1, 3, 8, 8], "opt": [4, 3, 8, 8],
+                gpu_name="NVIDIA H100 80GB HBM3", profile={"input": "input", "min": [1, 3, 8, 8], "opt": [4, 3, 8, 8],
                          "max": [8, 3, 8, 8]}, precision="fp16", workspace_bytes=1 << 30)
     key = trt_backend.engine_cache_key(**base)
     assert key == trt_backend.engine_cache_key(**base)
     for change in [{"onnx_sha256": "b" * 64}, {"trt_version": "11.4.0"},
-                   {"compute_capability": "8.9"}, {"precision": "fp32"},
+                   {"compute_capability": "8.9"}, {"gpu_name": "NVIDIA H200"}, {"precision": "fp32"},
+                   {"workspace_bytes": 1 << 31},
                    {"profile": {**base["profile"], "max": [16, 3, 8, 8]}}]:
         assert trt_backend.engine_cache_key(**{**base, **change}) != key, change
 

@@ -92,11 +92,24 @@ def _device_index(device: str) -> int:
                                   fix="pass --device cpu, cuda or cuda:N")
 
 
-def default_trt_cache_dir() -> Path:
-    """Per-user engine/timing cache of ONNX Runtime's TensorRT provider (it keys engines itself)."""
+def default_trt_cache_dir(device: str = "cuda") -> Path:
+    """Per-user engine/timing cache of ONNX Runtime's TensorRT provider, one per onnxruntime
+    version and GPU model: the provider keys engines by model and shapes, not by the versions or
+    the GPU that built them, and a stale cache crashes after an upgrade."""
     import os
+    import re
 
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "zoo-exporter" / "ort-tensorrt"
+    gpu = "gpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(_device_index(device))
+    except (ImportError, RuntimeError):
+        pass
+    tag = re.sub(r"[^A-Za-z0-9.]+", "-", f"ort-{_ort().__version__}-{gpu}").strip("-")
+    root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return root / "zoo-exporter" / "ort-tensorrt" / tag
 
 
 def check_provider(provider: str, allow_fallback: bool = False) -> str:
@@ -150,18 +163,6 @@ def _with_outputs(path: Path, names: list[str], types: dict[str, int] | None) ->
     return model.SerializeToString()
 
 
-def _session(ort, path: str | bytes, opts, providers: list[Any], kwargs: dict[str, Any]):
-    try:
-        return ort.InferenceSession(path, sess_options=opts, providers=providers, **kwargs)
-    except Exception as err:
-        if "use_tf32" not in str(err):
-            raise
-    # an older CUDA provider without the use_tf32 option: same chain without it
-    stripped = [(p[0], {k: v for k, v in p[1].items() if k != "use_tf32"}) if isinstance(p, tuple)
-                else p for p in providers]
-    return ort.InferenceSession(path, sess_options=opts, providers=stripped, **kwargs)
-
-
 class OnnxRuntimeRunner:
     """One ``InferenceSession`` on NCHW float32 numpy batches, returning float32 logits."""
 
@@ -202,7 +203,8 @@ class OnnxRuntimeRunner:
             warnings.simplefilter("ignore", UserWarning)
             source = (_with_outputs(self.path, extra_outputs, extra_output_types) if extra_outputs
                       else str(self.path))
-            self.session = _session(ort, source, opts, providers, kwargs)
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers,
+                                                **kwargs)
         self.provider = self.session.get_providers()[0]  # what runs, never what was asked for
         if self.provider != self.requested:
             message = (f"asked ONNX Runtime for {self.requested}, it runs on "
@@ -213,8 +215,7 @@ class OnnxRuntimeRunner:
                     fix=f"{GPU_INSTALL_HINT}; check ONNX Runtime's log for the provider's load "
                         "error; or --allow-provider-fallback")
             self.notes.append(message)
-        self.device = f"cuda:{_device_index(device)}" if self.provider in (
-            "CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+        self.device = self._check_gpu_options(device, precision)
         short = {"CPUExecutionProvider": "", "CUDAExecutionProvider": " (ort-cuda)",
                  "TensorrtExecutionProvider": " (ort-tensorrt)"}.get(self.provider, f" ({self.provider})")
         self.name = name or f"onnx {precision}{short}"
@@ -225,6 +226,25 @@ class OnnxRuntimeRunner:
         outs = self.session.get_outputs()
         self.output_name = output_name or outs[0].name
         self.input_shape = list(inp.shape)
+
+    def _check_gpu_options(self, device: str, precision: str) -> str:
+        """The device the session really runs on. ONNX Runtime's own fall-back (TensorRT -> CUDA)
+        retries with default options, so the options in effect are read back, not assumed."""
+        if self.provider not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            return "cpu"
+        effective = self.session.get_provider_options().get(self.provider, {})
+        index = int(effective.get("device_id", 0))
+        if index != _device_index(device):
+            self.notes.append(f"{self.provider} runs on cuda:{index}, not {device} as asked")
+        if precision == "fp32":
+            if self.provider == "TensorrtExecutionProvider":
+                self.notes.append("fp32 on ONNX Runtime's TensorRT provider may use TF32 (TensorRT's "
+                                  "default; the provider has no option to turn it off): compare "
+                                  "with --ort-provider cuda for strict fp32")
+            elif str(effective.get("use_tf32", "1")).lower() not in ("0", "false"):
+                self.notes.append("the CUDA provider runs with TF32 allowed (use_tf32 was not "
+                                  "applied): fp32 errors may be TF32-sized")
+        return f"cuda:{index}"
 
     @property
     def fixed_batch(self) -> int | None:

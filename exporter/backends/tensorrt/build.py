@@ -61,8 +61,8 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, min
     trt = require_tensorrt(device)
     gpu = gpu_info(device_index(device))
     onnx_sha = source_digest(onnx_path)
-    key = engine_cache_key(onnx_sha, trt.__version__, gpu["compute_capability"], profile, precision,
-                           workspace_bytes)
+    key = engine_cache_key(onnx_sha, trt.__version__, gpu["compute_capability"], gpu["name"],
+                           profile, precision, workspace_bytes)
     model = model_name or onnx_path.name.split(".")[0]
     engine_path = engine_path_for(out_dir, model, precision, gpu["compute_capability"])
     cached = reusable_engine(engine_path, key)
@@ -94,13 +94,14 @@ def _build(trt, gpu, onnx_path: Path, engine_path: Path, precision: str, profile
 
     torch.cuda.set_device(gpu["index"])  # TensorRT builds on the current CUDA device
     logger = make_logger(trt)
+    mark = logger.mark()
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {onnx_path}: "
-                               + " | ".join(errors or logger.lines[-5:] or ["no parser error"]),
+                               + " | ".join(errors or logger.since(mark)[-5:] or ["no parser error"]),
                                fix=f"run `exporter lint {onnx_path}`; re-export at opset 17")
     if network.num_inputs != 1 or network.get_input(0).name != profile["input"]:
         raise EngineBuildError(f"parsed network inputs differ from the ONNX input "
@@ -120,7 +121,7 @@ def _build(trt, gpu, onnx_path: Path, engine_path: Path, precision: str, profile
     seconds = time.perf_counter() - start
     if serialized is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} failed to build {engine_path.name}: "
-                               + " | ".join(logger.lines[-8:] or ["no log output"]),
+                               + " | ".join(logger.since(mark)[-8:] or ["no log output"]),
                                fix="raise --workspace, or check the log above; `exporter lint` "
                                    "the ONNX")
     cache_state = _save_timing_cache(config, timing_cache_path, cache_state)
@@ -137,5 +138,5 @@ def _build(trt, gpu, onnx_path: Path, engine_path: Path, precision: str, profile
         "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
         "timing_cache": {"path": str(timing_cache_path), "state": cache_state},
         "build_seconds": round(seconds, 3), "torch_cuda": torch.version.cuda,
-        "warnings": logger.lines[-20:],
+        "warnings": logger.since(mark)[-20:],
     }

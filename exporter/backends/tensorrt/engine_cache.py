@@ -42,10 +42,12 @@ def source_digest(onnx_path: Path) -> str:
     return digest.hexdigest()
 
 
-def engine_cache_key(onnx_sha256: str, trt_version: str, compute_capability: str,
+def engine_cache_key(onnx_sha256: str, trt_version: str, compute_capability: str, gpu_name: str,
                      profile: dict[str, Any], precision: str, workspace_bytes: int) -> str:
+    """Everything an engine plan depends on. The GPU model counts beside its compute capability:
+    TensorRT warns that a plan moved between models of one architecture may fail or run slowly."""
     blob = json.dumps({"onnx": onnx_sha256, "tensorrt": trt_version, "cc": compute_capability,
-                       "profile": profile, "precision": precision,
+                       "gpu": gpu_name, "profile": profile, "precision": precision,
                        "workspace": workspace_bytes}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -115,7 +117,8 @@ def manifest_entry(engine_path: Path, manifest: dict[str, Any]) -> dict[str, Any
 
 def check_engine_compatible(manifest: dict[str, Any] | None, trt_version: str, gpu: dict[str, Any],
                             engine_path: Path) -> None:
-    """Refuse, before deserializing, an engine built by another TensorRT or for another GPU."""
+    """Refuse, before deserializing, an engine built by another TensorRT or for another GPU
+    (another compute capability, or another model of the same one)."""
     rebuild = f"rebuild it: exporter build --onnx <its ONNX> --precision <p> (replaces {engine_path.name})"
     if not manifest:
         raise EngineMismatchError(f"{engine_path} has no engine manifest "
@@ -128,6 +131,10 @@ def check_engine_compatible(manifest: dict[str, Any] | None, trt_version: str, g
         raise EngineMismatchError(f"{engine_path.name} was built for compute capability {built[1]} "
                                   f"({manifest.get('gpu')}); this GPU ({gpu['name']}) is "
                                   f"{gpu['compute_capability']}", fix=rebuild)
+    if manifest.get("gpu") and manifest["gpu"] != gpu["name"]:
+        raise EngineMismatchError(f"{engine_path.name} was built on a {manifest['gpu']}; this GPU is "
+                                  f"a {gpu['name']} (same compute capability {built[1]}, but TensorRT "
+                                  "plans are tuned per GPU model)", fix=rebuild)
 
 
 def stale_source_note(entry: dict[str, Any], directory: Path) -> str | None:

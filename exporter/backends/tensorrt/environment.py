@@ -5,6 +5,7 @@ of torch and a CUDA GPU; plus the logger and network flags every build and run s
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from ...errors import BackendUnavailableError, ExportError
@@ -70,19 +71,39 @@ def gpu_info(index: int) -> dict[str, Any]:
             "memory_bytes": int(props.total_memory)}
 
 
+_LOGGERS: dict[int, Any] = {}  # id(tensorrt module) -> its one logger
+
+
 def make_logger(trt):
-    """A TensorRT logger that keeps warnings and errors for error messages."""
+    """The process's one TensorRT logger, keeping warnings and errors for error messages.
+
+    TensorRT treats the logger as process-global: every Builder and Runtime gets the same one, and
+    it must outlive them all, so it is made once and kept. ``mark()`` / ``since(mark)`` give the
+    lines one operation logged.
+    """
+    if id(trt) in _LOGGERS:
+        return _LOGGERS[id(trt)]
 
     class CapturingLogger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.lines: list[str] = []
+            self.seen = 0
+            self.recent: deque[str] = deque(maxlen=1000)
 
         def log(self, severity, msg):
             if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
+                self.seen += 1
+                self.recent.append(f"[{getattr(severity, 'name', severity)}] {msg}")
 
-    return CapturingLogger()
+        def mark(self) -> int:
+            return self.seen
+
+        def since(self, mark: int) -> list[str]:
+            count = min(self.seen - mark, len(self.recent))
+            return list(self.recent)[-count:] if count > 0 else []
+
+    _LOGGERS[id(trt)] = CapturingLogger()
+    return _LOGGERS[id(trt)]
 
 
 def network_flags(trt) -> int:

@@ -41,13 +41,18 @@ class TensorRTRunner:
         check_engine_compatible(manifest, trt.__version__, gpu, engine_path)
         torch.cuda.set_device(index)
         self._logger = make_logger(trt)
+        mark = self._logger.mark()
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise EngineMismatchError(f"TensorRT could not deserialize {engine_path}: "
-                                      + " | ".join(self._logger.lines[-5:]),
+                                      + " | ".join(self._logger.since(mark)[-5:]),
                                       fix="rebuild the engine with `exporter build`")
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # e.g. out of device memory for the activations
+            raise EngineBuildError(f"TensorRT could not create an execution context for "
+                                   f"{engine_path.name}: " + " | ".join(self._logger.since(mark)[-5:]),
+                                   fix="free GPU memory, or rebuild with a smaller --max-batch")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n]]
@@ -97,8 +102,10 @@ class TensorRTRunner:
         self.context.set_tensor_address(self.inputs[0], x.data_ptr())
         for name, tensor in outputs.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
+        mark = self._logger.mark()
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise EngineBuildError("TensorRT execution failed: " + " | ".join(self._logger.lines[-5:]))
+            raise EngineBuildError("TensorRT execution failed: "
+                                   + " | ".join(self._logger.since(mark)[-5:] or ["no log output"]))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
