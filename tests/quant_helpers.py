@@ -98,6 +98,26 @@ def skip_unless_slow(request) -> None:
         pytest.skip("slow: run with --runslow (or EXPORTER_RUNSLOW=1)")
 
 
+# the 0.5 GB VGGs and AlexNet: zoo-wide quantize/lint tests run them only with --runslow
+HEAVY = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19"}
+
+
+def zoo_recipe(name: str, request):
+    """The recipe of zoo model ``name`` for a zoo-wide test; skips heavy models unless slow and
+    recipes whose network cannot be built here, with the reason."""
+    import pytest
+
+    from exporter.recipes import all_recipes
+
+    recipe = all_recipes()[name]
+    if name in HEAVY:
+        skip_unless_slow(request)
+    reason = can_build(recipe)
+    if reason:
+        pytest.skip(reason)
+    return recipe
+
+
 def onnx_dtype_summary(model) -> dict:
     """Element types of initializers, graph inputs and outputs of an ONNX model."""
     from onnx import TensorProto

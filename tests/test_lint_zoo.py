@@ -11,10 +11,9 @@ from exporter.lint import detect_precision, lint_onnx
 from exporter.quantize import quantize_stage
 from exporter.recipes import all_recipes
 
-from quant_helpers import can_build, fp32_onnx, skip_unless_slow
+from quant_helpers import fp32_onnx, zoo_recipe
 
 RECIPES = all_recipes()
-HEAVY = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19"}  # 0.5 GB graphs: --runslow
 
 
 def _clean(path, precision):
@@ -27,12 +26,7 @@ def _clean(path, precision):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_zoo_lint_every_precision(name, tmp_path, request):
-    recipe = RECIPES[name]
-    if name in HEAVY:
-        skip_unless_slow(request)
-    reason = can_build(recipe)
-    if reason:
-        pytest.skip(reason)
+    recipe = zoo_recipe(name, request)
     path, spec = fp32_onnx(recipe, size=recipe.input.test_size)
     _clean(path, "fp32")
     assert not lint_onnx(path, "int8").ok  # an FP32 graph is not an INT8 engine's input

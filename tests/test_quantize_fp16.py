@@ -13,23 +13,16 @@ from exporter.quantize.fp16 import convert_fp16
 from exporter.quantize.int8 import run
 from exporter.recipes import all_recipes
 
-from quant_helpers import (PIP_HINT, can_build, fp32_onnx, onnx_dtype_summary, real_weights_path,
-                           skip_unless_slow)
+from quant_helpers import PIP_HINT, fp32_onnx, onnx_dtype_summary, real_weights_path, zoo_recipe
 
 # the 0.5 GB VGGs and AlexNet only export at 224 px with the default exporter: --runslow
-HEAVY = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19"}
 RECIPES = all_recipes()
 FP16_MAX = 65504.0
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_fp16_parity_zoo(name, tmp_path, request):
-    recipe = RECIPES[name]
-    if name in HEAVY:
-        skip_unless_slow(request)
-    reason = can_build(recipe)
-    if reason:
-        pytest.skip(reason)
+    recipe = zoo_recipe(name, request)
     size = recipe.input.test_size or min(recipe.input.size)
     path, spec = fp32_onnx(recipe, size=size)
     probe = packaged_crops(spec, 8, seed=7).array if spec.channels == 3 else random_inputs(spec, 8)
