@@ -46,6 +46,20 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / MANIFEST).read_text())
 
 
+def read_manifest_if_any(directory: Path) -> dict[str, Any] | None:
+    """``directory``'s manifest, or None where there is none or it cannot be read."""
+    try:
+        return read_manifest(directory)
+    except (OSError, ValueError):
+        return None
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """``$XDG_CACHE_HOME/zoo-exporter/<parts>`` (default ``~/.cache``): the per-user caches."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return root.joinpath("zoo-exporter", *parts)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
     path = Path(path)

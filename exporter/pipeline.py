@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 from . import __version__
-from .artifacts import MANIFEST, artifact_entry, read_manifest, staging, tool_versions, write_json_atomic
+from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any, staging,
+                        tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, UsageError
 from .export import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx,
@@ -218,15 +219,12 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
         "model_options": {k: v for k, v in asdict(request).items() if k in MODEL_OPTION_KEYS},
     }
     kept: list[dict[str, Any]] = []
-    try:
-        old = read_manifest(directory)
-        if all(old.get(k) == v for k, v in model_block.items()):
-            new_files = {a["file"] for a in artifacts}
-            kept = [a for a in old.get("artifacts", []) if a["file"] not in new_files
-                    and (directory / a["file"]).exists()]
-            export_info = export_info or old.get("export", {})
-    except (FileNotFoundError, ValueError):
-        pass
+    old = read_manifest_if_any(directory)
+    if old is not None and all(old.get(k) == v for k, v in model_block.items()):
+        new_files = {a["file"] for a in artifacts}
+        kept = [a for a in old.get("artifacts", []) if a["file"] not in new_files
+                and (directory / a["file"]).exists()]
+        export_info = export_info or old.get("export", {})
     return {
         "schema": 1,
         **model_block,

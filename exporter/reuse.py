@@ -65,17 +65,14 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
                     say: Callable[[str], None] = print) -> Prepared:
     """Re-use ``request``'s directory when it already holds what is asked for, else export (only
     the missing formats when the model matches). ``verify``: run the export's parity stage."""
-    from .artifacts import read_manifest
+    from .artifacts import read_manifest_if_any
     from .builders import resolve_model
     from .pipeline import export, load_reference
 
     recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
                               mean=request.mean, std=request.std, num_classes=request.num_classes)
     directory = Path(request.output or Path("artifacts") / recipe.name)
-    try:
-        manifest = read_manifest(directory)
-    except (FileNotFoundError, ValueError):
-        manifest = None
+    manifest = read_manifest_if_any(directory)
     if manifest is not None and manifest_matches(manifest, request):
         missing = missing_artifacts(manifest, directory, request)
         if not missing:

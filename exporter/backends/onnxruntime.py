@@ -96,8 +96,9 @@ def default_trt_cache_dir(device: str = "cuda") -> Path:
     """Per-user engine/timing cache of ONNX Runtime's TensorRT provider, one per onnxruntime
     version and GPU model: the provider keys engines by model and shapes, not by the versions or
     the GPU that built them, and a stale cache crashes after an upgrade."""
-    import os
     import re
+
+    from ..artifacts import user_cache_dir
 
     gpu = "gpu"
     try:
@@ -108,8 +109,7 @@ def default_trt_cache_dir(device: str = "cuda") -> Path:
     except (ImportError, RuntimeError):
         pass
     tag = re.sub(r"[^A-Za-z0-9.]+", "-", f"ort-{_ort().__version__}-{gpu}").strip("-")
-    root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    return root / "zoo-exporter" / "ort-tensorrt" / tag
+    return user_cache_dir("ort-tensorrt", tag)
 
 
 def check_provider(provider: str, allow_fallback: bool = False) -> str:

@@ -5,11 +5,11 @@ install hint) before exporting or writing anything.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..cli_options import add_model_options, add_precision_options
+from ..artifacts import read_manifest_if_any
 from ..errors import UsageError
 
 DEFAULT_WORKSPACE_MIB = 2048
@@ -87,13 +87,6 @@ def _spec_from_onnx(onnx_path: Path, manifest: dict[str, Any] | None):
                      mean=(0.0,) * channels, std=(1.0,) * channels)
 
 
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
     """Take the request's ONNX from its artifact directory, or export it (with --precision's
     quantize stage and the export's parity check) when it is missing or was made differently."""
@@ -116,7 +109,7 @@ def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
     """Add (or replace) the engine entry in ``out_dir/manifest.json`` when there is one."""
     from ..artifacts import write_json_atomic
 
-    manifest = _read_manifest(out_dir)
+    manifest = read_manifest_if_any(out_dir)
     if manifest is None:
         return False
     kept = [a for a in manifest.get("artifacts", []) if a.get("file") != entry["file"]]
@@ -134,7 +127,7 @@ def run(args) -> int:
         onnx_path = Path(args.onnx)
         if not onnx_path.is_file():
             raise UsageError(f"{onnx_path}: no such ONNX file", fix="check the path, or export first")
-        source_manifest = _read_manifest(onnx_path.parent)
+        source_manifest = read_manifest_if_any(onnx_path.parent)
         spec = _spec_from_onnx(onnx_path, source_manifest)
         out_dir = Path(args.output) if args.output else onnx_path.parent
         model = (source_manifest or {}).get("model") or onnx_path.name.split(".")[0]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from ...artifacts import sha256_file as _sha256_file
+from ...artifacts import user_cache_dir
 from ...errors import InputSpecError, UsageError
 from ...recipes import InputSpec
 from .environment import EngineMismatchError
@@ -24,9 +24,8 @@ ENGINE_SCHEMA = 1
 
 def default_timing_cache_path(trt_version: str, compute_capability: str) -> Path:
     """Per-user timing cache, one per TensorRT version and GPU architecture."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
     tag = compute_capability.replace(".", "")
-    return root / "zoo-exporter" / "tensorrt" / f"timing-{trt_version}-sm{tag}.cache"
+    return user_cache_dir("tensorrt", f"timing-{trt_version}-sm{tag}.cache")
 
 
 def source_digest(onnx_path: Path) -> str:
