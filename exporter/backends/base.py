@@ -1,7 +1,6 @@
 """The runner interface every artifact backend implements, and the format -> runner registry."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,19 +22,10 @@ class Runner(Protocol):
     # ``threads`` and ``timed_call(batch) -> (fn, clock)`` (a call on inputs already staged).
 
 
-# artifact "format" in the manifest -> "module:factory"; factory(artifact: dict, directory: Path,
-# device: str) -> Runner. Modules are imported only when an artifact of that format is run.
-RUNNER_FACTORIES: dict[str, str] = {
-    "onnx": "exporter.backends.onnxruntime:make_runner",
-    "torchscript": "exporter.backends.torchscript:make_runner",
-    "tensorrt": "exporter.backends.tensorrt:make_runner",
-}
-
-
 def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu",
                **options: Any) -> Runner:
-    """Instantiate the runner for one manifest artifact entry; ``options`` go to its factory
-    (e.g. ``provider=`` for ``onnx``)."""
-    module_name, factory = RUNNER_FACTORIES[artifact["format"]].split(":")
-    return getattr(importlib.import_module(module_name), factory)(artifact, Path(directory), device,
-                                                                  **options)
+    """Instantiate the runner for one manifest artifact entry through the registry
+    (``backends.registry``); ``options`` go to its factory (e.g. ``provider=`` for ``onnx``)."""
+    from .registry import load
+
+    return load(artifact["format"]).make_runner(artifact, Path(directory), device, **options)

@@ -24,6 +24,16 @@ class TorchScriptRunner(TorchModuleRunner):
         self.path = path
 
 
+def export(ctx) -> list[dict[str, Any]]:
+    """``<stem>.ts.pt``: traced and frozen (FP32; TorchScript is deprecated in favour of torch.export)."""
+    from ..artifacts import artifact_entry
+    from ..export import export_torchscript
+
+    path = ctx.stage / f"{ctx.stem}.ts.pt"
+    info = export_torchscript(ctx.deploy, ctx.spec, path)
+    return [artifact_entry(path, "torchscript", "fp32", **info)]
+
+
 def make_runner(artifact: dict[str, Any], directory: Path, device: str = "cpu",
                 threads: int | None = None) -> TorchScriptRunner:
     """Runner for one manifest entry of format ``torchscript`` (threads: torch's global count)."""

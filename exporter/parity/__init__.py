@@ -26,6 +26,7 @@ import numpy as np
 from torch import nn
 
 from ..artifacts import read_manifest, sha256_file
+from ..backends import registry
 from ..data import random_inputs
 from ..errors import BackendUnavailableError
 from ..latency import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, set_threads, speedup
@@ -181,15 +182,15 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             if sha256_file(path) != entry["sha256"]:
                 result.notes.append("file differs from the manifest (sha256 changed since export)")
         say(f"{file}")
-        if file not in extra and entry["format"] == "tensorrt":
-            from ..backends.tensorrt.engine_cache import stale_source_note
-
-            stale = stale_source_note(entry, directory)
-            if stale:
-                result.notes.append(stale)
-        if file not in extra and entry["format"] == "tensorrt" and not device.startswith("cuda"):
+        backend = registry.BACKENDS.get(entry["format"]) if file not in extra else None
+        if backend is not None:
+            try:
+                result.notes.extend(registry.artifact_notes(entry, directory))
+            except BackendUnavailableError:
+                pass  # the runner below reports the missing backend
+        if backend is not None and backend.device and not device.startswith(backend.device):
             result.status = "skipped"
-            result.error = "TensorRT engines run on a CUDA GPU; this run is on CPU"
+            result.error = f"{backend.format} artifacts run on a {backend.device.upper()} device ({backend.summary}); this run is on {device}"
             result.notes.append(f"skipped: {result.error}")
             continue
         try:

@@ -20,7 +20,15 @@ from .environment import (INSTALL_HINT, MIN_MAJOR, EngineBuildError, EngineMisma
                           device_index, gpu_info, require_tensorrt)
 from .runner import TensorRTRunner, cuda_event_timer, gpu_latency, make_runner
 
-__all__ = ["ENGINE_SCHEMA", "INSTALL_HINT", "MIN_MAJOR", "EngineBuildError", "EngineMismatchError",
+
+
+def artifact_notes(entry: dict, directory) -> list[str]:
+    """Registry hook: a note when the engine's source ONNX was re-exported since it was built."""
+    note = stale_source_note(entry, directory)
+    return [note] if note else []
+
+
+__all__ = ["artifact_notes", "ENGINE_SCHEMA", "INSTALL_HINT", "MIN_MAJOR", "EngineBuildError", "EngineMismatchError",
            "TensorRTRunner", "build_engine", "check_engine_compatible", "cuda_event_timer",
            "default_timing_cache_path", "device_index", "engine_cache_key", "engine_path_for",
            "engine_profile", "gpu_info", "gpu_latency", "make_runner", "read_engine_manifest",

@@ -1,0 +1,116 @@
+"""The runtime registry: one line per artifact format, read by the CLI, the pipeline and parity.
+
+Adding a runtime = one backend module plus one :class:`Backend` line in :data:`BACKENDS`. The
+module is imported only when its format is exported or run, and provides
+
+* ``export(ctx: ExportContext) -> list[dict]`` - write the artifact(s) into ``ctx.stage`` and
+  return their manifest entries (``artifacts.artifact_entry``); raise a typed error
+  (``ExportError``/``PrecisionError``) for what the runtime cannot do, naming the op or precision;
+* ``make_runner(artifact, directory, device, **options) -> Runner`` (``backends.base.Runner``);
+* optionally ``artifact_notes(entry, directory) -> list[str]`` - notes parity shows in the row.
+
+A missing optional runtime package raises :class:`BackendUnavailableError` naming the extra
+(``pip install 'zoo-exporter[<extra>]'``), never a bare ImportError.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..errors import BackendUnavailableError, UsageError
+
+if TYPE_CHECKING:  # torch stays out of the CLI's start-up path
+    from torch import nn
+
+    from ..pipeline import ExportRequest
+    from ..recipes import InputSpec, Recipe
+
+
+@dataclass(frozen=True)
+class Backend:
+    format: str  # the --format value and the manifest entry's "format"
+    module: str  # exporter.backends.<module>
+    summary: str  # one line for --help and `exporter list --formats`
+    extra: str | None = None  # the pip extra that installs the runtime (None: a core dependency)
+    precisions: tuple[str, ...] = ("fp32",)  # what its export() produces itself
+    exportable: bool = True  # written by `exporter export` (TensorRT engines come from `build`)
+    from_onnx: bool = False  # converted from the export's verified FP32 ONNX
+    device: str | None = None  # a device its runner needs ("cuda"); parity skips it elsewhere
+
+
+BACKENDS: dict[str, Backend] = {b.format: b for b in (
+    Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
+            precisions=("fp32", "fp16", "int8")),
+    Backend("torchscript", "exporter.backends.torchscript", "TorchScript (traced and frozen)"),
+    Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
+            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda"),
+)}
+
+
+@dataclass
+class ExportContext:
+    """What a backend's ``export`` gets: the prepared model and where to write."""
+
+    deploy: "nn.Module"  # prepared, BN folded: what is exported
+    recipe: "Recipe"
+    spec: "InputSpec"
+    request: "ExportRequest"
+    stage: Path  # staging directory; files written here are moved into place on success
+    stem: str  # file name stem (the recipe name)
+    onnx_path: Path | None = None  # the verified FP32 ONNX of this export (from_onnx backends)
+    log: Callable[[str], None] = field(default=lambda _msg: None)
+
+    @property
+    def precision(self) -> str:
+        return self.request.precision
+
+
+def get(fmt: str) -> Backend:
+    """The registry line of ``fmt``; an unknown format is a UsageError listing the known ones."""
+    try:
+        return BACKENDS[fmt]
+    except KeyError:
+        raise UsageError(f"unknown format '{fmt}'",
+                         fix=f"use one or more of {list(export_formats())}, comma-separated "
+                             "(e.g. --format onnx,torchscript)") from None
+
+
+def export_formats() -> tuple[str, ...]:
+    """The formats ``exporter export --format`` accepts, in registry order."""
+    return tuple(f for f, b in BACKENDS.items() if b.exportable)
+
+
+def install_hint(backend: Backend) -> str:
+    return f"pip install 'zoo-exporter[{backend.extra}]'" if backend.extra else "pip install zoo-exporter"
+
+
+def load(fmt: str) -> ModuleType:
+    """Import the backend module of ``fmt`` (its runtime imports stay inside its functions)."""
+    backend = get(fmt)
+    try:
+        return importlib.import_module(backend.module)
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"the {fmt} backend cannot be imported: {err}", fix=install_hint(backend)) from err
+
+
+def require_module(backend: Backend, package: str) -> ModuleType:
+    """Import a runtime package for ``backend`` or raise one line naming the extra to install."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"--format {backend.format} needs the '{package}' package, which is not installed "
+            f"({type(err).__name__}: {err})", fix=install_hint(backend)) from err
+
+
+def artifact_notes(entry: dict[str, Any], directory: Path) -> list[str]:
+    """Backend-specific notes for one manifest entry (e.g. a TensorRT engine whose ONNX changed)."""
+    backend = BACKENDS.get(entry.get("format", ""))
+    if backend is None:
+        return []
+    hook = getattr(load(backend.format), "artifact_notes", None)
+    return list(hook(entry, directory)) if hook else []
