@@ -1,5 +1,23 @@
-"""Typed errors. Every error says what went wrong, the values involved, and the fix."""
+"""Typed errors. Every error says what went wrong, the values involved, and the fix.
+
+Exit codes (documented in the README; one per class of failure, so scripts can branch on them):
+
+====  ======================================================================================
+0     success
+1     internal error: a bug (the traceback is printed only with ``--debug``)
+2     usage: an option or a combination of options is invalid (argparse uses 2 as well)
+3     parity breach: an artifact's outputs breach its tolerance versus eager PyTorch
+4     bad input: model spec, checkpoint, recipe, images, calibration data, ONNX file, manifest
+5     environment: an optional runtime, TensorRT, a GPU or a provider is not available here
+6     could not produce: export/conversion failed, or the precision/accuracy budget is not met
+130   interrupted (SIGINT); 143: terminated (SIGTERM)
+====  ======================================================================================
+"""
 from __future__ import annotations
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
+EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_PRODUCE = 4, 5, 6
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 class ExporterError(Exception):
@@ -8,7 +26,7 @@ class ExporterError(Exception):
     The CLI prints ``str(err)`` (one line, then ``fix: ...``) and exits non-zero.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, fix: str | None = None):
         self.message = message
@@ -19,17 +37,25 @@ class ExporterError(Exception):
 class UnknownModelError(ExporterError):
     """The model name is neither a recipe, ``torchvision:<name>`` nor ``file.py:factory``."""
 
+    exit_code = EXIT_INPUT
+
 
 class RecipeError(ExporterError):
     """A recipe file is malformed or inconsistent."""
+
+    exit_code = EXIT_INPUT
 
 
 class WeightsError(ExporterError):
     """Weights could not be loaded (unknown name, no internet, mismatching checkpoint)."""
 
+    exit_code = EXIT_INPUT
+
 
 class InputSpecError(ExporterError):
     """The requested input size / batch does not fit the architecture."""
+
+    exit_code = EXIT_INPUT
 
 
 class UsageError(ExporterError):
@@ -39,28 +65,40 @@ class UsageError(ExporterError):
 class ExportError(ExporterError):
     """ONNX or TorchScript export failed."""
 
+    exit_code = EXIT_PRODUCE
+
 
 class SimplifyError(ExporterError):
     """The ONNX simplifier failed or changed the graph's numerics."""
+
+    exit_code = EXIT_PRODUCE
 
 
 class DeployCheckError(ExporterError):
     """The exported graph is not in deploy form (BN left, several outputs, checker fails)."""
 
+    exit_code = EXIT_PRODUCE
+
 
 class ParityError(ExporterError):
     """An artifact's outputs breach the recipe's tolerance versus eager PyTorch."""
 
-    exit_code = 3
+    exit_code = EXIT_PARITY
 
 
 class CalibrationError(ExporterError):
     """Calibration data is missing, empty or unusable."""
 
+    exit_code = EXIT_INPUT
+
 
 class PrecisionError(ExporterError):
     """The requested precision cannot be produced or met (e.g. INT8 accuracy budget)."""
 
+    exit_code = EXIT_PRODUCE
+
 
 class BackendUnavailableError(ExporterError):
     """An optional backend (TensorRT, CUDA, onnxruntime-gpu) is not installed or has no device."""
+
+    exit_code = EXIT_ENVIRONMENT

@@ -81,7 +81,7 @@ def test_runner_refuses_or_reports_the_fallback(lenet):
 def test_cli_refuses_before_exporting(tmp_path, capsys):
     out = tmp_path / "art"
     assert main(["parity", "lenet5", "--output", str(out), "--ort-provider", "tensorrt",
-                 "--no-latency"]) == 2
+                 "--no-latency"]) == 5  # EXIT_ENVIRONMENT
     err = capsys.readouterr().err
     assert "offers no TensorrtExecutionProvider" in err and "fix:" in err
     assert not out.exists()
