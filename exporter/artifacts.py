@@ -1,18 +1,33 @@
-"""Artifact bookkeeping: manifest entries with hashes, atomic staging, tool versions."""
+"""Artifact bookkeeping: manifest entries with hashes, tool versions, and fault-safe writes.
+
+Writes never leave a half-written file: each file goes through :func:`write_bytes_atomic` (temp
+file in the same directory, fsync, rename), and an export is assembled in a staging directory
+*inside* its target directory (same filesystem, so the final renames cannot fail with EXDEV) that
+is removed on any failure or signal. A run killed with SIGKILL leaves its staging directory behind;
+the next run into the same directory sweeps it (recognized by name and marker file, and only once
+its owning process is gone). Files the exporter did not write are never overwritten or removed.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import errno
 import platform
+import secrets
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import ArtifactError, OutputLocationError, OutputPathError
+
 MANIFEST = "manifest.json"
+STAGING_PREFIX = ".zoo-exporter-staging-"
+STAGING_MARKER = ".zoo-exporter-staging.json"
 TRACKED_PACKAGES = ("zoo-exporter", "torch", "torchvision", "onnx", "onnxruntime", "onnxsim",
                     "onnxslim", "onnxscript", "onnxconverter-common", "numpy", "tensorrt")
 
@@ -42,16 +57,73 @@ def tool_versions() -> dict[str, str]:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read ``directory/manifest.json`` (raises FileNotFoundError if absent)."""
-    return json.loads((Path(directory) / MANIFEST).read_text())
+    """Read and validate ``directory/manifest.json`` (:func:`validate_manifest`).
+
+    Raises FileNotFoundError if absent, :class:`ArtifactError` if it is not a valid manifest.
+    """
+    path = Path(directory) / MANIFEST
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err})",
+                            fix="re-export into this directory, or pass a directory written by "
+                                "`exporter export`") from None
+    validate_manifest(data, Path(directory))
+    return data
 
 
 def read_manifest_if_any(directory: Path) -> dict[str, Any] | None:
     """``directory``'s manifest, or None where there is none or it cannot be read."""
     try:
         return read_manifest(directory)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ArtifactError):
         return None
+
+
+def is_ours(data: Any) -> bool:
+    """Whether a parsed manifest.json was written by zoo-exporter (schema + recorded version)."""
+    return (isinstance(data, dict) and "schema" in data and isinstance(data.get("artifacts"), list)
+            and "zoo-exporter" in (data.get("versions") or {}))
+
+
+def confined(directory: Path, name: Any) -> Path:
+    """``directory / name`` for a manifest's file name; anything leading out is an ArtifactError."""
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or "\\" in name
+           or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts)
+    if not bad:
+        target = (Path(directory) / name).resolve()
+        bad = not target.is_relative_to(Path(directory).resolve())
+    if bad:
+        raise ArtifactError(f"{Path(directory) / MANIFEST} names the file {name!r}, which is not "
+                            f"inside {directory}",
+                            fix="only use manifests written by `exporter export`; re-export the "
+                                "model into this directory")
+    return Path(directory) / name
+
+
+def validate_manifest(data: Any, directory: Path) -> None:
+    """A manifest is a dict whose ``artifacts`` are dicts with a confined ``file`` and a ``format``."""
+    where = Path(directory) / MANIFEST
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts", []), list):
+        raise ArtifactError(f"{where} is not an exporter manifest (no 'artifacts' list)",
+                            fix="pass a directory written by `exporter export`")
+    for entry in data.get("artifacts", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("format"), str):
+            raise ArtifactError(f"{where}: artifact entry {str(entry)[:80]!r} has no 'file' and "
+                                "'format'", fix="re-export the model into this directory")
+        confined(directory, entry.get("file"))
+    for key in ("model_options", "input", "weights", "export"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ArtifactError(f"{where}: '{key}' is {type(data[key]).__name__}, not an object",
+                                fix="re-export the model into this directory")
+
+
+def file_mode() -> int:
+    """Mode of a new file as ``open()`` would create it: 0666 minus the umask (0644 usually)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def user_cache_dir(*parts: str) -> Path:
@@ -61,11 +133,13 @@ def user_cache_dir(*parts: str) -> Path:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place (the
+    file gets the umask's mode, like any other artifact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -80,31 +154,183 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
+# ----------------------------------------------------------------------- output location
+def check_output_location(directory: Path) -> None:
+    """Refuse an ``--output`` that cannot hold an export, before any work is done."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputPathError(f"--output {directory} is an existing file, not a directory",
+                                  fix="pass a directory path (new or existing) to --output")
+    existing = directory
+    while not existing.exists():
+        if existing.is_symlink():
+            raise OutputPathError(f"--output {directory}: {existing} is a dangling symlink",
+                                      fix="remove the link or pass another --output")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"--output {directory} is under {existing}, which is a file",
+                                  fix="pass a directory path that is not inside a regular file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only filesystem" if _read_only(existing) else "not writable by this user"
+        raise OutputLocationError(f"--output {directory}: {existing} is {why}",
+                                  fix="pass a writable --output directory")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Refuse up front when the filesystem of ``directory`` has less than ``needed`` bytes free."""
+    existing = Path(directory)
+    while not existing.exists():
+        existing = existing.parent
+    stats = os.statvfs(existing)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed:
+        raise OutputLocationError(
+            f"--output {directory}: {free / 2**20:.1f} MiB free, the export needs about "
+            f"{needed / 2**20:.1f} MiB", fix="free space there or pass --output on another filesystem")
+
+
+def claim_output_dir(directory: Path, model: str) -> dict[str, Any] | None:
+    """Check that an export of ``model`` may go into ``directory``; returns its manifest (ours) or
+    None. A manifest.json the exporter did not write, or one holding another model's export whose
+    files are still there, is refused rather than overwritten or dropped."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError):
+        data = None
+    if not is_ours(data):
+        raise ArtifactError(f"{path} exists and was not written by zoo-exporter; an export there "
+                            "would overwrite it", fix="pass --output to another directory")
+    validate_manifest(data, Path(directory))
+    present = [a["file"] for a in data["artifacts"] if (Path(directory) / a["file"]).exists()]
+    if data.get("model") != model and present:
+        raise ArtifactError(
+            f"{directory} holds the export of {data.get('model')} ({', '.join(present[:4])}); "
+            f"exporting {model} there would drop it from the manifest",
+            fix=f"pass --output {Path(directory) / model} (one directory per model)")
+    return data
+
+
+# ----------------------------------------------------------------------- staging
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_staging(directory: Path) -> list[Path]:
+    """Remove staging directories in ``directory`` left by killed runs of this host; returns them."""
+    removed: list[Path] = []
+    if not Path(directory).is_dir():
+        return removed
+    for stage in Path(directory).glob(STAGING_PREFIX + "*"):
+        marker = stage / STAGING_MARKER
+        try:
+            owner = json.loads(marker.read_text())
+            pid, host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours, or still being created: leave it
+        if host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+def _disk_error(err: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT/EROFS OSError behind ``err`` (itself or a cause), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return err
+        if "No space left on device" in str(err) or "file write failed" in str(err):
+            return OSError(errno.ENOSPC, "No space left on device")
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def _ours(old: dict[str, Any] | None) -> set[str]:
+    if not old:
+        return set()
+    files = {a["file"] for a in old.get("artifacts", [])}
+    return files | {MANIFEST} | {f"{old.get('model')}.int8.calib.json"}
+
+
+def _commit(stage: Path, final_dir: Path) -> None:
+    """Move the staged files into ``final_dir`` (artifacts first, the manifest last)."""
+    old = read_manifest_if_any(final_dir)
+    ours = _ours(old)
+    items = [p for p in stage.iterdir() if p.name != STAGING_MARKER]
+    clash = [p.name for p in items if (final_dir / p.name).exists() and p.name not in ours]
+    if clash:
+        raise ArtifactError(f"{final_dir} already holds {', '.join(sorted(clash))}, which the "
+                            "exporter did not write", fix="pass --output to another directory, or "
+                                                          "move those files away")
+    new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
+    items.sort(key=lambda p: p.name == MANIFEST)
+    for item in items:
+        item.replace(final_dir / item.name)
+    if old and new:  # entries the new manifest dropped: stale files of a replaced export
+        listed = {a["file"] for a in new.get("artifacts", [])}
+        for entry in old.get("artifacts", []):
+            path = final_dir / entry["file"]
+            if entry["file"] not in listed and path.is_file() and entry.get("sha256") \
+                    and sha256_file(path) == entry["sha256"]:
+                path.unlink()
+
+
 @contextmanager
 def staging(final_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success its files move into ``final_dir``.
+    """Yield a staging directory inside ``final_dir``; on success its files move into place.
 
-    On any exception the staging directory is deleted and ``final_dir`` is left untouched (and
-    not created), so a failed command leaves no half-written artifact behind.
+    On any exception or signal the staging directory is deleted, and ``final_dir`` is removed
+    again when this call created it, so a failed command leaves nothing behind. A full disk is
+    reported as :class:`OutputLocationError`.
     """
     final_dir = Path(final_dir)
-    created = [p for p in reversed(final_dir.parents) if not p.exists()]
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.staging-", dir=final_dir.parent))
+    check_output_location(final_dir)
+    created = [p for p in [final_dir, *final_dir.parents] if not p.exists()]
+    stage = None
     try:
+        final_dir.mkdir(parents=True, exist_ok=True)
+        sweep_stale_staging(final_dir)
+        stage = final_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        stage.mkdir()
+        marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time_now()}
+        (stage / STAGING_MARKER).write_text(json.dumps(marker))
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        for parent in reversed(created):  # parents this call created, deepest first
+        _commit(stage, final_dir)
+    except BaseException as err:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for parent in created:  # directories this call created, deepest first
             try:
                 parent.rmdir()
             except OSError:
                 break
+        disk = _disk_error(err) if isinstance(err, Exception) else None
+        if disk is not None:
+            what = "is full" if disk.errno != errno.EROFS else "is read-only"
+            raise OutputLocationError(
+                f"the filesystem of {final_dir} {what} ({disk.strerror or disk}); nothing was "
+                "written", fix="free space there or pass --output on another filesystem") from err
         raise
-    final_dir.mkdir(exist_ok=True)
-    for item in stage.iterdir():
-        target = final_dir / item.name
-        if target.is_dir() and item.is_dir():
-            shutil.rmtree(target)
-        item.replace(target)
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def time_now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -8,7 +8,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
-import pickle
+import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ def _torchvision_recipe(name: str) -> Recipe:
 
 def _file_recipe(spec_str: str, input_spec: InputSpec, num_classes: int | None) -> Recipe:
     path, _, factory = spec_str.rpartition(":")
+    if not factory.isidentifier():
+        raise UnknownModelError(f"'{spec_str}': '{factory}' is not a Python function name",
+                                fix="pass path/to/file.py:factory")
+    if Path(path).is_dir():
+        raise UnknownModelError(f"model file '{path}' is a directory",
+                                fix="pass the .py file: path/to/file.py:factory")
     if not Path(path).is_file():
         raise UnknownModelError(f"model file '{path}' does not exist",
                                 fix="pass an existing path/to/file.py:factory")
@@ -104,17 +111,46 @@ def _instantiate(recipe: Recipe, tv_weights: Any = None) -> nn.Module:
         from .zoo import ZOO_BUILDERS
 
         return ZOO_BUILDERS[recipe.builder](num_classes=recipe.num_classes, **recipe.builder_kwargs)
-    path, _, factory = recipe.builder.rpartition(":")
+    return _from_file(*recipe.builder.rpartition(":")[::2])
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: " + ((str(err).strip().splitlines() or [""])[0][:200])
+
+
+def _from_file(path: str, factory: str) -> nn.Module:
+    """Run the user's ``path`` and call ``factory()``; whatever goes wrong is named for what it is."""
     module_spec = importlib.util.spec_from_file_location(f"user_model_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise UnknownModelError(f"'{path}' cannot be imported as a Python module",
+                                fix="pass a .py file: path/to/file.py:factory")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise UnknownModelError(f"'{path}' has a syntax error at line {err.lineno}: {err.msg}",
+                                fix=f"fix {path} (python -m py_compile {path} shows it)") from None
+    except Exception as err:  # noqa: BLE001 - the user's module-level code
+        raise UnknownModelError(f"importing '{path}' failed ({_first_line(err)})",
+                                fix=f"fix {path}; run `python {path}` to see the error") from None
     fn = getattr(module, factory, None)
-    if fn is None:
-        raise UnknownModelError(f"'{path}' has no attribute '{factory}'",
+    if not callable(fn):
+        raise UnknownModelError(f"'{path}' has no attribute '{factory}'" if fn is None else
+                                f"'{path}:{factory}' is a {type(fn).__name__}, not a function",
                                 fix=f"define {factory}() returning an nn.Module in {path}")
-    model = fn()
+    try:
+        model = fn()
+    except TypeError as err:
+        raise UnknownModelError(f"{path}:{factory}() cannot be called without arguments "
+                                f"({_first_line(err)})",
+                                fix=f"give every parameter of {factory} a default, or add a "
+                                    "factory that takes none") from None
+    except Exception as err:  # noqa: BLE001 - the user's factory
+        raise UnknownModelError(f"{path}:{factory}() raised {_first_line(err)}",
+                                fix=f"fix {factory} in {path}") from None
     if not isinstance(model, nn.Module):
-        raise UnknownModelError(f"{path}:{factory}() returned {type(model).__name__}, not nn.Module")
+        raise UnknownModelError(f"{path}:{factory}() returned {type(model).__name__}, not nn.Module",
+                                fix=f"make {factory}() return the torch.nn.Module")
     return model
 
 
@@ -129,30 +165,11 @@ def _torchvision_weights(recipe: Recipe, name: str):
                            fix=f"use one of {['DEFAULT'] + [w.name for w in enum]}") from None
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"checkpoint '{path}' does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
-        raise WeightsError(
-            f"checkpoint '{path}' needs arbitrary code execution to load (weights_only=True "
-            f"refused it: {first})",
-            fix="re-save it as a plain state_dict: torch.save(model.state_dict(), 'model.pth')",
-        ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"checkpoint '{path}' is not a state_dict of tensors",
-                           fix="save it with torch.save(model.state_dict(), path)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
     """Strictly load a local state_dict; keys of heads the recipe strips may be absent."""
-    state = _read_checkpoint(path)
+    from .checkpoints import read_checkpoint
+
+    state = read_checkpoint(path)
     own = model.state_dict()
     aux = tuple(f"{name}." for name in recipe.prepare.strip_aux)
     missing = [k for k in own if k not in state and not k.startswith(aux)]
@@ -167,6 +184,21 @@ def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
         raise WeightsError(f"checkpoint '{path}' does not match {recipe.name}: " + "; ".join(parts),
                            fix="check the model name and --num-classes, or pass the checkpoint of this architecture")
     model.load_state_dict(state, strict=False)
+
+
+TIMEOUT_ENV = "ZOO_EXPORTER_NET_TIMEOUT"
+
+
+def download_timeout() -> float:
+    """Seconds a weight download may wait for the network (``$ZOO_EXPORTER_NET_TIMEOUT``, 60)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, "60"))
+    except ValueError:
+        raise UsageError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r} is not a number of seconds",
+                         fix=f"e.g. {TIMEOUT_ENV}=60") from None
+    if not value > 0:
+        raise UsageError(f"{TIMEOUT_ENV} must be > 0 seconds, got {value:g}", fix=f"e.g. {TIMEOUT_ENV}=60")
+    return value
 
 
 def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str | Path | None = None,
@@ -185,14 +217,22 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
             raise WeightsError(f"{recipe.name} is not a torchvision model: it has no named weights",
                                fix="pass --checkpoint PATH with a state_dict, or omit --weights for random init")
         tv_weights = _torchvision_weights(recipe, weights)
+        timeout = download_timeout()
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)  # urllib (torch.hub) has no timeout of its own
         try:
             model = _instantiate(replace(recipe, num_classes=1000), tv_weights)
-        except (OSError, RuntimeError) as err:  # URLError is an OSError
+        except (OSError, RuntimeError) as err:  # URLError and TimeoutError are OSErrors
+            reason = getattr(err, "reason", err)
+            why = (f"no answer within {timeout:g}s" if isinstance(reason, TimeoutError)
+                   or "timed out" in str(err) else f"{type(err).__name__}: {err}")
             raise WeightsError(
-                f"could not download torchvision weights {tv_weights} ({type(err).__name__}: {err})",
-                fix=f"run once with internet access (cached in {torch.hub.get_dir()}), or pass "
-                    "--checkpoint PATH to a local state_dict",
+                f"could not download torchvision weights {tv_weights} from {tv_weights.url} ({why})",
+                fix=f"run once with internet access (cached in {torch.hub.get_dir()}), raise "
+                    f"{TIMEOUT_ENV}, or pass --checkpoint PATH to a local state_dict",
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
         info = {"kind": "torchvision", "name": str(tv_weights), "url": tv_weights.url}
     else:
         model = _instantiate(recipe)

@@ -1,15 +1,33 @@
-"""The ``exporter`` command: list, export, parity, build, lint."""
+"""The ``exporter`` command: list, export, parity, build, lint.
+
+One error model: every failure ends with exactly one ``error: ...`` line and one ``fix: ...`` line
+on stderr and the exit code of its class (``errors.py``); a traceback only with ``--debug``.
+SIGINT/SIGTERM unwind through the staging clean-up and exit 130/143.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import threading
 import pkgutil
+import signal
 import sys
+import traceback
 
 from . import __version__
-from .errors import ExporterError
+from .errors import (EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED,
+                     ExporterError, Interrupted, UsageError)
 
 ORDER = ("list", "export", "parity", "build", "lint")
+DEBUG_HINT = "rerun with --debug for the traceback and report it as a bug"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`UsageError` (one line + fix, exit 2), not ``sys.exit``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(f"{self.prog}: {message}", fix=f"see `{self.prog} --help`")
 
 
 def command_names() -> list[str]:
@@ -21,29 +39,82 @@ def command_names() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="exporter",
         description="Export the classic CNN zoo for deployment and prove parity with eager PyTorch.",
     )
     parser.add_argument("--version", action="version", version=f"zoo-exporter {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a failure (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_names():
         module = importlib.import_module(f"exporter.commands.{name}")
         module.add_parser(sub)
+    for command in sub.choices.values():  # --debug after the command name works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
+def _say(message: str, fix: str) -> None:
+    """The one error line and the one fix line (multi-line texts are joined)."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    print("fix: " + " ".join(str(fix).split()), file=sys.stderr)
+
+
+def _os_error(err: OSError) -> tuple[str, str]:
+    """Message and fix of an OS-level failure nobody translated earlier."""
+    where = f" ({err.filename})" if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}",
+                "free space on that filesystem or pass --output on another one")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}{where}", "use a writable location (--output) or fix the permissions"
+    return f"{what}{where}", "check the path; " + DEBUG_HINT
+
+
+def _on_signal(signum, _frame):
+    signal.signal(signum, signal.SIG_IGN)  # one clean-up; a second signal must not cut it short
+    raise Interrupted(signum, EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; typed errors become one line plus a fix and a non-zero exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point: typed errors become one ``error:`` line, one ``fix:`` line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for sig in handlers:
+            signal.signal(sig, _on_signal)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ExporterError as err:
-        print(f"error: {err.message}", file=sys.stderr)
-        if err.fix:
-            print(f"  fix: {err.fix}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        _say(err.message, err.fix or DEBUG_HINT)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as err:
+        code = getattr(err, "exit_code", EXIT_INTERRUPTED)
+        name = "SIGTERM" if code == EXIT_TERMINATED else "SIGINT"
+        _say(f"interrupted by {name}; nothing half-written was left behind",
+             "rerun the command (a stale staging directory of a killed run is swept on the next run)")
+        return code
+    except OSError as err:
+        if debug:
+            traceback.print_exc()
+        message, fix = _os_error(err)
+        _say(message, fix)
+        return EXIT_ENVIRONMENT
+    except SystemExit as err:  # --help / --version exit 0 through argparse
+        return int(err.code or 0) if isinstance(err.code, int) or err.code is None else 2
+    except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        _say(f"internal error: {type(err).__name__}: {err}", DEBUG_HINT)
+        return EXIT_INTERNAL
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

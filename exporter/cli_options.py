@@ -33,6 +33,11 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch axis)")
     batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")
+    pick = parser.add_mutually_exclusive_group()
+    pick.add_argument("--output-index", type=int, metavar="N",
+                      help="the logits are output N of a model that returns several (tuple/list)")
+    pick.add_argument("--output-name", metavar="NAME",
+                      help="the logits are output NAME of a model that returns several (dict/namedtuple)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
                         help=f"torch ONNX exporter (default {DEFAULT_EXPORTER}, see docs/zoo.md)")
@@ -82,7 +87,8 @@ def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onn
         model=args.model, formats=formats, output=args.output, weights=args.weights,
         checkpoint=args.checkpoint, seed=args.seed, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
-        batch=args.batch, opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
+        batch=args.batch, output_index=args.output_index, output_name=args.output_name,
+        opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
         simplify_fallback=args.simplify_fallback, precision=getattr(args, "precision", "fp32"),
         quant=quant_options(args),
     )

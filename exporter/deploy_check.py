@@ -1,5 +1,10 @@
-"""Deploy-form check of an exported ONNX graph: BN folded, one input ``input``, one output
-``logits``, no training-only ops, and ``onnx.checker`` (full check) passes."""
+"""Deploy-form check of the exported ONNX graph itself: no Conv/Gemm -> BatchNormalization pair
+left unfolded, no BN at all where prepare folded every BN, one input ``input``, one output
+``logits``, no training-only ops, and ``onnx.checker`` (full check) passes.
+
+The graph is judged, not a BN count predicted before export: the ONNX exporters and simplifiers
+fold conv -> BN themselves, so a model prepare could not fold (fx-untraceable, a BN shared by two
+convs) is fine when the graph the user gets is."""
 from __future__ import annotations
 
 from collections import Counter
@@ -85,6 +90,25 @@ def _training_problems(model: onnx.ModelProto, training_ops: Sequence[str]) -> l
     return [f"{what} x{n}" if n > 1 else what for what, n in found.items()]
 
 
+FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def unfolded_pairs(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+    """(producer, BN) node names where a BatchNormalization directly consumes the output of a
+    Conv/ConvTranspose/Gemm that nothing else reads: a fold the export should have made."""
+    producer = {out: node for node in graph.node for out in node.output}
+    readers = Counter(name for node in graph.node for name in node.input)
+    readers.update(o.name for o in graph.output)
+    pairs = []
+    for node in graph.node:
+        if node.op_type != "BatchNormalization" or not node.input:
+            continue
+        src = producer.get(node.input[0])
+        if src is not None and src.op_type in FOLDABLE_PRODUCERS and readers[node.input[0]] == 1:
+            pairs.append((src.name or src.op_type, node.name or node.op_type))
+    return pairs
+
+
 def _load(model_or_path: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path, None
@@ -93,7 +117,7 @@ def _load(model_or_path: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto,
         raise DeployCheckError(f"no ONNX file at {path}", fix="export the model first")
     try:
         return onnx.load(str(path), load_external_data=False), str(path)
-    except Exception as err:  # DecodeError and friends
+    except Exception as err:  # noqa: BLE001 - DecodeError and friends
         raise DeployCheckError(f"{path} is not a readable ONNX model ({err})",
                                fix="re-export the model; the file may be truncated") from err
 
@@ -102,8 +126,9 @@ def check_deploy_form(onnx_path_or_model: str | Path | onnx.ModelProto, expected
                       training_ops: Sequence[str] = TRAINING_OPS, strict: bool = True) -> DeployCheck:
     """Check that an exported graph is in deploy form.
 
-    ``expected_unfolded_bn``: BatchNormalization nodes allowed to remain (BNs the prepare stage
-    could not fold, ``PrepareReport.expected_bn_nodes``). With ``strict`` (default) a failing check
+    ``expected_unfolded_bn``: BNs the prepare stage could not fold
+    (``PrepareReport.expected_bn_nodes``); with 0, any BatchNormalization left is a problem,
+    otherwise only BNs that still follow a foldable Conv/Gemm are. With ``strict`` (default) a failing check
     raises :class:`DeployCheckError`; otherwise the problems are only listed in the result.
     """
     model, path = _load(onnx_path_or_model)
@@ -116,9 +141,14 @@ def check_deploy_form(onnx_path_or_model: str | Path | onnx.ModelProto, expected
     result = DeployCheck(bn_nodes=op_counts.get("BatchNormalization", 0),
                          expected_bn=expected_unfolded_bn, inputs=inputs, outputs=outputs,
                          op_counts=dict(op_counts), path=path)
-    if result.bn_nodes != expected_unfolded_bn:
-        result.problems.append(f"{result.bn_nodes} BatchNormalization node(s), "
-                               f"expected {expected_unfolded_bn} (the BNs that could not be folded)")
+    pairs = unfolded_pairs(graph)
+    if pairs:
+        shown = ", ".join(f"{a} -> {b}" for a, b in pairs[:4]) + (", ..." if len(pairs) > 4 else "")
+        result.problems.append(f"{len(pairs)} unfolded Conv/Gemm -> BatchNormalization pair(s): "
+                               f"{shown}")
+    elif expected_unfolded_bn == 0 and result.bn_nodes:
+        result.problems.append(f"{result.bn_nodes} BatchNormalization node(s) left where prepare "
+                               "folded every BN")
     if inputs != [INPUT_NAME]:
         result.problems.append(f"graph inputs are {inputs}, expected exactly ['{INPUT_NAME}']")
     if outputs != [OUTPUT_NAME]:

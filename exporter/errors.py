@@ -10,7 +10,7 @@ Exit codes (documented in the README; one per class of failure, so scripts can b
 4     bad input: model spec, checkpoint, recipe, images, calibration data, ONNX file, manifest
 5     environment: an optional runtime, TensorRT, a GPU or a provider is not available here
 6     could not produce: export/conversion failed, or the precision/accuracy budget is not met
-130   interrupted (SIGINT); 143: terminated (SIGTERM)
+130   interrupted (SIGINT); 143: terminated (SIGTERM); any partial output is removed first
 ====  ======================================================================================
 """
 from __future__ import annotations
@@ -102,3 +102,41 @@ class BackendUnavailableError(ExporterError):
     """An optional backend (TensorRT, CUDA, onnxruntime-gpu) is not installed or has no device."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class InputError(ExporterError):
+    """A file the user gave is not what it must be (checkpoint, ONNX, manifest, image)."""
+
+    exit_code = EXIT_INPUT
+
+
+class ArtifactError(InputError):
+    """An artifact directory or its manifest is invalid, modified, or not the exporter's."""
+
+
+class ModelOutputError(InputError):
+    """The model returns several outputs and the request does not say which one is the logits."""
+
+
+class TrustError(ExporterError):
+    """A manifest asks to run code (``file.py:factory``) the user has not vouched for."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputLocationError(ExporterError):
+    """``--output`` cannot be written here (read-only, not writable, disk full)."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class OutputPathError(UsageError):
+    """``--output`` is not a directory path (an existing file, or a path under one)."""
+
+
+class Interrupted(BaseException):
+    """Raised by the SIGTERM/SIGINT handler so ``finally`` blocks clean up before exit."""
+
+    def __init__(self, signum: int, exit_code: int):
+        super().__init__(signum)
+        self.signum, self.exit_code = signum, exit_code

@@ -61,6 +61,8 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                     output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, optimize=True,
                 )
                 program.save(str(path), external_data=False)
+    except OSError:
+        raise  # disk full / read-only: the staging writer reports it, not "try another exporter"
     except Exception as err:  # the exporters raise many unrelated types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         first = first.split(" Please feel free")[0].split(" [Caused by")[0]
@@ -107,17 +109,22 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str,
 
 
 def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
-    """Trace, freeze and save; the file loads with ``torch.jit.load`` alone."""
+    """Trace, freeze and save; the file loads with ``torch.jit.load`` alone. Serialized in memory
+    and written by the atomic writer (a C++ file write aborts the process on a full disk)."""
+    from .artifacts import write_bytes_atomic
+
     start = time.perf_counter()
     dummy = _dummy(spec, 2)
+    buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.eval(), dummy, check_trace=False)
             frozen = torch.jit.freeze(traced)
-            torch.jit.save(frozen, str(path))
+            torch.jit.save(frozen, buffer)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"TorchScript trace/freeze failed: {first}",
                           fix="export ONNX only (--format onnx)") from err
+    write_bytes_atomic(path, buffer.getvalue())
     return {"seconds": round(time.perf_counter() - start, 3), "method": "trace+freeze"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,7 @@ from .recipes import InputSpec, Recipe
 
 # the request fields that define the eager model (recorded in the manifest, compared on re-use)
 MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
-                     "std", "num_classes", "batch")
+                     "std", "num_classes", "batch", "output_index", "output_name")
 
 
 def json_value(value: Any) -> Any:
@@ -53,6 +53,8 @@ class ExportRequest:
     std: tuple[float, ...] | None = None
     num_classes: int | None = None
     batch: int | None = None  # None: dynamic batch axis
+    output_index: int | None = None  # which output of a multi-output forward is the logits
+    output_name: str | None = None
     opset: int = DEFAULT_OPSET
     exporter: str = DEFAULT_EXPORTER
     simplifier: str = DEFAULT_SIMPLIFIER
@@ -103,9 +105,15 @@ def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
 
 
 def load_stage(request: ExportRequest) -> tuple[Recipe, InputSpec, nn.Module, dict[str, Any]]:
+    from .validate import check_model_options
+
+    check_model_options(request)
     recipe, spec = resolve_model(request.model, input_size=request.input_size,
                                  channels=request.channels, mean=request.mean, std=request.std,
                                  num_classes=request.num_classes)
+    selected = request.output_name if request.output_name is not None else request.output_index
+    if selected is not None:
+        recipe = replace(recipe, prepare=replace(recipe.prepare, output=selected))
     model, weights_info = build_model(recipe, weights=request.weights,
                                       checkpoint=request.checkpoint, seed=request.seed)
     return recipe, spec, model, weights_info
@@ -168,8 +176,18 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
 
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
+    from .artifacts import check_free_space, check_output_location, claim_output_dir
+    from .builders import resolve_model
+    from .validate import check_model_options
+
     start = time.perf_counter()
     formats = _parse_formats(request.formats, request.precision)
+    check_model_options(request)  # before any model is built or any file written
+    named, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
+                             mean=request.mean, std=request.std, num_classes=request.num_classes)
+    directory = Path(request.output or Path("artifacts") / named.name)
+    check_output_location(directory)
+    claim_output_dir(directory, named.name)
     recipe, spec, model, weights_info = load_stage(request)
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
@@ -177,7 +195,8 @@ def export(request: ExportRequest) -> ExportResult:
                              f"an .npy), or try the photos installed packages ship: exporter export "
                              f"{request.model} --precision int8 --calibration packaged")
     reference, deploy, prep = prepare_stage(model, recipe, spec)
-    directory = Path(request.output or Path("artifacts") / recipe.name)
+    weight_bytes = sum(p.numel() * p.element_size() for p in deploy.parameters())
+    check_free_space(directory, (weight_bytes + (1 << 20)) * (len(formats) + 1))
     stem = recipe.name
     artifacts: list[dict[str, Any]] = []
     export_info: dict[str, Any] = {}
@@ -274,9 +293,36 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
     }
 
 
+_OPTION_TYPES = {"model": str, "weights": str, "checkpoint": str, "output_name": str, "seed": int,
+                 "input_size": int, "channels": int, "num_classes": int, "batch": int,
+                 "output_index": int, "mean": list, "std": list}
+
+
+def _check_option_types(options: dict[str, Any], where: Path) -> None:
+    from .errors import ArtifactError
+
+    for key, value in options.items():
+        kind = _OPTION_TYPES[key]
+        ok = value is None and key != "model" or isinstance(value, kind) and not isinstance(value, bool)
+        if ok and kind is list and value is not None:
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ArtifactError(f"{where}: model option '{key}' is {value!r}, not a "
+                                f"{kind.__name__}", fix="re-export the model into this directory")
+
+
 def request_from_manifest(directory: Path, **overrides: Any) -> ExportRequest:
     """The ExportRequest that rebuilds the eager model recorded in ``directory``."""
-    options = dict(read_manifest(directory)["model_options"])
+    from .errors import ArtifactError
+
+    options = read_manifest(directory).get("model_options")
+    if not isinstance(options, dict) or not isinstance(options.get("model"), str) \
+            or set(options) - set(MODEL_OPTION_KEYS):
+        raise ArtifactError(f"{Path(directory) / MANIFEST} does not record the model options "
+                            f"({sorted(options) if isinstance(options, dict) else options!r})",
+                            fix="re-export the model into this directory, or pass the MODEL again")
+    options = dict(options)
+    _check_option_types(options, Path(directory) / MANIFEST)
     for key in ("mean", "std"):
         if options.get(key) is not None:
             options[key] = tuple(options[key])

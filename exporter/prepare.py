@@ -14,12 +14,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from .errors import ExportError, RecipeError
+from .errors import ExportError, ModelOutputError, RecipeError
 from .recipes import Recipe
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_FOLDS_INTO = _CONVS + (nn.Linear,)  # layers a following BN folds into
 # BN type that may follow each conv type (a BatchNorm2d after a Conv1d would broadcast differently)
 _BN_FOR_CONV = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -52,9 +53,15 @@ def _ndim(conv: nn.Module) -> int:
 
 
 def _fold_blocker(conv: nn.Module, bn: _BatchNorm) -> str | None:
-    """Why this (conv, bn) pair cannot be folded, or None when it can."""
+    """Why this (conv or linear, bn) pair cannot be folded, or None when it can."""
     if bn.running_mean is None or bn.running_var is None:
         return "no running stats (track_running_stats=False): eval uses batch statistics"
+    if isinstance(conv, nn.Linear):
+        if not isinstance(bn, nn.BatchNorm1d):
+            return f"{type(bn).__name__} after a Linear"
+        if bn.num_features != conv.out_features:
+            return f"BN has {bn.num_features} features but the Linear has {conv.out_features} outputs"
+        return None
     if not isinstance(bn, _BN_FOR_CONV[_ndim(conv)]):
         return f"{type(bn).__name__} after a {_ndim(conv)}-d {type(conv).__name__}"
     if bn.num_features != conv.out_channels:
@@ -67,6 +74,17 @@ def _fold_blocker(conv: nn.Module, bn: _BatchNorm) -> str | None:
 @torch.no_grad()
 def _fold_pair(conv: nn.Module, bn: _BatchNorm) -> None:
     f64 = torch.float64
+    if isinstance(conv, nn.Linear):
+        ones = torch.ones(bn.num_features, dtype=f64)
+        bias = torch.zeros(conv.out_features, dtype=f64) if conv.bias is None else conv.bias.to(f64)
+        w, b = fuse_linear_bn_weights(
+            conv.weight.to(f64), bias, bn.running_mean.to(f64), bn.running_var.to(f64), bn.eps,
+            ones if bn.weight is None else bn.weight.to(f64),
+            torch.zeros_like(ones) if bn.bias is None else bn.bias.to(f64))
+        grad, dtype = conv.weight.requires_grad, conv.weight.dtype
+        conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=grad)
+        conv.bias = nn.Parameter(b.detach().to(dtype), requires_grad=grad)
+        return
     transpose = isinstance(conv, nn.modules.conv._ConvTransposeNd)
     w, b = fuse_conv_bn_weights(
         conv.weight.to(f64), None if conv.bias is None else conv.bias.to(f64),
@@ -121,8 +139,8 @@ def _pairs_from_fx(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, s
             reasons[bn_name] = f"BN module is called {calls[bn_name]} times"
         elif not isinstance(src, torch.fx.Node) or len(node.args) + len(node.kwargs) != 1:
             reasons[bn_name] = "BN is not called with a single tensor"
-        elif src.op != "call_module" or not isinstance(modules[src.target], _CONVS):
-            reasons[bn_name] = f"input is {_describe(src, modules)}, not a conv"
+        elif src.op != "call_module" or not isinstance(modules[src.target], _FOLDS_INTO):
+            reasons[bn_name] = f"input is {_describe(src, modules)}, not a conv or linear"
         elif len(src.users) > 1:
             others = ", ".join(sorted(u.name for u in src.users if u is not node))
             reasons[bn_name] = f"conv output also feeds {others}"
@@ -147,7 +165,7 @@ def _pairs_from_sequentials(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(seq.named_children())
         for (c_name, conv), (b_name, bn) in zip(children, children[1:]):
-            if (isinstance(conv, _CONVS) and isinstance(bn, _BatchNorm) and uses[id(conv)] == 1
+            if (isinstance(conv, _FOLDS_INTO) and isinstance(bn, _BatchNorm) and uses[id(conv)] == 1
                     and uses[id(bn)] == 1 and _fold_blocker(conv, bn) is None):
                 prefix = f"{seq_name}." if seq_name else ""
                 pairs.append((prefix + c_name, prefix + b_name))
@@ -236,29 +254,66 @@ def make_inplace_safe(model: nn.Module) -> int:
 
 
 class DeployModel(nn.Module):
-    """Wraps a classifier so ``forward(input)`` returns exactly one tensor: the logits."""
+    """Wraps a classifier so ``forward(input)`` returns exactly one tensor: the logits
+    (``output``: the index or name that selects them from a multi-output forward)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, output: int | str | None = None):
         super().__init__()
         self.model = model
+        self.output = output
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return unwrap_logits(self.model(input))
+        return unwrap_logits(self.model(input), self.output)
 
 
-def unwrap_logits(out: Any) -> torch.Tensor:
-    """Main logits of a model output: a tensor, a ``.logits`` namedtuple, a tuple/list (first
-    item) or a dict (``logits`` or ``out``)."""
+def _describe_outputs(out: Any) -> str:
+    items = out.items() if isinstance(out, dict) else enumerate(out)
+    return ", ".join(f"[{k}] {type(v).__name__}"
+                     + (f" {tuple(v.shape)}" if isinstance(v, torch.Tensor) else "")
+                     for k, v in items)
+
+
+def _select(out: Any, output: int | str) -> torch.Tensor:
+    fields = getattr(out, "_fields", None)
+    try:
+        if isinstance(output, str):
+            chosen = out[output] if isinstance(out, dict) else getattr(out, output) \
+                if fields and output in fields else None
+        else:
+            chosen = out[output] if isinstance(out, (tuple, list)) else None
+    except (IndexError, KeyError):
+        chosen = None
+    if not isinstance(chosen, torch.Tensor):
+        flag = "--output-name" if isinstance(output, str) else "--output-index"
+        raise ModelOutputError(f"{flag} {output} does not select a tensor; the model returns "
+                               f"{_describe_outputs(out) if isinstance(out, (tuple, list, dict)) else type(out).__name__}",
+                               fix="pick one of the outputs listed")
+    return chosen
+
+
+def unwrap_logits(out: Any, output: int | str | None = None) -> torch.Tensor:
+    """The logits of a model output: a tensor, a ``.logits`` namedtuple (GoogLeNet/Inception),
+    a dict with one tensor or a ``logits`` key, or - chosen by ``output`` (index or name) - one
+    item of a multi-output tuple/dict. Several candidate outputs without ``output`` are an
+    error that lists them: nothing is dropped silently."""
+    if output is not None and not isinstance(out, torch.Tensor):
+        return _select(out, output)
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):  # GoogLeNet/InceptionOutputs
         return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+    if isinstance(out, (tuple, list)) and len(out) == 1 and isinstance(out[0], torch.Tensor):
         return out[0]
-    if isinstance(out, dict):
-        for key in ("logits", "out"):
-            if isinstance(out.get(key), torch.Tensor):
-                return out[key]
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(out, dict) and len(out) == 1 and isinstance(out.get("out"), torch.Tensor):
+        return out["out"]
+    if isinstance(out, (tuple, list, dict)) and len(out) > 1:
+        first = "0" if not isinstance(out, dict) else next(iter(out))
+        raise ModelOutputError(
+            f"the model returns {len(out)} outputs ({_describe_outputs(out)}); which one is the "
+            "logits?", fix=f"pass --output-index N or --output-name NAME (e.g. "
+                           f"{'--output-index 0' if not isinstance(out, dict) else '--output-name ' + first})")
     raise ExportError(
         f"cannot find the logits in a model output of type {type(out).__name__}",
         fix="make forward return a tensor, a tuple whose first item is the logits, "
@@ -313,7 +368,7 @@ def prepare_for_deploy(model: nn.Module, recipe: Recipe, fold: bool = True
                               for n, m in work.named_modules() if isinstance(m, _BatchNorm)]
         report.expected_bn_nodes = len(report.bn_unfolded)
     report.params_after = _num_params(work)
-    return DeployModel(work).eval(), report
+    return DeployModel(work, recipe.prepare.output).eval(), report
 
 
 @torch.no_grad()

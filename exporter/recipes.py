@@ -75,6 +75,7 @@ class PrepareSpec:
 
     fold_bn: bool = True
     strip_aux: tuple[str, ...] = ()  # attribute names of auxiliary heads to remove
+    output: int | str | None = None  # which output of a multi-output forward is the logits
 
 
 @dataclass(frozen=True)

@@ -193,8 +193,11 @@ def test_corrupt_onnx_weight_fails_and_names_output(corrupted, capsys):
     from exporter.cli import main
 
     directory, _ = corrupted
+    assert main(["parity", "--artifacts", str(directory), "--no-latency", "--samples", "4",
+                 "--random", "2"]) == 4  # the hash mismatch alone is an error
+    assert "differ from the sha256" in capsys.readouterr().err
     rc = main(["parity", "--artifacts", str(directory), "--no-latency", "--samples", "4",
-               "--random", "2"])
+               "--random", "2", "--accept-modified"])
     captured = capsys.readouterr()
     assert rc == 3
     err = captured.err
@@ -210,7 +213,7 @@ def test_corrupt_onnx_weight_no_fail(corrupted, capsys):
 
     directory, _ = corrupted
     rc = main(["parity", "--artifacts", str(directory), "--no-latency", "--samples", "2",
-               "--random", "1", "--no-fail"])
+               "--random", "1", "--no-fail", "--accept-modified"])
     assert rc == 0
     assert "breach" in capsys.readouterr().out
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from exporter.deploy_check import check_deploy_form
-from exporter.errors import DeployCheckError, RecipeError
+from exporter.errors import DeployCheckError, ModelOutputError, RecipeError
 from exporter.prepare import (DeployModel, fold_batchnorms, make_inplace_safe, prepare_for_deploy,
                               randomize_bn_stats, strip_aux_heads)
 from exporter.recipes import PrepareSpec, Recipe
@@ -241,8 +241,14 @@ def test_deploy_model_unwraps_named_tuples():
             return self.value
 
     for value in (tvm.GoogLeNetOutputs(logits, aux, aux), tvm.InceptionOutputs(logits, aux),
-                  (logits, aux), {"logits": logits}):
+                  (logits,), {"logits": logits, "aux": aux}):
         assert DeployModel(Returns(value))(torch.zeros(1)) is logits
+    assert DeployModel(Returns((aux, logits)), 1)(torch.zeros(1)) is logits
+    assert DeployModel(Returns({"a": aux, "b": logits}), "b")(torch.zeros(1)) is logits
+    with pytest.raises(ModelOutputError, match=r"returns 2 outputs \(\[0\] Tensor \(1, 3\), \[1\]"):
+        DeployModel(Returns((logits, aux)))(torch.zeros(1))  # never a silent pick of the first
+    with pytest.raises(ModelOutputError, match="--output-index 2 does not select"):
+        DeployModel(Returns((logits, aux)), 2)(torch.zeros(1))
 
 
 def test_make_inplace_safe():
@@ -292,7 +298,7 @@ def catnet():
 def test_check_deploy_form_folded_export(catnet, tmp_path):
     deploy, report = prepare_for_deploy(catnet, recipe())
     assert report.bn_folded == 3 and report.expected_bn_nodes == 1
-    assert report.bn_unfolded == [{"module": "bn_cat", "reason": "input is torch.cat, not a conv"}]
+    assert report.bn_unfolded == [{"module": "bn_cat", "reason": "input is torch.cat, not a conv or linear"}]
     assert report.inplace_changed == 1 and n_bn(catnet) == 4
     path = tmp_path / "folded.onnx"
     export(deploy, path, do_constant_folding=False)  # the exporter must not hide unfolded BNs
@@ -306,7 +312,7 @@ def test_check_deploy_form_folded_export(catnet, tmp_path):
     (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
     assert rel_err(ref, torch.from_numpy(got)) <= RTOL
     assert check_deploy_form(onnx.load(str(path)), 1).ok  # ModelProto form
-    with pytest.raises(DeployCheckError, match=r"1 BatchNormalization node\(s\), expected 0"):
+    with pytest.raises(DeployCheckError, match=r"1 BatchNormalization node\(s\) left where prepare"):
         check_deploy_form(path, 0)
 
 
@@ -315,7 +321,7 @@ def test_check_deploy_form_unfolded_export_fails(catnet, tmp_path):
     assert report.bn_folded == 0 and report.expected_bn_nodes == 4
     path = tmp_path / "unfolded.onnx"
     export(deploy, path, do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
-    with pytest.raises(DeployCheckError, match=r"4 BatchNormalization node\(s\), expected 1") as info:
+    with pytest.raises(DeployCheckError, match=r"3 unfolded Conv/Gemm -> BatchNormalization pair") as info:
         check_deploy_form(path, 1)
     assert "fold" in info.value.fix
     check = check_deploy_form(path, 1, strict=False)

@@ -41,6 +41,11 @@ def add_parser(sub) -> None:
     src.add_argument("--artifacts", type=Path, metavar="DIR",
                      help="existing artifact directory; the eager model is rebuilt from its manifest "
                           "(model options given here override the manifest's)")
+    src.add_argument("--trust-model-code", action="store_true",
+                     help="with --artifacts: run the file.py:factory its manifest names (by default "
+                          "an artifact directory never executes code; passing MODEL again also works)")
+    src.add_argument("--accept-modified", action="store_true",
+                     help="compare artifacts whose sha256 differs from the manifest (default: error)")
     src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar")
     src.add_argument("--reduced", action="store_true",
                      help="with --zoo: each recipe's reduced test size instead of its native size")
@@ -109,6 +114,19 @@ def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = 
     return recipe, spec, reference
 
 
+def check_trust(manifest: dict[str, Any], directory: Path, model: str | None, trusted: bool) -> None:
+    """An artifact directory never runs code: a manifest whose model is ``file.py:factory`` is only
+    rebuilt when the user names that spec again on the command line or passes --trust-model-code."""
+    from ..errors import TrustError
+
+    spec = str((manifest.get("model_options") or {}).get("model") or manifest.get("model_spec") or "")
+    if ".py:" in spec and not trusted and model != spec:
+        raise TrustError(f"{directory / 'manifest.json'} rebuilds its eager model by running "
+                         f"{spec}; code named by an artifact directory is not run without consent",
+                         fix=f"read {spec.rpartition(':')[0]} first, then pass it again: exporter "
+                             f"parity {spec} --artifacts {directory} (or add --trust-model-code)")
+
+
 def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, say):
     from ..locate import locate_for_report
     from ..parity import build_inputs, run_parity
@@ -119,7 +137,8 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
                         runner_options=runner_options, latency=not args.no_latency,
                         batch_sizes=args.batch_sizes,
                         warmup=args.warmup, runs=args.runs, rounds=args.rounds,
-                        threads=args.threads, progress=say)
+                        threads=args.threads, progress=say,
+                        accept_modified=getattr(args, "accept_modified", False))
     if args.locate:
         if report.breaches():
             locate_for_report(report, reference, inputs[0].array, recipe)
@@ -161,8 +180,9 @@ def run(args) -> int:
     def say(msg: str) -> None:
         console.print(f"[dim]{msg}[/dim]")
 
-    if args.runs < 1 or args.warmup < 0:
-        raise UsageError("--runs must be >= 1 and --warmup >= 0")
+    from ..validate import check_parity_options
+
+    check_parity_options(args)
     runner_options = {"onnx": ort_options(args)}  # an unusable provider fails before any export
     if args.zoo:
         if args.model or args.artifacts:
@@ -184,6 +204,7 @@ def run(args) -> int:
         if args.model and args.model not in (recorded, manifest.get("model")):
             raise UsageError(f"'{directory}' holds {recorded}, not {args.model}",
                              fix=f"drop the model name or run `exporter parity {args.model}`")
+        check_trust(manifest, directory, args.model, args.trust_model_code)
         overrides = _explicit_overrides(args)
         if overrides:
             say(f"overriding the manifest's model options: {overrides}")

@@ -16,10 +16,10 @@ an artifact directory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
+import onnx.external_data_helper
 
 from ..errors import UsageError
 from .checks import _check_ops, _check_opset, _check_static_shapes
@@ -37,7 +37,7 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
     if isinstance(path_or_model, onnx.ModelProto):
         model, source = path_or_model, "<model>"
     else:
-        model, source = onnx.load(str(path_or_model)), str(path_or_model)
+        model, source = load_onnx_file(path_or_model), str(path_or_model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     detected = detect_precision(model)
     table = trt_op_table()
@@ -61,6 +61,38 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
     return report
 
 
+def load_onnx_file(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file for checking; a file that is not one (text, truncated, an absurd length,
+    external data outside its folder) is an :class:`InputError` saying so."""
+    from ..errors import InputError
+
+    path = Path(path)
+    fix = "pass an .onnx file written by an exporter; re-export it if it was cut short"
+    if not path.is_file():
+        raise InputError(f"{path} is {'a directory' if path.is_dir() else 'missing'}, not an ONNX file",
+                         fix="pass an existing .onnx file or an artifact directory")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path} is empty (0 bytes), not an ONNX model", fix=fix)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - DecodeError, RuntimeError, ValueError ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(f"{path} is not a readable ONNX model ({size} bytes: {first})", fix=fix) \
+            from None
+    if not model.graph.node or not model.opset_import:
+        raise InputError(f"{path} is not an ONNX model ({size} bytes parse to an empty graph)",
+                         fix=fix)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as err:  # noqa: BLE001 - onnx refuses data outside the folder, missing files
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(f"{path}: its external data cannot be read ({first})",
+                         fix="keep the external data files next to the .onnx, inside its folder") \
+            from None
+    return model
+
+
 def lint_path(path: str | Path) -> list[LintReport]:
     """Lint an ``.onnx`` file, or every ONNX artifact listed in a directory's ``manifest.json``."""
     path = Path(path)
@@ -71,8 +103,9 @@ def lint_path(path: str | Path) -> list[LintReport]:
                          fix="pass a .onnx file or a directory written by `exporter export`")
     manifest = path / "manifest.json"
     if manifest.is_file():
-        entries = [e for e in json.loads(manifest.read_text()).get("artifacts", [])
-                   if e.get("format") == "onnx"]
+        from ..artifacts import read_manifest
+
+        entries = [e for e in read_manifest(path).get("artifacts", []) if e.get("format") == "onnx"]
         missing = [e["file"] for e in entries if not (path / e["file"]).is_file()]
         if missing:
             raise UsageError(f"{manifest} lists ONNX artifacts that are missing: {missing}",

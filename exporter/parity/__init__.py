@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ..artifacts import read_manifest, sha256_file
+from ..artifacts import confined, read_manifest, sha256_file
 from ..backends import registry
 from ..data import random_inputs
-from ..errors import BackendUnavailableError
+from ..errors import ArtifactError, BackendUnavailableError
 from ..latency import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, set_threads, speedup
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
@@ -107,6 +107,12 @@ def _measured_on(device: str, label: str, threads: int) -> str:
     return f"CPU ({why}): measured on CPU with {threads} intra-op threads for every runtime"
 
 
+def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Files whose sha256 no longer matches their manifest entry."""
+    return [e["file"] for e in entries if e.get("sha256") and confined(directory, e["file"]).is_file()
+            and sha256_file(directory / e["file"]) != e["sha256"]]
+
+
 # --------------------------------------------------------------------------------------- runner
 def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
                      options: dict[str, dict[str, Any]]):
@@ -123,7 +129,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
                latency: bool = True, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, rounds: int = DEFAULT_ROUNDS,
                threads: int | None = None, progress: Callable[[str], None] | None = None,
-               ) -> ParityReport:
+               accept_modified: bool = False) -> ParityReport:
     """Eager ``reference`` versus every artifact of ``directory`` on ``inputs``.
 
     ``inputs``: a list of :class:`InputSet` (see :func:`build_inputs`), an ``ImageBatch`` or an
@@ -133,6 +139,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
     the tests feed an artifact wrongly preprocessed inputs. ``runner_options``: per-format keyword
     arguments for the backend's runner factory, e.g. ``{"onnx": {"provider": "tensorrt"}}``; a
     requested provider that does not load raises (``ProviderFallbackError``), it is not skipped.
+    A file whose sha256 differs from its manifest entry is an :class:`ArtifactError` unless
+    ``accept_modified`` (then a note in the table).
     """
     from ..backends.onnxruntime import ProviderFallbackError
     from ..backends.eager import EagerRunner, device_label, resolve_device
@@ -165,6 +173,12 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
     wanted = set(artifacts) if artifacts is not None else None
     if wanted is not None:
         entries = [e for e in entries if e["file"] in wanted or e["format"] in wanted]
+    modified = _modified(directory, [e for e in entries if e["file"] not in (runners or {})])
+    if modified and not accept_modified:
+        raise ArtifactError(f"{', '.join(modified)} in {directory} differ from the sha256 its "
+                            "manifest recorded (changed since export)",
+                            fix="re-export the model, or pass --accept-modified to compare the "
+                                "files as they are now")
     extra = dict(runners or {})
     for file in extra:
         if not any(e["file"] == file for e in entries):
@@ -177,10 +191,9 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         result = ArtifactResult(file=file, format=entry["format"], precision=entry.get("precision", "fp32"),
                                 tolerance=recipe.tolerance(entry.get("precision", "fp32")))
         results.append(result)
-        path = directory / file
-        if entry.get("sha256") and path.exists() and file not in extra:
-            if sha256_file(path) != entry["sha256"]:
-                result.notes.append("file differs from the manifest (sha256 changed since export)")
+        if file in modified:
+            result.notes.append("file differs from the manifest (sha256 changed since export; "
+                                "--accept-modified)")
         say(f"{file}")
         backend = registry.BACKENDS.get(entry["format"]) if file not in extra else None
         if backend is not None:

@@ -1,0 +1,86 @@
+"""Validation up front: every argument, path and file of a request is checked before any model is
+built or any file is written, and a bad one is a typed error that names the value and the fix."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+MAX_SEED = 2**32 - 1
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """ONNX opsets torch's ``exporter`` writes (read from torch, not hard-coded)."""
+    from torch.onnx import _constants as c
+
+    low = max(c.ONNX_MIN_OPSET, getattr(c, "ONNX_CONSTANT_FOLDING_MIN_OPSET", 9))
+    if exporter == "torchscript":
+        return low, c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    return low, c.ONNX_MAX_OPSET
+
+
+def positive(name: str, value: int | float | None, minimum: int = 1) -> None:
+    """``value`` (when given) is a number >= ``minimum``."""
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value) or value < minimum:
+        raise UsageError(f"{name} must be >= {minimum}, got {value}",
+                         fix=f"pass {name} {minimum} or more" + (" (or omit it)" if minimum else ""))
+
+
+def check_model_options(request: Any) -> None:
+    """The options of an ExportRequest (``pipeline.ExportRequest``), files included."""
+    from .checkpoints import sniff
+
+    positive("--batch", request.batch)
+    positive("--input-size", request.input_size)
+    positive("--channels", request.channels)
+    positive("--num-classes", request.num_classes)
+    if not 0 <= request.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}, got {request.seed}", fix="e.g. --seed 0")
+    low, high = opset_range(request.exporter)
+    if not low <= request.opset <= high:
+        raise UsageError(f"--opset {request.opset} is outside what torch's {request.exporter} "
+                         f"ONNX exporter writes ({low}..{high})",
+                         fix=f"pass --opset between {low} and {high} (default 18)")
+    for name in ("mean", "std"):
+        values = getattr(request, name)
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise UsageError(f"--{name} {','.join(map(str, values))} has a non-finite value",
+                             fix=f"pass finite numbers to --{name}")
+    if request.std is not None and any(v <= 0 for v in request.std):
+        raise UsageError(f"--std {','.join(map(str, request.std))} must be > 0 for every channel",
+                         fix="pass positive standard deviations, e.g. --std 0.229,0.224,0.225")
+    if getattr(request, "output_index", None) is not None and request.output_index < 0:
+        raise UsageError(f"--output-index must be >= 0, got {request.output_index}",
+                         fix="pass the position of the logits in the model's outputs")
+    if request.checkpoint is not None:
+        sniff(request.checkpoint)  # names a directory, empty, truncated or random file for what it is
+    quant = request.quant or {}
+    positive("--calibration-samples", quant.get("samples"))
+    calibration = quant.get("calibration")
+    if calibration and calibration != "packaged" and not Path(calibration).exists():
+        raise UsageError(f"--calibration {calibration} does not exist",
+                         fix="pass an image folder or an .npy of NCHW tensors")
+    if quant.get("max_accuracy_drop") is not None and not 0 <= quant["max_accuracy_drop"] <= 100:
+        raise UsageError(f"--max-accuracy-drop must be 0..100 points, got {quant['max_accuracy_drop']}",
+                         fix="e.g. --max-accuracy-drop 1")
+
+
+def check_parity_options(args: Any) -> None:
+    """``exporter parity``'s input and timing options."""
+    positive("--samples", args.samples, 0)
+    positive("--random", args.random, 0)
+    if args.samples == 0 and args.random == 0:
+        raise UsageError("--samples 0 --random 0 leaves nothing to compare",
+                         fix="pass --samples N (images) and/or --random N (random tensors), N >= 1")
+    positive("--threads", args.threads)
+    positive("--runs", args.runs)
+    positive("--warmup", args.warmup, 0)
+    positive("--rounds", args.rounds)
+    if args.images is not None and not Path(args.images).is_dir():
+        what = "a file" if Path(args.images).exists() else "missing"
+        raise UsageError(f"--images {args.images} is {what}, not a directory",
+                         fix="pass a folder of images (class subfolders give accuracy)")
