@@ -253,7 +253,8 @@ def _disk_error(err: BaseException) -> OSError | None:
     """The ENOSPC/EDQUOT/EROFS OSError behind ``err`` (itself or a cause), if any."""
     seen = 0
     while err is not None and seen < 10:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                      errno.EFBIG):
             return err
         if "No space left on device" in str(err) or "file write failed" in str(err):
             return OSError(errno.ENOSPC, "No space left on device")
@@ -322,10 +323,14 @@ def staging(final_dir: Path) -> Iterator[Path]:
                 break
         disk = _disk_error(err) if isinstance(err, Exception) else None
         if disk is not None:
-            what = "is full" if disk.errno != errno.EROFS else "is read-only"
+            what = {errno.EROFS: "is read-only",
+                    errno.EFBIG: "refused a file over the size limit (ulimit -f)"}.get(disk.errno, "is full")
+            fix = ("raise the file size limit (ulimit -f) or pass --output elsewhere"
+                   if disk.errno == errno.EFBIG else
+                   "free space there or pass --output on another filesystem")
             raise OutputLocationError(
                 f"the filesystem of {final_dir} {what} ({disk.strerror or disk}); nothing was "
-                "written", fix="free space there or pass --output on another filesystem") from err
+                "written", fix=fix) from err
         raise
     shutil.rmtree(stage, ignore_errors=True)
 

@@ -66,7 +66,7 @@ def _os_error(err: OSError) -> tuple[str, str]:
     """Message and fix of an OS-level failure nobody translated earlier."""
     where = f" ({err.filename})" if err.filename else ""
     what = err.strerror or str(err)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return (f"no space left on the device{where}",
                 "free space on that filesystem or pass --output on another one")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
