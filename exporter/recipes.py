@@ -7,6 +7,7 @@ PyTorch (``[tolerance.<precision>]``).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -136,8 +137,79 @@ def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
         raise RecipeError(f"{where}: unknown key(s) {unknown}", fix=f"allowed keys: {sorted(allowed)}")
 
 
+def _table(where: str, data: dict, key: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: [{key}] must be a table, got {type(value).__name__}",
+                          fix=f"write it as a [{key}] section")
+    return value
+
+
+def _whole(where: str, key: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise RecipeError(f"{where}: '{key}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _numbers(where: str, key: str, value: Any, positive: bool = False) -> tuple[float, ...]:
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        and (v > 0 or not positive) for v in value)
+    if not ok:
+        raise RecipeError(f"{where}: '{key}' must be a list of finite{' positive' if positive else ''} "
+                          f"numbers, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _input_spec(where: str, raw: dict) -> InputSpec:
+    raw = dict(raw)
+    _check_keys(f"{where} [input]", raw, _INPUT_KEYS)
+    size = raw.pop("size", 224)
+    size = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise RecipeError(f"{where} [input]: size must be N or [H, W], got {size!r}")
+    size = tuple(_whole(f"{where} [input]", "size", v) for v in size)
+    for key in ("channels", "resize", "min_size"):
+        if key in raw:
+            _whole(f"{where} [input]", key, raw[key])
+    if raw.get("test_size") is not None:
+        _whole(f"{where} [input]", "test_size", raw["test_size"])
+    for key in ("mean", "std"):
+        if key in raw:
+            raw[key] = _numbers(f"{where} [input]", key, raw[key], positive=key == "std")
+    if not isinstance(raw.get("fixed_size", False), bool):
+        raise RecipeError(f"{where} [input]: fixed_size must be true or false")
+    if raw.get("color_mode", "RGB") not in ("RGB", "L"):
+        raise RecipeError(f"{where} [input]: color_mode must be 'RGB' or 'L', got {raw['color_mode']!r}")
+    spec = InputSpec(size=size, **raw)
+    if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+        raise RecipeError(f"{where}: mean/std need {spec.channels} values (got {spec.mean}, {spec.std})")
+    if min(spec.size) < spec.min_size:
+        raise RecipeError(f"{where}: size {spec.size} is below min_size {spec.min_size}")
+    return spec
+
+
+def _tolerances(where: str, raw: dict) -> dict[str, Tolerance]:
+    tolerances = dict(DEFAULT_TOLERANCES)
+    for precision, values in raw.items():
+        if precision not in PRECISIONS:
+            raise RecipeError(f"{where}: tolerance for unknown precision '{precision}'",
+                              fix=f"use one of {PRECISIONS}")
+        if not isinstance(values, dict):
+            raise RecipeError(f"{where}: [tolerance.{precision}] must be a table")
+        base = tolerances[precision]
+        _check_keys(f"{where} [tolerance.{precision}]", values, set(base.__dataclass_fields__))
+        for key, value in values.items():
+            _numbers(f"{where} [tolerance.{precision}]", key, [value])
+        tolerances[precision] = replace(base, **{k: float(v) for k, v in values.items()})
+    return tolerances
+
+
 def recipe_from_dict(data: dict[str, Any], path: Path | None = None) -> Recipe:
-    """Validate a parsed recipe mapping and build a :class:`Recipe`."""
+    """Validate a parsed recipe mapping and build a :class:`Recipe` (any malformed value is a
+    :class:`RecipeError`)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path or '<recipe>'}: a recipe is a table, got {type(data).__name__}")
     where = str(path or data.get("name", "<recipe>"))
     _check_keys(where, data, _TOP_KEYS)
     for key in ("name", "family", "source", "builder"):
@@ -145,44 +217,34 @@ def recipe_from_dict(data: dict[str, Any], path: Path | None = None) -> Recipe:
             raise RecipeError(f"{where}: missing or empty string field '{key}'")
     if data["source"] not in SOURCES:
         raise RecipeError(f"{where}: source '{data['source']}' is not one of {SOURCES}")
-    raw_in = dict(data.get("input", {}))
-    _check_keys(f"{where} [input]", raw_in, _INPUT_KEYS)
-    size = raw_in.pop("size", 224)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    for key in ("mean", "std"):
-        if key in raw_in:
-            raw_in[key] = tuple(float(v) for v in raw_in[key])
-    spec = InputSpec(size=size, **raw_in)
-    if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-        raise RecipeError(f"{where}: mean/std need {spec.channels} values (got {spec.mean}, {spec.std})")
-    if min(spec.size) < spec.min_size:
-        raise RecipeError(f"{where}: size {spec.size} is below min_size {spec.min_size}")
-    raw_prep = data.get("prepare", {})
+    for key in ("weights", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise RecipeError(f"{where}: '{key}' must be a string, got {data[key]!r}")
+    spec = _input_spec(where, _table(where, data, "input"))
+    raw_prep = _table(where, data, "prepare")
     _check_keys(f"{where} [prepare]", raw_prep, {"fold_bn", "strip_aux"})
-    prepare = PrepareSpec(fold_bn=bool(raw_prep.get("fold_bn", True)),
-                          strip_aux=tuple(raw_prep.get("strip_aux", ())))
-    tolerances = dict(DEFAULT_TOLERANCES)
-    for precision, values in data.get("tolerance", {}).items():
-        if precision not in PRECISIONS:
-            raise RecipeError(f"{where}: tolerance for unknown precision '{precision}'",
-                              fix=f"use one of {PRECISIONS}")
-        base = tolerances[precision]
-        _check_keys(f"{where} [tolerance.{precision}]", values, set(base.__dataclass_fields__))
-        tolerances[precision] = replace(base, **values)
+    strip = raw_prep.get("strip_aux", ())
+    if not isinstance(raw_prep.get("fold_bn", True), bool) or not isinstance(strip, (list, tuple)) \
+            or not all(isinstance(n, str) and n for n in strip):
+        raise RecipeError(f"{where} [prepare]: fold_bn must be true/false and strip_aux a list of "
+                          "module names")
+    prepare = PrepareSpec(fold_bn=raw_prep.get("fold_bn", True), strip_aux=tuple(strip))
     return Recipe(
         name=data["name"], family=data["family"], source=data["source"], builder=data["builder"],
-        num_classes=int(data.get("num_classes", 1000)), input=spec, prepare=prepare,
-        weights=data.get("weights"), builder_kwargs=dict(data.get("builder_kwargs", {})),
-        tolerances=tolerances, description=data.get("description", ""), path=path,
+        num_classes=_whole(where, "num_classes", data.get("num_classes", 1000)), input=spec,
+        prepare=prepare, weights=data.get("weights"),
+        builder_kwargs=dict(_table(where, data, "builder_kwargs")),
+        tolerances=_tolerances(where, _table(where, data, "tolerance")),
+        description=data.get("description") or "", path=path,
     )
 
 
 def load_recipe_file(path: Path) -> Recipe:
     """Parse and validate one recipe file; its file stem must equal its ``name``."""
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: not valid TOML ({err})") from err
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: not valid TOML ({err})", fix="fix the recipe file") from None
     recipe = recipe_from_dict(data, path)
     if recipe.name != path.stem:
         raise RecipeError(f"{path}: name '{recipe.name}' differs from the file name '{path.stem}'")
