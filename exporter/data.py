@@ -29,11 +29,21 @@ def build_transform(spec: InputSpec):
     ])
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def convert_mode(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, str | None]:
     """Convert an image to the recipe's colour mode; return the note describing any conversion."""
     if image.mode == spec.color_mode:
         return image, None
     note = f"{image.mode}->{spec.color_mode}"
+    if image.mode in HIGH_DEPTH_MODES:  # convert() would clip 16-bit values: scale them instead
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I") and pixels.max(initial=0) > 255 else 255.0
+        if image.mode == "F":
+            top = max(float(pixels.max(initial=0)), 1.0)
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        note += f" (high bit depth scaled to 8 bits, /{top:g})"
     if image.mode in ("RGBA", "LA", "P") and spec.color_mode == "RGB":
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -96,6 +106,9 @@ def load_image_folder(root: str | Path, spec: InputSpec, limit: int | None = Non
                 arrays.append(transform(img).numpy().astype(np.float32))
         except (UnidentifiedImageError, OSError, ValueError) as err:
             skipped.append((str(path), f"unreadable: {err}"))
+            continue
+        except Image.DecompressionBombError as err:
+            skipped.append((str(path), f"over Pillow's decompression-bomb limit: {err}"))
             continue
         if note:
             conversions[note] = conversions.get(note, 0) + 1
