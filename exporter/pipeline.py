@@ -183,17 +183,17 @@ def export(request: ExportRequest) -> ExportResult:
     start = time.perf_counter()
     formats = _parse_formats(request.formats, request.precision)
     check_model_options(request)  # before any model is built or any file written
+    if request.precision == "int8" and not request.quant.get("calibration"):
+        raise UsageError("INT8 needs calibration images and none were given",
+                         fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
+                             f"an .npy), or try the photos installed packages ship: exporter export "
+                             f"{request.model} --precision int8 --calibration packaged")
     named, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
                              mean=request.mean, std=request.std, num_classes=request.num_classes)
     directory = Path(request.output or Path("artifacts") / named.name)
     check_output_location(directory)
     claim_output_dir(directory, named.name)
     recipe, spec, model, weights_info = load_stage(request)
-    if request.precision == "int8" and not request.quant.get("calibration"):
-        raise UsageError("INT8 needs calibration images and none were given",
-                         fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
-                             f"an .npy), or try the photos installed packages ship: exporter export "
-                             f"{request.model} --precision int8 --calibration packaged")
     reference, deploy, prep = prepare_stage(model, recipe, spec)
     weight_bytes = sum(p.numel() * p.element_size() for p in deploy.parameters())
     check_free_space(directory, (weight_bytes + (1 << 20)) * (len(formats) + 1))

@@ -68,7 +68,9 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
     from .artifacts import read_manifest_if_any
     from .builders import resolve_model
     from .pipeline import export, load_reference
+    from .validate import check_model_options
 
+    check_model_options(request)  # before a directory is read or anything exported
     recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
                               mean=request.mean, std=request.std, num_classes=request.num_classes)
     directory = Path(request.output or Path("artifacts") / recipe.name)

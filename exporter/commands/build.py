@@ -50,6 +50,10 @@ def _batches(args) -> tuple[int, int, int]:
 
 
 def _validate(args) -> tuple[int, int, int]:
+    from ..validate import positive
+
+    for option in ("batch", "min_batch", "opt_batch", "max_batch"):
+        positive("--" + option.replace("_", "-"), getattr(args, option, None))
     if args.onnx is None and not args.model:
         raise UsageError("build needs a MODEL to export or --onnx PATH",
                          fix="e.g. exporter build resnet18 --precision fp16, or "

@@ -1,0 +1,45 @@
+"""Checkpoint formats users have load through the CLI and their weights reach the ONNX file: a
+``.safetensors`` file, and a training checkpoint dict holding a DataParallel (``module.``) state_dict
+under ``state_dict``. (Broken checkpoints are cases of ``test_bad_inputs.py``.)"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from cli_faults import run_cli
+
+
+def _trained_like_state() -> dict[str, torch.Tensor]:
+    from exporter.builders import build_model
+    from exporter.recipes import get_recipe
+
+    model, _ = build_model(get_recipe("lenet5"), seed=7)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("form", ["safetensors", "nested_dataparallel"])
+def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
+    state = _trained_like_state()
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "lenet5.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        path = tmp_path / "lenet5.pth"
+        torch.save({"epoch": 12, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    proc = run_cli(["export", "lenet5", "--checkpoint", path.name, "--output", "out"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["weights"]["kind"] == "checkpoint"
+    assert all(not row["breach"] for row in manifest["parity"])
+    inits = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "out" / "lenet5.onnx")).graph.initializer]
+    last = [k for k in state if k.endswith("weight") and state[k].ndim == 2][-1]  # the classifier
+    want = state[last].numpy()
+    assert any(a.shape in (want.shape, want.T.shape) and np.allclose(a.reshape(-1), want.reshape(-1))
+               or a.shape == want.T.shape and np.allclose(a, want.T) for a in inits)
