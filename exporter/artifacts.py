@@ -160,16 +160,16 @@ def check_output_location(directory: Path) -> None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise OutputPathError(f"--output {directory} is an existing file, not a directory",
-                                  fix="pass a directory path (new or existing) to --output")
+                              fix="pass a directory path (new or existing) to --output")
     existing = directory
     while not existing.exists():
         if existing.is_symlink():
             raise OutputPathError(f"--output {directory}: {existing} is a dangling symlink",
-                                      fix="remove the link or pass another --output")
+                                  fix="remove the link or pass another --output")
         existing = existing.parent
     if not existing.is_dir():
         raise OutputPathError(f"--output {directory} is under {existing}, which is a file",
-                                  fix="pass a directory path that is not inside a regular file")
+                              fix="pass a directory path that is not inside a regular file")
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "a read-only filesystem" if _read_only(existing) else "not writable by this user"
         raise OutputLocationError(f"--output {directory}: {existing} is {why}",

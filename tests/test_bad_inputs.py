@@ -6,11 +6,9 @@ stalled network) are in ``test_faults.py``."""
 from __future__ import annotations
 
 import json
-import struct
 import textwrap
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 
@@ -103,6 +101,8 @@ def _artifacts(edit=None, replace_file=None):
             path.write_text(result if isinstance(result, str) else json.dumps(data))
         if replace_file is not None:
             name, data = replace_file
+            if data is None:  # truncated to a third, as an interrupted copy leaves it
+                data = (art / name).read_bytes()[: (art / name).stat().st_size // 3]
             (art / name).write_bytes(data)
     return make
 
@@ -253,8 +253,10 @@ CASES = [
      ["not"]),
     ("lint-empty-file", _write("m.onnx", b""), ["lint", "m.onnx"], INPUT, ["is empty (0 bytes)"]),
     ("lint-random-bytes", _write("m.onnx", bytes(range(256)) * 4), ["lint", "m.onnx"], INPUT, ["ONNX"]),
-    ("lint-truncated", _artifacts(replace_file=("lenet5.onnx", b"")), ["lint", "art/lenet5.onnx"],
-     INPUT, ["is empty"]),
+    ("lint-truncated", _artifacts(replace_file=("lenet5.onnx", None)), ["lint", "art/lenet5.onnx"],
+     INPUT, ["art/lenet5.onnx"]),
+    ("lint-dir-truncated", _artifacts(replace_file=("lenet5.onnx", None)), ["lint", "art"],
+     INPUT, ["art/lenet5.onnx"]),
     ("lint-absurd-length", _absurd_length, ["lint", "absurd.onnx"], INPUT, ["absurd.onnx"]),
     ("lint-external-outside", _onnx_external_outside, ["lint", "m/model.onnx"], INPUT,
      ["external data cannot be read"]),

@@ -187,7 +187,8 @@ def test_trusted_model_code_runs_only_when_named_again(tmp_path):
     (tmp_path / "net.py").write_text(
         "import torch\nfrom torch import nn\n"
         "def make():\n    torch.manual_seed(0)\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(5))\n")
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(4, 5))\n")
     made = run_cli(["export", "net.py:make", "--input-size", "16", "--output", "art", "--no-verify"],
                    cwd=tmp_path)
     assert made.returncode == 0, made.stderr
