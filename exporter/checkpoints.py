@@ -55,6 +55,10 @@ def sniff(path: str | Path) -> str:
         return "torch-legacy"
     if _is_safetensors(head, size):
         return "safetensors"
+    if len(head) > 8 and head[8:9] == b"{" and path.suffix == ".safetensors":
+        raise WeightsError(f"checkpoint '{path}' is a truncated safetensors file ({size} bytes, "
+                           f"shorter than its header says)", fix="copy or save it again; the file "
+                                                                 "was cut short")
     kind = "text" if head[:512].isascii() and b"\0" not in head[:512] else "binary data"
     raise WeightsError(f"checkpoint '{path}' is not a PyTorch or safetensors checkpoint ({kind}, "
                        f"{size} bytes, starts with {head[:8]!r})",

@@ -248,7 +248,7 @@ CASES = [
     ("checkpoint-not-tensors", _checkpoint("not_tensors"), E + ["--checkpoint", "ckpt.pth"], INPUT,
      ["are not tensors"]),
     ("safetensors-truncated", _checkpoint("safetensors_truncated"),
-     E + ["--checkpoint", "ckpt.safetensors"], INPUT, ["safetensors"]),
+     E + ["--checkpoint", "ckpt.safetensors"], INPUT, ["truncated safetensors file"]),
     ("lint-text-file", _write("m.onnx", "not a model\n" * 20), ["lint", "m.onnx"], INPUT,
      ["not"]),
     ("lint-empty-file", _write("m.onnx", b""), ["lint", "m.onnx"], INPUT, ["is empty (0 bytes)"]),
