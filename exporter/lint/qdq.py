@@ -41,7 +41,7 @@ def _scalar_zero_point_check(g: _Graph, node: onnx.NodeProto, report: LintReport
 
 
 def _check_qdq(g: _Graph, report: LintReport) -> None:
-    qdq = [n for n in g.nodes if n.op_type in (_Q, _DQ)]
+    qdq = [n for n in g.model.graph.node if n.op_type in (_Q, _DQ)]
     if report.precision == "int8" and not qdq:
         report.add(ERROR, "qdq-missing", "", "an INT8 artifact without QuantizeLinear/"
                    "DequantizeLinear nodes: TensorRT 10+/11 builds INT8 only from explicit Q/DQ "
