@@ -60,6 +60,11 @@ def check_model_options(request: Any) -> None:
         sniff(request.checkpoint)  # names a directory, empty, truncated or random file for what it is
     quant = request.quant or {}
     positive("--calibration-samples", quant.get("samples"))
+    positive("--eval-samples", quant.get("eval_samples"))
+    agreement = quant.get("min_agreement")
+    if agreement is not None and not 0 <= agreement <= 1:
+        raise UsageError(f"--min-agreement must be a fraction 0..1, got {agreement}",
+                         fix="e.g. --min-agreement 0.95")
     calibration = quant.get("calibration")
     if calibration and calibration != "packaged" and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",
