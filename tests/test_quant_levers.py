@@ -16,7 +16,7 @@ from exporter.quantize.adaround import adaround_matrix, optimize_weights
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan, weight_axis
 from exporter.quantize.range_search import best_range, candidate_range, fake_quant, search_ranges
-from exporter.quantize.reconstruct import Layer, apply, outputs_at, patches, sample_positions
+from exporter.quantize.reconstruct import single_thread, Layer, apply, outputs_at, patches, sample_positions
 from exporter.quantize.torch_exec import Executor
 
 
@@ -100,7 +100,8 @@ def test_adaround_matches_brute_force_rounding_on_a_tiny_layer():
     best = min(_mse(x, scale * (floor + torch.tensor(c).reshape(1, 1, 8)), None, y)
                for c in itertools.product([0.0, 1.0], repeat=8))
     nearest = _mse(x, scale * torch.round(w / scale), None, y)
-    q, stats = adaround_matrix(w, scale, x, y, iters=300, batch=128)
+    with single_thread():
+        q, stats = adaround_matrix(w, scale, x, y, iters=300, batch=128)
     got = _mse(x, scale * q, None, y)
     assert ((q - floor == 0) | (q - floor == 1)).all()  # only floor or ceil
     assert got <= nearest and got <= best * 1.05, (got, nearest, best)
@@ -156,7 +157,7 @@ def test_range_search_finds_the_brute_force_optimum(signed):
     minmax = cost(candidate_range(1.0, lo, hi, signed))
     rng, found = best_range(cost, lo, hi, signed)
     assert found == pytest.approx(cost(rng))
-    assert found <= brute * 1.02 and found < 0.9 * minmax, (found, brute, minmax)
+    assert found <= brute * (1 + 1e-9) and found <= minmax, (found, brute, minmax)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -21,9 +21,10 @@ from typing import Callable
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from . import int8 as q8
-from .placement import Graph, Plan, weight_axis
+from .placement import Graph, Plan
 from .torch_exec import Executor, _attrs
 
 MAX_PATCH_FLOATS = 24_000_000  # ~96 MB of sampled patches per layer
@@ -170,6 +171,22 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
             src = plan.range_of.get(node.input[0], node.input[0])
             q_of_src.setdefault(src, []).append(node)
 
+    chosen: dict[str, np.ndarray] = dict(weights or {})
+
+    def fp32_bias(node: onnx.NodeProto) -> torch.Tensor | None:
+        if len(node.input) > 2 and node.input[2] in graph.inits:
+            return torch.from_numpy(numpy_helper.to_array(graph.inits[node.input[2]]).astype(np.float32))
+        return None
+
+    def current_weight(name: str) -> torch.Tensor:
+        """The dequantized weight layer ``name`` uses now (learnt, given, or round-to-nearest)."""
+        layer = layers[name]
+        q, scale = q8.quantize_weight(layer.weight, layer.axis)
+        q = chosen.get(name, q)
+        shape = [1] * q.ndim
+        shape[layer.axis] = -1
+        return torch.from_numpy(q.astype(np.float32) * scale.reshape(shape))
+
     def fp32_output(name: str) -> torch.Tensor:
         while name not in stash:
             node = ex_f.step()
@@ -186,8 +203,8 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
                 for name, slot in plan.edges.get(t, []):
                     qn = qnodes[name]
                     if name in quantized and slot == 0 and t == tensor:
-                        b = ex_q.value(qn.input[2]) if len(qn.input) > 2 and qn.input[2] else None
-                        consumers.append((layers[name], slot, ex_q.value(qn.input[1]), b))
+                        b = fp32_bias(graph.nodes[name])
+                        consumers.append((layers[name], slot, current_weight(name), b))
                     else:
                         consumers.append((None, slot, None, None))
             new = on_activation(tensor, ex_q.value(tensor), consumers, fp32_output)
@@ -204,10 +221,7 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
                         ex_q.value(node.input[1]), b)
             q = on_linear(site)
             if q is not None:
-                axis = weight_axis(node)
-                shape = [1] * q.ndim
-                shape[axis] = -1
-                _, scale = q8.quantize_weight(layer.weight, axis)
-                ex_q.env[node.input[1]] = torch.from_numpy(q.astype(np.float32) * scale.reshape(shape))
+                chosen[node.name] = q
+                ex_q.env[node.input[1]] = current_weight(node.name)
         stash.pop(node.name, None)
         ex_q.step()
