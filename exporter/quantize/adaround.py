@@ -24,7 +24,8 @@ from .reconstruct import single_thread, Layer, Site, apply, outputs_at, patches,
 
 ZETA, GAMMA = 1.1, -0.1
 DEFAULT_ITERS = 400
-BATCH = 1024
+BATCH = 512
+POSITIONS = 8192
 REG = 0.01
 WARMUP = 0.2
 LR = 1e-2
@@ -62,12 +63,12 @@ def adaround_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, y: to
     count = w.numel()
     for it in range(iters):
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
-        soft = scale * torch.clamp(floor + _h(v), -127, 127)
-        recon = ((apply(x[idx], soft, bias) - y[idx]) ** 2).sum(-1).mean()
-        loss = recon
+        h = _h(v)
+        soft = scale * torch.clamp(floor + h, -127, 127)
+        loss = ((apply(x[idx], soft, bias) - y[idx]) ** 2).sum(-1).mean()
         if it >= warm:
             beta = 2 + 18 * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(iters - warm, 1)))
-            loss = recon + reg * (1 - (2 * _h(v) - 1).abs().pow(beta)).sum() * (y.shape[-1] * y.shape[-2]) / count
+            loss = loss + reg * (1 - (2 * h - 1).abs().pow(beta)).sum() * (y.shape[-1] * y.shape[-2]) / count
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -102,7 +103,8 @@ def optimize_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.n
             return None
         t = time.time()
         gen = torch.Generator().manual_seed(seed + len(out))
-        pos = sample_positions(tuple(site.y_fp32.shape), positions_for(layer, site.y_fp32.shape), gen)
+        pos = sample_positions(tuple(site.y_fp32.shape),
+                               min(POSITIONS, positions_for(layer, site.y_fp32.shape)), gen)
         with torch.no_grad():
             x = patches(layer, site.x, pos)
             y = outputs_at(site.y_fp32, layer, pos)
