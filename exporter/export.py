@@ -106,8 +106,9 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str,
             "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified)}
 
 
-def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
-    """Trace, freeze and save; the file loads with ``torch.jit.load`` alone."""
+def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,
+                       extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Trace, freeze and save (``extra_files`` inside the archive); loads with ``torch.jit.load``."""
     start = time.perf_counter()
     dummy = _dummy(spec, 2)
     try:
@@ -115,7 +116,7 @@ def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[st
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.eval(), dummy, check_trace=False)
             frozen = torch.jit.freeze(traced)
-            torch.jit.save(frozen, str(path))
+            torch.jit.save(frozen, str(path), _extra_files=extra_files or {})
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"TorchScript trace/freeze failed: {first}",

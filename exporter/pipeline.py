@@ -11,10 +11,11 @@ from typing import Any, Callable
 from torch import nn
 
 from . import __version__
-from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any, staging,
-                        tool_versions, write_json_atomic)
+from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any,
+                        sha256_file, staging, tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, UsageError
+from .metadata import build_metadata, for_artifact, write_onnx_metadata
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
 
@@ -122,8 +123,9 @@ def prepare_stage(model: nn.Module, recipe: Recipe, spec: InputSpec):
 
 
 def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRequest,
-               expected_bn: int) -> dict[str, Any]:
-    """Export, simplify and deploy-check one FP32 ONNX file."""
+               expected_bn: int, meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """Export, simplify and deploy-check one FP32 ONNX file; ``meta`` goes into its
+    ``metadata_props`` (exporter.metadata)."""
     from .deploy_check import check_deploy_form
     from .errors import SimplifyError
 
@@ -137,6 +139,8 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
         info.update(simplifier=request.simplifier, simplify_failed=err.message, nodes_before=None,
                     nodes_after=info["nodes_exported"])
     info["deploy_check"] = check_deploy_form(path, expected_bn, strict=True).to_dict()
+    if meta:
+        write_onnx_metadata(path, for_artifact(meta, "onnx", "fp32"))
     return info
 
 
@@ -183,15 +187,16 @@ def export(request: ExportRequest) -> ExportResult:
     export_info: dict[str, Any] = {}
     with staging(directory) as stage:
         onnx_path = None
+        meta = build_metadata(recipe, spec, request, weights_info)
         if "onnx" in formats:  # first: the verified FP32 ONNX is the source of from_onnx formats
             onnx_path = stage / f"{stem}.onnx"
-            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes)
+            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes, meta)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
             if request.precision != "fp32":
-                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request))
+                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request, meta))
         artifacts += _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem,
-                                        onnx_path, prep.expected_bn_nodes)
+                                        onnx_path, prep.expected_bn_nodes, meta)
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:
@@ -205,7 +210,7 @@ def export(request: ExportRequest) -> ExportResult:
 
 
 def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,
-              request: ExportRequest) -> dict[str, Any]:
+              request: ExportRequest, meta: dict[str, str]) -> dict[str, Any]:
     """The FP16 / INT8 ONNX from the staged FP32 ONNX (an earlier calibration cache re-used)."""
     from .quantize import quantize_stage
 
@@ -215,11 +220,15 @@ def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: Inp
     entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
                            log=request.log, **request.quant)
     entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
+    # the FP16/INT8 file keeps the FP32 model's metadata; its precision is its own
+    path = stage / entry["file"]
+    write_onnx_metadata(path, for_artifact(meta, "onnx", entry["precision"]))
+    entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
     return entry
 
 
 def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx_path,
-                       expected_bn) -> list[dict[str, Any]]:
+                       expected_bn, meta) -> list[dict[str, Any]]:
     """Every requested format but ONNX, through its registry backend, in the order asked."""
     import tempfile
 
@@ -233,11 +242,11 @@ def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx
     with tempfile.TemporaryDirectory(prefix="zoo-exporter-onnx-") as scratch:
         if onnx_path is None and any(registry.get(f).from_onnx for f in others):
             onnx_path = Path(scratch) / f"{stem}.onnx"  # converted from, not shipped
-            onnx_stage(deploy, spec, onnx_path, request, expected_bn)
+            onnx_stage(deploy, spec, onnx_path, request, expected_bn, meta)
         for fmt in others:
             ctx = ExportContext(deploy=deploy, recipe=recipe, spec=spec, request=request,
                                 stage=stage, stem=stem, onnx_path=onnx_path,
-                                log=request.log or (lambda _msg: None))
+                                log=request.log or (lambda _msg: None), metadata=meta)
             entries += registry.load(fmt).export(ctx)
     return entries
 

@@ -62,6 +62,7 @@ class ExportContext:
     stem: str  # file name stem (the recipe name)
     onnx_path: Path | None = None  # the verified FP32 ONNX of this export (from_onnx backends)
     log: Callable[[str], None] = field(default=lambda _msg: None)
+    metadata: dict[str, str] = field(default_factory=dict)  # exporter.metadata: embed in artifacts
 
     @property
     def precision(self) -> str:
