@@ -18,7 +18,7 @@ from .errors import RecipeError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SOURCES = ("torchvision", "zoo", "file")
+SOURCES = ("torchvision", "timm", "zoo", "file")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -51,6 +51,7 @@ class InputSpec:
     fixed_size: bool = False  # True: only `size` works (e.g. a Linear after a fixed flatten)
     test_size: int | None = None  # reduced size used by the default test suite
     color_mode: str = "RGB"  # PIL mode images are converted to ("L" for grayscale)
+    interpolation: str = "bilinear"  # of the resize (timm models often use bicubic)
 
     def with_size(self, size: int | tuple[int, int]) -> "InputSpec":
         """Same spec at another square/rectangular size; resize keeps the recipe's ratio."""
@@ -66,6 +67,7 @@ class InputSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "color_mode": self.color_mode,
+            "interpolation": self.interpolation,
         }
 
 
@@ -126,7 +128,7 @@ class Recipe:
 _TOP_KEYS = {"name", "family", "source", "builder", "num_classes", "weights", "description",
              "input", "prepare", "tolerance", "builder_kwargs"}
 _INPUT_KEYS = {"channels", "size", "resize", "mean", "std", "min_size", "fixed_size", "test_size",
-               "color_mode"}
+               "color_mode", "interpolation"}
 
 
 def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
