@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Callable
+
+from .defaults import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
 from .errors import UsageError
-from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
-from .pipeline import ExportRequest
+
+if TYPE_CHECKING:  # the parser imports no torch/onnx (benchmarks/cli_startup.py)
+    from .pipeline import ExportRequest
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -76,13 +80,68 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> ExportRequest:
+def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> "ExportRequest":
     """Build the ExportRequest the model options describe."""
+    from .pipeline import ExportRequest
+
     return ExportRequest(
         model=args.model, formats=formats, output=args.output, weights=args.weights,
         checkpoint=args.checkpoint, seed=args.seed, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
         batch=args.batch, opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
         simplify_fallback=args.simplify_fallback, precision=getattr(args, "precision", "fp32"),
-        quant=quant_options(args),
+        quant=quant_options(args), atol=getattr(args, "atol", None), rtol=getattr(args, "rtol", None),
     )
+
+
+def add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """Command-line overrides of the recipe's parity tolerances (every precision)."""
+    group = parser.add_argument_group("tolerance overrides (default: the recipe's [tolerance.*])")
+    group.add_argument("--rtol", type=float, metavar="R",
+                       help="max |artifact - eager| / max |eager| allowed (replaces the recipe's "
+                            "rel_max_abs; default: recipe, 1e-4 for fp32)")
+    group.add_argument("--atol", type=float, metavar="A",
+                       help="max |artifact - eager| allowed in logits units (default: not checked)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json / --quiet / --verbose: what goes to stdout and how much progress goes to stderr."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", action="store_true",
+                       help="print exactly one JSON document on stdout (progress and logs go to "
+                            "stderr; an error is {\"ok\": false, ...} with the exit code) "
+                            "(default: a human summary)")
+    loud = group.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true",
+                      help="no progress lines, only the result and errors (default: progress on stderr)")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="every progress line, including per-stage details (default: off)")
+
+
+def progress_logger(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, silenced by --quiet; --verbose prefixes the elapsed seconds."""
+    import sys
+    import time
+
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    if getattr(args, "verbose", False):
+        start = time.perf_counter()
+        return lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr,
+                                 flush=True)
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+_JSON_PRINTED = []  # set once a --json run printed its document (the CLI then prints no other)
+
+
+def print_json(document) -> None:
+    """The one JSON document of a --json run, on stdout."""
+    import json
+
+    print(json.dumps(document, indent=2, default=str), flush=True)
+    _JSON_PRINTED.append(True)
+
+
+def json_printed() -> bool:
+    return bool(_JSON_PRINTED)

@@ -16,13 +16,8 @@ from torch import nn
 from .errors import ExportError, SimplifyError, UsageError
 from .recipes import InputSpec
 
-EXPORTERS = ("torchscript", "dynamo")
-SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
-DEFAULT_OPSET = 18
-# Chosen from docs/zoo.md (scripts/zoo_table.py): the TorchScript-based exporter is faster and,
-# after simplification, gives graphs of the same size with the same parity over the zoo.
-DEFAULT_EXPORTER = "torchscript"
-DEFAULT_SIMPLIFIER = "onnxsim"
+from .defaults import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER,  # noqa: F401
+                       EXPORTERS, SIMPLIFIERS)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 

@@ -19,9 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-DEFAULT_WARMUP = 5
-DEFAULT_RUNS = 30
-DEFAULT_ROUNDS = 3
+from .defaults import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP  # noqa: F401
 CLOCKS = ("perf_counter", "cuda-events")
 
 

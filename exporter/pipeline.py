@@ -19,9 +19,7 @@ from .metadata import build_metadata, for_artifact, write_onnx_metadata
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
 
-# the request fields that define the eager model (recorded in the manifest, compared on re-use)
-MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
-                     "std", "num_classes", "batch")
+from .defaults import MODEL_OPTION_KEYS  # noqa: F401  (the fields that define the eager model)
 
 
 def json_value(value: Any) -> Any:
@@ -62,8 +60,16 @@ class ExportRequest:
     quant: dict[str, Any] = field(default_factory=dict)  # calibration, method, samples, target, ...
     verify: bool = True
     fail_on_breach: bool = True
+    atol: float | None = None  # command-line overrides of the recipe's tolerances
+    rtol: float | None = None
     # progress lines of long stages (calibration, the INT8 budget); never recorded in a manifest
     log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    # one line per pipeline stage (--verbose); never recorded in a manifest
+    stage_log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    def stage(self, message: str) -> None:
+        if self.stage_log is not None:
+            self.stage_log(message)
 
 
 @dataclass
@@ -173,8 +179,14 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
     start = time.perf_counter()
+    from .recipes import override_tolerances
+
     formats = _parse_formats(request.formats, request.precision)
+    request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)
+    recipe = override_tolerances(recipe, request.atol, request.rtol)
+    request.stage(f"prepare: {', '.join(recipe.prepare_steps)}; input {spec.channels}x"
+                  f"{spec.size[0]}x{spec.size[1]}; weights {weights_info.get('kind')}")
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
                          fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
@@ -190,6 +202,8 @@ def export(request: ExportRequest) -> ExportResult:
         meta = build_metadata(recipe, spec, request, weights_info)
         if "onnx" in formats:  # first: the verified FP32 ONNX is the source of from_onnx formats
             onnx_path = stage / f"{stem}.onnx"
+            request.stage(f"onnx: {request.exporter} exporter, opset {request.opset}, "
+                          f"{request.simplifier} simplifier, deploy check")
             export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes, meta)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
@@ -197,6 +211,7 @@ def export(request: ExportRequest) -> ExportResult:
                 artifacts.append(_quantize(stage, directory, stem, recipe, spec, request, meta))
         artifacts += _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem,
                                         onnx_path, prep.expected_bn_nodes, meta)
+        request.stage("verify: every artifact vs eager" if request.verify else "verify: skipped")
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:
@@ -244,6 +259,7 @@ def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx
             onnx_path = Path(scratch) / f"{stem}.onnx"  # converted from, not shipped
             onnx_stage(deploy, spec, onnx_path, request, expected_bn, meta)
         for fmt in others:
+            request.stage(f"{fmt}: {registry.get(fmt).summary}")
             ctx = ExportContext(deploy=deploy, recipe=recipe, spec=spec, request=request,
                                 stage=stage, stem=stem, onnx_path=onnx_path,
                                 log=request.log or (lambda _msg: None), metadata=meta)

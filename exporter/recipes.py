@@ -86,6 +86,7 @@ class Tolerance:
     rel_max_abs: float  # max |a - b| divided by max |eager logits|
     min_top1_agreement: float  # fraction of samples whose argmax matches eager
     min_cosine: float = 0.0
+    max_abs: float | None = None  # absolute bound on max |a - b| (--atol); None: not checked
 
 
 DEFAULT_TOLERANCES = {
@@ -176,6 +177,20 @@ def recipe_from_dict(data: dict[str, Any], path: Path | None = None) -> Recipe:
         weights=data.get("weights"), builder_kwargs=dict(data.get("builder_kwargs", {})),
         tolerances=tolerances, description=data.get("description", ""), path=path,
     )
+
+
+def override_tolerances(recipe: Recipe, atol: float | None = None,
+                        rtol: float | None = None) -> Recipe:
+    """``recipe`` with every precision's bounds overridden from the command line: ``rtol`` replaces
+    ``rel_max_abs`` (max |a - b| / max |eager|), ``atol`` adds an absolute max |a - b| bound."""
+    if atol is None and rtol is None:
+        return recipe
+    changes: dict[str, Any] = {}
+    if rtol is not None:
+        changes["rel_max_abs"] = float(rtol)
+    if atol is not None:
+        changes["max_abs"] = float(atol)
+    return replace(recipe, tolerances={p: replace(t, **changes) for p, t in recipe.tolerances.items()})
 
 
 def load_recipe_file(path: Path) -> Recipe:

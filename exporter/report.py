@@ -138,17 +138,18 @@ def render_table(report: ParityReport):
     return table
 
 
-def wide_console():
-    """A rich Console; when output is not a terminal (CI logs, pipes) it is $COLUMNS (default 200)
-    wide instead of rich's default 80, so the table is not folded into unreadable slivers."""
+def wide_console(stderr: bool = False):
+    """A rich Console (on stderr with ``stderr=True``: --json keeps stdout for the document); when
+    output is not a terminal (CI logs, pipes) it is $COLUMNS (default 200) wide instead of rich's
+    default 80, so the table is not folded into unreadable slivers."""
     import os
     import sys
 
     from rich.console import Console
 
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=int(os.environ.get("COLUMNS", "200")))
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr)
+    return Console(width=int(os.environ.get("COLUMNS", "200")), stderr=stderr)
 
 
 def print_report(report: ParityReport, console=None) -> None:

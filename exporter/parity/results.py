@@ -159,6 +159,9 @@ def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
         add("rel_max_abs", s["rel_max_abs"], tol.rel_max_abs,
             f"max-abs error {s['max_abs']:.3g} = {s['rel_max_abs']:.2e} of max|eager| exceeds the "
             f"{result.precision} tolerance {tol.rel_max_abs:.0e}")
+    if tol.max_abs is not None and not s["max_abs"] <= tol.max_abs:
+        add("max_abs", s["max_abs"], tol.max_abs,
+            f"max-abs error {s['max_abs']:.3g} exceeds --atol {tol.max_abs:.0e}")
     if s["cosine"] < tol.min_cosine or not np.isfinite(s["cosine"]):
         add("cosine", s["cosine"], tol.min_cosine,
             f"cosine similarity {s['cosine']:.6f} below the {result.precision} minimum {tol.min_cosine}")
