@@ -23,17 +23,24 @@ def _floats(text: str) -> tuple[float, ...]:
 def add_model_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     """The options that say which model (and which weights, size, graph form) to export."""
     parser.add_argument("model", nargs=None if model_required else "?",
-                        help="recipe name, torchvision:<name>, or path/to/file.py:factory")
+                        help="recipe name (exporter list), torchvision:<name>, timm:<name>, or "
+                             "path/to/file.py:factory")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...)")
-    weights.add_argument("--checkpoint", help="local state_dict file (loaded with weights_only=True)")
+    weights.add_argument("--weights", help="pretrained weights: torchvision name (DEFAULT, IMAGENET1K_V1, "
+                         "...) or timm tag (DEFAULT, a1_in1k, ...); downloads (default: seeded "
+                         "random init)")
+    weights.add_argument("--checkpoint", help="local state_dict file, loaded with weights_only=True "
+                         "(default: none; real MobileNetV2: $(python -m exporter.offline_weights))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     parser.add_argument("--output", "-o", type=Path, help="artifact directory (default artifacts/<model>)")
-    parser.add_argument("--input-size", type=int, help="square input size, where the architecture allows")
-    parser.add_argument("--channels", type=int, help="input channels (file.py:factory models)")
-    parser.add_argument("--mean", type=_floats, help="per-channel mean (file.py:factory models)")
-    parser.add_argument("--std", type=_floats, help="per-channel std (file.py:factory models)")
-    parser.add_argument("--num-classes", type=int, help="classes (file.py:factory models)")
+    parser.add_argument("--input-size", type=int, help="square input size, where the architecture "
+                        "allows (default: the recipe's, e.g. 224)")
+    parser.add_argument("--channels", type=int, help="input channels of file.py:factory models (default 3)")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean of file.py:factory models "
+                        "(default ImageNet 0.485,0.456,0.406)")
+    parser.add_argument("--std", type=_floats, help="per-channel std of file.py:factory models "
+                        "(default ImageNet 0.229,0.224,0.225)")
+    parser.add_argument("--num-classes", type=int, help="classes of file.py:factory models (default 1000)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch axis)")
     batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")
@@ -48,13 +55,16 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """FP16/INT8 options (the quantize stage)."""
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    parser.add_argument("--calibration", help="INT8 calibration data: an image folder or an .npy of "
-                        "preprocessed NCHW tensors (see calibration/README.md)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="fp16/int8 add a quantized ONNX beside the FP32 one (default fp32)")
+    parser.add_argument("--calibration", help="INT8 calibration data: an image folder, an .npy of "
+                        "preprocessed NCHW tensors, or 'packaged' (photos installed packages ship; "
+                        "see calibration/README.md) (default: none, required for int8)")
     parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile", "mse"),
                         help="activation range method (default mse: best measured, see "
                              "benchmarks/INT8_RESULTS.md)")
-    parser.add_argument("--calibration-samples", type=int)
+    parser.add_argument("--calibration-samples", type=int,
+                        help="calibration images/tensors to use (default 256)")
     parser.add_argument("--target", choices=("tensorrt", "cpu"), help="INT8 Q/DQ placement (default tensorrt)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help="INT8 budget: max top-1 accuracy drop in points with labelled --eval-images "

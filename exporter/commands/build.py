@@ -10,11 +10,10 @@ from typing import Any
 
 from ..cli_options import (add_model_options, add_output_options, add_precision_options, print_json,
                            progress_logger)
-from ..artifacts import read_manifest_if_any
 from ..errors import UsageError
 
 DEFAULT_WORKSPACE_MIB = 2048
-EPILOG = """examples (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporter[tensorrt]'):
+EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporter[tensorrt]')
   exporter build resnet18 --precision fp16                 # export (or re-use) the ONNX, then build
   exporter build --onnx artifacts/resnet18/resnet18.fp16.onnx --precision fp16 --max-batch 64
   exporter build mobilenet_v2 --precision int8 --calibration packaged --json
@@ -29,7 +28,7 @@ def add_parser(sub) -> None:
     add_model_options(p, model_required=False)
     add_precision_options(p)
     p.add_argument("--onnx", type=Path, help="build from this existing ONNX file instead of exporting "
-                   "(its precision must match --precision)")
+                   "(its precision must match --precision) (default: export MODEL)")
     p.add_argument("--min-batch", type=int, help="smallest batch of the engine profile (default 1)")
     p.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: max batch)")
     p.add_argument("--max-batch", type=int, help="largest batch of the engine profile (default 32)")
@@ -118,7 +117,7 @@ def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
 
 def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
     """Add (or replace) the engine entry in ``out_dir/manifest.json`` when there is one."""
-    from ..artifacts import write_json_atomic
+    from ..artifacts import read_manifest_if_any, write_json_atomic
 
     manifest = read_manifest_if_any(out_dir)
     if manifest is None:
@@ -130,6 +129,7 @@ def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
 
 
 def run(args) -> int:
+    from ..artifacts import read_manifest_if_any
     from ..backends.tensorrt import build_engine, require_tensorrt
 
     batches = _validate(args)

@@ -58,27 +58,31 @@ def add_parser(sub) -> None:
     src = p.add_argument_group("what to compare")
     src.add_argument("--artifacts", type=Path, metavar="DIR",
                      help="existing artifact directory; the eager model is rebuilt from its manifest "
-                          "(model options given here override the manifest's)")
-    src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar")
+                          "(model options given here override the manifest's) (default: export into artifacts/<model>)")
+    src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar (default: one model)")
     src.add_argument("--reduced", action="store_true",
-                     help="with --zoo: each recipe's reduced test size instead of its native size")
+                     help="with --zoo: each recipe's reduced test size instead of its native size "
+                          "(default: native)")
     data = p.add_argument_group("inputs (one preprocessing path: exporter/data.py)")
     data.add_argument("--images", type=Path, metavar="DIR",
-                      help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy")
+                      help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy "
+                           "(default: packaged photo crops)")
     data.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                       help=f"images to use (default {DEFAULT_SAMPLES}; packaged photo crops when no --images)")
     data.add_argument("--random", type=int, default=DEFAULT_RANDOM, metavar="N",
                       help=f"random N(0,1) tensors added to the images (default {DEFAULT_RANDOM})")
     timing = p.add_argument_group("latency (docs/LATENCY.md)")
     timing.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU")
+                        help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU "
+                             "(default auto)")
     timing.add_argument("--ort-provider", choices=("cpu", "cuda", "tensorrt"),
                         help="ONNX Runtime execution provider for the ONNX artifacts (default: cuda "
                              "on a CUDA run when onnxruntime-gpu is installed, else cpu); the report "
                              "names the provider that actually ran")
     timing.add_argument("--allow-provider-fallback", action="store_true",
                         help="with --ort-provider: run on ONNX Runtime's fall-back provider instead "
-                             "of failing when the requested one does not load (the report says so)")
+                             "of failing when the requested one does not load (the report says so) "
+                             "(default: fail)")
     timing.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs (default {DEFAULT_RUNS})")
     timing.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"discarded warm-up runs (default {DEFAULT_WARMUP})")
@@ -86,12 +90,12 @@ def add_parser(sub) -> None:
     timing.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
     timing.add_argument("--batch-sizes", type=_int_list, default=(1, 8), metavar="1,8",
                         help="batch sizes to time (default 1,8; a fixed --batch overrides)")
-    timing.add_argument("--no-latency", action="store_true", help="compare outputs only")
+    timing.add_argument("--no-latency", action="store_true", help="compare outputs only (default: time every runtime too)")
     out = p.add_argument_group("outcome")
     out.add_argument("--report", type=Path, metavar="DIR",
                      help="write report.md, report.json and PNG plots here (--zoo default: reports/parity-zoo)")
     out.add_argument("--no-fail", action="store_true",
-                     help="exit 0 even when an artifact breaches its tolerance")
+                     help="exit 0 even when an artifact breaches its tolerance (default: exit 3)")
     out.add_argument("--locate", action="store_true",
                      help="on a breach, find the first diverging layer of the ONNX artifact "
                           "(default: off)")
