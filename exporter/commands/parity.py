@@ -8,6 +8,8 @@ exits non-zero (ParityError, exit code 3) when an artifact breaches its recipe's
 from __future__ import annotations
 
 import argparse
+import gc
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,9 @@ def add_parser(sub) -> None:
                      help="existing artifact directory; the eager model is rebuilt from its manifest "
                           "(model options given here override the manifest's) (default: export into artifacts/<model>)")
     src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar (default: one model)")
+    src.add_argument("--keep-artifacts", action="store_true",
+                     help="with --zoo: keep each model's artifact directory (default: delete the "
+                          "ones this run wrote once the model is done; existing ones are kept)")
     src.add_argument("--reduced", action="store_true",
                      help="with --zoo: each recipe's reduced test size instead of its native size "
                           "(default: native)")
@@ -201,8 +206,9 @@ def run(args) -> int:
             raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",
                              fix="drop the model name (or drop --zoo)")
         return _run_zoo(args, console, runner_options)
-    if args.reduced:
-        raise UsageError("--reduced goes with --zoo", fix="use --input-size N for one model")
+    if args.reduced or args.keep_artifacts:
+        raise UsageError("--reduced and --keep-artifacts go with --zoo",
+                         fix="use --input-size N for one model (its artifacts are always kept)")
 
     from ..artifact_file import looks_like_file
 
@@ -328,8 +334,10 @@ def _run_zoo(args, console, runner_options) -> int:
     bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True, disable=args.quiet)
     for name in bar:
         bar.set_postfix_str(name)
+        written = None
         try:
             request = _zoo_request(args, name, recipes[name])
+            written = None if Path(request.output).exists() else Path(request.output)
             directory, recipe, spec, reference, _ = prepare_directory(request, say=lambda m: None)
             report = _parity_one(args, directory, recipe, spec, reference, runner_options,
                                  say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))
@@ -342,6 +350,9 @@ def _run_zoo(args, console, runner_options) -> int:
         except Exception as err:  # noqa: BLE001 - one broken model must not stop the zoo
             failures.append({"model": name, "error": f"{type(err).__name__}: {err}"})
             status = f"ERROR {type(err).__name__}: {err}"
+        if written is not None and not args.keep_artifacts:
+            shutil.rmtree(written, ignore_errors=True)  # only what this run wrote
+        gc.collect()  # one model's runners and tensors at a time
         if not args.quiet:
             tqdm.write(f"{name}: {status}", file=sys.stderr)
     bar.close()
