@@ -191,9 +191,10 @@ def benchmark(runners: dict[str, Any], batches: dict[int, np.ndarray], *,
     For each batch size: every runner is warmed up (``warmup`` runs, discarded), then ``rounds``
     rounds each give every runner ``runs / rounds`` timed runs in turn. Returns
     ``{runner key: {batch: LatencyStats}}``; a runner that raises is reported to ``on_error``
-    and left out of that batch size. A batch size with an unstable timing is measured again (up
-    to ``retries`` times, all runners, still interleaved); each runner keeps its most stable
-    attempt, and ``attempts`` says how many were made.
+    and left out of that batch size. A batch size with a spread or drifting timing is measured
+    again (up to ``retries`` times, all runners, still interleaved; load from other processes alone
+    is marked, not retried); each runner keeps its most stable attempt, ``attempts`` says how many
+    were made.
     """
     threads = set_threads(threads)
     rounds = max(1, min(rounds, runs))
@@ -206,8 +207,8 @@ def benchmark(runners: dict[str, Any], batches: dict[int, np.ndarray], *,
             for key, stats in measured.items():
                 if key not in best or len(stats.unstable) < len(best[key].unstable):
                     best[key] = stats
-            if all(s.stable for s in best.values()):
-                break
+            if not any(r.startswith(("spread", "drift")) for s in best.values() for r in s.unstable):
+                break  # stable, or only the machine's load: measuring again would not cure that
         for key, stats in best.items():
             stats.attempts = attempt + 1
             results[key][size] = stats
