@@ -32,7 +32,9 @@ def _quant_lines(d: dict) -> list[str]:
         + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else ""),
         f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
         f"{shown}; judged on {d.get('measured_on')}",
-        f"    calibration: {d.get('method')} over {d.get('samples_used')} samples from "
+        f"    calibration: {d.get('method')}"
+        + (f" + {d['range_search']}" if d.get("range_search") else "")
+        + f"{' + bias correction' if d.get('bias_correction') else ''} over {d.get('samples_used')} samples from "
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
         f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]
