@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +60,29 @@ class CalibrationData:
                 "conversions": dict(self.conversions), "dropped_for_batch": self.dropped}
 
 
+# data read once by a driver and handed to worker processes (``exporter matrix``): the key is
+# what a read would have been asked for, so the manifest records the user's source unchanged
+_PRELOADED: dict[tuple[str, str, int], CalibrationData] = {}
+
+
+def preload_key(calibration: str | os.PathLike, spec: InputSpec, samples: int) -> tuple[str, str, int]:
+    return (str(calibration), preprocessing_sha(spec), int(samples))
+
+
+def preload(calibration: str | os.PathLike, spec: InputSpec, samples: int,
+            data: CalibrationData) -> None:
+    """Make later reads of (``calibration``, ``spec``, ``samples``) in this process return ``data``
+    (read elsewhere, e.g. from a shared file or Ray's object store) instead of reading again."""
+    _PRELOADED[preload_key(calibration, spec, samples)] = data
+
+
 def load_calibration_data(calibration: str | os.PathLike | None, spec: InputSpec, samples: int = 256,
                           batch: int | None = None) -> CalibrationData:
     """Read ``samples`` calibration inputs; errors are :class:`CalibrationError` with a fix."""
+    if calibration is not None and _PRELOADED:
+        shared = _PRELOADED.get(preload_key(calibration, spec, samples))
+        if shared is not None:
+            return _trim_to_batch(replace(shared, array=shared.array.copy()), batch)
     if calibration is None or str(calibration) == "":
         raise CalibrationError(
             "--precision int8 needs calibration data",
@@ -95,6 +115,11 @@ def load_calibration_data(calibration: str | os.PathLike | None, spec: InputSpec
             f"only {len(data)} usable calibration sample(s) in '{data.source}' "
             f"({len(data.skipped)} file(s) skipped), need at least {need}",
             fix="add more images, or lower --calibration-samples")
+    return _trim_to_batch(data, batch)
+
+
+def _trim_to_batch(data: CalibrationData, batch: int | None) -> CalibrationData:
+    """Drop samples so that their count is a multiple of a fixed ``batch``."""
     if batch:
         if len(data) < batch:
             raise CalibrationError(
