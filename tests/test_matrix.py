@@ -1,0 +1,139 @@
+"""``exporter matrix``: the plan is checked up front; the local executor runs it from the CLI the
+way users do; a re-run skips what was proved; the merged report has every job and says where it
+ran. Ray tests: tests/test_matrix_ray.py."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from exporter.backends import registry
+from exporter.errors import EXIT_INPUT, PlanError
+from exporter.matrix import parse_plan
+
+SMALL_PLAN = """\
+models = ["lenet5"]
+formats = ["onnx", "torchscript"]
+precisions = ["fp32", "int8"]
+reduced = true
+[calibration]
+data = "packaged"
+samples = 16
+method = "minmax"
+[parity]
+samples = 8
+random = 4
+"""
+
+
+def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of an artifact; for TorchScript archives, of the tensors and pickled data only
+    (torch writes a random serialization id and process-dependent debug names into each file)."""
+    if path.suffix != ".pt":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as archive:
+        for name in sorted(archive.namelist()):
+            if "/constants/" in name or "/data/" in name or name.endswith("data.pkl"):
+                digest.update(name.split("/", 1)[1].encode() + archive.read(name))
+    return digest.hexdigest()
+
+
+def rows_by_artifact(report_json: Path) -> dict[tuple[str, str], dict]:
+    """(job directory relative to the output, file) -> summary metrics and weights digest."""
+    data = json.loads(report_json.read_text())
+    top = report_json.parent
+    out = {}
+    for rep in data["reports"]:
+        directory = Path(rep["directory"])
+        for art in rep["artifacts"]:
+            out[(os.path.relpath(directory, top), art["file"])] = {"summary": art["summary"], "status": art["status"],
+                                       "digest": weights_digest(directory / art["file"])}
+    return out
+
+
+def test_plan_expands_globs_and_drops_cells_no_format_produces():
+    plan = parse_plan({"models": ["resnet1*", "lenet5"], "formats": list(registry.export_formats()),
+                       "precisions": ["fp32", "int8"], "reduced": True,
+                       "calibration": {"data": "packaged"}})
+    names = [name for _, name, _ in plan.models]
+    assert names == ["resnet101", "resnet152", "resnet18", "lenet5"]
+    jobs = plan.jobs("out")
+    int8_formats = [f for f in registry.export_formats() if "int8" in registry.get(f).precisions]
+    assert len(jobs) == 4 * 2  # one CPU job per model x precision
+    assert next(j for j in jobs if j.key == "lenet5/int8").formats == tuple(int8_formats)
+    assert all(j.quant == {} for j in jobs if j.precision == "fp32")
+    assert {j.key.split("/")[0] for j in jobs} >= {"resnet18@64", "lenet5"}  # reduced sizes in the key
+    assert len(plan.dropped) == len(registry.export_formats()) - len(int8_formats)
+
+
+def test_gpu_formats_get_their_own_gpu_job():
+    device_formats = [f for f, b in registry.BACKENDS.items() if b.device]
+    if not device_formats:
+        pytest.skip("no device format in the registry")
+    plan = parse_plan({"models": ["lenet5"], "formats": ["onnx", device_formats[0]],
+                       "precisions": ["fp32"], "resources": {"gpu": "H100"}})
+    cpu, gpu = plan.jobs("out")
+    assert (cpu.needs_gpu, cpu.gpu_model, cpu.formats) == (False, None, ("onnx",))
+    assert (gpu.needs_gpu, gpu.gpu_model, gpu.formats) == (True, "H100", (device_formats[0],))
+    assert gpu.key == f"lenet5/fp32-{device_formats[0]}"
+
+
+def test_every_problem_of_a_plan_in_one_error():
+    with pytest.raises(PlanError) as info:
+        parse_plan({"models": ["lenet5", "resnet81", "nosuch*"], "formats": ["onnx", "onxx"],
+                    "precisions": ["fp32", "int4", "int8"], "colour": 1})
+    err = info.value
+    assert err.exit_code == EXIT_INPUT and "nothing was run" in err.fix
+    for part in ("'resnet81'", "'nosuch*' matches no recipe", "['onxx']", "['int4']",
+                 "int8 needs calibration data", "['colour']", "6 problem(s)"):
+        assert part in err.message, (part, err.message)
+
+
+def test_cli_bad_plan_exits_4_before_anything_runs(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text('models = ["lenet5"]\nformats = ["onnx", "tflitex"]\n')
+    out = tmp_path / "out"
+    proc = run_cli("matrix", str(plan), "--output", str(out), timeout=300)
+    assert proc.returncode == EXIT_INPUT, proc.stderr
+    assert "unknown format(s) ['tflitex']" in proc.stderr and "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_cli_local_run_report_and_rerun_skips(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(SMALL_PLAN)
+    out = tmp_path / "out"
+    proc = run_cli("matrix", str(plan), "--output", str(out), "--jobs", "2", "--no-latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 job(s): 2 ok" in proc.stdout and "torchscript x int8" in proc.stdout
+    data = json.loads((out / "report.json").read_text())
+    assert data["ok"] and [j["key"] for j in data["jobs"]] == ["lenet5/fp32", "lenet5/int8"]
+    assert {j["where"]["executor"] for j in data["jobs"]} == {"local"}
+    assert all(j["threads"] == 1 and j["attempts"] == 1 for j in data["jobs"])  # 2 cores / 2 jobs
+    files = [[a["file"] for a in r["artifacts"]] for r in data["reports"]]
+    assert files == [["lenet5.onnx", "lenet5.ts.pt"], ["lenet5.int8.tensorrt.onnx"]]
+    for rep in data["reports"]:
+        for art in rep["artifacts"]:
+            assert art["status"] == "ok" and art["summary"]["cosine"] > 0.9
+    md = (out / "report.md").read_text()
+    assert "## Jobs" in md and "| lenet5/int8 | ok | local on" in md
+    before = (out / "lenet5" / "int8" / "lenet5.int8.tensorrt.onnx").stat().st_mtime_ns
+    again = run_cli("matrix", str(plan), "--output", str(out), "--jobs", "2", "--no-latency")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 skipped" in again.stdout
+    assert (out / "lenet5" / "int8" / "lenet5.int8.tensorrt.onnx").stat().st_mtime_ns == before
+    rerun = json.loads((out / "report.json").read_text())
+    assert [r["artifacts"] for r in rerun["reports"]] == [r["artifacts"] for r in data["reports"]]
