@@ -130,3 +130,70 @@ def test_cli_local_run_report_and_rerun_skips(tmp_path):
     assert "4 skipped" in again.stdout and int8.stat().st_mtime_ns == before
     rerun = json.loads((out / "report.json").read_text())
     assert [r["artifacts"] for r in rerun["reports"]] == [r["artifacts"] for r in data["reports"]]
+
+
+def _wait_for_staging(out: Path, proc=None, timeout: float = 600) -> None:
+    """Until a job has started writing (its staging directory exists)."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end and not list(out.rglob(".*.staging-*")):
+        assert proc is None or proc.poll() is None, "finished before any job started"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_killed_local_worker_is_retried(tmp_path):
+    """SIGKILL a worker of the local pool mid-job: the pool is restarted, the jobs it held are
+    retried once, and every job still reports."""
+    import signal
+    import threading
+
+    from exporter.matrix.driver import run_jobs
+    from exporter.matrix.executors import LocalExecutor
+    from exporter.matrix.plan import load_plan, with_threads
+
+    out = tmp_path / "out"
+    executor = LocalExecutor(2, out)
+    jobs = [with_threads(j, executor.threads) for j in load_plan(EXAMPLE_PLAN).jobs(out)]
+    jobs = [j for j in jobs if j.precision == "fp32"]
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        _wait_for_staging(out)
+        pool = executor._pool
+        pid = next(iter(pool._processes))
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    results = run_jobs(jobs, executor, progress=False)
+    killer.join(5)
+    assert len(killed) == 1
+    assert [r["status"] for r in results] == ["ok", "ok"], [r.get("error") for r in results]
+    assert any(r["attempts"] == 2 for r in results)
+    assert all(r["where"]["pid"] not in killed for r in results)
+    assert not list(out.rglob(".*.staging-*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_cleanly(tmp_path):
+    """SIGINT to the CLI's process group mid-plan: exit 130, no worker left, no half-written
+    artifact directory."""
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "matrix", str(EXAMPLE_PLAN),
+                             "--output", str(out), "--jobs", "2", "--no-latency"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _wait_for_staging(out, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    assert left.strip() == ""
+    for manifest_dir in (p for p in out.glob("*/*") if p.is_dir()):
+        assert (manifest_dir / "manifest.json").is_file(), f"{manifest_dir} half-written"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,9 +42,17 @@ def _gpu_missing(jobs: Sequence[JobSpec], where: str) -> BackendUnavailableError
                                      "the GPU formats from the plan")
 
 
+def _stop(signum, _frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the job: its staging directory is removed
+
+
 def _init_worker(threads: int) -> None:
-    for name in THREAD_VARIABLES:  # before torch / onnxruntime are imported in this process
+    """Thread variables before torch / onnxruntime load; Ctrl-C is the driver's to handle (it
+    terminates the workers), SIGTERM unwinds the running job."""
+    for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
 
 
 class LocalExecutor:
