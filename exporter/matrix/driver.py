@@ -10,15 +10,16 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from .jobs import cached_result, calibration_samples
+from .jobs import cached_result, calibration_args
 from .plan import JobSpec
 
 MAX_ATTEMPTS = 2  # a crashed job is retried once
 
 
 def share_calibration(jobs: Sequence[JobSpec], executor) -> dict[str, Any]:
-    """Read each distinct calibration set once (per source, preprocessing and sample count) and
-    share it through the executor; returns {job key: shared reference}. A bad source fails here,
+    """Read each distinct calibration split once (per source, preprocessing, sample counts and
+    seed: the calibration set and the held-out set the INT8 budget is judged on) and share it
+    through the executor; returns {job key: shared reference}. A bad source fails here,
     before any job runs."""
     from ..builders import resolve_model
     from ..quantize import calibration as cal
@@ -30,11 +31,11 @@ def share_calibration(jobs: Sequence[JobSpec], executor) -> dict[str, Any]:
         if job.precision != "int8" or not source:
             continue
         _, spec = resolve_model(job.model, input_size=job.input_size)
-        samples = calibration_samples(job.quant)
-        key = cal.preload_key(source, spec, samples)
+        samples, holdout, seed = calibration_args(job.quant)
+        key = cal.preload_key(source, spec, samples, holdout, seed)
         if key not in by_key:
-            data = cal.load_calibration_data(source, spec, samples)
-            by_key[key] = executor.share(f"calibration-{key[1][:12]}-{samples}", data)
+            split = cal.in_memory(cal.load_split(source, spec, samples, holdout, seed=seed))
+            by_key[key] = executor.share(f"calibration-{key[1][:12]}-{samples}-{holdout}-{seed}", split)
         refs[job.key] = by_key[key]
     return refs
 

@@ -71,14 +71,19 @@ def job_request(job: JobSpec):
                          verify=False, fail_on_breach=False, **options)
 
 
-def calibration_samples(quant: dict[str, Any]) -> int:
-    """The sample count the quantize stage reads (its own default when the plan names none)."""
+def calibration_args(quant: dict[str, Any]) -> tuple[int, int, int]:
+    """(samples, held-out samples, seed) the quantize stage reads its calibration split with
+    (its own defaults where the plan names none). Should they ever differ from the stage's own
+    call, the shared split is simply not found and the job reads the data itself."""
     import inspect
 
     from ..quantize import quantize_stage
 
-    default = inspect.signature(quantize_stage).parameters["samples"].default
-    return int(quant.get("samples", default))
+    defaults = {k: v.default for k, v in inspect.signature(quantize_stage).parameters.items()}
+    holdout = quant.get("eval_samples", defaults["eval_samples"]) if quant.get("eval_data") is None \
+        and quant.get("budget", True) else 0
+    return (int(quant.get("samples", defaults["samples"])), int(holdout),
+            int(quant.get("seed", defaults["seed"])))
 
 
 def _job_files(manifest: dict[str, Any], job: JobSpec) -> dict[str, str]:
@@ -151,7 +156,8 @@ def _run(job: JobSpec, calibration: Any, say) -> dict[str, Any]:
     threads = set_threads(job.threads)
     if calibration is not None:
         _, spec = resolve_model(job.model, input_size=job.input_size)
-        cal.preload(job.quant["calibration"], spec, calibration_samples(job.quant), resolve(calibration))
+        cal.preload(cal.preload_key(job.quant["calibration"], spec, *calibration_args(job.quant)),
+                    resolve(calibration))
     directory = Path(job.output)
     _clear_stale_staging(directory)
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ formats = ["onnx", "torchscript"]                                      # from th
 precisions = ["fp32", "int8"]
 reduced = true            # each recipe's test size (or input_size = N); seed, weights, batch, ...
 [calibration]             # shared by every INT8 job
-data = "packaged"         # samples, method, target, max_accuracy_drop, eval_images
+data = "packaged"         # samples, method, target, max_accuracy_drop, min_agreement, eval_images, eval_samples
 [parity]                  # samples, random, latency, runs, warmup, rounds, batch_sizes, threads
 [resources]               # gpu = "H100": the GPU model TensorRT jobs are built and timed on
 ```
@@ -31,7 +31,8 @@ TOP_KEYS = {"models", "formats", "precisions", "reduced", "input_size", "seed", 
             "opset", "exporter", "simplifier", "calibration", "parity", "resources"}
 CALIBRATION_KEYS = {"data": "calibration", "samples": "samples", "method": "method",
                     "target": "target", "max_accuracy_drop": "max_accuracy_drop",
-                    "eval_images": "eval_data"}
+                    "min_agreement": "min_agreement", "eval_images": "eval_data",
+                    "eval_samples": "eval_samples"}
 PARITY_KEYS = {"samples", "random", "latency", "runs", "warmup", "rounds", "batch_sizes", "threads"}
 RESOURCE_KEYS = {"gpu", "cpus_per_job"}
 MODEL_KEYS = ("seed", "weights", "batch", "opset", "exporter", "simplifier")
