@@ -197,3 +197,40 @@ def test_ctrl_c_cancels_cleanly(tmp_path):
     assert left.strip() == ""
     for manifest_dir in (p for p in out.glob("*/*") if p.is_dir()):
         assert (manifest_dir / "manifest.json").is_file(), f"{manifest_dir} half-written"
+
+
+def test_calibration_split_is_read_once_and_used_by_the_job(tmp_path):
+    """One shared split per distinct preprocessing; a job's read of the same request returns it
+    (the same samples a fresh read gives) instead of reading the source again."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from exporter.builders import resolve_model
+    from exporter.matrix.driver import share_calibration
+    from exporter.matrix.executors import LocalExecutor
+    from exporter.matrix.jobs import calibration_args, resolve
+    from exporter.matrix.plan import load_plan
+    from exporter.quantize import calibration as cal
+
+    out = tmp_path / "out"
+    jobs = load_plan(EXAMPLE_PLAN).jobs(out)
+    refs = share_calibration(jobs, LocalExecutor(1, out))
+    assert sorted(refs) == ["lenet5/int8", "nin@64/int8"]
+    assert len(list((out / ".matrix").glob("calibration-*.pkl"))) == 2
+    job = next(j for j in jobs if j.key == "nin@64/int8")
+    _, spec = resolve_model(job.model, input_size=job.input_size)
+    samples, holdout, seed = calibration_args(job.quant)
+    assert (samples, holdout) == (16, cal.DEFAULT_HOLDOUT)
+    fresh = cal.load_split("packaged", spec, samples, holdout, seed=seed)
+    shared = resolve(refs[job.key])
+    key = cal.preload_key("packaged", spec, samples, holdout, seed)
+    marked = (replace(shared[0], array=shared[0].array + 1.0), shared[1])
+    cal.preload(key, marked)
+    try:
+        got, held = cal.load_split("packaged", spec, samples, holdout, seed=seed)
+    finally:
+        cal._PRELOADED.clear()
+    assert np.array_equal(shared[0].array, np.asarray(fresh[0].array))
+    assert np.array_equal(got.array, shared[0].array + 1.0)  # the shared one, not a re-read
+    assert len(held) == len(fresh[1]) == holdout
