@@ -48,8 +48,8 @@ def weights_line(info: dict) -> str:
     if info["kind"] == "random":
         return (f"weights: seeded random init (seed {info['seed']}, BN statistics randomized) - "
                 "NOT trained; pass --weights DEFAULT or --checkpoint PATH for real weights")
-    if info["kind"] == "torchvision":
-        return f"weights: torchvision {info['name']}"
+    if info["kind"] in ("torchvision", "timm"):
+        return f"weights: {info['kind']} {info['name']}"
     return f"weights: checkpoint {info['path']} (sha256 {info['sha256'][:12]})"
 
 

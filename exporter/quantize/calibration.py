@@ -32,7 +32,10 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 PERCENTILE = 99.99
 BINS = 2048
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# elements per tensor and batch that enter a histogram (min/max always see every element); the
+# stride is a prime, so it does not alias with channel or row lengths
+HIST_ELEMENTS = 1 << 18
 
 
 CalibrationData = SampleSet  # the name the rest of the package and the tests use
@@ -251,6 +254,8 @@ def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
         if name not in pos:
             continue
         v = val.ravel()
+        if v.size > HIST_ELEMENTS:  # an evenly strided subset: the histogram's shape, 40x cheaper
+            v = v[::_prime_at_least(v.size // HIST_ELEMENTS)]
         idx = np.minimum((np.abs(v) * (BINS / amax[name])).astype(np.int64), BINS - 1)
         pos[name] += np.bincount(idx[v > 0], minlength=BINS)
         neg[name] += np.bincount(idx[v < 0], minlength=BINS)
@@ -259,6 +264,13 @@ def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
                     for n in names},
         "samples": int(len(data)),
     }
+
+
+def _prime_at_least(n: int) -> int:
+    n = max(n, 2)
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 def _sparse(hist: np.ndarray) -> list[list[int]]:
