@@ -9,27 +9,41 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "matrix", help="run a plan (models x formats x precisions) on local workers or Ray",
-        description="Export and prove every job of a plan file (see README: exporter matrix); one "
+        description="Export and prove every job of a plan file (see README: The matrix); one "
                     "artifact directory per job under --output and the merged report.md / "
-                    "report.json at its top. Exit code 3 on a parity breach, else the failed jobs' "
-                    "exit code.")
+                    "report.json at its top.",
+        epilog="""examples:
+  exporter matrix examples/matrix-small.toml --output artifacts/matrix --jobs 2 --no-latency
+  exporter matrix plan.toml --ray auto                   # Ray tasks (pip install 'zoo-exporter[ray]')
+  exporter matrix plan.toml --ray ray://head:10001       # a running Ray cluster
+
+exit codes: 0 every job ok (or --no-fail), 3 a parity breach, 4 a bad plan (nothing run),
+5 no GPU / Ray for the plan, else the failed jobs' code; 130 interrupted""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", type=Path, help="plan TOML file")
     p.add_argument("--output", "-o", type=Path, default=Path("artifacts/matrix"),
                    help="shared output directory (default artifacts/matrix)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--jobs", "-j", type=int, help="local worker processes (default: usable cores)")
+    where.add_argument("--jobs", "-j", type=int,
+                       help="local worker processes (default: the usable cores)")
     where.add_argument("--ray", metavar="auto|ADDRESS",
                        help="run the jobs as Ray tasks: auto (this machine's cluster, else a local "
-                            "one) or a cluster address such as ray://head:10001")
-    p.add_argument("--reduced", action="store_true", help="every recipe at its reduced test size")
-    p.add_argument("--no-latency", action="store_true", help="compare outputs only (every job)")
+                            "one) or a cluster address such as ray://head:10001 (default: local "
+                            "worker processes)")
+    p.add_argument("--reduced", action="store_true",
+                   help="every recipe at its reduced test size (default: the plan's 'reduced')")
+    p.add_argument("--no-latency", action="store_true",
+                   help="compare outputs only, in every job (default: latency is timed)")
     p.add_argument("--samples", type=int, help="parity images per job (default: exporter parity's)")
-    p.add_argument("--random", type=int, metavar="N", help="random tensors per job (default: exporter parity's)")
-    p.add_argument("--runs", type=int, help="timed runs per batch size")
-    p.add_argument("--warmup", type=int, help="warm-up runs per batch size")
+    p.add_argument("--random", type=int, metavar="N",
+                   help="random tensors per job (default: exporter parity's)")
+    p.add_argument("--runs", type=int, help="timed runs per batch size (default: exporter parity's)")
+    p.add_argument("--warmup", type=int, help="warm-up runs per batch size (default: exporter parity's)")
     p.add_argument("--threads", type=int, help="intra-op threads per job (default: cores / jobs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--no-fail", action="store_true", help="exit 0 even when a job breaches or fails")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (default: a bar)")
+    p.add_argument("--no-fail", action="store_true",
+                   help="exit 0 even when a job breaches or fails (default: exit non-zero)")
     p.set_defaults(func=run)
 
 
