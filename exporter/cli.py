@@ -1,4 +1,4 @@
-"""The ``exporter`` command: list, export, parity, build, lint."""
+"""The ``exporter`` command: list, export, parity, build, lint, matrix."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 from . import __version__
 from .errors import ExporterError
 
-ORDER = ("list", "export", "parity", "build", "lint")
+ORDER = ("list", "export", "parity", "build", "lint", "matrix")
 
 
 def command_names() -> list[str]:
