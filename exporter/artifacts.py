@@ -19,7 +19,6 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +46,8 @@ def artifact_entry(path: Path, fmt: str, precision: str, **details: Any) -> dict
 
 
 def tool_versions() -> dict[str, str]:
+    from importlib import metadata  # slow to import: kept off the CLI's start-up path
+
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in TRACKED_PACKAGES:
         try:

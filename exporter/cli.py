@@ -1,4 +1,4 @@
-"""The ``exporter`` command: list, export, parity, build, lint.
+"""The ``exporter`` command: list, export, parity, build, lint, matrix.
 
 One error model: every failure ends with exactly one ``error: ...`` line and one ``fix: ...`` line
 on stderr and the exit code of its class (``errors.py``); a traceback only with ``--debug``.
@@ -19,7 +19,7 @@ from . import __version__
 from .errors import (EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED,
                      ExporterError, Interrupted, UsageError)
 
-ORDER = ("list", "export", "parity", "build", "lint")
+ORDER = ("list", "export", "parity", "build", "lint", "matrix")
 DEBUG_HINT = "rerun with --debug for the traceback and report it as a bug"
 
 
@@ -88,10 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         for sig in handlers:
             signal.signal(sig, _on_signal)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ExporterError as err:
+        from .cli_options import json_printed
+
+        if getattr(args, "json", False) and not json_printed():  # --json: one document on stdout
+            import json
+
+            print(json.dumps({"ok": False, "error": err.message, "fix": err.fix,
+                              "error_type": type(err).__name__, "exit_code": err.exit_code}))
         if debug:
             traceback.print_exc()
         _say(err.message, err.fix or DEBUG_HINT)
