@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ..artifacts import read_manifest, sha256_file
+from ..artifacts import changed_files, read_manifest
 from ..backends import registry
 from ..data import random_inputs
 from ..errors import BackendUnavailableError
@@ -177,10 +177,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         result = ArtifactResult(file=file, format=entry["format"], precision=entry.get("precision", "fp32"),
                                 tolerance=recipe.tolerance(entry.get("precision", "fp32")))
         results.append(result)
-        path = directory / file
-        if entry.get("sha256") and path.exists() and file not in extra:
-            if sha256_file(path) != entry["sha256"]:
-                result.notes.append("file differs from the manifest (sha256 changed since export)")
+        if file not in extra:  # every file of the artifact (OpenVINO/ncnn .bin, .mlpackage contents)
+            result.notes.extend(changed_files(entry, directory))
         say(f"{file}")
         backend = registry.BACKENDS.get(entry["format"]) if file not in extra else None
         if backend is not None:
