@@ -157,7 +157,8 @@ class OpenVINORunner:
                           + ", ".join(f"{k} x{v}" for k, v in sorted(self.kernels.items())))
         self.name = f"openvino {precision} ({self.inference_precision} compute)"
         self.runtime = f"openvino {version()}"
-        self.provider = f"CPU {self.inference_precision}"
+        int8 = "int8 kernels + " if {"u8", "i8"} & set(self.kernels) else ""
+        self.provider = f"CPU {int8}{self.inference_precision}"
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
