@@ -160,7 +160,8 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
                         latency=False)
     return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
              "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
-             "agreement_on": r.agreement_on, "breach": [b.detail for b in r.breaches]}
+             "agreement_on": r.agreement_on, "status": r.status, "error": r.error,
+             "breach": [b.detail for b in r.breaches]}
             for r in report.artifacts]
 
 
