@@ -101,6 +101,8 @@ def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
                                  fix=f"export {precision} for {' or '.join(able)} (e.g. --format "
                                      f"{able[0]} --precision {precision}), or {fmt} at "
                                      f"{' / '.join(backend.precisions)}")
+    for fmt in formats:
+        registry.check_installed(fmt)
     if precision != "fp32" and not any(precision in registry.get(f).precisions for f in formats):
         able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
         raise UsageError(f"--precision {precision} is not produced by --format {','.join(formats)}",
