@@ -20,7 +20,7 @@ calibration crops) on OpenVINO.
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import sys
 import tempfile
 import time
@@ -207,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgebench-"))
     models = [m for m in args.models.split(",") if m]
-    body = part1(models, work, args)
-    if not args.skip_real:
-        body += part2(work, args)
+    try:
+        body = part1(models, work, args)
+        if not args.skip_real:
+            body += part2(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     info = machine_info("cpu")
     v = info["versions"]
     head = ["# Edge runtimes: OpenVINO and ncnn vs eager PyTorch and ONNX Runtime", "",
