@@ -50,6 +50,7 @@ ROWS = [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("openvino", "fp32
 
 MIN_AGREEMENT = 0.92  # the budget benchmarks/int8_mobilenet_v2.py uses
 NOTES: list[str] = []
+NO_BUDGET = False  # --no-budget
 
 
 def _export_all(name: str, out: Path, calibration: str, checkpoint: str | None = None,
@@ -60,6 +61,9 @@ def _export_all(name: str, out: Path, calibration: str, checkpoint: str | None =
     export(ExportRequest(formats=("onnx", "openvino", "ncnn"), precision="fp16", **common))
     quant = {"calibration": calibration, "samples": 64, "target": "cpu",
              "min_agreement": MIN_AGREEMENT, **({"eval_data": eval_data} if eval_data else {})}
+    if NO_BUDGET:
+        NOTES.append(f"{name}: --no-budget: every conv INT8, no budget loop")
+        quant["budget"] = False
     try:
         return export(ExportRequest(formats=("onnx", "openvino"), precision="int8", quant=quant, **common))
     except PrecisionError as err:
@@ -202,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-real", action="store_true", help="part 1 only")
+    parser.add_argument("--no-budget", action="store_true",
+                        help="INT8 with every conv quantized and no budget loop (fast)")
     args = parser.parse_args(argv)
+    global NO_BUDGET
+    NO_BUDGET = args.no_budget
     set_threads(args.threads)
     start = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgebench-"))
