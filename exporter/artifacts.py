@@ -8,7 +8,6 @@ import platform
 import shutil
 import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -88,6 +87,8 @@ def changed_files(entry: dict[str, Any], directory: Path) -> list[str]:
 
 
 def tool_versions() -> dict[str, str]:
+    from importlib import metadata  # slow to import: kept off the CLI's start-up path
+
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in TRACKED_PACKAGES:
         try:
