@@ -28,7 +28,8 @@ MANIFEST = "manifest.json"
 STAGING_PREFIX = ".zoo-exporter-staging-"
 STAGING_MARKER = ".zoo-exporter-staging.json"
 TRACKED_PACKAGES = ("zoo-exporter", "torch", "torchvision", "onnx", "onnxruntime", "onnxsim",
-                    "onnxslim", "onnxscript", "onnxconverter-common", "numpy", "tensorrt")
+                    "onnxslim", "onnxscript", "onnxconverter-common", "numpy", "tensorrt",
+                    "openvino", "nncf", "ncnn", "pnnx", "coremltools")
 
 
 def sha256_file(path: Path) -> str:
@@ -39,10 +40,65 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def artifact_entry(path: Path, fmt: str, precision: str, **details: Any) -> dict[str, Any]:
-    """Manifest entry for one artifact file (its sha256 and size are computed here)."""
-    return {"file": path.name, "format": fmt, "precision": precision, "sha256": sha256_file(path),
-            "bytes": path.stat().st_size, "details": details}
+def _tree_files(directory: Path) -> list[Path]:
+    """Every file under ``directory``, in a deterministic order (sorted relative POSIX paths)."""
+    return sorted((p for p in directory.rglob("*") if p.is_file()),
+                  key=lambda p: p.relative_to(directory).as_posix())
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file; for a directory artifact (a Core ML ``.mlpackage``), the sha256 of the
+    lines ``<relative path> <sha256 of the file>`` of every file inside, sorted by path."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in _tree_files(path):
+        digest.update(f"{item.relative_to(path).as_posix()} {sha256_file(item)}\n".encode())
+    return digest.hexdigest()
+
+
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in _tree_files(path)) if path.is_dir() else path.stat().st_size
+
+
+def artifact_entry(path: Path, fmt: str, precision: str, *, companions: tuple[Path, ...] = (),
+                   **details: Any) -> dict[str, Any]:
+    """Manifest entry for one artifact: ``file`` is what a runtime opens (for OpenVINO the .xml),
+    ``sha256``/``bytes`` are computed here. ``companions``: files that belong to it (OpenVINO's .bin,
+    ncnn's .bin), each listed with its own hash under ``companions``; ``bytes`` counts them too. A
+    directory artifact lists every file inside under ``contents`` (see :func:`sha256_path`)."""
+    path = Path(path)
+    entry: dict[str, Any] = {"file": path.name, "format": fmt, "precision": precision,
+                             "sha256": sha256_path(path), "bytes": _bytes(path)}
+    if path.is_dir():
+        entry["contents"] = [{"file": p.relative_to(path).as_posix(), "sha256": sha256_file(p),
+                              "bytes": p.stat().st_size} for p in _tree_files(path)]
+    if companions:
+        entry["companions"] = [{"file": Path(c).name, "sha256": sha256_file(Path(c)),
+                                "bytes": Path(c).stat().st_size} for c in companions]
+        entry["bytes"] += sum(c["bytes"] for c in entry["companions"])
+    entry["details"] = details
+    return entry
+
+
+def artifact_files(entry: dict[str, Any]) -> list[str]:
+    """The file names (in the artifact directory) one manifest entry consists of."""
+    return [entry["file"]] + [c["file"] for c in entry.get("companions", [])]
+
+
+def changed_files(entry: dict[str, Any], directory: Path) -> list[str]:
+    """Notes for the files of ``entry`` that are missing or differ from their recorded sha256."""
+    directory = Path(directory)
+    records = [{"file": entry["file"], "sha256": entry.get("sha256")}] + entry.get("companions", [])
+    notes = []
+    for record in records:
+        path = directory / record["file"]
+        if not path.exists():
+            notes.append(f"{record['file']} is missing")
+        elif record.get("sha256") and sha256_path(path) != record["sha256"]:
+            notes.append(f"{record['file']} differs from the manifest (sha256 changed since export)")
+    return notes
 
 
 def tool_versions() -> dict[str, str]:
@@ -114,6 +170,8 @@ def validate_manifest(data: Any, directory: Path) -> None:
             raise ArtifactError(f"{where}: artifact entry {str(entry)[:80]!r} has no 'file' and "
                                 "'format'", fix="re-export the model into this directory")
         confined(directory, entry.get("file"))
+        for companion in entry.get("companions") or []:
+            confined(directory, companion.get("file") if isinstance(companion, dict) else companion)
     for key in ("model_options", "input", "weights", "export"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise ArtifactError(f"{where}: '{key}' is {type(data[key]).__name__}, not an object",
@@ -283,7 +341,10 @@ def _commit(stage: Path, final_dir: Path) -> None:
     new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
     items.sort(key=lambda p: p.name == MANIFEST)
     for item in items:
-        item.replace(final_dir / item.name)
+        target = final_dir / item.name
+        if target.is_dir() and not target.is_symlink():  # a directory artifact of ours (.mlpackage)
+            shutil.rmtree(target)
+        item.replace(target)
     if old and new:  # entries the new manifest dropped: stale files of a replaced export
         listed = {a["file"] for a in new.get("artifacts", [])}
         for entry in old.get("artifacts", []):

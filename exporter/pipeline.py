@@ -14,7 +14,7 @@ from . import __version__
 from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any,
                         sha256_file, staging, tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
-from .errors import ParityError, UsageError
+from .errors import ParityError, PrecisionError, UsageError
 from .metadata import build_metadata, for_artifact, write_onnx_metadata
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
@@ -99,10 +99,19 @@ def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
 
     formats = tuple(dict.fromkeys(formats))
     for fmt in formats:
-        if not registry.get(fmt).exportable:
+        backend = registry.get(fmt)
+        if not backend.exportable:
             raise UsageError(f"--format {fmt} is not written by `exporter export`",
                              fix=f"use `exporter build MODEL` for {fmt}; export formats: "
                                  f"{list(registry.export_formats())}")
+        if precision in backend.unavailable:
+            able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
+            raise PrecisionError(f"--format {fmt} --precision {precision}: {backend.unavailable[precision]}",
+                                 fix=f"export {precision} for {' or '.join(able)} (e.g. --format "
+                                     f"{able[0]} --precision {precision}), or {fmt} at "
+                                     f"{' / '.join(backend.precisions)}")
+    for fmt in formats:
+        registry.check_installed(fmt)
     if precision != "fp32" and not any(precision in registry.get(f).precisions for f in formats):
         able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
         raise UsageError(f"--precision {precision} is not produced by --format {','.join(formats)}",
@@ -171,7 +180,8 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
                         latency=False)
     return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
              "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
-             "agreement_on": r.agreement_on, "breach": [b.detail for b in r.breaches]}
+             "agreement_on": r.agreement_on, "status": r.status, "error": r.error,
+             "breach": [b.detail for b in r.breaches]}
             for r in report.artifacts]
 
 

@@ -365,6 +365,17 @@ def _md_table(data: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _version_keys(reports: Sequence[ParityReport]) -> list[str]:
+    """torch, onnx and the packages of every runtime (registry ``packages``) the reports ran."""
+    from .backends import registry
+
+    keys = ["torch", "torchvision", "onnx", "onnxruntime"]
+    for fmt in dict.fromkeys(a.format for r in reports for a in r.artifacts):
+        backend = registry.BACKENDS.get(fmt)
+        keys += [k for k in (backend.packages if backend else ()) if k not in keys]
+    return keys + ["zoo-exporter"]
+
+
 def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),
              plots: dict[str, str] | None = None, title: str = "Parity report") -> str:
     plots = plots or {}
@@ -378,8 +389,7 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
             f"- **Machine:** {m.get('cpu', '?')}, {m.get('usable_cpus', m.get('logical_cpus', '?'))} usable CPUs"
             + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ", no CUDA GPU"),
             f"- **Versions:** python {m.get('python')}, " + ", ".join(
-                f"{k} {v[k]}" for k in ("torch", "torchvision", "onnx", "onnxruntime", "zoo-exporter")
-                if k in v),
+                f"{k} {v[k]}" for k in _version_keys(reports) if k in v),
             f"- **Latency method:** {first.warmup} warm-up runs discarded, {first.runs} timed runs in "
             f"{first.rounds} interleaved rounds per batch size ({', '.join(map(str, first.batch_sizes)) or 'none'}), "
             f"{first.threads} threads for every runtime, p50/p90/p99 in ms; speed-up = eager p50 / "

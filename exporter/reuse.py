@@ -42,7 +42,9 @@ def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
 
 
 def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> bool:
-    if not (directory / entry["file"]).exists():
+    from .artifacts import artifact_files
+
+    if not all((directory / f).exists() for f in artifact_files(entry)):
         return False
     if entry["precision"] == "fp32":
         return True
@@ -52,10 +54,14 @@ def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> b
 
 def missing_artifacts(manifest: dict[str, Any], directory: Path,
                       request: ExportRequest) -> list[tuple[str, str]]:
-    """(format, precision) pairs ``request`` asks for that the directory cannot supply as is."""
+    """(format, precision) pairs ``request`` asks for that the directory cannot supply as is: FP32
+    of every format, and ``request.precision`` of every format whose backend produces it."""
+    from .backends import registry
+
     wanted = [(f, "fp32") for f in request.formats]
     if request.precision != "fp32":
-        wanted.append(("onnx", request.precision))
+        wanted += [(f, request.precision) for f in request.formats
+                   if request.precision in registry.get(f).precisions]
     have = {(a["format"], a["precision"]) for a in manifest.get("artifacts", [])
             if _usable(a, directory, request)}
     return [w for w in wanted if w not in have]
@@ -81,9 +87,8 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
             recipe, spec, reference = load_reference(directory)
             return Prepared(directory, recipe, spec, reference, manifest, f"re-using {directory}")
         formats = tuple(dict.fromkeys(f for f, _ in missing))
-        if request.precision != "fp32" and ("onnx", request.precision) in missing:
-            formats = tuple(dict.fromkeys(("onnx",) + formats))  # quantized from a fresh fp32 ONNX
-        else:  # the precision artifact is there and kept; only fp32 formats are missing
+        if not any(p != "fp32" for _, p in missing):
+            # the precision artifacts are there and kept; only fp32 formats are missing
             request = replace(request, precision="fp32", quant={})
         request = replace(request, formats=formats)
         note = f"exported missing {', '.join(f'{f} {p}' for f, p in missing)} into {directory}"

@@ -80,6 +80,9 @@ def export_summary(result) -> str:
         lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})")
         lines.extend(_quant_lines(a.get("details", {})))
     for row in result.parity:
+        if row.get("status") == "skipped":  # e.g. Core ML off macOS: converted and checked, not run
+            lines.append(f"  parity vs eager [{row['file']}]: {row.get('error')}")
+            continue
         status = "BREACH " + "; ".join(row["breach"]) if row["breach"] else "ok"
         lines.append(f"  parity vs eager [{row['file']} on {row['provider']}, {row['samples']} inputs]: "
                      f"rel max-abs {row['rel_max_abs']:.2e}, cosine {row['cosine']:.6f}, "

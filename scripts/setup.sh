@@ -13,4 +13,8 @@ PY=${PYTHON:-python3}
 # Ray for `exporter matrix --ray` (the [ray] extra, ~240 MB; the local executor needs nothing extra).
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[ray]' \
   || echo "note: ray not installed; exporter matrix --ray and its tests will skip"
+# Edge runtimes (OpenVINO, ncnn + pnnx, coremltools) and NNCF for benchmarks/edge_runtimes.py; the
+# constraints keep torch at its pin (pnnx depends on an unpinned torch). Optional: their tests skip.
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[openvino,ncnn,coreml,edge-bench]' \
+  || echo "note: edge runtime extras not installed; OpenVINO/ncnn/Core ML tests will skip"
 echo "set-up done: $(.venv/bin/exporter --version)"

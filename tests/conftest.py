@@ -1,7 +1,8 @@
-"""Markers: `slow` runs only with --runslow; `gpu`/`tensorrt` skip with a reason where absent."""
+"""Markers: `slow` runs only with --runslow; `gpu`/`tensorrt`/`macos` skip with a reason where absent."""
 from __future__ import annotations
 
 import importlib.util
+import platform
 
 import pytest
 
@@ -28,7 +29,11 @@ def pytest_collection_modifyitems(config, items):
     skip_trt = pytest.mark.skip(
         reason="needs TensorRT and a CUDA GPU: pip install 'zoo-exporter[tensorrt]' on an NVIDIA machine"
                f" (tensorrt importable: {has_trt}, CUDA: {cuda})")
+    skip_macos = pytest.mark.skip(reason="Core ML predicts only on macOS (this is "
+                                         f"{platform.system()}); the conversion tests run here")
     for item in items:
+        if item.get_closest_marker("macos") and platform.system() != "Darwin":
+            item.add_marker(skip_macos)
         if item.get_closest_marker("slow") and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
         if item.get_closest_marker("gpu") and not cuda:

@@ -15,6 +15,7 @@ A missing optional runtime package raises :class:`BackendUnavailableError` namin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,11 +40,16 @@ class Backend:
     exportable: bool = True  # written by `exporter export` (TensorRT engines come from `build`)
     from_onnx: bool = False  # converted from the export's verified FP32 ONNX
     device: str | None = None  # a device its runner needs ("cuda"); parity skips it elsewhere
+    packages: tuple[str, ...] = ()  # distributions whose versions reports name next to its rows
+    requires: tuple[str, ...] = ()  # import names its export needs (checked before any work)
+    # precision -> why this runtime cannot produce it here: `export --precision` raises
+    # PrecisionError with the reason instead of a generic "not produced by --format" usage error
+    unavailable: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
-            precisions=("fp32", "fp16", "int8")),
+            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",)),
     Backend("pt2", "exporter.backends.pt2",
             "torch.export ExportedProgram (.pt2), the recommended PyTorch format"),
     Backend("aoti", "exporter.backends.aoti",
@@ -51,7 +57,23 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("torchscript", "exporter.backends.torchscript",
             "TorchScript (traced and frozen; deprecated in torch 2.14, kept for old runtimes)"),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
-            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda"),
+            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
+            packages=("tensorrt",)),
+    Backend("openvino", "exporter.backends.openvino",
+            "OpenVINO IR (.xml + .bin) from the verified ONNX; int8: our Q/DQ ONNX (cpu placement)",
+            extra="openvino", precisions=("fp32", "fp16", "int8"), from_onnx=True,
+            packages=("openvino",), requires=("openvino",)),
+    Backend("ncnn", "exporter.backends.ncnn",
+            "ncnn (.ncnn.param + .ncnn.bin) via pnnx from TorchScript; fp16: fp16 storage+arithmetic",
+            extra="ncnn", precisions=("fp32", "fp16"), packages=("ncnn", "pnnx"),
+            requires=("ncnn", "pnnx"),
+            unavailable={"int8": "ncnn INT8 needs ncnn's quantization tools (ncnn2table, ncnn2int8), "
+                                 "which come with an ncnn source build, not with the ncnn/pnnx wheels: "
+                                 "not available on this machine"}),
+    Backend("coreml", "exporter.backends.coreml",
+            "Core ML ML Program (.mlpackage) from the traced model; predicts on macOS only",
+            extra="coreml", precisions=("fp32", "fp16"), packages=("coremltools",),
+            requires=("coremltools",)),
 )}
 
 
@@ -111,6 +133,20 @@ def require_module(backend: Backend, package: str) -> ModuleType:
         raise BackendUnavailableError(
             f"--format {backend.format} needs the '{package}' package, which is not installed "
             f"({type(err).__name__}: {err})", fix=install_hint(backend)) from err
+
+
+def check_installed(fmt: str) -> None:
+    """Raise the one-line BackendUnavailableError naming the extra when a package ``fmt``'s export
+    needs is not installed - before any export work (found, not imported: no import-time noise)."""
+    backend = get(fmt)
+    for package in backend.requires:
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise BackendUnavailableError(f"--format {fmt} needs the '{package}' package, which is "
+                                          "not installed", fix=install_hint(backend))
 
 
 def artifact_notes(entry: dict[str, Any], directory: Path) -> list[str]:

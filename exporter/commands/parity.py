@@ -55,8 +55,12 @@ def add_parser(sub) -> None:
                    help="with a FILE: the eager model it was exported from (default: the model "
                         "recorded in the file's metadata)")
     add_precision_options(p)
+    from ..backends import registry
+
     p.add_argument("--format", "-f", default="onnx,torchscript",
-                   help="formats to export when missing (default onnx,torchscript)")
+                   help="comma-separated formats to export when missing (default onnx,torchscript; "
+                        f"any of {', '.join(registry.export_formats())}); every artifact of the "
+                        "directory is compared")
     src = p.add_argument_group("what to compare")
     src.add_argument("--artifacts", type=Path, metavar="DIR",
                      help="existing artifact directory; the eager model is rebuilt from its manifest "

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from torch import nn
 
-from ..artifacts import confined, read_manifest, sha256_file
+from ..artifacts import changed_files, confined, read_manifest
 from ..backends import registry
 from ..data import random_inputs
 from ..errors import ArtifactError, BackendUnavailableError
@@ -109,9 +109,14 @@ def _measured_on(device: str, label: str, threads: int) -> str:
 
 
 def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> list[str]:
-    """Files whose sha256 no longer matches their manifest entry."""
-    return [e["file"] for e in entries if e.get("sha256") and confined(directory, e["file"]).is_file()
-            and sha256_file(directory / e["file"]) != e["sha256"]]
+    """Files (companions included) whose sha256 no longer matches their manifest entry."""
+    found = []
+    for entry in entries:
+        for record in [entry, *entry.get("companions", [])]:
+            confined(directory, record.get("file"))
+        found += [note.split(" differs")[0] for note in changed_files(entry, directory)
+                  if " differs from the manifest" in note]
+    return found
 
 
 # --------------------------------------------------------------------------------------- runner
@@ -204,9 +209,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         result = ArtifactResult(file=file, format=entry["format"], precision=entry.get("precision", "fp32"),
                                 tolerance=recipe.tolerance(entry.get("precision", "fp32")))
         results.append(result)
-        if file in modified:
-            result.notes.append("file differs from the manifest (sha256 changed since export; "
-                                "--accept-modified)")
+        if file not in extra:  # every file of the artifact (OpenVINO/ncnn .bin, .mlpackage contents)
+            result.notes.extend(changed_files(entry, directory))
         say(f"{file}")
         backend = registry.BACKENDS.get(entry["format"]) if file not in extra else None
         if backend is not None:
