@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("zoo-exporter", "torch", "torchvision", "onnx", "onnxruntime", "onnxsim",
-                    "onnxslim", "onnxscript", "onnxconverter-common", "numpy", "tensorrt")
+                    "onnxslim", "onnxscript", "onnxconverter-common", "numpy")
 
 
 def sha256_file(path: Path) -> str:
@@ -33,7 +33,9 @@ def artifact_entry(path: Path, fmt: str, precision: str, **details: Any) -> dict
 
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in TRACKED_PACKAGES:
+    from .backends.registry import runtime_packages
+
+    for name in dict.fromkeys(TRACKED_PACKAGES + runtime_packages()):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

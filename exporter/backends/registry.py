@@ -39,6 +39,7 @@ class Backend:
     exportable: bool = True  # written by `exporter export` (TensorRT engines come from `build`)
     from_onnx: bool = False  # converted from the export's verified FP32 ONNX
     device: str | None = None  # a device its runner needs ("cuda"); parity skips it elsewhere
+    packages: tuple[str, ...] = ()  # distributions whose versions manifests and reports record
 
 
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
@@ -46,7 +47,11 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
             precisions=("fp32", "fp16", "int8")),
     Backend("torchscript", "exporter.backends.torchscript", "TorchScript (traced and frozen)"),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
-            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda"),
+            extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
+            packages=("tensorrt",)),
+    Backend("executorch", "exporter.backends.executorch",
+            "ExecuTorch .pte (XNNPACK delegate), run by executorch.runtime", extra="executorch",
+            precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao")),
 )}
 
 
@@ -81,6 +86,11 @@ def get(fmt: str) -> Backend:
 def export_formats() -> tuple[str, ...]:
     """The formats ``exporter export --format`` accepts, in registry order."""
     return tuple(f for f, b in BACKENDS.items() if b.exportable)
+
+
+def runtime_packages() -> tuple[str, ...]:
+    """Every backend's runtime distributions (recorded with their versions where installed)."""
+    return tuple(dict.fromkeys(p for b in BACKENDS.values() for p in b.packages))
 
 
 def install_hint(backend: Backend) -> str:

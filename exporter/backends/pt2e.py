@@ -1,0 +1,114 @@
+"""What the PyTorch-native mobile backends (ExecuTorch, LiteRT) share: the example input, the PT2E
+INT8 flow (export -> prepare -> calibrate -> convert) on the export's calibration data, the
+accuracy-budget judgement of the written artifact, and the typed conversion error.
+
+The calibration data are read by :func:`calibration_data` only (one call of
+``quantize.calibration.load_calibration_data``, the loader the ONNX INT8 path uses), and the
+budget is ``quantize.budget``'s criterion, so ``--calibration``, ``--calibration-samples``,
+``--eval-images`` and ``--max-accuracy-drop`` mean the same for every runtime.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ExportError, PrecisionError
+
+DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
+_OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
+
+
+class UnsupportedModelError(ExportError):
+    """A runtime cannot convert the model (an operator it lacks); names the op and the runtime."""
+
+    def __init__(self, runtime: str, fmt: str, op: str, detail: str):
+        self.runtime, self.format, self.op = runtime, fmt, op
+        super().__init__(f"{runtime} cannot convert this model: operator {op} ({detail})",
+                         fix=f"export it without --format {fmt} (the other formats are unaffected)")
+
+
+def conversion_error(runtime: str, fmt: str, err: Exception) -> UnsupportedModelError:
+    """The typed error for a converter's exception, naming the first ATen operator it mentions."""
+    text = f"{type(err).__name__}: {err}".strip()
+    found = _OP.search(text)
+    first_line = text.splitlines()[0][:300] if text else type(err).__name__
+    return UnsupportedModelError(runtime, fmt, found.group(1) if found else "unknown", first_line)
+
+
+def example_batch(ctx) -> "Any":
+    """The (fixed) batch the program is traced at: the request's --batch, else 1."""
+    import torch
+
+    from ..data import random_inputs
+
+    return torch.from_numpy(random_inputs(ctx.spec, int(ctx.request.batch or 1), seed=0))
+
+
+def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, str, Any]:
+    """(calibration inputs, held-out judging inputs, what they are, the data record) for ctx.
+
+    The judging set is ``--eval-images`` when given, else the calibration data themselves, as in
+    the ONNX INT8 path; both come through ``load_calibration_data``.
+    """
+    from ..quantize.calibration import load_calibration_data
+
+    quant = ctx.request.quant
+    samples = int(quant.get("samples") or DEFAULT_SAMPLES)
+    data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
+    if quant.get("eval_data") is None:
+        return data.array, data.array, f"calibration data ({len(data)} samples)", data
+    held = load_calibration_data(quant.get("eval_data"), ctx.spec, 10**6)
+    return data.array, held.array, f"{held.source} ({len(held)} samples)", data
+
+
+def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, batch: int):
+    """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``)."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(module, (example,)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    usable = len(calibration) - len(calibration) % batch
+    with torch.no_grad():
+        for i in range(0, usable, batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch])))
+    return convert_pt2e(prepared)
+
+
+def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
+               int8_fn: Callable[[np.ndarray], np.ndarray], held: np.ndarray,
+               held_source: str) -> dict[str, Any]:
+    """The INT8 artifact against the FP32 model on ``held`` with the ONNX path's criterion;
+    a miss is a :class:`PrecisionError` with the numbers (the runtime's quantizer has no
+    per-layer fall-back here)."""
+    from ..quantize.budget import Criterion, measure
+
+    quant = ctx.request.quant
+    criterion = Criterion.make(None, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+    result = measure(fp32_fn(held), int8_fn(held), None, criterion)
+    record = {"criterion": criterion.describe(), "budget_met": result.ok,
+              "measured": result.metrics, "measured_on": held_source}
+    if not result.ok:
+        got = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result.metrics.items())
+        raise PrecisionError(
+            f"{ctx.stem}: the {fmt} INT8 model misses the accuracy budget ({criterion.describe()}): "
+            f"{got} on {held_source}",
+            fix="loosen the budget with --max-accuracy-drop N (without labels: top-1 agreement >= "
+                f"1 - N/100), calibrate with closer-to-deployment data, or use --format onnx "
+                "--precision int8 (per-layer fall-back)")
+    return record
+
+
+def run_batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
+    """``fn`` over ``x`` in chunks of exactly ``batch`` (a tail is padded, then cut)."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+        outs.append(fn(np.ascontiguousarray(chunk, dtype=np.float32))[:batch - short])
+    return np.concatenate(outs)
