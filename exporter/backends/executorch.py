@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ExporterError
 from . import pt2e
 from .registry import get, require_module
 
@@ -77,7 +78,7 @@ def export(ctx) -> list[dict[str, Any]]:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001 - every converter failure becomes one typed error
-        if isinstance(err, pt2e.ExportError):
+        if isinstance(err, ExporterError):
             raise
         raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
     write_bytes_atomic(path, manager.buffer)

@@ -14,19 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ExportError, PrecisionError
+from ..errors import PrecisionError, UnsupportedModelError
 
 DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
-
-
-class UnsupportedModelError(ExportError):
-    """A runtime cannot convert the model (an operator it lacks); names the op and the runtime."""
-
-    def __init__(self, runtime: str, fmt: str, op: str, detail: str):
-        self.runtime, self.format, self.op = runtime, fmt, op
-        super().__init__(f"{runtime} cannot convert this model: operator {op} ({detail})",
-                         fix=f"export it without --format {fmt} (the other formats are unaffected)")
 
 
 def conversion_error(runtime: str, fmt: str, err: Exception) -> UnsupportedModelError:

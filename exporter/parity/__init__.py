@@ -109,10 +109,18 @@ def _measured_on(device: str, label: str, threads: int) -> str:
 
 # --------------------------------------------------------------------------------------- runner
 def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
-                     options: dict[str, dict[str, Any]]):
+                     options: dict[str, dict[str, Any]], threads: int):
+    """The registry backend's runner for ``entry``, with this run's thread count for every
+    backend whose factory takes ``threads`` (all runtimes timed with the same count)."""
+    import inspect
+
     from ..backends.base import runner_for
 
-    return runner_for(entry, directory, device, **options.get(entry["format"], {}))
+    kwargs = dict(options.get(entry["format"], {}))
+    factory = registry.load(entry["format"]).make_runner
+    if "threads" in inspect.signature(factory).parameters:
+        kwargs.setdefault("threads", threads)
+    return runner_for(entry, directory, device, **kwargs)
 
 
 def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, recipe: Recipe,
@@ -195,7 +203,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             continue
         try:
             runner = (extra[file] if file in extra
-                      else _artifact_runner(entry, directory, device, runner_options or {}))
+                      else _artifact_runner(entry, directory, device, runner_options or {}, threads))
         except ProviderFallbackError:
             raise  # explicitly requested: never silently measured on another provider
         except (BackendUnavailableError, ImportError) as err:
