@@ -65,7 +65,7 @@ def export(ctx) -> list[dict[str, Any]]:
             if ctx.precision == "int8":
                 calibration, held, held_source, data = pt2e.calibration_data(ctx)
                 ctx.log(f"executorch int8: calibrating on {len(calibration)} sample(s)")
-                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration, batch)
+                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration)
                 program = torch.export.export(graph, (example,))
             elif ctx.precision == "fp16":
                 module = _half_copy(module)

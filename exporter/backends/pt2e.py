@@ -54,17 +54,22 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, str, Any]:
     return data.array, held.array, f"{held.source} ({len(held)} samples)", data
 
 
-def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, batch: int):
-    """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``)."""
+def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32):
+    """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``).
+
+    Traced with a dynamic batch axis so the observers see ``chunk`` samples per call (histogram
+    observers cost per call, not per sample); the caller re-exports it at its fixed batch."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    graph = torch.export.export(module, (example,)).module()
+    batch = torch.export.Dim("batch", min=1, max=max(len(calibration), chunk, 2))
+    trace = torch.from_numpy(np.ascontiguousarray(np.repeat(calibration[:1], 2, axis=0)))
+    graph = torch.export.export(module, (trace.to(example.dtype),),
+                                dynamic_shapes=({0: batch},)).module()
     prepared = prepare_pt2e(graph, quantizer)
-    usable = len(calibration) - len(calibration) % batch
     with torch.no_grad():
-        for i in range(0, usable, batch):
-            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch])))
+        for i in range(0, len(calibration), chunk):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + chunk])))
     return convert_pt2e(prepared)
 
 
