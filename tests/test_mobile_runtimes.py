@@ -138,6 +138,18 @@ def test_missing_extra_is_one_line_naming_the_extra(tmp_path, fmt):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_tflite_fp16_is_refused_not_written_as_fp32(tmp_path):
+    if "tflite" not in BACKENDS:
+        pytest.skip("no tflite backend registered")
+    out = tmp_path / "out"
+    proc = run_cli("export", "lenet5", "--format", "tflite", "--precision", "fp16", "--output", str(out))
+    assert proc.returncode == 2 and "is not produced by --format tflite" in proc.stderr
+    proc = run_cli("export", "lenet5", "--format", "onnx,tflite", "--precision", "fp16",
+                   "--output", str(out))
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    assert "does not produce fp16" in proc.stderr and not out.exists()
+
+
 # ------------------------------------------------------------------------------- INT8
 @pytest.mark.parametrize("fmt", MOBILE)
 def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):

@@ -52,6 +52,9 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("executorch", "exporter.backends.executorch",
             "ExecuTorch .pte (XNNPACK delegate), run by executorch.runtime", extra="executorch",
             precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao")),
+    Backend("tflite", "exporter.backends.tflite", "LiteRT .tflite (litert-torch), run by the "
+            "LiteRT Interpreter", extra="litert", precisions=("fp32", "int8"),
+            packages=("litert-torch", "ai-edge-litert")),
 )}
 
 
