@@ -70,7 +70,22 @@ def test_export_lenet5_cli_writes_a_verified_artifact(tmp_path, fmt):
     if fmt == "executorch":  # every conv/linear went to XNNPACK, nothing substantial left portable
         delegation = entry["details"]["delegation"]
         assert delegation["delegated_nodes"] >= 10 and delegation["delegated_subgraphs"] >= 1
-        assert delegation["portable_nodes"] <= 2, delegation
+        assert delegation["portable_nodes"] == 0 and delegation["portable_ops"] == {}, delegation
+
+
+def test_executorch_fp16_runs_on_xnnpack_fp16(tmp_path):
+    if not _installed(BACKENDS["executorch"]):
+        pytest.skip(install_hint(BACKENDS["executorch"]))
+    out = tmp_path / "lenet5"
+    proc = run_cli("export", "lenet5", "--format", "executorch", "--precision", "fp16",
+                   "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = _manifest(out)
+    entry = _entry(manifest, "executorch", "fp16")
+    assert entry["file"] == "lenet5.fp16.pte" and entry["details"]["input_dtype"] == "float16"
+    assert entry["details"]["delegation"]["delegated_nodes"] >= 10
+    row = _parity_row(manifest, entry["file"])
+    assert 1e-5 < row["rel_max_abs"] < 2e-2 and row["top1_agreement"] == 1.0, row  # fp16-sized
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +269,66 @@ def test_zoo_fp32_parity_at_test_size(tmp_path, request, name, fmt):
     (row,) = result.parity
     tol = recipe.tolerance("fp32")
     assert row["rel_max_abs"] <= tol.rel_max_abs and row["top1_agreement"] >= tol.min_top1_agreement, row
+
+
+# ------------------------------------------------------------------------------- unsupported ops
+MEDIAN_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class MedianPool(nn.Module):
+        '''A tiny classifier whose pooling is a median (aten.median.dim: not in Core ATen).'''
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.median(self.conv(x).flatten(2), dim=2).values)
+
+    def make():
+        return MedianPool()
+""")
+
+
+def _median_model(tmp_path: Path) -> str:
+    src = tmp_path / "median_model.py"
+    src.write_text(MEDIAN_MODEL)
+    return f"{src}:make"
+
+
+@pytest.mark.parametrize("fmt", MOBILE)
+def test_unconvertible_op_is_a_typed_error_naming_op_and_runtime(tmp_path, fmt):
+    from exporter.backends.registry import load
+
+    out = tmp_path / "out"
+    proc = run_cli("export", _median_model(tmp_path), "--input-size", "32", "--format",
+                   f"torchscript,{fmt}", "--output", str(out))
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    assert f"{load(fmt).RUNTIME} cannot convert this model: operator aten.median.dim" in proc.stderr
+    assert f"without --format {fmt}" in proc.stderr and not out.exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_zoo_marks_the_unconvertible_cell_and_keeps_the_other_formats(tmp_path):
+    if not _installed(BACKENDS["executorch"]):
+        pytest.skip(install_hint(BACKENDS["executorch"]))
+    from exporter.commands.parity import _prepare_zoo_model
+    from exporter.pipeline import ExportRequest
+
+    request = ExportRequest(model=_median_model(tmp_path), input_size=32,
+                            formats=("torchscript", "executorch"), output=tmp_path / "m")
+    directory, recipe, spec, reference, cells = _prepare_zoo_model(request)
+    (cell,) = cells
+    assert cell.status == "unsupported" and cell.format == "executorch"
+    assert cell.error == "ExecuTorch (XNNPACK): aten.median.dim"
+    formats = {a["format"] for a in _manifest(directory)["artifacts"]}
+    assert formats == {"torchscript"}
+    from exporter.report import zoo_rows
+    from exporter.parity import ParityReport, ArtifactResult
+
+    report = ParityReport(model="m", model_spec="m", directory=directory, device="cpu",
+                          device_label="cpu", measured_on="", threads=1, inputs=[],
+                          eager=ArtifactResult(file="", format="pytorch", precision="fp32",
+                                               status="reference"), artifacts=list(cells))
+    assert "executorch: unsupported" in zoo_rows([report])[0]["status"]

@@ -43,7 +43,7 @@ def _lower(program, precision: str):
                 if b.non_delegated and op != "getitem"}  # getitem: unpacks the delegate's outputs
     record = {"delegate": "XnnpackBackend", "delegated_subgraphs": info.num_delegated_subgraphs,
               "delegated_nodes": info.num_delegated_nodes,
-              "portable_nodes": info.num_non_delegated_nodes, "portable_ops": portable}
+              "portable_nodes": sum(portable.values()), "portable_ops": portable}
     return edge.to_executorch(), record
 
 
