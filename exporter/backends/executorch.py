@@ -63,7 +63,7 @@ def export(ctx) -> list[dict[str, Any]]:
     try:
         with torch.no_grad():
             if ctx.precision == "int8":
-                calibration, held, held_source, data = pt2e.calibration_data(ctx)
+                calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
                 ctx.log(f"executorch int8: calibrating on {len(calibration)} sample(s)")
                 graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration)
                 program = torch.export.export(graph, (example,))
@@ -92,7 +92,8 @@ def export(ctx) -> list[dict[str, Any]]:
             quantizer="XNNPACKQuantizer (torchao PT2E), symmetric int8, per-channel weights",
             calibration=data.summary(),
             **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
-                              lambda x: pt2e.run_batched(runner, x, batch), held, held_source))
+                              lambda x: pt2e.run_batched(runner, x, batch), held, labels,
+                              held_source, criterion))
     return [entry]
 
 

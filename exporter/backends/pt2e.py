@@ -37,21 +37,42 @@ def example_batch(ctx) -> "Any":
     return torch.from_numpy(random_inputs(ctx.spec, int(ctx.request.batch or 1), seed=0))
 
 
-def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, str, Any]:
-    """(calibration inputs, held-out judging inputs, what they are, the data record) for ctx.
+def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str, Any, Any]:
+    """(calibration inputs, judging inputs, their labels or None, what they are, the calibration
+    record, the budget criterion) for ctx; the criterion is made first, so a budget that cannot
+    be judged fails before any conversion.
 
-    The judging set is ``--eval-images`` when given, else the calibration data themselves, as in
-    the ONNX INT8 path; both come through ``load_calibration_data``.
+    The judging set is ``--eval-images`` (``--eval-samples`` of them) when given, else the
+    calibration data themselves; both come through ``load_calibration_data``, the ONNX INT8
+    path's loader. (The ONNX path also holds out part of the calibration source by default;
+    here, pass --eval-images for held-out judging.)
     """
+    from ..quantize.budget import Criterion
     from ..quantize.calibration import load_calibration_data
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
+    eval_data = quant.get("eval_data")
+    if eval_data is None:
+        criterion = Criterion.make(None, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+        data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
+        return (np.asarray(data.array), np.asarray(data.array), None,
+                f"calibration data ({len(data)} samples; pass --eval-images for held-out judging)",
+                data, criterion)
+    held = load_calibration_data(eval_data, ctx.spec, int(quant.get("eval_samples") or 10**6))
+    labels = _integer_labels(held)
+    criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
     data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
-    if quant.get("eval_data") is None:
-        return data.array, data.array, f"calibration data ({len(data)} samples)", data
-    held = load_calibration_data(quant.get("eval_data"), ctx.spec, 10**6)
-    return data.array, held.array, f"{held.source} ({len(held)} samples)", data
+    return (np.asarray(data.array), np.asarray(held.array), labels,
+            f"{held.source} ({len(held)} samples)", data, criterion)
+
+
+def _integer_labels(samples) -> np.ndarray | None:
+    """Class indices of a folder whose class subfolders are named by index ('0', '207', ...)."""
+    names = list(getattr(samples, "class_names", []) or [])
+    if samples.labels is None or not names or not all(n.isdigit() for n in names):
+        return None
+    return np.array([int(names[i]) for i in samples.labels])
 
 
 def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32):
@@ -75,15 +96,13 @@ def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: in
 
 def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
                int8_fn: Callable[[np.ndarray], np.ndarray], held: np.ndarray,
-               held_source: str) -> dict[str, Any]:
-    """The INT8 artifact against the FP32 model on ``held`` with the ONNX path's criterion;
-    a miss is a :class:`PrecisionError` with the numbers (the runtime's quantizer has no
-    per-layer fall-back here)."""
-    from ..quantize.budget import Criterion, measure
+               labels: np.ndarray | None, held_source: str, criterion) -> dict[str, Any]:
+    """The INT8 artifact against the FP32 model on ``held`` with the ONNX path's criterion
+    (``quantize.budget``); a miss is a :class:`PrecisionError` with the numbers (the runtime's
+    quantizer has no per-layer fall-back here)."""
+    from ..quantize.budget import measure
 
-    quant = ctx.request.quant
-    criterion = Criterion.make(None, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
-    result = measure(fp32_fn(held), int8_fn(held), None, criterion)
+    result = measure(fp32_fn(held), int8_fn(held), labels, criterion)
     record = {"criterion": criterion.describe(), "budget_met": result.ok,
               "measured": result.metrics, "measured_on": held_source}
     if not result.ok:
@@ -92,9 +111,9 @@ def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
         raise PrecisionError(
             f"{ctx.stem}: the {fmt} INT8 model misses the accuracy budget ({criterion.describe()}): "
             f"{got} on {held_source}",
-            fix="loosen the budget with --max-accuracy-drop N (without labels: top-1 agreement >= "
-                f"1 - N/100), calibrate with closer-to-deployment data, or use --format onnx "
-                "--precision int8 (per-layer fall-back)")
+            fix="loosen the budget (--min-agreement A without labels, --max-accuracy-drop N with "
+                "labelled --eval-images), calibrate with closer-to-deployment data, or use --format "
+                "onnx --precision int8 (per-layer fall-back)")
     return record
 
 

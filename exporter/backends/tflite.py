@@ -51,7 +51,7 @@ def export(ctx) -> list[dict[str, Any]]:
         if ctx.precision == "int8":
             from litert_torch.quantize import pt2e_quantizer, quant_config
 
-            calibration, held, held_source, data = pt2e.calibration_data(ctx)
+            calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
             ctx.log(f"tflite int8: calibrating on {len(calibration)} sample(s)")
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
@@ -82,7 +82,7 @@ def export(ctx) -> list[dict[str, Any]]:
             quantizer="litert-torch PT2EQuantizer (torchao PT2E), symmetric int8, per-channel weights",
             calibration=data.summary(),
             **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
-                              runner, held, held_source))
+                              runner, held, labels, held_source, criterion))
     return [entry]
 
 
