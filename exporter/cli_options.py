@@ -50,21 +50,28 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile", "mse"),
                         help="activation range method (default mse: best measured, see "
                              "benchmarks/INT8_RESULTS.md)")
-    parser.add_argument("--calibration-samples", type=int)
+    parser.add_argument("--calibration-samples", type=int, metavar="N",
+                        help="calibration samples, chosen seeded and class-balanced (default 256)")
     parser.add_argument("--target", choices=("tensorrt", "cpu"), help="INT8 Q/DQ placement (default tensorrt)")
-    parser.add_argument("--max-accuracy-drop", type=float,
-                        help="INT8 budget: max top-1 accuracy drop in points with labelled --eval-images "
-                             "(default 1.0); without labels top-1 agreement with FP32 must be >= "
-                             "1 - N/100 (default 97%%)")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                        help="INT8 budget with labelled held-out images: max top-1 accuracy drop in "
+                             "points (default 1.0)")
+    parser.add_argument("--min-agreement", type=float, metavar="A",
+                        help="INT8 budget without labels: min top-1 agreement with FP32 on the "
+                             "held-out images (default 0.95)")
     parser.add_argument("--eval-images", metavar="DIR",
-                        help="held-out images the INT8 budget is measured on (class subfolders named "
-                             "by class index give accuracy); default: the calibration data")
+                        help="held-out images the INT8 budget is judged on (class subfolders named "
+                             "by class index give accuracy); default: a deterministic split of the "
+                             "calibration source, never the calibration samples themselves")
+    parser.add_argument("--eval-samples", type=int, metavar="N",
+                        help="held-out samples the INT8 budget is judged on (default 200)")
 
 
 def quant_options(args: argparse.Namespace) -> dict:
     names = {"calibration": "calibration", "calibration_method": "method",
              "calibration_samples": "samples", "target": "target",
-             "max_accuracy_drop": "max_accuracy_drop", "eval_images": "eval_data"}
+             "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
+             "eval_images": "eval_data", "eval_samples": "eval_samples"}
     return {dest: getattr(args, src) for src, dest in names.items()
             if getattr(args, src, None) is not None}
 

@@ -150,19 +150,15 @@ def packaged_photos() -> list[tuple[str, Image.Image]]:
     return photos
 
 
-def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0) -> ImageBatch:
-    """``count`` deterministic random crops of the packaged photos, preprocessed for ``spec``.
-
-    Different ``seed`` (or ``offset``) values give disjoint-looking sets, so calibration and
-    evaluation can use different crops of the same photos.
-    """
+def iter_packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0):
+    """Yield ``(description, CHW array)`` for ``count`` deterministic random crops of the packaged
+    photos, one at a time (nothing accumulates)."""
     photos = packaged_photos()
     if not photos:
         raise CalibrationError("no packaged sample photos found",
                                fix="pip install scikit-image matplotlib (they ship natural photos)")
     rng = np.random.default_rng(seed)
     transform = build_transform(spec)
-    arrays, paths = [], []
     for i in range(offset + count):
         name, photo = photos[int(rng.integers(len(photos)))]
         w, h = photo.size
@@ -175,9 +171,19 @@ def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0) 
         if flip:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crop, _ = convert_mode(crop, spec)
-        arrays.append(transform(crop).numpy().astype(np.float32))
-        paths.append(f"{name}[{x0},{y0},{side}{',flip' if flip else ''}]")
-    return ImageBatch(array=np.stack(arrays), paths=paths, source=f"packaged photos (seed {seed})")
+        yield (f"{name}[{x0},{y0},{side}{',flip' if flip else ''}]",
+               transform(crop).numpy().astype(np.float32))
+
+
+def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0) -> ImageBatch:
+    """``count`` deterministic random crops of the packaged photos, preprocessed for ``spec``.
+
+    Different ``seed`` (or ``offset``) values give disjoint-looking sets, so calibration and
+    evaluation can use different crops of the same photos.
+    """
+    crops = list(iter_packaged_crops(spec, count, seed, offset))
+    return ImageBatch(array=np.stack([a for _, a in crops]), paths=[n for n, _ in crops],
+                      source=f"packaged photos (seed {seed})")
 
 
 def random_inputs(spec: InputSpec, count: int, seed: int = 0) -> np.ndarray:

@@ -14,20 +14,34 @@ def _quant_lines(d: dict) -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
     if "int8_conv_fraction" not in d:
         return []
-    measured = d.get("measured", {})
-    shown = ", ".join(f"{k} {v:.3f}" for k, v in measured.items() if isinstance(v, float))
+    m = d.get("measured", {})
+    shown = f"top-1 agreement {m.get('top1_agreement', float('nan')):.3f}"
+    if m.get("top1_agreement_ci95"):
+        lo, hi = m["top1_agreement_ci95"]
+        shown += f" (95% CI {lo:.3f}-{hi:.3f}, n={m.get('samples')})"
+    if "accuracy_drop_points" in m:
+        shown += f", top-1 {m['int8_top1']:.3f} vs FP32 {m['fp32_top1']:.3f}"
     kept = d.get("kept_fp16_layers", [])
+    by_rule = [n for n in kept if n in d.get("kept_by_rule", {})]
+    by_budget = [n for n in kept if n not in by_rule]
     cache = d.get("calibration_cache", {})
-    return [
-        f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%), "
-        f"{len(kept)} layer(s) kept in {d.get('kept_layers_precision', 'fp16')}"
-        + (f" ({', '.join(kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else ""),
-        f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'} "
-        f"({shown}) on {d.get('measured_on')}",
-        f"    calibration: {d.get('method')} over {d.get('samples_used')} samples, "
-        f"{d.get('skipped_files', 0)} file(s) skipped, cache {'hit' if cache.get('hit') else 'miss'}"
-        f" ({cache.get('reason')})",
+    precision = d.get("kept_layers_precision", "fp16")
+    lines = [
+        f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%); "
+        f"kept in {precision}: {len(by_rule)} by rule, {len(by_budget)} by the budget"
+        + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else ""),
+        f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
+        f"{shown}; judged on {d.get('measured_on')}",
+        f"    calibration: {d.get('method')} over {d.get('samples_used')} samples from "
+        f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
+        f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]
+    lat = d.get("latency_cpu")
+    if lat:
+        lines.append(f"    latency (ONNX Runtime CPU, batch {lat['batch']}, {lat['threads']} threads): "
+                     f"INT8 {lat['int8_ms']:.2f} ms vs FP32 {lat['fp32_ms']:.2f} ms = "
+                     f"{lat['speedup']:.2f}x")
+    return lines
 
 
 def weights_line(info: dict) -> str:

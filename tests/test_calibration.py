@@ -53,7 +53,7 @@ def test_unreadable_files_skipped_and_counted(tmp_path):
     _images(tmp_path, 10)
     (tmp_path / "a_notes.txt").write_text("not an image")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    data = load_calibration_data(tmp_path, SPEC, samples=10)
+    data = load_calibration_data(tmp_path, SPEC, samples=12)  # more than there are: every file read
     assert len(data) == 10 and len(data.skipped) == 2
     reasons = dict(data.skipped)
     assert "not an image" in reasons[str(tmp_path / "a_notes.txt")]
@@ -84,7 +84,8 @@ def test_grayscale_and_rgba_converted_and_reported(tmp_path):
     data = load_calibration_data(tmp_path, SPEC, samples=6)
     assert data.conversions == {"L->RGB": 2, "RGBA->RGB (alpha on white)": 2}
     # the conversion is the recipe's one: identical to exporter.data.preprocess on the same file
-    with Image.open(tmp_path / "img_000.png") as img:
+    first = Path(data.paths[0])
+    with Image.open(first) as img:
         np.testing.assert_array_equal(data.array[0], preprocess(img, SPEC))
 
 

@@ -18,9 +18,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-# onnxruntime 1.32's CPU pass that quantizes float weights/biases feeding Q/DQ pairs; it wrecks
-# Q/DQ graphs whose non-quantized parts are fp16 (measured: top-1 agreement 0.04 instead of ~0.7).
-WEIGHT_BIAS_QUANTIZATION = "WeightBiasQuantization"
+from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION  # noqa: F401 - re-exported for callers
 
 # --ort-provider value -> ONNX Runtime execution provider
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",

@@ -3,53 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-_Q, _DQ = "QuantizeLinear", "DequantizeLinear"
+from ..onnx_graph import DQ_OP, Q_OP, GraphIndex
 
-
-class _Graph:
-    """Index of one ONNX graph: producers, consumers and constant values."""
-
-    def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
-        self.model = model
-        self.nodes = list(graph.node)
-        self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.nodes:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.constants = {n.output[0]: n for n in self.nodes if n.op_type == "Constant"}
-
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.constants.get(name)
-        if node is not None:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-        return None
-
-    def const_dtype(self, name: str) -> int | None:
-        if name in self.inits:
-            return self.inits[name].data_type
-        node = self.constants.get(name)
-        for attr in (node.attribute if node is not None else ()):
-            if attr.name == "value":
-                return attr.t.data_type
-        return None
-
-    def is_weight(self, name: str) -> bool:
-        """A constant, possibly fake-quantized on the fly (initializer -> QuantizeLinear)."""
-        if self.const(name) is not None:
-            return True
-        prod = self.producer.get(name)
-        return prod is not None and prod.op_type == _Q and self.const(prod.input[0]) is not None
+_Q, _DQ = Q_OP, DQ_OP
+_Graph = GraphIndex  # the lint reads the same index as the quantizer
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

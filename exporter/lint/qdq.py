@@ -41,7 +41,7 @@ def _scalar_zero_point_check(g: _Graph, node: onnx.NodeProto, report: LintReport
 
 
 def _check_qdq(g: _Graph, report: LintReport) -> None:
-    qdq = [n for n in g.nodes if n.op_type in (_Q, _DQ)]
+    qdq = [n for n in g.model.graph.node if n.op_type in (_Q, _DQ)]
     if report.precision == "int8" and not qdq:
         report.add(ERROR, "qdq-missing", "", "an INT8 artifact without QuantizeLinear/"
                    "DequantizeLinear nodes: TensorRT 10+/11 builds INT8 only from explicit Q/DQ "
@@ -77,7 +77,7 @@ def _check_qdq(g: _Graph, report: LintReport) -> None:
 
 def _check_weight_axis(g: _Graph, dq: onnx.NodeProto, scale: np.ndarray, report: LintReport) -> None:
     label = _label(dq)
-    for consumer in g.consumers.get(dq.output[0], []):
+    for consumer in g.consumer_nodes(dq.output[0]):
         op = consumer.op_type
         if op not in _WEIGHT_INPUT or list(consumer.input).index(dq.output[0]) != _WEIGHT_INPUT[op]:
             continue
@@ -119,7 +119,7 @@ def _check_fp16_io(g: _Graph, report: LintReport) -> None:
                        "; the exporter's artifacts keep float32 I/O",
                        fix="convert with convert_float_to_float16(model, keep_io_types=True)")
         elif not any(n.op_type == "Cast" and _attr(n, "to") == TensorProto.FLOAT16
-                     for n in g.consumers.get(value.name, [])):
+                     for n in g.consumer_nodes(value.name)):
             report.add(ERROR, "fp16-io", value.name, "float32 input is not cast to float16 at the "
                        "boundary (no input -> Cast(to=FLOAT16))",
                        fix="convert with convert_float_to_float16(model, keep_io_types=True)")

@@ -21,9 +21,11 @@ from ..recipes import InputSpec
 from . import budget as bud
 from . import calibration as cal
 from . import int8 as q8
-from .placement import TARGETS, ensure_node_names, plan as make_plan
+from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
+from .samples import Scratch
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
+DEFAULT_SAMPLES = 256
 PRECISIONS = ("fp16", "int8")
 
 __all__ = ["quantize_stage", "DEFAULT_METHOD", "TARGETS", "PRECISIONS"]
@@ -31,10 +33,11 @@ __all__ = ["quantize_stage", "DEFAULT_METHOD", "TARGETS", "PRECISIONS"]
 
 def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, precision: str, *,
                    calibration: str | os.PathLike | None = None, method: str = DEFAULT_METHOD,
-                   samples: int = 256, target: str = "tensorrt", max_accuracy_drop: float | None = None,
-                   eval_data: Any = None, min_agreement: float | None = None,
+                   samples: int = DEFAULT_SAMPLES, target: str = "tensorrt",
+                   max_accuracy_drop: float | None = None, eval_data: Any = None,
+                   eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
-                   force_kept: list[str] | None = None, budget: bool = True,
+                   force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``."""
     log = log or (lambda msg: None)
@@ -50,9 +53,28 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
     if method not in cal.METHODS:
         raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
+    scratch = Scratch()
+    try:
+        return _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, calibration=calibration,
+                     method=method, samples=samples, target=target, eval_data=eval_data,
+                     eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
+                     min_agreement=min_agreement, bias_correction=bias_correction,
+                     max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
+                     seed=seed)
+    finally:
+        scratch.close()
+
+
+def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
+          target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
+          max_kept_fraction, force_kept, budget, seed) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
-    data = cal.load_calibration_data(calibration, spec, samples, batch=batch)
+    split = eval_samples if (eval_data is None and budget) else 0
+    data, held = cal.load_split(calibration, spec, samples, split, batch=batch, seed=seed,
+                                scratch=scratch)
+    log(f"calibration: {len(data)} sample(s) from {data.source}"
+        + (f"; {len(held)} other sample(s) held out to judge the budget" if held is not None else ""))
     for note, count in data.conversions.items():
         log(f"calibration: converted {count} image(s) {note}")
     if data.skipped:
@@ -63,33 +85,41 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
         log(f"calibration: computing ranges ({why})")
-        stats = cal.collect_statistics(model, data.array)
+        stats = cal.collect_statistics(model, data.array, log=log)
         ranges = cal.compute_ranges(stats, method)
         cached = {"ranges": {k: list(v) for k, v in ranges.items()}, "bias": {}}
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
+    rule_kept = default_exclusions(model, target)
+    kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     bias: dict = {}
     if bias_correction:
         stored = cached.setdefault("bias", {}).get(target)
         if stored is None:
+            log("calibration: bias correction")
             bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array)
             cached["bias"][target] = {k: v.tolist() for k, v in bias.items()}
         else:
             bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
-    x_eval, labels, eval_source = _eval_set(eval_data, spec, data, batch)
+    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
     if budget:
         result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
-                                max_kept_fraction=max_kept_fraction, force_kept=force_kept, log=log)
+                                bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
+                                force_kept=kept_base, log=log)
         qmodel, kept, measurement = result.model, result.kept, result.measurement
         history, ranking = result.history, result.sensitivity
     else:
-        kept = list(force_kept or [])
+        kept = kept_base
         qmodel = q8.build_qdq(model, make_plan(model, target, set(kept)), ranges, bias)
         measurement = bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval), labels, criterion)
         history, ranking = [], []
     final_plan = make_plan(model, target, set(kept))
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     int8_convs = [n for n in final_plan.quantized if n in convs]
+    latency = _cpu_latency(model, qmodel, spec, batch) if target == "cpu" else None
+    if latency:
+        log(f"int8 latency on ONNX Runtime CPU, batch {latency['batch']}: {latency['int8_ms']:.2f} ms "
+            f"vs FP32 {latency['fp32_ms']:.2f} ms ({latency['speedup']:.2f}x)")
     filename = f"{name}.int8.{target}.onnx"
     _producer(qmodel, f"int8 {target}")
     entry = _write(qmodel, out_dir, filename, "int8")
@@ -106,10 +136,12 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
+        "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
         "kept_layers_precision": q8.kept_precision(target),
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
         "budget_history": history, "sensitivity_top": [[n, round(s, 5)] for n, s in ranking[:10]],
+        "latency_cpu": latency,
         "calibration_cache": {"file": cache_path.name, "hit": why == "hit", "reason": why,
                               "key": cal.cache_key(components)},
         "ort_session": f"disabled optimizers {q8.DISABLED_ORT_OPTIMIZERS} (breaks fp16 Q/DQ graphs)",
@@ -118,10 +150,58 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
     return entry
 
 
-def _eval_set(eval_data, spec: InputSpec, data: "cal.CalibrationData", batch: int | None):
-    """(inputs, labels or None, description) the budget is measured on."""
+# ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and
+# lose accuracy; a batch-1 classifier GEMM is a GEMV, memory-bound, where INT8 buys no speed.
+EXCLUSION_RULES = {"tensorrt": "small-channel conv / classifier GEMM stays fp16 (ModelOpt's rule)",
+                   "cpu": ""}
+SMALL_CHANNELS = 4
+
+
+def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
+    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
+    if target != "tensorrt":
+        return []
+    graph = Graph(model)
+    out = []
+    for node in linear_nodes(graph):
+        w = graph.inits[node.input[1]].dims
+        if node.op_type == "Gemm" or (node.op_type == "Conv" and len(w) > 1 and
+                                      w[1] * _group(node) <= SMALL_CHANNELS):
+            out.append(node.name)
+    return out
+
+
+def _group(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
+def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec,
+                 batch: int | None, runs: int = 30) -> dict:
+    """Median batch latency of FP32 vs INT8 on ONNX Runtime CPU, interleaved in one process."""
+    b = batch or 1
+    x = np.random.default_rng(0).standard_normal((b, spec.channels, *spec.size)).astype(np.float32)
+    sessions = {"fp32": q8.make_session(fp32, threads=2), "int8": q8.make_session(qmodel, threads=2)}
+    name = sessions["fp32"].get_inputs()[0].name
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(runs + 5):
+        for key, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, {name: x})
+            if i >= 5:
+                times[key].append(time.perf_counter() - t)
+    fp, iq = (1e3 * float(np.median(times[k])) for k in ("fp32", "int8"))
+    return {"batch": b, "threads": 2, "runs": runs, "fp32_ms": round(fp, 3), "int8_ms": round(iq, 3),
+            "speedup": round(fp / iq, 3)}
+
+
+def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,
+              scratch: Scratch):
+    """(inputs, labels or None, description) the budget is judged on: never the calibration set."""
     if eval_data is None:
-        return data.array, None, f"calibration data ({len(data)} samples; pass eval_data for a held-out set)"
+        if held is None:  # budget off and nothing given: report on the calibration data, say so
+            return data.array, None, f"calibration data ({len(data)} samples, not held out)"
+        return held.array, _integer_labels(held.class_names, held.labels), \
+            f"{held.source}: {len(held)} samples, split deterministically from the calibration source"
     labels, source = None, "eval_data"
     if isinstance(eval_data, np.ndarray):
         x = eval_data
@@ -129,28 +209,25 @@ def _eval_set(eval_data, spec: InputSpec, data: "cal.CalibrationData", batch: in
         x, labels = eval_data.array, getattr(eval_data, "labels", None)
         source = getattr(eval_data, "source", "") or source
         names = getattr(eval_data, "class_names", [])
-        if labels is not None and names:
-            labels = _integer_labels(names, labels)
+        if labels is not None:
+            labels = _integer_labels(names, labels) if names else labels
     else:
-        loaded = cal.load_calibration_data(eval_data, spec, samples=10**6, batch=batch)
+        loaded, _ = cal.load_split(eval_data, spec, eval_samples, 0, batch=batch, scratch=scratch)
         x, source = loaded.array, loaded.source
-        if loaded.labels is not None:
-            from ..data import load_image_folder
-
-            names = load_image_folder(eval_data, spec, limit=1).class_names
-            labels = _integer_labels(names, loaded.labels)
+        labels = _integer_labels(loaded.class_names, loaded.labels)
     if batch:
         keep = len(x) - len(x) % batch
         x = x[:keep]
         labels = labels[:keep] if labels is not None else None
     if len(x) == 0:
-        raise CalibrationError("the evaluation set is empty")
-    return x.astype(np.float32), labels, f"{source} ({len(x)} samples)"
+        raise CalibrationError("the evaluation set is empty",
+                               fix="pass --eval-images DIR with at least one image per batch")
+    return x, labels, f"{source} ({len(x)} samples)"
 
 
-def _integer_labels(class_names: list[str], labels: np.ndarray) -> np.ndarray | None:
+def _integer_labels(class_names: list[str], labels: np.ndarray | None) -> np.ndarray | None:
     """Class subfolders named by class index ('0', '207', ...) give labels; other names don't."""
-    if not all(n.isdigit() for n in class_names):
+    if labels is None or not class_names or not all(n.isdigit() for n in class_names):
         return None
     return np.array([int(class_names[i]) for i in labels])
 

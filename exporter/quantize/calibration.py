@@ -16,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 
-from ..data import ImageBatch, build_transform, load_image_folder, packaged_crops
+from ..data import build_transform
 from ..errors import CalibrationError
 from ..recipes import InputSpec
+from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
 PERCENTILE = 99.99
@@ -33,56 +34,42 @@ MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an 
 CACHE_VERSION = 1
 
 
-@dataclass
-class CalibrationData:
-    array: np.ndarray  # NCHW float32, preprocessed exactly like every runner's input
-    source: str
-    kind: str  # folder | npy | packaged
-    requested: int
-    labels: np.ndarray | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    conversions: dict[str, int] = field(default_factory=dict)
-    dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
-
-    def __len__(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def sha256(self) -> str:
-        h = hashlib.sha256(str(self.array.shape).encode())
-        h.update(np.ascontiguousarray(self.array, dtype=np.float32).tobytes())
-        return h.hexdigest()
-
-    def summary(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "requested": self.requested,
-                "used": len(self), "skipped": len(self.skipped),
-                "skipped_files": [f"{p}: {r}" for p, r in self.skipped[:20]],
-                "conversions": dict(self.conversions), "dropped_for_batch": self.dropped}
+CalibrationData = SampleSet  # the name the rest of the package and the tests use
+DEFAULT_HOLDOUT = 200  # held-out samples the INT8 budget is judged on
 
 
-def load_calibration_data(calibration: str | os.PathLike | None, spec: InputSpec, samples: int = 256,
-                          batch: int | None = None) -> CalibrationData:
-    """Read ``samples`` calibration inputs; errors are :class:`CalibrationError` with a fix."""
+def load_split(calibration: str | os.PathLike | None, spec: InputSpec, samples: int = 256,
+               holdout: int = 0, batch: int | None = None, seed: int = 0,
+               scratch: Scratch | None = None) -> tuple[SampleSet, SampleSet | None]:
+    """(calibration set, held-out set or None) from one source, disjoint and class-balanced.
+
+    ``holdout`` > 0 splits the source (see ``samples.split_sizes``); errors are
+    :class:`CalibrationError` with a fix. The arrays live in ``scratch`` (a memmap per set).
+    """
     if calibration is None or str(calibration) == "":
         raise CalibrationError(
             "--precision int8 needs calibration data",
             fix="pass --calibration DIR (a folder of images), a preprocessed .npy, or 'packaged' for "
                 "the small built-in set; see calibration/README.md")
     if samples < 1:
-        raise CalibrationError(f"--calibration-samples must be >= 1 (got {samples})")
+        raise CalibrationError(f"--calibration-samples must be >= 1 (got {samples})",
+                               fix="pass a positive count, e.g. --calibration-samples 256")
+    scratch = scratch or Scratch()
     text = str(calibration)
     if text == "packaged" or text.startswith("packaged:"):
-        seed = int(text.split(":", 1)[1]) if ":" in text else 0
-        batch_ = packaged_crops(spec, samples, seed=seed)
-        data = CalibrationData(batch_.array, batch_.source, "packaged", samples)
+        try:
+            crop_seed = int(text.split(":", 1)[1]) if ":" in text else seed
+        except ValueError:
+            raise CalibrationError(f"'{text}': the seed after 'packaged:' must be an integer",
+                                   fix="use --calibration packaged or packaged:SEED") from None
+        cal, held = from_packaged(crop_seed, spec, samples, holdout, scratch)
     else:
         path = Path(calibration)
         if path.is_dir():
-            images: ImageBatch = load_image_folder(path, spec, limit=samples)
-            data = CalibrationData(images.array, str(path), "folder", samples, images.labels,
-                                   images.skipped, images.conversions)
+            cal, held = from_folder(path, spec, samples, holdout, seed, scratch)
         elif path.suffix.lower() == ".npy" and path.is_file():
-            data = CalibrationData(_load_npy(path, spec)[:samples], str(path), "npy", samples)
+            cal, held = from_npy(path, spec, samples, holdout, seed, scratch,
+                                 lambda arr: _check_npy(arr, path, spec))
         elif not path.exists():
             raise CalibrationError(f"calibration data '{path}' does not exist",
                                    fix="pass an existing image folder or .npy file")
@@ -90,31 +77,31 @@ def load_calibration_data(calibration: str | os.PathLike | None, spec: InputSpec
             raise CalibrationError(f"calibration data '{path}' is neither a folder nor an .npy file",
                                    fix="put the images in a folder and pass the folder")
     need = min(samples, MIN_SAMPLES)
-    if len(data) < need:
+    if len(cal) < need:
         raise CalibrationError(
-            f"only {len(data)} usable calibration sample(s) in '{data.source}' "
-            f"({len(data.skipped)} file(s) skipped), need at least {need}",
+            f"only {len(cal)} usable calibration sample(s) in '{cal.source}' "
+            f"({len(cal.skipped)} file(s) skipped), need at least {need}",
             fix="add more images, or lower --calibration-samples")
     if batch:
-        if len(data) < batch:
+        if len(cal) < batch:
             raise CalibrationError(
-                f"{len(data)} calibration sample(s) is fewer than the model's fixed batch {batch}",
+                f"{len(cal)} calibration sample(s) is fewer than the model's fixed batch {batch}",
                 fix=f"provide at least {batch} images (or export with a dynamic batch)")
-        keep = len(data) - len(data) % batch
-        data.dropped = len(data) - keep
-        data.array = data.array[:keep]
-        if data.labels is not None:
-            data.labels = data.labels[:keep]
-    return data
+        cal.trim_to_batch(batch)
+        if held is not None:
+            held.trim_to_batch(batch)
+            held = held if len(held) else None
+    return cal, held
 
 
-def _load_npy(path: Path, spec: InputSpec) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise CalibrationError(f"cannot read '{path}' as a numpy array ({err})") from err
-    if arr.ndim == 3:
-        arr = arr[None]
+def load_calibration_data(calibration: str | os.PathLike | None, spec: InputSpec, samples: int = 256,
+                          batch: int | None = None, seed: int = 0) -> SampleSet:
+    """The calibration set alone (no held-out split)."""
+    return load_split(calibration, spec, samples, 0, batch, seed)[0]
+
+
+def _check_npy(arr: np.ndarray, path: Path, spec: InputSpec) -> None:
+    """Shape, dtype and value checks of an ``.npy`` of preprocessed tensors (chunked: a memmap)."""
     want = (spec.channels, *spec.size)
     if arr.ndim != 4 or tuple(arr.shape[1:]) != want:
         hint = " (looks NHWC: transpose to NCHW)" if arr.ndim == 4 and tuple(arr.shape[1:]) == \
@@ -125,14 +112,17 @@ def _load_npy(path: Path, spec: InputSpec) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise CalibrationError(f"'{path}' holds {arr.dtype}, not preprocessed float tensors",
                                fix="preprocess with exporter.data.preprocess (normalized float32)")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise CalibrationError(f"'{path}' contains NaN or inf values")
-    if arr.min() >= 0 and arr.max() > 2.0:
+    lo, hi = np.inf, -np.inf
+    for i in range(0, len(arr), 64):
+        chunk = np.asarray(arr[i:i + 64], np.float32)
+        if not np.isfinite(chunk).all():
+            raise CalibrationError(f"'{path}' contains NaN or inf values",
+                                   fix="drop the broken samples and save the array again")
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+    if lo >= 0 and hi > 2.0:
         raise CalibrationError(
-            f"'{path}' looks like raw pixels (range {arr.min():.1f}..{arr.max():.1f}), not normalized",
+            f"'{path}' looks like raw pixels (range {lo:.1f}..{hi:.1f}), not normalized",
             fix="preprocess with exporter.data.preprocess, or pass the image folder instead")
-    return arr
 
 
 # ---------------------------------------------------------------- hashing & cache
@@ -174,60 +164,63 @@ def write_cache(path: Path, components: dict[str, str], stats: dict) -> None:
 
 # ---------------------------------------------------------------- statistics
 def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
-    from .int8 import make_session
+    from .int8 import _with_outputs, make_session
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return make_session(m.SerializeToString(), basic=True)
+    return make_session(_with_outputs(model, names), basic=True)
 
 
-def activation_tensors(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """(every float activation tensor, the outputs of Conv/Gemm nodes)."""
-    from .placement import Graph
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Float activations either placement can quantize: the inputs of Conv/Gemm, Add, pooling and
+    shape-only ops (not, e.g., conv outputs that only feed an activation function)."""
+    from .placement import CPU_INT8_OPS, LINEAR_OPS, PASSTHROUGH_OPS, Graph
 
     graph = Graph(model)
-    names, linear_out = [], []
-    for name in list(graph.inputs) + [o for n in model.graph.node for o in n.output]:
-        if graph.is_activation(name) and name not in names:
-            names.append(name)
+    ops = set(LINEAR_OPS) | set(CPU_INT8_OPS) | set(PASSTHROUGH_OPS)
+    names: list[str] = []
     for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm"):
-            linear_out.append(node.output[0])
-    return names, linear_out
+        if node.op_type in ops:
+            names += [t for t in node.input if graph.is_activation(t) and t not in names]
+    return names
 
 
-def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8) -> dict:
-    """Two passes over ``data``: min/max, then |x| histograms, of every activation tensor."""
-    names, _ = activation_tensors(model)
+def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
+                       log: Callable[[str], None] | None = None) -> dict:
+    """Two streaming passes over ``data`` (an array or memmap): min/max, then |x| histograms of
+    every activation tensor. Memory holds one batch of activations, whatever ``len(data)``."""
+    names = activation_tensors(model)
     from .int8 import fixed_batch
 
     batch = fixed_batch(model) or batch
     sess = _session_with_outputs(model, names)
     out_names = [o.name for o in sess.get_outputs()]
     input_name = sess.get_inputs()[0].name
+    say = log or (lambda _msg: None)
+
+    def passes(label: str):
+        step = max(len(data) // 4, batch)
+        for i in range(0, len(data), batch):
+            x = np.ascontiguousarray(data[i:i + batch], dtype=np.float32)
+            yield from zip(out_names, sess.run(None, {input_name: x}))
+            done = min(i + batch, len(data))
+            if done == len(data) or done // step != (done - batch) // step:
+                say(f"calibration: {label} {done}/{len(data)} samples")
+
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
-    for i in range(0, len(data), batch):
-        for name, val in zip(out_names, sess.run(None, {input_name: data[i:i + batch]})):
-            if name not in lo:
-                continue
+    for name, val in passes("pass 1/2 (ranges)"):
+        if name in lo:
             lo[name] = min(lo[name], float(val.min()))
             hi[name] = max(hi[name], float(val.max()))
     amax = {n: max(abs(lo[n]), abs(hi[n]), 1e-12) for n in names}
     pos = {n: np.zeros(BINS, np.int64) for n in names}
     neg = {n: np.zeros(BINS, np.int64) for n in names}
-    for i in range(0, len(data), batch):
-        for name, val in zip(out_names, sess.run(None, {input_name: data[i:i + batch]})):
-            if name not in pos:
-                continue
-            v = val.ravel()
-            idx = np.minimum((np.abs(v) * (BINS / amax[name])).astype(np.int64), BINS - 1)
-            pos[name] += np.bincount(idx[v > 0], minlength=BINS)
-            neg[name] += np.bincount(idx[v < 0], minlength=BINS)
+    for name, val in passes("pass 2/2 (histograms)"):
+        if name not in pos:
+            continue
+        v = val.ravel()
+        idx = np.minimum((np.abs(v) * (BINS / amax[name])).astype(np.int64), BINS - 1)
+        pos[name] += np.bincount(idx[v > 0], minlength=BINS)
+        neg[name] += np.bincount(idx[v < 0], minlength=BINS)
     return {
         "tensors": {n: {"min": lo[n], "max": hi[n], "pos": _sparse(pos[n]), "neg": _sparse(neg[n])}
                     for n in names},

@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..backends.onnxruntime import WEIGHT_BIAS_QUANTIZATION
+from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION
 from .placement import Graph, Plan, weight_axis
 
-DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: backends/onnxruntime.py
+DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
 
 def make_session(model, basic: bool = False, threads: int | None = 1):
@@ -69,19 +69,14 @@ def run(model, x: np.ndarray, batch: int | None = None, extra: list[str] | None 
         batch = fixed_batch(model) or batch or 16
     batch = batch or 16
     if extra:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        have = {o.name for o in m.graph.output}
-        for name in extra:
-            if name not in have:
-                m.graph.output.append(helper.make_empty_tensor_value_info(name))
-        model = m
+        model = _with_outputs(model, extra)
     sess = make_session(model, basic=basic)
     names = [o.name for o in sess.get_outputs()]
     inp = sess.get_inputs()[0].name
     outs = defaultdict(list)
     for i in range(0, len(x), batch):
-        for name, val in zip(names, sess.run(None, {inp: x[i:i + batch]})):
+        chunk = np.ascontiguousarray(x[i:i + batch], dtype=np.float32)
+        for name, val in zip(names, sess.run(None, {inp: chunk})):
             outs[name].append(val)
     joined = {k: np.concatenate(v) for k, v in outs.items()}
     return joined if extra else joined[names[0]].astype(np.float32)
@@ -278,10 +273,31 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
         pairs[name] = (qnode.output[0], shadow.output[0])
     _toposort(g)
     names = [t for pair in pairs.values() for t in pair]
-    outs = run(model, data, batch=8, extra=names, basic=True)
-    delta = {}
-    for name, (ref, sh) in pairs.items():
-        axes = tuple(a for a in range(outs[ref].ndim) if a != 1)
-        diff = outs[ref].astype(np.float64).mean(axis=axes) - outs[sh].astype(np.float64).mean(axis=axes)
-        delta[name] = diff.astype(np.float32)
-    return delta
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    sess = make_session(_with_outputs(model, names), basic=True)
+    out_names = [o.name for o in sess.get_outputs()]
+    inp = sess.get_inputs()[0].name
+    step = fixed_batch(fp32) or 8
+    for i in range(0, len(data), step):  # streaming: per-channel sums, one batch in memory
+        x = np.ascontiguousarray(data[i:i + step], dtype=np.float32)
+        for name, val in zip(out_names, sess.run(None, {inp: x})):
+            if name in names:
+                axes = tuple(a for a in range(val.ndim) if a != 1)
+                per_channel = val.astype(np.float64).sum(axis=axes)
+                spatial = int(np.prod([val.shape[a] for a in axes[1:]])) if val.ndim > 2 else 1
+                sums[name] = sums.get(name, 0.0) + per_channel / spatial
+        count += len(x)
+    return {name: ((sums[ref] - sums[sh]) / count).astype(np.float32)
+            for name, (ref, sh) in pairs.items()}
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names``."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(helper.make_empty_tensor_value_info(name))
+    return m

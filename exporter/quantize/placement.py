@@ -12,7 +12,8 @@ whose output feeds only the quantized consumer.
     input (the skip branch) only, so TensorRT fuses conv + add into one int8 kernel.
   * no Q/DQ on any op output (no output quantization), nothing else quantized.
 
-``cpu`` (what makes onnxruntime's CPU int8 kernels fire):
+``cpu`` (what makes onnxruntime's CPU int8 kernels fire; a layer kept out of int8 keeps FP32
+weights but still reads a Q/DQ'd input, so its neighbours stay fused and it is no island):
   * uint8 asymmetric activations, int8 symmetric per-channel weights (the U8S8 path of MLAS).
   * every input of Conv / Gemm / Add / GlobalAveragePool is quantized, so each op's output is also
     a quantized tensor: ORT fuses DQ -> op -> Q into QLinearConv / QLinearAdd / QGemm and folds a
@@ -25,7 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import numpy_helper
+
+from ..onnx_graph import GraphIndex
 
 TARGETS = ("tensorrt", "cpu")
 LINEAR_OPS = ("Conv", "Gemm")
@@ -34,31 +36,7 @@ PASSTHROUGH_OPS = ("Flatten", "Reshape", "MaxPool")
 ACTIVATION_OPS = ("Relu", "Clip")
 
 
-class Graph:
-    """Producer / consumer / initializer lookups over an ONNX graph."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        g = model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        self.constants = {o for n in g.node if n.op_type == "Constant" for o in n.output}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-        for node in g.node:
-            for out in node.output:
-                self.producer[out] = node
-            for idx, name in enumerate(node.input):
-                if name:
-                    self.consumers[name].append((node, idx))
-        self.inputs = {i.name for i in g.input if i.name not in self.inits}
-        self.outputs = {o.name for o in g.output}
-        self.nodes = {n.name: n for n in g.node}
-
-    def is_activation(self, name: str) -> bool:
-        return bool(name) and name not in self.inits and name not in self.constants
-
-    def weight(self, node: onnx.NodeProto):
-        return numpy_helper.to_array(self.inits[node.input[1]]) if node.input[1] in self.inits else None
+Graph = GraphIndex  # one graph index for the quantizer, the lint and the deploy check
 
 
 def ensure_node_names(model: onnx.ModelProto) -> None:
@@ -137,8 +115,10 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
     range_of: dict[str, str] = {}
     int8_nodes = {n.name for n in graph.model.graph.node
                   if (n.op_type in CPU_INT8_OPS and n.op_type not in LINEAR_OPS) or n.name in qset}
+    # a kept layer reads a Q/DQ'd input too: its producer then still ends in a Q and stays one
+    # fused QLinearConv, so a kept layer costs only its own FP32 compute (no de-fused neighbours)
     for node in graph.model.graph.node:
-        if node.name in int8_nodes:
+        if node.name in int8_nodes or node.name in kept:
             add(node.input[0], node, 0)
             if node.op_type == "Add":
                 add(node.input[1], node, 1)
@@ -168,7 +148,7 @@ def _fused_input(graph: Graph, add: onnx.NodeProto, quantized: set[str]) -> int 
         prod = graph.producer.get(tensor)
         if prod is None or prod.op_type != "Conv" or prod.name not in quantized:
             continue
-        if len(graph.consumers[tensor]) != 1:
+        if len(graph.consumers.get(tensor, [])) != 1:
             continue
         if order[prod.name] > best_pos:
             best, best_pos = idx, order[prod.name]

@@ -1,0 +1,231 @@
+"""Which images calibrate and which judge: seeded, class-balanced, disjoint, preprocessed once.
+
+Samples go through ``exporter.data``'s one preprocessing path and are written to a float32
+memmap in a scratch directory, so every later pass (statistics, bias correction, sensitivity,
+judging) reads slices from disk: peak memory does not grow with the sample count.
+
+Selection from a folder: files are grouped by class subfolder (one group when there are none),
+each group shuffled with the seed, and the groups interleaved round-robin; calibration takes the
+first samples of that order and the held-out (judging) set the next ones, so both sets are
+class-balanced and never share a file. An ``.npy`` is split by a seeded permutation; the
+``packaged`` photos give the held-out set from another crop seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..data import IMAGE_SUFFIXES, build_transform, convert_mode, iter_packaged_crops
+from ..errors import CalibrationError
+from ..recipes import InputSpec
+
+HOLDOUT_SEED_OFFSET = 7919  # packaged:S judges on crops of seed S + this (never S+1: benchmarks use it)
+
+
+@dataclass
+class SampleSet:
+    """Preprocessed NCHW float32 samples (a read-only memmap) and where they came from."""
+
+    array: np.ndarray
+    source: str
+    kind: str  # folder | npy | packaged
+    requested: int
+    labels: np.ndarray | None = None  # class index per sample (folders with class subfolders)
+    class_names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    conversions: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
+    _sha: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def batches(self, size: int) -> Iterator[np.ndarray]:
+        for i in range(0, len(self), size):
+            yield np.ascontiguousarray(self.array[i:i + size], dtype=np.float32)
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            h = hashlib.sha256(str(tuple(self.array.shape)).encode())
+            for chunk in self.batches(64):
+                h.update(chunk.tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def trim_to_batch(self, batch: int | None) -> None:
+        """Drop the partial last batch of a fixed-batch model (counted in ``dropped``)."""
+        if not batch:
+            return
+        keep = len(self) - len(self) % batch
+        self.dropped = len(self) - keep
+        self.array = self.array[:keep]
+        self.paths = self.paths[:keep]
+        if self.labels is not None:
+            self.labels = self.labels[:keep]
+
+    def summary(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "requested": self.requested,
+                "used": len(self), "skipped": len(self.skipped),
+                "skipped_files": [f"{p}: {r}" for p, r in self.skipped[:20]],
+                "conversions": dict(self.conversions), "dropped_for_batch": self.dropped,
+                "classes": len(self.class_names) or None}
+
+
+class Scratch:
+    """A scratch directory for memmaps; removed on ``close`` (also at interpreter exit)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="zoo-exporter-samples-")
+        self.path = Path(self._dir.name)
+        self._count = 0
+
+    def memmap(self, count: int, shape: tuple[int, ...]) -> np.memmap:
+        self._count += 1
+        return np.lib.format.open_memmap(self.path / f"s{self._count}.npy", mode="w+",
+                                         dtype=np.float32, shape=(count, *shape))
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def _fill(scratch: Scratch, spec: InputSpec, count: int,
+          items: Iterable[tuple[str, Callable[[], np.ndarray | None]]]) -> tuple[np.ndarray, list[str]]:
+    """Write up to ``count`` produced arrays into a memmap; items yielding None are not counted."""
+    shape = (spec.channels, *spec.size)
+    out = scratch.memmap(max(count, 1), shape)
+    paths: list[str] = []
+    items = iter(items)
+    while len(paths) < count:  # check before taking: the next set reads on from here
+        try:
+            name, make = next(items)
+        except StopIteration:
+            break
+        arr = make()
+        if arr is None:
+            continue
+        out[len(paths)] = arr
+        paths.append(name)
+    out.flush()
+    return out[:len(paths)], paths
+
+
+def balanced_order(root: Path, seed: int) -> tuple[list[Path], list[int] | None, list[str]]:
+    """(files in class-balanced seeded order, their class indices or None, class names)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    labelled = bool(subdirs) and all(f.parent != root for f in files)
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.relative_to(root).parts[0] if labelled else "", []).append(f)
+    rng = np.random.default_rng(seed)
+    shuffled = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(groups.items())]
+    order: list[Path] = []
+    for i in range(max((len(g) for g in shuffled), default=0)):
+        order += [g[i] for g in shuffled if i < len(g)]
+    labels = [subdirs.index(p.relative_to(root).parts[0]) for p in order] if labelled else None
+    return order, labels, subdirs if labelled else []
+
+
+def split_sizes(available: int, samples: int, holdout: int) -> tuple[int, int]:
+    """(calibration, held-out) counts from one pool: the held-out set keeps at least a quarter."""
+    if holdout <= 0:
+        return min(samples, available), 0
+    n_eval = min(holdout, max(available - samples, available // 4))
+    return min(samples, available - n_eval), n_eval
+
+
+def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
+                scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
+    order, labels, classes = balanced_order(root, seed)
+    transform = build_transform(spec)
+    skipped: list[tuple[str, str]] = []
+    conversions: dict[str, int] = {}
+    label_of = dict(zip(map(str, order), labels)) if labels is not None else {}
+
+    def reader(path: Path) -> Callable[[], np.ndarray | None]:
+        def read() -> np.ndarray | None:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((str(path), "not an image file extension"))
+                return None
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    img, note = convert_mode(img, spec)
+                    arr = transform(img).numpy().astype(np.float32)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                skipped.append((str(path), f"unreadable: {err}"))
+                return None
+            if note:
+                conversions[note] = conversions.get(note, 0) + 1
+            return arr
+        return read
+
+    n_cal, n_eval = split_sizes(len(order), samples, holdout)
+    items = iter([(str(p), reader(p)) for p in order])
+    cal_arr, cal_paths = _fill(scratch, spec, n_cal, items)
+    if not cal_paths:
+        raise CalibrationError(f"no usable images in '{root}' ({len(order)} files, "
+                               f"{len(skipped)} skipped)",
+                               fix="point at a folder of .jpg/.png images; see calibration/README.md")
+
+    def labels_for(paths: list[str]) -> np.ndarray | None:
+        return np.array([label_of[p] for p in paths]) if labels is not None else None
+
+    cal = SampleSet(cal_arr, str(root), "folder", samples, labels_for(cal_paths), classes, cal_paths,
+                    skipped, conversions)
+    if not n_eval:
+        return cal, None
+    held_arr, held_paths = _fill(scratch, spec, n_eval, items)
+    held = SampleSet(held_arr, f"{root} (held out from calibration)", "folder", holdout,
+                     labels_for(held_paths), classes, held_paths, skipped, conversions)
+    return cal, held if len(held) else None
+
+
+def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
+             scratch: Scratch, check: Callable[[np.ndarray], None]) -> tuple[SampleSet, SampleSet | None]:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise CalibrationError(f"cannot read '{path}' as a numpy array ({err})",
+                               fix="save preprocessed NCHW float32 tensors with numpy.save") from err
+    if arr.ndim == 3:
+        arr = arr[None]
+    check(arr)
+    perm = np.random.default_rng(seed).permutation(len(arr))
+    n_cal, n_eval = split_sizes(len(arr), samples, holdout)
+
+    def take(idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        return _fill(scratch, spec, len(idx), ((f"{path.name}[{i}]", lambda i=i: np.asarray(
+            arr[i], np.float32)) for i in idx))
+
+    cal_arr, cal_paths = take(perm[:n_cal])
+    cal = SampleSet(cal_arr, str(path), "npy", samples, paths=cal_paths)
+    if not n_eval:
+        return cal, None
+    held_arr, held_paths = take(perm[n_cal:n_cal + n_eval])
+    return cal, SampleSet(held_arr, f"{path} (held out from calibration)", "npy", holdout,
+                          paths=held_paths)
+
+
+def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
+                  scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
+    def items(s: int, count: int):
+        for name, arr in iter_packaged_crops(spec, count, seed=s):
+            yield name, (lambda a=arr: a)
+
+    arr, paths = _fill(scratch, spec, samples, items(seed, samples))
+    cal = SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths)
+    if not holdout:
+        return cal, None
+    held_seed = seed + HOLDOUT_SEED_OFFSET
+    arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout))
+    return cal, SampleSet(arr, f"packaged photos (seed {held_seed}, other crops than calibration)",
+                          "packaged", holdout, paths=paths)

