@@ -170,7 +170,7 @@ def test_tflite_fp16_is_refused_not_written_as_fp32(tmp_path):
 def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
-                   "packaged", "--calibration-samples", "32", "--max-accuracy-drop", "50",
+                   "packaged", "--calibration-samples", "32", "--min-agreement", "0.5",
                    "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     entry = _entry(_manifest(out), fmt, "int8")
@@ -189,7 +189,7 @@ def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
 def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
-                   "packaged", "--calibration-samples", "16", "--max-accuracy-drop", "-1",
+                   "packaged", "--calibration-samples", "16", "--min-agreement", "1.01",
                    "--output", str(out))
     assert proc.returncode == 6, proc.stderr[-3000:]
     assert "misses the accuracy budget (top-1 agreement with FP32 >= 1.010)" in proc.stderr
@@ -215,7 +215,7 @@ def test_int8_mobile_families_agree_on_real_photos(tmp_path, name, fmt):
     out = tmp_path / name
     proc = run_cli("export", name, "--input-size", str(recipe.input.test_size), "--format", fmt,
                    "--precision", "int8", "--calibration", "packaged", "--calibration-samples", "64",
-                   "--eval-images", str(held), "--max-accuracy-drop", "60", "--output", str(out))
+                   "--eval-images", str(held), "--min-agreement", "0.4", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     details = _entry(_manifest(out), fmt, "int8")["details"]
     assert details["measured"]["samples"] == 64 and "held.npy" in details["measured_on"]
@@ -236,7 +236,7 @@ def test_int8_real_mobilenet_v2_agreement_on_held_out_photos(tmp_path, fmt):
     out = tmp_path / "mv2"
     proc = run_cli("export", "mobilenet_v2", "--checkpoint", str(weights), "--format", fmt,
                    "--precision", "int8", "--calibration", "packaged", "--calibration-samples", "64",
-                   "--eval-images", str(held), "--max-accuracy-drop", "50", "--output", str(out))
+                   "--eval-images", str(held), "--min-agreement", "0.5", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = _entry(_manifest(out), fmt, "int8")["details"]["measured"]
     assert measured["samples"] == 200
