@@ -8,7 +8,6 @@ import platform
 import shutil
 import tempfile
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +31,8 @@ def artifact_entry(path: Path, fmt: str, precision: str, **details: Any) -> dict
 
 
 def tool_versions() -> dict[str, str]:
+    from importlib import metadata  # slow to import: kept off the CLI's start-up path
+
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     from .backends.registry import runtime_packages
 

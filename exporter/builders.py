@@ -1,7 +1,7 @@
 """Load stage: resolve a model spec to a recipe, build the module, load weights.
 
 Model specs: a recipe name (``mobilenet_v3_small``), ``torchvision:<name>`` for any torchvision
-classifier, or ``path/to/file.py:factory`` for a user's own ``nn.Module``.
+classifier, ``timm:<name>`` for a timm model (``exporter.timm_source``), or ``path/to/file.py:factory`` for a user's own ``nn.Module``.
 """
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
     """Turn a model spec into (recipe, input spec actually used), validating the input size."""
     if spec_str.startswith("torchvision:"):
         recipe = _torchvision_recipe(spec_str.split(":", 1)[1])
+    elif spec_str.startswith("timm:"):
+        from .timm_source import timm_recipe
+
+        recipe = timm_recipe(spec_str.split(":", 1)[1])
     elif ".py:" in spec_str:
         base = InputSpec(channels=channels or 3, size=(input_size or 224,) * 2,
                          resize=round((input_size or 224) * 256 / 224),
@@ -100,6 +104,10 @@ def _instantiate(recipe: Recipe, tv_weights: Any = None) -> nn.Module:
         else:
             kwargs["num_classes"] = recipe.num_classes
         return tvm.get_model(recipe.builder, weights=tv_weights, **kwargs)
+    if recipe.source == "timm":
+        from .timm_source import create
+
+        return create(recipe)
     if recipe.source == "zoo":
         from .zoo import ZOO_BUILDERS
 
@@ -180,9 +188,14 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
         raise UsageError("--weights and --checkpoint are mutually exclusive", fix="pass only one")
     info: dict[str, Any]
     torch.manual_seed(seed)
-    if weights:
+    if weights and recipe.source == "timm":
+        from .timm_source import create, weights_info
+
+        model = create(recipe, pretrained_tag=weights)
+        info = weights_info(recipe, weights)
+    elif weights:
         if recipe.source != "torchvision":
-            raise WeightsError(f"{recipe.name} is not a torchvision model: it has no named weights",
+            raise WeightsError(f"{recipe.name} is not a torchvision model (nor timm): it has no named weights",
                                fix="pass --checkpoint PATH with a state_dict, or omit --weights for random init")
         tv_weights = _torchvision_weights(recipe, weights)
         try:

@@ -1,4 +1,4 @@
-"""The ``exporter`` command: list, export, parity, build, lint."""
+"""The ``exporter`` command: list, export, parity, build, lint, matrix."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 from . import __version__
 from .errors import ExporterError
 
-ORDER = ("list", "export", "parity", "build", "lint")
+ORDER = ("list", "export", "parity", "build", "lint", "matrix")
 
 
 def command_names() -> list[str]:
@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ExporterError as err:
+        from .cli_options import json_printed
+
+        if getattr(args, "json", False) and not json_printed():  # --json: one document on stdout
+            import json
+
+            print(json.dumps({"ok": False, "error": err.message, "fix": err.fix,
+                              "error_type": type(err).__name__, "exit_code": err.exit_code}))
         print(f"error: {err.message}", file=sys.stderr)
         if err.fix:
             print(f"  fix: {err.fix}", file=sys.stderr)

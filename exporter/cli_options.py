@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Callable
+
+from .defaults import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
 from .errors import UsageError
-from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
-from .pipeline import ExportRequest
+
+if TYPE_CHECKING:  # the parser imports no torch/onnx (benchmarks/cli_startup.py)
+    from .pipeline import ExportRequest
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -16,20 +20,34 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
+def _path_text(text: str) -> str:
+    """A non-empty path (an empty ``--checkpoint "$(cmd)"`` must not fall back to random init)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (did the command substitution print nothing?)")
+    return text
+
+
 def add_model_options(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     """The options that say which model (and which weights, size, graph form) to export."""
     parser.add_argument("model", nargs=None if model_required else "?",
-                        help="recipe name, torchvision:<name>, or path/to/file.py:factory")
+                        help="recipe name (exporter list), torchvision:<name>, timm:<name>, or "
+                             "path/to/file.py:factory")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...)")
-    weights.add_argument("--checkpoint", help="local state_dict file (loaded with weights_only=True)")
+    weights.add_argument("--weights", help="pretrained weights: torchvision name (DEFAULT, IMAGENET1K_V1, "
+                         "...) or timm tag (DEFAULT, a1_in1k, ...); downloads (default: seeded "
+                         "random init)")
+    weights.add_argument("--checkpoint", type=_path_text, help="local state_dict file, loaded with weights_only=True "
+                         "(default: none; real MobileNetV2: $(python -m exporter.offline_weights))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     parser.add_argument("--output", "-o", type=Path, help="artifact directory (default artifacts/<model>)")
-    parser.add_argument("--input-size", type=int, help="square input size, where the architecture allows")
-    parser.add_argument("--channels", type=int, help="input channels (file.py:factory models)")
-    parser.add_argument("--mean", type=_floats, help="per-channel mean (file.py:factory models)")
-    parser.add_argument("--std", type=_floats, help="per-channel std (file.py:factory models)")
-    parser.add_argument("--num-classes", type=int, help="classes (file.py:factory models)")
+    parser.add_argument("--input-size", type=int, help="square input size, where the architecture "
+                        "allows (default: the recipe's, e.g. 224)")
+    parser.add_argument("--channels", type=int, help="input channels of file.py:factory models (default 3)")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean of file.py:factory models "
+                        "(default ImageNet 0.485,0.456,0.406)")
+    parser.add_argument("--std", type=_floats, help="per-channel std of file.py:factory models "
+                        "(default ImageNet 0.229,0.224,0.225)")
+    parser.add_argument("--num-classes", type=int, help="classes of file.py:factory models (default 1000)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch axis)")
     batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")
@@ -44,9 +62,11 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """FP16/INT8 options (the quantize stage)."""
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
-    parser.add_argument("--calibration", help="INT8 calibration data: an image folder or an .npy of "
-                        "preprocessed NCHW tensors (see calibration/README.md)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="fp16/int8 add a quantized ONNX beside the FP32 one (default fp32)")
+    parser.add_argument("--calibration", help="INT8 calibration data: an image folder, an .npy of "
+                        "preprocessed NCHW tensors, or 'packaged' (photos installed packages ship; "
+                        "see calibration/README.md) (default: none, required for int8)")
     parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile", "mse"),
                         help="activation range method (default mse: best measured, see "
                              "benchmarks/INT8_RESULTS.md)")
@@ -83,13 +103,68 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
-def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> ExportRequest:
+def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> "ExportRequest":
     """Build the ExportRequest the model options describe."""
+    from .pipeline import ExportRequest
+
     return ExportRequest(
         model=args.model, formats=formats, output=args.output, weights=args.weights,
         checkpoint=args.checkpoint, seed=args.seed, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
         batch=args.batch, opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
         simplify_fallback=args.simplify_fallback, precision=getattr(args, "precision", "fp32"),
-        quant=quant_options(args),
+        quant=quant_options(args), atol=getattr(args, "atol", None), rtol=getattr(args, "rtol", None),
     )
+
+
+def add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """Command-line overrides of the recipe's parity tolerances (every precision)."""
+    group = parser.add_argument_group("tolerance overrides (default: the recipe's [tolerance.*])")
+    group.add_argument("--rtol", type=float, metavar="R",
+                       help="max |artifact - eager| / max |eager| allowed (replaces the recipe's "
+                            "rel_max_abs; default: recipe, 1e-4 for fp32)")
+    group.add_argument("--atol", type=float, metavar="A",
+                       help="max |artifact - eager| allowed in logits units (default: not checked)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--json / --quiet / --verbose: what goes to stdout and how much progress goes to stderr."""
+    group = parser.add_argument_group("output")
+    group.add_argument("--json", action="store_true",
+                       help="print exactly one JSON document on stdout (progress and logs go to "
+                            "stderr; an error is {\"ok\": false, ...} with the exit code) "
+                            "(default: a human summary)")
+    loud = group.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true",
+                      help="no progress lines, only the result and errors (default: progress on stderr)")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="every progress line, including per-stage details (default: off)")
+
+
+def progress_logger(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, silenced by --quiet; --verbose prefixes the elapsed seconds."""
+    import sys
+    import time
+
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    if getattr(args, "verbose", False):
+        start = time.perf_counter()
+        return lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr,
+                                 flush=True)
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+_JSON_PRINTED = []  # set once a --json run printed its document (the CLI then prints no other)
+
+
+def print_json(document) -> None:
+    """The one JSON document of a --json run, on stdout."""
+    import json
+
+    print(json.dumps(document, indent=2, default=str), flush=True)
+    _JSON_PRINTED.append(True)
+
+
+def json_printed() -> bool:
+    return bool(_JSON_PRINTED)

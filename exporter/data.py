@@ -22,7 +22,7 @@ def build_transform(spec: InputSpec):
     from torchvision import transforms as T
 
     return T.Compose([
-        T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.Resize(spec.resize, interpolation=T.InterpolationMode(spec.interpolation), antialias=True),
         T.CenterCrop(spec.size),
         T.ToTensor(),
         T.Normalize(mean=spec.mean, std=spec.std),

@@ -58,6 +58,12 @@ class InputSpecError(ExporterError):
     exit_code = EXIT_INPUT
 
 
+class PlanError(ExporterError):
+    """A matrix plan file is malformed or names an unknown model, format or precision."""
+
+    exit_code = EXIT_INPUT
+
+
 class UsageError(ExporterError):
     """An option or combination of options is invalid."""
 

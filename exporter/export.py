@@ -16,13 +16,8 @@ from torch import nn
 from .errors import ExportError, SimplifyError, UsageError
 from .recipes import InputSpec
 
-EXPORTERS = ("torchscript", "dynamo")
-SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
-DEFAULT_OPSET = 18
-# Chosen from docs/zoo.md (scripts/zoo_table.py): the TorchScript-based exporter is faster and,
-# after simplification, gives graphs of the same size with the same parity over the zoo.
-DEFAULT_EXPORTER = "torchscript"
-DEFAULT_SIMPLIFIER = "onnxsim"
+from .defaults import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER,  # noqa: F401
+                       EXPORTERS, SIMPLIFIERS)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -106,8 +101,9 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str,
             "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified)}
 
 
-def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[str, Any]:
-    """Trace, freeze and save; the file loads with ``torch.jit.load`` alone."""
+def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,
+                       extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Trace, freeze and save (``extra_files`` inside the archive); loads with ``torch.jit.load``."""
     start = time.perf_counter()
     dummy = _dummy(spec, 2)
     try:
@@ -115,7 +111,7 @@ def export_torchscript(model: nn.Module, spec: InputSpec, path: Path) -> dict[st
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.eval(), dummy, check_trace=False)
             frozen = torch.jit.freeze(traced)
-            torch.jit.save(frozen, str(path))
+            torch.jit.save(frozen, str(path), _extra_files=extra_files or {})
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"TorchScript trace/freeze failed: {first}",

@@ -7,22 +7,29 @@
 * p50 / p90 / p99 (and mean, min, max) in milliseconds;
 * speed-ups are ratios of p50s measured in the *same process*, runners interleaved round by round
   so that drift of a noisy machine hits every runner alike;
+* every timing is checked for stability (:func:`stability`): the spread p90/p50, the drift
+  between the medians of the interleaved rounds, and the load other processes put on the CPUs; an
+  unstable batch size is measured once more, and what stays unstable is marked, never presented
+  as a result (a speed-up with an unstable side is shown as "unstable");
 * on CUDA, PyTorch (eager, TorchScript) is timed with CUDA events around each run and a
   synchronize before reading them; ONNX Runtime's CUDA provider returns only after the device is
   done (I/O binding keeps host<->device copies out), so it is timed with ``perf_counter``.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-DEFAULT_WARMUP = 5
-DEFAULT_RUNS = 30
-DEFAULT_ROUNDS = 3
+from .defaults import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP  # noqa: F401
 CLOCKS = ("perf_counter", "cuda-events")
+SPREAD_LIMIT = 1.5  # p90 / p50 above this: the runs disagree
+DRIFT_LIMIT = 1.3  # slowest / fastest round median above this: the machine changed under us
+LOAD_LIMIT = 0.5  # 1-min load average from *other* processes per CPU core above this: contended
+RETRIES = 1  # an unstable batch size is measured this many more times
 
 
 @dataclass
@@ -41,6 +48,15 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     samples_ms: list[float] = field(default_factory=list, repr=False)
+    spread: float = 1.0  # p90 / p50
+    drift: float = 1.0  # max / min of the interleaved rounds' medians
+    other_load: float | None = None  # load average of other processes per core, when measured
+    unstable: list[str] = field(default_factory=list)  # why these numbers are not a result
+    attempts: int = 1
+
+    @property
+    def stable(self) -> bool:
+        return not self.unstable
 
     @property
     def throughput(self) -> float:
@@ -66,6 +82,32 @@ def summarize(samples_ms: Sequence[float], *, batch: int, warmup: int, threads: 
                         p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
                         mean_ms=float(arr.mean()), min_ms=float(arr.min()), max_ms=float(arr.max()),
                         samples_ms=[float(v) for v in arr])
+
+
+def other_load_per_core(threads: int) -> float | None:
+    """1-minute load average minus this benchmark's own threads, per CPU core (None: unknown)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    return max(0.0, load - threads) / (os.cpu_count() or 1)
+
+
+def stability(stats: LatencyStats, round_samples: Sequence[Sequence[float]],
+              other_load: float | None) -> LatencyStats:
+    """Fill ``stats``' spread, drift, load and the reasons (if any) it is not a result."""
+    stats.spread = stats.p90_ms / stats.p50_ms if stats.p50_ms > 0 else float("inf")
+    medians = [float(np.median(r)) for r in round_samples if len(r)]
+    stats.drift = max(medians) / min(medians) if len(medians) > 1 and min(medians) > 0 else 1.0
+    stats.other_load = other_load
+    stats.unstable = []
+    if stats.spread > SPREAD_LIMIT:
+        stats.unstable.append(f"spread p90/p50 {stats.spread:.2f} > {SPREAD_LIMIT}")
+    if stats.drift > DRIFT_LIMIT:
+        stats.unstable.append(f"drift between rounds {stats.drift:.2f}x > {DRIFT_LIMIT}x")
+    if other_load is not None and other_load > LOAD_LIMIT:
+        stats.unstable.append(f"load from other processes {other_load:.1f}/core > {LOAD_LIMIT}")
+    return stats
 
 
 def set_threads(threads: int | None) -> int:
@@ -143,44 +185,69 @@ def benchmark(runners: dict[str, Any], batches: dict[int, np.ndarray], *,
               warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, rounds: int = DEFAULT_ROUNDS,
               threads: int | None = None,
               on_error: Callable[[str, int, Exception], None] | None = None,
-              ) -> dict[str, dict[int, LatencyStats]]:
+              retries: int = RETRIES) -> dict[str, dict[int, LatencyStats]]:
     """Time every runner at every batch size in one process, interleaved.
 
     For each batch size: every runner is warmed up (``warmup`` runs, discarded), then ``rounds``
     rounds each give every runner ``runs / rounds`` timed runs in turn. Returns
     ``{runner key: {batch: LatencyStats}}``; a runner that raises is reported to ``on_error``
-    and left out of that batch size.
+    and left out of that batch size. A batch size with a spread or drifting timing is measured
+    again (up to ``retries`` times, all runners, still interleaved; load from other processes alone
+    is marked, not retried); each runner keeps its most stable attempt, ``attempts`` says how many
+    were made.
     """
     threads = set_threads(threads)
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
     results: dict[str, dict[int, LatencyStats]] = {key: {} for key in runners}
     for size, array in batches.items():
-        calls: dict[str, tuple[Callable[[], Any], str]] = {}
-        for key, runner in runners.items():
+        best: dict[str, LatencyStats] = {}
+        for attempt in range(1 + max(0, retries)):
+            measured = _measure_batch(runners, size, array, per_round, warmup, threads, on_error)
+            for key, stats in measured.items():
+                if key not in best or len(stats.unstable) < len(best[key].unstable):
+                    best[key] = stats
+            if not any(r.startswith(("spread", "drift")) for s in best.values() for r in s.unstable):
+                break  # stable, or only the machine's load: measuring again would not cure that
+        for key, stats in best.items():
+            stats.attempts = attempt + 1
+            results[key][size] = stats
+    return results
+
+
+def _measure_batch(runners, size, array, per_round, warmup, threads, on_error
+                   ) -> dict[str, LatencyStats]:
+    """One interleaved measurement of every runner at one batch size, stability filled in."""
+    calls: dict[str, tuple[Callable[[], Any], str]] = {}
+    for key, runner in runners.items():
+        try:
+            fn, clock = timed_call(runner, array)
+            _warm(fn, warmup, clock)
+            calls[key] = (fn, clock)
+        except Exception as err:  # noqa: BLE001 - reported, the others still run
+            if on_error is None:
+                raise
+            on_error(key, size, err)
+    samples: dict[str, list[list[float]]] = {key: [] for key in calls}
+    for count in per_round:
+        for key, (fn, clock) in list(calls.items()):
             try:
-                fn, clock = timed_call(runner, array)
-                _warm(fn, warmup, clock)
-                calls[key] = (fn, clock)
-            except Exception as err:  # noqa: BLE001 - reported, the others still run
+                samples[key].append(_time_runs(fn, count, clock))
+            except Exception as err:  # noqa: BLE001
                 if on_error is None:
                     raise
                 on_error(key, size, err)
-        samples: dict[str, list[float]] = {key: [] for key in calls}
-        for count in per_round:
-            for key, (fn, clock) in list(calls.items()):
-                try:
-                    samples[key].extend(_time_runs(fn, count, clock))
-                except Exception as err:  # noqa: BLE001
-                    if on_error is None:
-                        raise
-                    on_error(key, size, err)
-                    calls.pop(key)
-                    samples.pop(key)
-        for key, values in samples.items():
-            results[key][size] = summarize(values, batch=size, warmup=warmup, threads=threads,
-                                           clock=calls[key][1])
-    return results
+                calls.pop(key)
+                samples.pop(key)
+    load = other_load_per_core(threads)
+    return {key: stability(summarize([v for r in per for v in r], batch=size, warmup=warmup,
+                                     threads=threads, clock=calls[key][1]), per, load)
+            for key, per in samples.items()}
+
+
+def ratio_is_stable(reference: LatencyStats, candidate: LatencyStats) -> bool:
+    """A speed-up is a result only when both of its timings are stable."""
+    return reference.stable and candidate.stable
 
 
 def speedup(reference: LatencyStats, candidate: LatencyStats) -> float:

@@ -11,16 +11,15 @@ from typing import Any, Callable
 from torch import nn
 
 from . import __version__
-from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any, staging,
-                        tool_versions, write_json_atomic)
+from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any,
+                        sha256_file, staging, tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, UsageError
+from .metadata import build_metadata, for_artifact, write_onnx_metadata
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
 
-# the request fields that define the eager model (recorded in the manifest, compared on re-use)
-MODEL_OPTION_KEYS = ("model", "weights", "checkpoint", "seed", "input_size", "channels", "mean",
-                     "std", "num_classes", "batch")
+from .defaults import MODEL_OPTION_KEYS  # noqa: F401  (the fields that define the eager model)
 
 
 def json_value(value: Any) -> Any:
@@ -61,8 +60,16 @@ class ExportRequest:
     quant: dict[str, Any] = field(default_factory=dict)  # calibration, method, samples, target, ...
     verify: bool = True
     fail_on_breach: bool = True
+    atol: float | None = None  # command-line overrides of the recipe's tolerances
+    rtol: float | None = None
     # progress lines of long stages (calibration, the INT8 budget); never recorded in a manifest
     log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    # one line per pipeline stage (--verbose); never recorded in a manifest
+    stage_log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    def stage(self, message: str) -> None:
+        if self.stage_log is not None:
+            self.stage_log(message)
 
 
 @dataclass
@@ -122,8 +129,9 @@ def prepare_stage(model: nn.Module, recipe: Recipe, spec: InputSpec):
 
 
 def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRequest,
-               expected_bn: int) -> dict[str, Any]:
-    """Export, simplify and deploy-check one FP32 ONNX file."""
+               expected_bn: int, meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """Export, simplify and deploy-check one FP32 ONNX file; ``meta`` goes into its
+    ``metadata_props`` (exporter.metadata)."""
     from .deploy_check import check_deploy_form
     from .errors import SimplifyError
 
@@ -137,6 +145,8 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
         info.update(simplifier=request.simplifier, simplify_failed=err.message, nodes_before=None,
                     nodes_after=info["nodes_exported"])
     info["deploy_check"] = check_deploy_form(path, expected_bn, strict=True).to_dict()
+    if meta:
+        write_onnx_metadata(path, for_artifact(meta, "onnx", "fp32"))
     return info
 
 
@@ -169,8 +179,14 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
     start = time.perf_counter()
+    from .recipes import override_tolerances
+
     formats = _parse_formats(request.formats, request.precision)
+    request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)
+    recipe = override_tolerances(recipe, request.atol, request.rtol)
+    request.stage(f"prepare: {', '.join(recipe.prepare_steps)}; input {spec.channels}x"
+                  f"{spec.size[0]}x{spec.size[1]}; weights {weights_info.get('kind')}")
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
                          fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
@@ -183,15 +199,19 @@ def export(request: ExportRequest) -> ExportResult:
     export_info: dict[str, Any] = {}
     with staging(directory) as stage:
         onnx_path = None
+        meta = build_metadata(recipe, spec, request, weights_info)
         if "onnx" in formats:  # first: the verified FP32 ONNX is the source of from_onnx formats
             onnx_path = stage / f"{stem}.onnx"
-            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes)
+            request.stage(f"onnx: {request.exporter} exporter, opset {request.opset}, "
+                          f"{request.simplifier} simplifier, deploy check")
+            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes, meta)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
             if request.precision != "fp32":
-                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request))
+                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request, meta))
         artifacts += _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem,
-                                        onnx_path, prep.expected_bn_nodes)
+                                        onnx_path, prep.expected_bn_nodes, meta)
+        request.stage("verify: every artifact vs eager" if request.verify else "verify: skipped")
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
             if request.verify else []
         if request.fail_on_breach:
@@ -205,7 +225,7 @@ def export(request: ExportRequest) -> ExportResult:
 
 
 def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,
-              request: ExportRequest) -> dict[str, Any]:
+              request: ExportRequest, meta: dict[str, str]) -> dict[str, Any]:
     """The FP16 / INT8 ONNX from the staged FP32 ONNX (an earlier calibration cache re-used)."""
     from .quantize import quantize_stage
 
@@ -215,11 +235,15 @@ def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: Inp
     entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
                            log=request.log, **request.quant)
     entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
+    # the FP16/INT8 file keeps the FP32 model's metadata; its precision is its own
+    path = stage / entry["file"]
+    write_onnx_metadata(path, for_artifact(meta, "onnx", entry["precision"]))
+    entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
     return entry
 
 
 def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx_path,
-                       expected_bn) -> list[dict[str, Any]]:
+                       expected_bn, meta) -> list[dict[str, Any]]:
     """Every requested format but ONNX, through its registry backend, in the order asked."""
     import tempfile
 
@@ -233,11 +257,12 @@ def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx
     with tempfile.TemporaryDirectory(prefix="zoo-exporter-onnx-") as scratch:
         if onnx_path is None and any(registry.get(f).from_onnx for f in others):
             onnx_path = Path(scratch) / f"{stem}.onnx"  # converted from, not shipped
-            onnx_stage(deploy, spec, onnx_path, request, expected_bn)
+            onnx_stage(deploy, spec, onnx_path, request, expected_bn, meta)
         for fmt in others:
+            request.stage(f"{fmt}: {registry.get(fmt).summary}")
             ctx = ExportContext(deploy=deploy, recipe=recipe, spec=spec, request=request,
                                 stage=stage, stem=stem, onnx_path=onnx_path,
-                                log=request.log or (lambda _msg: None))
+                                log=request.log or (lambda _msg: None), metadata=meta)
             entries += registry.load(fmt).export(ctx)
     return entries
 

@@ -18,7 +18,7 @@ from .errors import RecipeError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SOURCES = ("torchvision", "zoo", "file")
+SOURCES = ("torchvision", "timm", "zoo", "file")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -51,6 +51,7 @@ class InputSpec:
     fixed_size: bool = False  # True: only `size` works (e.g. a Linear after a fixed flatten)
     test_size: int | None = None  # reduced size used by the default test suite
     color_mode: str = "RGB"  # PIL mode images are converted to ("L" for grayscale)
+    interpolation: str = "bilinear"  # of the resize (timm models often use bicubic)
 
     def with_size(self, size: int | tuple[int, int]) -> "InputSpec":
         """Same spec at another square/rectangular size; resize keeps the recipe's ratio."""
@@ -66,6 +67,7 @@ class InputSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "color_mode": self.color_mode,
+            "interpolation": self.interpolation,
         }
 
 
@@ -84,6 +86,7 @@ class Tolerance:
     rel_max_abs: float  # max |a - b| divided by max |eager logits|
     min_top1_agreement: float  # fraction of samples whose argmax matches eager
     min_cosine: float = 0.0
+    max_abs: float | None = None  # absolute bound on max |a - b| (--atol); None: not checked
 
 
 DEFAULT_TOLERANCES = {
@@ -126,7 +129,7 @@ class Recipe:
 _TOP_KEYS = {"name", "family", "source", "builder", "num_classes", "weights", "description",
              "input", "prepare", "tolerance", "builder_kwargs"}
 _INPUT_KEYS = {"channels", "size", "resize", "mean", "std", "min_size", "fixed_size", "test_size",
-               "color_mode"}
+               "color_mode", "interpolation"}
 
 
 def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
@@ -174,6 +177,20 @@ def recipe_from_dict(data: dict[str, Any], path: Path | None = None) -> Recipe:
         weights=data.get("weights"), builder_kwargs=dict(data.get("builder_kwargs", {})),
         tolerances=tolerances, description=data.get("description", ""), path=path,
     )
+
+
+def override_tolerances(recipe: Recipe, atol: float | None = None,
+                        rtol: float | None = None) -> Recipe:
+    """``recipe`` with every precision's bounds overridden from the command line: ``rtol`` replaces
+    ``rel_max_abs`` (max |a - b| / max |eager|), ``atol`` adds an absolute max |a - b| bound."""
+    if atol is None and rtol is None:
+        return recipe
+    changes: dict[str, Any] = {}
+    if rtol is not None:
+        changes["rel_max_abs"] = float(rtol)
+    if atol is not None:
+        changes["max_abs"] = float(atol)
+    return replace(recipe, tolerances={p: replace(t, **changes) for p, t in recipe.tolerances.items()})
 
 
 def load_recipe_file(path: Path) -> Recipe:

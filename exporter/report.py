@@ -55,11 +55,32 @@ def _latency_cell(result: ArtifactResult, batch: int) -> str:
     return f"{fmt_ms(stats.p50_ms)} / {fmt_ms(stats.p90_ms)} / {fmt_ms(stats.p99_ms)}"
 
 
-def _speedup_cell(result: ArtifactResult, batches: Sequence[int]) -> str:
+def _speedup_cell(result: ArtifactResult, batches: Sequence[int], detail: bool = True) -> str:
+    """Speed-ups over eager; an unstable one is never shown as a result ("unstable", with the
+    measured ratio in parentheses only where ``detail``)."""
     if result.status == "reference":
-        return "1.00x (ref)"
-    parts = [f"{result.speedup[b]:.2f}x" for b in batches if b in result.speedup]
+        return "1.00x (ref)" if detail else "ref"
+    parts = []
+    for b in batches:
+        if b not in result.speedup:
+            continue
+        value = f"{result.speedup[b]:.2f}x"
+        if not result.speedup_stable.get(b, True):
+            value = f"unstable ({value})" if detail else "unstable"
+        parts.append(value)
     return " / ".join(parts) if parts else "-"
+
+
+def _throughput_cell(result: ArtifactResult, batch: int | None) -> str:
+    stats = result.latency.get(batch) if batch else None
+    if stats is None:
+        return "-"
+    value = f"{stats.throughput:.0f}"
+    return value if stats.stable else f"{value}?"
+
+
+def _memory_cell(result: ArtifactResult) -> str:
+    return "-" if result.memory_mb is None else f"{result.memory_mb:.0f}"
 
 
 def _accuracy_cell(result: ArtifactResult) -> str:
@@ -117,23 +138,54 @@ def rows(report: ParityReport, compact: bool = False) -> list[dict[str, str]]:
             row[f"b{b} p50/p90/p99 ms"] = _latency_cell(result, b)
         if batches:
             row["x eager " + "/".join(f"b{b}" for b in batches)] = _speedup_cell(result, batches)
+            row[f"img/s b{max(batches)}"] = _throughput_cell(result, max(batches))
+            row["stability"] = "; ".join(f"b{b}: {', '.join(s.unstable)}" for b, s in
+                                         result.latency.items() if not s.stable) or "stable"
+        row["RSS +MB"] = _memory_cell(result)
         row["status"] = _status_cell(result)
         out.append(row)
     return out
 
 
 # ------------------------------------------------------------------------------- terminal
+TERMINAL_COLUMNS = 100  # the terminal table fits this; runtimes, p90/p99 etc. go to report.md/json
+
+
+def terminal_rows(report: ParityReport) -> list[dict[str, str]]:
+    """The few columns a person reads first (file names shortened to their suffix after the model
+    name, which is in the title); everything else is in report.md / report.json."""
+    batches = list(report.batch_sizes)
+    out = []
+    for result in [report.eager, *report.artifacts]:
+        s, ref = result.summary, result.status == "reference"
+        name = result.file.removeprefix(report.model) if result.file else "eager"
+        row = {"artifact": name or result.file, "prec": result.precision,
+               "rel.err": "" if ref else fmt_sci(s.get("rel_max_abs")),
+               "top-1": "" if ref else fmt_frac(s.get("top1_agreement"))}
+        if batches:
+            row["p50 ms " + "/".join(f"b{b}" for b in batches)] = "/".join(
+                fmt_ms(result.latency[b].p50_ms) if b in result.latency else "-" for b in batches)
+            cell = _speedup_cell(result, batches, detail=False)
+            row["x eager"] = "unstable" if "unstable" in cell else cell
+            row[f"img/s b{max(batches)}"] = _throughput_cell(result, max(batches))
+        row["RSS+MB"] = "" if ref else _memory_cell(result)
+        row["status"] = "FAIL" if result.status == "breach" else _status_cell(result)
+        out.append(row)
+    return out
+
+
 def render_table(report: ParityReport):
-    """A ``rich.table.Table`` of one report."""
+    """A ``rich.table.Table`` of one report, at most TERMINAL_COLUMNS wide for usual names."""
+    from rich import box
     from rich.table import Table
 
-    data = rows(report, compact=True)
-    table = Table(title=f"{report.model}: eager PyTorch vs artifacts ({report.device_label}, "
-                        f"{report.threads} threads)", show_lines=False)
+    data = terminal_rows(report)
+    table = Table(title=f"{report.model}: eager vs artifacts ({report.device_label}, "
+                        f"{report.threads} threads)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
     for key in data[0]:
-        justify = "left" if key in ("artifact", "precision", "runtime + provider", "status") else "right"
-        table.add_column(key, justify=justify, overflow="fold",
-                         min_width=min(len(key), 8) if justify == "right" else None)
+        justify = "left" if key in ("artifact", "prec", "status") else "right"
+        table.add_column(key, justify=justify, overflow="fold")
     for row, result in zip(data, [report.eager, *report.artifacts]):
         style = {"breach": "red", "error": "red", "skipped": "yellow", "unsupported": "yellow",
                  "reference": "bold"}.get(result.status)
@@ -141,17 +193,18 @@ def render_table(report: ParityReport):
     return table
 
 
-def wide_console():
-    """A rich Console; when output is not a terminal (CI logs, pipes) it is $COLUMNS (default 200)
-    wide instead of rich's default 80, so the table is not folded into unreadable slivers."""
+def wide_console(stderr: bool = False):
+    """A rich Console (on stderr with ``stderr=True``: --json keeps stdout for the document); when
+    output is not a terminal (CI logs, pipes) it is $COLUMNS (default 200) wide instead of rich's
+    default 80, so the table is not folded into unreadable slivers."""
     import os
     import sys
 
     from rich.console import Console
 
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=int(os.environ.get("COLUMNS", "200")))
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr)
+    return Console(width=int(os.environ.get("COLUMNS", "200")), stderr=stderr)
 
 
 def print_report(report: ParityReport, console=None) -> None:
@@ -159,6 +212,14 @@ def print_report(report: ParityReport, console=None) -> None:
     console = console or wide_console()
     console.print(render_table(report))
     console.print(f"[dim]{report.measured_on}[/dim]")
+    runtimes = "; ".join(f"{r.file.removeprefix(report.model) or r.file}: {short_runtime(r)}"
+                         for r in report.artifacts if r.runtime)
+    if runtimes:
+        console.print(f"[dim]runtimes: {runtimes}[/dim]")
+    if any(not ok for r in report.artifacts for ok in r.speedup_stable.values()):
+        console.print("[yellow]unstable[/yellow]: a timing's spread, drift or machine load made its "
+                      "speed-up unreliable (measured twice); not a result - rerun on a quiet "
+                      "machine (details in the notes / report.md); '?' marks an unstable img/s")
     inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in report.inputs)
     console.print(f"[dim]inputs: {inputs}; agreement judged on the real images; errors are the "
                   f"worst over all inputs[/dim]")
@@ -200,14 +261,18 @@ def zoo_rows(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         worst = max((a.summary["rel_max_abs"] for a in arts), default=None)
         agree = min((a.summary["top1_agreement"] for a in arts), default=None)
         first = rep.batch_sizes[0] if rep.batch_sizes else None
-        speed = [(a.speedup[first], a.file) for a in rep.artifacts if first in a.speedup]
+        speed = [(a.speedup[first], a.file) for a in rep.artifacts if first in a.speedup
+                 and a.speedup_stable.get(first, True)]
+        shaky = any(not a.speedup_stable.get(first, True) for a in rep.artifacts)
         best = max(speed, default=None)
         ship = rep.fastest_within_tolerance()
         cells = [f"{a.format}: {a.status}" for a in rep.artifacts if a.status in ("unsupported", "skipped")]
         status = "ok" if rep.ok else f"FAIL ({len(rep.breaches())} breach)"
         out.append({"model": rep.model, "artifacts": str(len(rep.artifacts)),
                     "worst rel. err": fmt_sci(worst), "min top-1 agr.": fmt_frac(agree),
-                    "speed-up b1 (best)": f"{best[0]:.2f}x {best[1]}" if best else "-",
+                    "speed-up b1 (best)": ("unstable" if shaky and not best else
+                                           f"{best[0]:.2f}x {best[1]}" if best else "-")
+                    + (" (others unstable)" if shaky and best else ""),
                     "ship (fastest within tolerance)":
                         f"{ship.file} {fmt_ms(ship.latency[first].p50_ms)} ms" if ship else "-",
                     "status": status + (f" ({', '.join(cells)})" if cells else "")})
@@ -238,7 +303,8 @@ def plot_latency(reports: Sequence[ParityReport], path: Path) -> Path:
         for art in rep.artifacts:
             if art.speedup:
                 labels.append(f"{rep.model} · {art.file}" if len(reports) > 1 else art.file)
-                values.append([art.speedup.get(b, float("nan")) for b in batches])
+                values.append([art.speedup.get(b, float("nan")) if art.speedup_stable.get(b, True)
+                               else float("nan") for b in batches])  # unstable: not plotted
     height = max(2.5, 0.45 * len(labels) * max(1, len(batches)) ** 0.5 + 1.2)
     fig, ax = plt.subplots(figsize=(9, height))
     if labels:

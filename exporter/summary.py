@@ -32,7 +32,9 @@ def _quant_lines(d: dict) -> list[str]:
         + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else ""),
         f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
         f"{shown}; judged on {d.get('measured_on')}",
-        f"    calibration: {d.get('method')} over {d.get('samples_used')} samples from "
+        f"    calibration: {d.get('method')}"
+        + (f" + {d['range_search']}" if d.get("range_search") else "")
+        + f"{' + bias correction' if d.get('bias_correction') else ''} over {d.get('samples_used')} samples from "
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
         f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]
@@ -48,8 +50,8 @@ def weights_line(info: dict) -> str:
     if info["kind"] == "random":
         return (f"weights: seeded random init (seed {info['seed']}, BN statistics randomized) - "
                 "NOT trained; pass --weights DEFAULT or --checkpoint PATH for real weights")
-    if info["kind"] == "torchvision":
-        return f"weights: torchvision {info['name']}"
+    if info["kind"] in ("torchvision", "timm"):
+        return f"weights: {info['kind']} {info['name']}"
     return f"weights: checkpoint {info['path']} (sha256 {info['sha256'][:12]})"
 
 

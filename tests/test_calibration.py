@@ -50,11 +50,11 @@ def test_missing_path_and_wrong_kind(tmp_path):
 
 
 def test_unreadable_files_skipped_and_counted(tmp_path):
-    _images(tmp_path, 10)
+    _images(tmp_path, 16)
     (tmp_path / "a_notes.txt").write_text("not an image")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    data = load_calibration_data(tmp_path, SPEC, samples=12)  # more than there are: every file read
-    assert len(data) == 10 and len(data.skipped) == 2
+    data = load_calibration_data(tmp_path, SPEC, samples=18)  # more than there are: every file read
+    assert len(data) == 16 and len(data.skipped) == 2
     reasons = dict(data.skipped)
     assert "not an image" in reasons[str(tmp_path / "a_notes.txt")]
     assert "unreadable" in reasons[str(tmp_path / "broken.jpg")]

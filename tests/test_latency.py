@@ -78,7 +78,7 @@ def test_benchmark_interleaves_rounds_and_reports_errors(restore_threads):
     runners = {"a": _Fake("a", log), "b": _Fake("b", log), "broken": _Fake("x", log, fail_at=2)}
     batches = {1: np.zeros((1, 3, 4, 4), np.float32), 2: np.zeros((2, 3, 4, 4), np.float32)}
     errors = []
-    out = latency.benchmark(runners, batches, warmup=1, runs=6, rounds=3, threads=1,
+    out = latency.benchmark(runners, batches, warmup=1, runs=6, rounds=3, threads=1, retries=0,
                             on_error=lambda k, b, e: errors.append((k, b, str(e))))
     assert set(out["a"]) == {1, 2} and set(out["b"]) == {1, 2}
     assert set(out["broken"]) == {1}
@@ -100,7 +100,8 @@ def test_benchmark_uses_runner_timed_call(restore_threads):
             staged.append(batch.shape)
             return (lambda: None), "perf_counter"
 
-    out = latency.benchmark({"s": Staged()}, {4: np.zeros((4, 1), np.float32)}, warmup=0, runs=2)
+    out = latency.benchmark({"s": Staged()}, {4: np.zeros((4, 1), np.float32)}, warmup=0, runs=2,
+                            retries=0)
     assert out["s"][4].runs == 2 and staged == [(4, 1)]
 
 

@@ -167,8 +167,10 @@ def test_terminal_table_renders(mv3_report):
     console = Console(record=True, width=200)
     print_report(mv3_report, console)
     text = console.export_text()
-    for needle in ("eager PyTorch", "mobilenet_v3_small.onnx", "mobilenet_v3_small.ts.pt",
-                   "onnxruntime", "rel. err", "p50/p90/p99", "x eager"):
+    # the table shows file suffixes after the model name (in the title); runtimes on the next line
+    for needle in ("mobilenet_v3_small: eager vs artifacts", "eager", ".onnx", ".ts.pt",
+                   "runtimes: .onnx: onnxruntime", "rel.err", "p50 ms b1", "x eager", "img/s b",
+                   "RSS+MB"):
         assert needle in text
 
 

@@ -45,7 +45,12 @@ class Backend:
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
             precisions=("fp32", "fp16", "int8")),
-    Backend("torchscript", "exporter.backends.torchscript", "TorchScript (traced and frozen)"),
+    Backend("pt2", "exporter.backends.pt2",
+            "torch.export ExportedProgram (.pt2), the recommended PyTorch format"),
+    Backend("aoti", "exporter.backends.aoti",
+            "AOTInductor package (.aoti.pt2, compiled for this CPU; needs a C++ compiler)"),
+    Backend("torchscript", "exporter.backends.torchscript",
+            "TorchScript (traced and frozen; deprecated in torch 2.14, kept for old runtimes)"),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
             extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
             packages=("tensorrt",)),
@@ -70,6 +75,7 @@ class ExportContext:
     stem: str  # file name stem (the recipe name)
     onnx_path: Path | None = None  # the verified FP32 ONNX of this export (from_onnx backends)
     log: Callable[[str], None] = field(default=lambda _msg: None)
+    metadata: dict[str, str] = field(default_factory=dict)  # exporter.metadata: embed in artifacts
 
     @property
     def precision(self) -> str:

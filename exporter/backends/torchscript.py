@@ -28,9 +28,11 @@ def export(ctx) -> list[dict[str, Any]]:
     """``<stem>.ts.pt``: traced and frozen (FP32; TorchScript is deprecated in favour of torch.export)."""
     from ..artifacts import artifact_entry
     from ..export import export_torchscript
+    from ..metadata import extra_files, for_artifact
 
     path = ctx.stage / f"{ctx.stem}.ts.pt"
-    info = export_torchscript(ctx.deploy, ctx.spec, path)
+    meta = for_artifact(ctx.metadata, "torchscript", "fp32") if ctx.metadata else {}
+    info = export_torchscript(ctx.deploy, ctx.spec, path, extra_files=extra_files(meta) if meta else None)
     return [artifact_entry(path, "torchscript", "fp32", **info)]
 
 

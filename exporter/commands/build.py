@@ -8,19 +8,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_model_options, add_precision_options
-from ..artifacts import read_manifest_if_any
+from ..cli_options import (add_model_options, add_output_options, add_precision_options, print_json,
+                           progress_logger)
 from ..errors import UsageError
 
 DEFAULT_WORKSPACE_MIB = 2048
+EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporter[tensorrt]')
+  exporter build resnet18 --precision fp16                 # export (or re-use) the ONNX, then build
+  exporter build --onnx artifacts/resnet18/resnet18.fp16.onnx --precision fp16 --max-batch 64
+  exporter build mobilenet_v2 --precision int8 --calibration packaged --json
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (no TensorRT/GPU), 6 could not produce"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("build", help="build a TensorRT engine (fp32/fp16/int8) from the ONNX export")
+    import argparse
+
+    p = sub.add_parser("build", help="build a TensorRT engine (fp32/fp16/int8) from the ONNX export",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p, model_required=False)
     add_precision_options(p)
     p.add_argument("--onnx", type=Path, help="build from this existing ONNX file instead of exporting "
-                   "(its precision must match --precision)")
+                   "(its precision must match --precision) (default: export MODEL)")
     p.add_argument("--min-batch", type=int, help="smallest batch of the engine profile (default 1)")
     p.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default: max batch)")
     p.add_argument("--max-batch", type=int, help="largest batch of the engine profile (default 32)")
@@ -28,7 +36,8 @@ def add_parser(sub) -> None:
                    help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})")
     p.add_argument("--timing-cache", type=Path,
                    help="persistent timing cache file (default ~/.cache/zoo-exporter/tensorrt/)")
-    p.add_argument("--device", default="cuda", help="CUDA device (cuda or cuda:N)")
+    p.add_argument("--device", default="cuda", help="CUDA device (cuda or cuda:N; default cuda)")
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -94,8 +103,9 @@ def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
     from ..reuse import export_or_reuse
 
     request = request_from_args(args, formats=("onnx",))
-    ready = export_or_reuse(request, verify=True, say=print)
-    print(ready.note)
+    say = progress_logger(args)
+    ready = export_or_reuse(request, verify=True, say=say)
+    say(ready.note)
     candidates = [a for a in ready.manifest["artifacts"]
                   if a["format"] == "onnx" and a["precision"] == args.precision
                   and (args.precision != "int8" or ".tensorrt." in a["file"])]
@@ -107,7 +117,7 @@ def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
 
 def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
     """Add (or replace) the engine entry in ``out_dir/manifest.json`` when there is one."""
-    from ..artifacts import write_json_atomic
+    from ..artifacts import read_manifest_if_any, write_json_atomic
 
     manifest = read_manifest_if_any(out_dir)
     if manifest is None:
@@ -119,6 +129,7 @@ def _record(out_dir: Path, entry: dict[str, Any]) -> bool:
 
 
 def run(args) -> int:
+    from ..artifacts import read_manifest_if_any
     from ..backends.tensorrt import build_engine, require_tensorrt
 
     batches = _validate(args)
@@ -138,6 +149,10 @@ def run(args) -> int:
                          timing_cache_path=args.timing_cache, input_spec=spec, device=args.device,
                          model_name=model)
     recorded = _record(out_dir, entry)
+    if args.json:
+        print_json({"ok": True, "command": "build", "directory": str(out_dir),
+                    "engine": str(out_dir / entry["file"]), "recorded_in_manifest": recorded, **entry})
+        return 0
     d = entry["details"]
     how = "reused cached engine" if d.get("cached") else f"built in {d['build_seconds']:.1f}s"
     print(f"{out_dir / entry['file']}: {how}; TensorRT {d['tensorrt_version']} on {d['gpu']} "

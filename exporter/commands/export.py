@@ -1,23 +1,41 @@
-"""``exporter export MODEL --format onnx[,torchscript] [--precision fp16|int8]``."""
+"""``exporter export MODEL --format onnx[,pt2,aoti,torchscript] [--precision fp16|int8]``."""
 from __future__ import annotations
 
-import sys
+import argparse
 
 from ..backends import registry
-from ..cli_options import add_model_options, add_precision_options, parse_formats, request_from_args
+from ..cli_options import (add_model_options, add_output_options, add_precision_options,
+                           add_tolerance_options, parse_formats, print_json, progress_logger,
+                           request_from_args)
+
+EPILOG = """examples:
+  exporter export mobilenet_v3_small                      # ONNX, random init, verified vs eager
+  exporter export mobilenet_v2 --checkpoint "$(python -m exporter.offline_weights)"  # real ImageNet weights
+  exporter export resnet18 --format onnx,pt2 --input-size 160
+  exporter export timm:resnet10t --weights DEFAULT        # timm's download (needs internet)
+  exporter export resnet50 --precision fp16 --json > export.json
+  exporter export resnet18 --precision int8 --calibration packaged
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX / TorchScript (BN folded, simplified)")
+    p = sub.add_parser("export", help="export a model to ONNX / pt2 / AOTInductor / TorchScript",
+                       description="Export a model (BN folded, simplified), write its metadata into "
+                                   "every artifact, and verify each artifact against eager PyTorch.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     p.add_argument("--format", "-f", default="onnx",
                    help="comma-separated formats (default onnx): "
                         + "; ".join(f"{b.format}: {b.summary}" for b in registry.BACKENDS.values()
                                     if b.exportable))
     add_precision_options(p)
-    p.add_argument("--no-verify", action="store_true", help="skip the parity check against eager")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the parity check against eager (default: verify)")
     p.add_argument("--no-fail", action="store_true",
-                   help="keep artifacts even when parity breaches the recipe's tolerance")
+                   help="keep artifacts even when parity breaches the recipe's tolerance "
+                        "(default: fail, exit 3, nothing written)")
+    add_tolerance_options(p)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
@@ -25,9 +43,15 @@ def run(args) -> int:
     from ..pipeline import export
 
     request = request_from_args(args, formats=parse_formats(args.format))
-    request.log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    request.log = progress_logger(args)
+    if args.verbose:
+        request.stage_log = request.log
     request.verify = not args.no_verify
     request.fail_on_breach = not args.no_fail
     result = export(request)
-    print(result.summary)
+    if args.json:
+        print_json({"ok": True, "command": "export", "directory": str(result.directory),
+                    "seconds": round(result.seconds, 3), **result.manifest})
+    else:
+        print(result.summary)
     return 0

@@ -8,11 +8,17 @@ from ..errors import UsageError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("lint", help="check that ONNX artifacts are ready for a TensorRT build")
+    import argparse
+
+    p = sub.add_parser("lint", help="check that ONNX artifacts are ready for a TensorRT build",
+                       epilog="""examples:
+  exporter lint artifacts/resnet18                 # every ONNX of an export (manifest.json)
+  exporter lint model.int8.tensorrt.onnx --precision int8 --json""",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", type=Path, help="an .onnx file or an artifact directory (manifest.json)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
                    help="lint a single file as this precision (default: the manifest's, or detected)")
-    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON (default: text)")
     p.set_defaults(func=run)
 
 

@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import json
 
+EPILOG = """examples:
+  exporter list
+  exporter list --json | python -c "import json,sys; print([r['name'] for r in json.load(sys.stdin)])"
+beyond the recipes: torchvision:<name> (any torchvision classifier), timm:<name>, file.py:factory"""
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list the zoo's recipes")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    import argparse
+
+    p = sub.add_parser("list", help="list the zoo's recipes", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="machine-readable output (default: a table)")
     p.set_defaults(func=run)
 
 

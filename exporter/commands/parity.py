@@ -1,4 +1,4 @@
-"""``exporter parity MODEL | --artifacts DIR | --zoo``: eager PyTorch vs every artifact.
+"""``exporter parity MODEL | FILE | --artifacts DIR | --zoo``: eager PyTorch vs every artifact.
 
 Exports what is missing (or takes ``--artifacts DIR`` and rebuilds the eager model its manifest
 records), runs eager and every artifact on the same preprocessed inputs, prints one table
@@ -8,10 +8,13 @@ exits non-zero (ParityError, exit code 3) when an artifact breaches its recipe's
 from __future__ import annotations
 
 import argparse
+import gc
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..pipeline import MODEL_OPTION_KEYS  # options that change the eager model
+from ..defaults import MODEL_OPTION_KEYS  # options that change the eager model
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -24,43 +27,67 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+EPILOG = """examples:
+  exporter parity mobilenet_v3_small --input-size 96        # export what is missing, then compare
+  exporter parity --artifacts artifacts/resnet18 --report reports/r18
+  exporter parity artifacts/resnet18/resnet18.onnx          # one file; model read from its metadata
+  exporter parity model.onnx --model torchvision:resnet18 --checkpoint r18.pth   # a foreign file
+  exporter parity resnet18 --format onnx,pt2 --rtol 1e-3 --json > parity.json
+  exporter parity --zoo --reduced                            # every recipe at its test size
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
+
+
 def add_parser(sub) -> None:
-    from ..cli_options import add_model_options, add_precision_options
-    from ..latency import DEFAULT_RUNS, DEFAULT_WARMUP
-    from ..parity import DEFAULT_RANDOM, DEFAULT_SAMPLES
+    import argparse as ap
+
+    from ..cli_options import (add_model_options, add_output_options, add_precision_options,
+                               add_tolerance_options)
+    from ..defaults import DEFAULT_RANDOM, DEFAULT_RUNS, DEFAULT_SAMPLES, DEFAULT_WARMUP
 
     p = sub.add_parser(
         "parity", help="eager PyTorch vs every artifact: errors, agreement, accuracy, latency",
         description="Run eager PyTorch and every artifact on the same inputs and compare outputs, "
-                    "accuracy and latency. Exit code 3 when an artifact breaches its recipe's tolerance.")
+                    "accuracy and latency. Exit code 3 when an artifact breaches its recipe's "
+                    "tolerance. MODEL may also be one ONNX/pt2/TorchScript file.",
+        epilog=EPILOG, formatter_class=ap.RawDescriptionHelpFormatter)
     add_model_options(p, model_required=False)
+    p.add_argument("--model", dest="model_spec", metavar="SPEC",
+                   help="with a FILE: the eager model it was exported from (default: the model "
+                        "recorded in the file's metadata)")
     add_precision_options(p)
     p.add_argument("--format", "-f", default="onnx,torchscript",
                    help="formats to export when missing (default onnx,torchscript)")
     src = p.add_argument_group("what to compare")
     src.add_argument("--artifacts", type=Path, metavar="DIR",
                      help="existing artifact directory; the eager model is rebuilt from its manifest "
-                          "(model options given here override the manifest's)")
-    src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar")
+                          "(model options given here override the manifest's) (default: export into artifacts/<model>)")
+    src.add_argument("--zoo", action="store_true", help="every recipe of the zoo, with a progress bar (default: one model)")
+    src.add_argument("--keep-artifacts", action="store_true",
+                     help="with --zoo: keep each model's artifact directory (default: delete the "
+                          "ones this run wrote once the model is done; existing ones are kept)")
     src.add_argument("--reduced", action="store_true",
-                     help="with --zoo: each recipe's reduced test size instead of its native size")
+                     help="with --zoo: each recipe's reduced test size instead of its native size "
+                          "(default: native)")
     data = p.add_argument_group("inputs (one preprocessing path: exporter/data.py)")
     data.add_argument("--images", type=Path, metavar="DIR",
-                      help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy")
+                      help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy "
+                           "(default: packaged photo crops)")
     data.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                       help=f"images to use (default {DEFAULT_SAMPLES}; packaged photo crops when no --images)")
     data.add_argument("--random", type=int, default=DEFAULT_RANDOM, metavar="N",
                       help=f"random N(0,1) tensors added to the images (default {DEFAULT_RANDOM})")
     timing = p.add_argument_group("latency (docs/LATENCY.md)")
     timing.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU")
+                        help="auto: CUDA when available (CUDA events, ORT CUDA provider), else CPU "
+                             "(default auto)")
     timing.add_argument("--ort-provider", choices=("cpu", "cuda", "tensorrt"),
                         help="ONNX Runtime execution provider for the ONNX artifacts (default: cuda "
                              "on a CUDA run when onnxruntime-gpu is installed, else cpu); the report "
                              "names the provider that actually ran")
     timing.add_argument("--allow-provider-fallback", action="store_true",
                         help="with --ort-provider: run on ONNX Runtime's fall-back provider instead "
-                             "of failing when the requested one does not load (the report says so)")
+                             "of failing when the requested one does not load (the report says so) "
+                             "(default: fail)")
     timing.add_argument("--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs (default {DEFAULT_RUNS})")
     timing.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"discarded warm-up runs (default {DEFAULT_WARMUP})")
@@ -68,14 +95,17 @@ def add_parser(sub) -> None:
     timing.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
     timing.add_argument("--batch-sizes", type=_int_list, default=(1, 8), metavar="1,8",
                         help="batch sizes to time (default 1,8; a fixed --batch overrides)")
-    timing.add_argument("--no-latency", action="store_true", help="compare outputs only")
+    timing.add_argument("--no-latency", action="store_true", help="compare outputs only (default: time every runtime too)")
     out = p.add_argument_group("outcome")
     out.add_argument("--report", type=Path, metavar="DIR",
                      help="write report.md, report.json and PNG plots here (--zoo default: reports/parity-zoo)")
     out.add_argument("--no-fail", action="store_true",
-                     help="exit 0 even when an artifact breaches its tolerance")
+                     help="exit 0 even when an artifact breaches its tolerance (default: exit 3)")
     out.add_argument("--locate", action="store_true",
-                     help="on a breach, find the first diverging layer of the ONNX artifact")
+                     help="on a breach, find the first diverging layer of the ONNX artifact "
+                          "(default: off)")
+    add_tolerance_options(p)
+    add_output_options(p)
     p.set_defaults(func=run, parity_defaults={a.dest: a.default for a in p._actions})
 
 
@@ -109,17 +139,23 @@ def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = 
     return recipe, spec, reference
 
 
-def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, say):
+def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, say,
+                manifest=None, only=None):
     from ..locate import locate_for_report
     from ..parity import build_inputs, run_parity
+    from ..recipes import override_tolerances
 
+    recipe = override_tolerances(recipe, getattr(args, "atol", None), getattr(args, "rtol", None))
     inputs = build_inputs(spec, images=args.images, samples=args.samples, random=args.random,
                           seed=args.seed or 0)
     report = run_parity(directory, reference, spec, recipe, inputs, args.device,
                         runner_options=runner_options, latency=not args.no_latency,
                         batch_sizes=args.batch_sizes,
                         warmup=args.warmup, runs=args.runs, rounds=args.rounds,
-                        threads=args.threads, progress=say)
+                        threads=args.threads, progress=say, manifest=manifest, artifacts=only)
+    if getattr(args, "atol", None) is not None or getattr(args, "rtol", None) is not None:
+        report.notes.append(f"tolerances overridden on the command line: --atol {args.atol}, "
+                            f"--rtol {args.rtol}")
     if args.locate:
         if report.breaches():
             locate_for_report(report, reference, inputs[0].array, recipe)
@@ -156,10 +192,11 @@ def run(args) -> int:
     from ..errors import UsageError
     from ..report import print_report, wide_console, write_report
 
-    console = wide_console()
+    console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
 
     def say(msg: str) -> None:
-        console.print(f"[dim]{msg}[/dim]")
+        if not args.quiet:
+            console.print(f"[dim]{msg}[/dim]")
 
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
@@ -169,10 +206,21 @@ def run(args) -> int:
             raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",
                              fix="drop the model name (or drop --zoo)")
         return _run_zoo(args, console, runner_options)
-    if args.reduced:
-        raise UsageError("--reduced goes with --zoo", fix="use --input-size N for one model")
+    if args.reduced or args.keep_artifacts:
+        raise UsageError("--reduced and --keep-artifacts go with --zoo",
+                         fix="use --input-size N for one model (its artifacts are always kept)")
 
-    if args.artifacts:
+    from ..artifact_file import looks_like_file
+
+    manifest = only = None
+    if args.model_spec and not looks_like_file(args.model):
+        raise UsageError("--model names the eager model of a FILE",
+                         fix="exporter parity path/to/model.onnx --model SPEC (or drop --model)")
+    if looks_like_file(args.model):
+        if args.artifacts:
+            raise UsageError("pass a FILE or --artifacts DIR, not both")
+        directory, recipe, spec, reference, manifest, only, note = _file_source(args, say)
+    elif args.artifacts:
         directory = Path(args.artifacts)
         if not (directory / "manifest.json").is_file():
             raise UsageError(f"'{directory}' has no manifest.json",
@@ -196,19 +244,63 @@ def run(args) -> int:
         request = request_from_args(args, formats=parse_formats(args.format))
         directory, recipe, spec, reference, note = prepare_directory(request, say)
     say(note)
-    report = _parity_one(args, directory, recipe, spec, reference, runner_options, say)
-    print_report(report, console)
+    report = _parity_one(args, directory, recipe, spec, reference, runner_options, say,
+                         manifest=manifest, only=only)
+    if not args.quiet or not args.json:
+        print_report(report, console)
+    paths = None
     if args.report:
         paths = write_report([report], args.report, title=f"Parity report: {report.model}")
         console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
                       f"{paths['errors_png'].name})")
     err = report.error()
+    if args.json:
+        _print_json([report], [], paths, err is None or args.no_fail, err)
     if err is not None:
         if args.no_fail:
             console.print(f"[yellow]--no-fail: {len(report.breaches())} breach(es) reported, exit 0[/yellow]")
             return 0
         raise err
     return 0
+
+
+def _print_json(reports, failures, paths, ok: bool, err=None) -> None:
+    """The parity document: every report (report.json's content), plus the error and exit code
+    of a breach (the CLI prints no second document)."""
+    import json
+
+    from ..cli_options import print_json
+    from ..report import _json_default, to_json
+
+    document = json.loads(json.dumps(to_json(reports, failures), default=_json_default))
+    document.update(command="parity", exit_ok=ok,
+                    report={k: str(v) for k, v in (paths or {}).items()})
+    if err is not None:
+        document.update(error=err.message, fix=err.fix, error_type=type(err).__name__,
+                        exit_code=0 if ok else err.exit_code)
+    print_json(document)
+
+
+def _file_source(args, say):
+    """(directory, recipe, spec, reference, manifest, only, note) for ``exporter parity FILE``."""
+    import argparse as ap
+
+    from ..artifact_file import file_manifest, resolve
+    from ..cli_options import request_from_args
+    from ..pipeline import load_stage
+    from ..prepare import prepare_for_deploy
+
+    path, fmt, meta, options = resolve(args)
+    ns = ap.Namespace(**{**vars(args), **options})
+    recipe, spec, model, _ = load_stage(request_from_args(ns))
+    reference, _ = prepare_for_deploy(model, recipe, fold=False)
+    shape = meta.get("input_shape") or []
+    batch = args.batch or (shape[0] if shape and isinstance(shape[0], int) else None)
+    manifest = file_manifest(path, fmt, meta, batch)
+    source = "the file's metadata" if meta else "the command line"
+    note = (f"{path.name}: {fmt}, eager model {ns.model} at {spec.size[0]}x{spec.size[1]} "
+            f"(from {source}: {options})")
+    return path.parent, recipe, spec, reference, manifest, [path.name], note
 
 
 def _zoo_request(args, name: str, recipe):
@@ -262,11 +354,13 @@ def _run_zoo(args, console, runner_options) -> int:
 
     recipes = all_recipes()
     reports, failures = [], []
-    bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True)
+    bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True, disable=args.quiet)
     for name in bar:
         bar.set_postfix_str(name)
+        written = None
         try:
             request = _zoo_request(args, name, recipes[name])
+            written = None if Path(request.output).exists() else Path(request.output)
             directory, recipe, spec, reference, unsupported = _prepare_zoo_model(request)
             report = _parity_one(args, directory, recipe, spec, reference, runner_options,
                                  say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))
@@ -280,7 +374,11 @@ def _run_zoo(args, console, runner_options) -> int:
         except Exception as err:  # noqa: BLE001 - one broken model must not stop the zoo
             failures.append({"model": name, "error": f"{type(err).__name__}: {err}"})
             status = f"ERROR {type(err).__name__}: {err}"
-        tqdm.write(f"{name}: {status}")
+        if written is not None and not args.keep_artifacts:
+            shutil.rmtree(written, ignore_errors=True)  # only what this run wrote
+        gc.collect()  # one model's runners and tensors at a time
+        if not args.quiet:
+            tqdm.write(f"{name}: {status}", file=sys.stderr)
     bar.close()
     print_zoo_summary(reports, failures, console)
     out = Path(args.report or Path("reports") / "parity-zoo")
@@ -288,6 +386,10 @@ def _run_zoo(args, console, runner_options) -> int:
     console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
                   f"{paths['errors_png'].name})")
     breaches = [b for r in reports for b in r.breaches()]
+    if args.json:
+        _print_json(reports, failures, paths, not (breaches or failures) or args.no_fail,
+                    None if not (breaches or failures) else ParityError(
+                        f"zoo parity: {len(breaches)} breach(es), {len(failures)} failure(s)"))
     if (breaches or failures) and not args.no_fail:
         detail = "; ".join(str(b) for b in breaches[:5]) + ("; ..." if len(breaches) > 5 else "")
         failed = [f["model"] for f in failures]

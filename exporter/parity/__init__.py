@@ -29,7 +29,8 @@ from ..artifacts import read_manifest, sha256_file
 from ..backends import registry
 from ..data import random_inputs
 from ..errors import BackendUnavailableError
-from ..latency import DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, set_threads, speedup
+from ..latency import (DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, ratio_is_stable,
+                       set_threads, speedup)
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, InputSet, as_input_sets, build_inputs,
@@ -108,6 +109,18 @@ def _measured_on(device: str, label: str, threads: int) -> str:
 
 
 # --------------------------------------------------------------------------------------- runner
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux /proc), None elsewhere."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
                      options: dict[str, dict[str, Any]], threads: int):
     """The registry backend's runner for ``entry``, with this run's thread count for every
@@ -201,6 +214,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             result.error = f"{backend.format} artifacts run on a {backend.device.upper()} device ({backend.summary}); this run is on {device}"
             result.notes.append(f"skipped: {result.error}")
             continue
+        rss_before = resident_mb()
         try:
             runner = (extra[file] if file in extra
                       else _artifact_runner(entry, directory, device, runner_options or {}, threads))
@@ -232,6 +246,9 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             result.breaches.append(Breach(file, result.output_name, result.precision, "error",
                                           float("nan"), float("nan"), f"failed to run: {result.error}"))
             continue
+        rss_after = resident_mb()
+        if rss_before is not None and rss_after is not None:
+            result.memory_mb = round(max(0.0, rss_after - rss_before), 1)
         result.accuracy = _accuracy(sets, outs)
         result.sample_errors = [float(v) for s in sets
                                 for v in per_sample_rel_error(refs[s.name], outs[s.name])]
@@ -257,6 +274,13 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             for size, stats in result.latency.items():
                 if size in eager_result.latency:
                     result.speedup[size] = speedup(eager_result.latency[size], stats)
+                    result.speedup_stable[size] = ratio_is_stable(eager_result.latency[size], stats)
+        unstable = sorted({f"{r.file or 'eager'} b{b}: {'; '.join(s.unstable)}"
+                           for r in [eager_result, *results] for b, s in r.latency.items()
+                           if not s.stable})
+        if unstable:
+            notes.append("unstable timings (measured twice, still unstable; their speed-ups are "
+                         "not results): " + " | ".join(unstable))
 
     model_spec = manifest.get("model_spec") or (manifest.get("model_options") or {}).get("model") \
         or manifest.get("model") or recipe.name

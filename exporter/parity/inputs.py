@@ -10,8 +10,7 @@ import numpy as np
 from ..data import ImageBatch, load_image_folder, packaged_crops, random_inputs
 from ..recipes import InputSpec
 
-DEFAULT_SAMPLES = 16
-DEFAULT_RANDOM = 8
+from ..defaults import DEFAULT_RANDOM, DEFAULT_SAMPLES  # noqa: F401
 MAX_CHUNK = 16  # images per forward when computing outputs (bounds memory at native sizes)
 
 @dataclass

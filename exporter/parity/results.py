@@ -54,6 +54,8 @@ class ArtifactResult:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)  # labelled set -> top1/top5
     latency: dict[int, LatencyStats] = field(default_factory=dict)
     speedup: dict[int, float] = field(default_factory=dict)  # eager p50 / this p50
+    speedup_stable: dict[int, bool] = field(default_factory=dict)  # False: not a result
+    memory_mb: float | None = None  # resident memory added by loading and running it (CPU)
     tolerance: Tolerance | None = None
     breaches: list[Breach] = field(default_factory=list)
     sample_errors: list[float] = field(default_factory=list)  # per-sample rel max-abs
@@ -72,6 +74,9 @@ class ArtifactResult:
             "summary": self.summary, "agreement_on": self.agreement_on, "accuracy": self.accuracy,
             "latency": {str(b): s.to_dict() for b, s in self.latency.items()},
             "speedup_vs_eager": {str(b): v for b, v in self.speedup.items()},
+            "speedup_stable": {str(b): v for b, v in self.speedup_stable.items()},
+            "throughput_ips": {str(b): s.throughput for b, s in self.latency.items()},
+            "memory_mb": self.memory_mb,
             "tolerance": None if self.tolerance is None else vars(self.tolerance),
             "breaches": [b.to_dict() for b in self.breaches],
             "sample_errors": [float(f"{v:.4g}") for v in self.sample_errors],
@@ -189,6 +194,9 @@ def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
         add("rel_max_abs", s["rel_max_abs"], tol.rel_max_abs,
             f"max-abs error {s['max_abs']:.3g} = {s['rel_max_abs']:.2e} of max|eager| exceeds the "
             f"{result.precision} tolerance {tol.rel_max_abs:.0e}")
+    if tol.max_abs is not None and not s["max_abs"] <= tol.max_abs:
+        add("max_abs", s["max_abs"], tol.max_abs,
+            f"max-abs error {s['max_abs']:.3g} exceeds --atol {tol.max_abs:.0e}")
     if s["cosine"] < tol.min_cosine or not np.isfinite(s["cosine"]):
         add("cosine", s["cosine"], tol.min_cosine,
             f"cosine similarity {s['cosine']:.6f} below the {result.precision} minimum {tol.min_cosine}")

@@ -36,7 +36,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    samples: int = DEFAULT_SAMPLES, target: str = "tensorrt",
                    max_accuracy_drop: float | None = None, eval_data: Any = None,
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
-                   bias_correction: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   bias_correction: bool | None = None, range_search: bool = True,
+                   max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``."""
@@ -59,6 +60,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      method=method, samples=samples, target=target, eval_data=eval_data,
                      eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                      min_agreement=min_agreement, bias_correction=bias_correction,
+                     range_search=range_search,
                      max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
                      seed=seed)
     finally:
@@ -67,6 +69,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
 
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
+          range_search,
           max_kept_fraction, force_kept, budget, seed) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
@@ -91,6 +94,11 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
     rule_kept = default_exclusions(model, target)
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
+    searched = None
+    if range_search:
+        ranges, searched = _searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
+    if bias_correction is None:  # measured (benchmarks/INT8_LEVERS.md): helps cpu, not tensorrt
+        bias_correction = target == "cpu"
     bias: dict = {}
     if bias_correction:
         stored = cached.setdefault("bias", {}).get(target)
@@ -132,7 +140,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "activations": "int8 symmetric, zero-point 0" if final_plan.signed else "uint8 asymmetric",
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
-        "bias_correction": bias_correction,
+        "bias_correction": bias_correction, "range_search": searched,
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
@@ -148,6 +156,25 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "seconds": round(time.time() - t0, 2),
     }
     return entry
+
+
+def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cached: dict, log):
+    """Ranges re-chosen for the consumers' output error (``range_search``), cached per target;
+    a graph the search cannot walk keeps the histogram ranges, and the manifest says why."""
+    stored = cached.setdefault("searched", {}).get(target)
+    if stored is not None:
+        return {**ranges, **{k: tuple(v) for k, v in stored.items()}}, "output-error search (cached)"
+    from .range_search import search_ranges
+
+    log("calibration: searching ranges against the consuming layers' output error")
+    try:
+        found = search_ranges(model, make_plan(model, target, excluded), ranges, data.array, log=log)
+    except PrecisionError as err:
+        log(f"calibration: range search skipped ({err.message}); histogram ranges kept")
+        return ranges, f"skipped: {err.message}"
+    changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
+    cached["searched"][target] = changed
+    return found, "output-error search"
 
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and

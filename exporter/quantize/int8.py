@@ -108,8 +108,10 @@ def kept_precision(target: str) -> str:
 
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
-              kept_dtype: str | None = None) -> onnx.ModelProto:
-    """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias."""
+              kept_dtype: str | None = None, weights: dict | None = None) -> onnx.ModelProto:
+    """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
+    ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
+    with :func:`quantize_weight`'s scales."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -136,6 +138,11 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         w = graph.weight(node)
         axis = weight_axis(node)
         q, scale = quantize_weight(w, axis)
+        if weights and name in weights:
+            given = np.asarray(weights[name])
+            if given.shape != q.shape or given.dtype != np.int8:
+                raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
+            q = given
         base = _safe(name)
         new_inits += [numpy_helper.from_array(q, f"{base}_w_int8"),
                       numpy_helper.from_array(scale, f"{base}_w_scale"),
@@ -245,7 +252,7 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 
 def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
-                    kept_dtype: str | None = None) -> dict:
+                    kept_dtype: str | None = None, weights: dict | None = None) -> dict:
     """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
 
     One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
@@ -253,7 +260,7 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
     corrections do not double-count errors inherited from earlier layers.)
     """
-    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype)
+    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights)
     qgraph = Graph(qdq)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)

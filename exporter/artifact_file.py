@@ -1,0 +1,104 @@
+"""``exporter parity FILE``: one ONNX / pt2 / AOTInductor / TorchScript file without a manifest.
+
+The file's format comes from its name and content; the eager model to compare against from
+``--model SPEC`` or, for files this exporter wrote, from the metadata inside the file (model spec,
+input size, weights), so ``exporter parity resnet18.onnx`` alone works on a self-describing file.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth")
+
+
+def looks_like_file(text: str | None) -> bool:
+    return bool(text) and text.endswith(SUFFIXES) and Path(text).is_file()
+
+
+def detect_format(path: Path) -> str:
+    """onnx | aoti | pt2 | torchscript, from the suffix and (for .pt2) the archive's content."""
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix == ".pt2":
+        with zipfile.ZipFile(path) as archive:
+            aoti = any("/aotinductor/" in n or n.endswith(".so") for n in archive.namelist())
+        return "aoti" if aoti else "pt2"
+    return "torchscript"
+
+
+def embedded_metadata(path: Path, fmt: str) -> dict[str, Any]:
+    """The exporter's metadata inside the file (decoded), or {} for a foreign file."""
+    from .metadata import EXTRA_FILE, decode
+
+    try:
+        if fmt == "onnx":
+            from .metadata import read_onnx_metadata
+
+            return decode(read_onnx_metadata(path))
+        if fmt == "aoti":
+            from .backends.aoti import read_metadata
+
+            return decode(read_metadata(path))
+        import torch
+
+        files = {EXTRA_FILE: ""}
+        if fmt == "pt2":
+            torch.export.load(str(path), extra_files=files)
+        else:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        return decode(json.loads(files[EXTRA_FILE])) if files[EXTRA_FILE] else {}
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return {}
+
+
+def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
+    """Model options from the file's metadata for what the user did not type."""
+    options: dict[str, Any] = {}
+    if not args.model_spec and meta.get("model_spec"):
+        options["model"] = meta["model_spec"]
+    shape = meta.get("input_shape")
+    if args.input_size is None and isinstance(shape, list) and len(shape) == 4 and shape[2] == shape[3]:
+        options["input_size"] = int(shape[2])
+    weights = meta.get("weights") or {}
+    if args.weights is None and args.checkpoint is None:
+        if weights.get("kind") == "random" and args.seed == 0:
+            options["seed"] = int(weights.get("seed", 0))
+        elif weights.get("kind") == "checkpoint" and Path(weights.get("path", "")).is_file():
+            options["checkpoint"] = weights["path"]
+        elif weights.get("kind") in ("torchvision", "timm"):
+            options["weights"] = weights["name"].split(".")[-1] if weights["kind"] == "torchvision" \
+                else "DEFAULT"
+    return options
+
+
+def file_manifest(path: Path, fmt: str, meta: dict[str, Any], batch: int | None) -> dict[str, Any]:
+    """A one-artifact manifest for run_parity (precision from the metadata or the file name)."""
+    from .artifacts import artifact_entry
+
+    precision = meta.get("precision") or next(
+        (p for p in ("fp16", "int8") if f".{p}." in path.name), "fp32")
+    entry = artifact_entry(path, fmt, precision)
+    if fmt == "pt2" and batch:
+        entry["details"].update(dynamic_batch=False, batch=batch)
+    return {"model": meta.get("model", path.stem), "artifacts": [entry], "input": {"batch": batch}}
+
+
+def resolve(args) -> tuple[Path, str, dict[str, Any], dict[str, Any]]:
+    """(path, format, metadata, model-option overrides) of ``exporter parity FILE``."""
+    path = Path(args.model)
+    fmt = detect_format(path)
+    meta = embedded_metadata(path, fmt)
+    options = model_options(meta, args)
+    if args.model_spec:
+        options["model"] = args.model_spec
+    if "model" not in options:
+        raise UsageError(f"{path} carries no model metadata: which eager model is it?",
+                         fix=f"exporter parity {path} --model SPEC (a recipe, torchvision:<name>, "
+                             "timm:<name> or file.py:factory) with the export's --input-size and "
+                             "--checkpoint")
+    return path, fmt, meta, options

@@ -1,0 +1,104 @@
+"""``exporter matrix PLAN.toml``: every model x format x precision of a plan, exported and proved
+in parallel - local worker processes by default, Ray tasks with ``--ray auto|ADDRESS``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "matrix", help="run a plan (models x formats x precisions) on local workers or Ray",
+        description="Export and prove every job of a plan file (see README: The matrix); one "
+                    "artifact directory per job under --output and the merged report.md / "
+                    "report.json at its top.",
+        epilog="""examples:
+  exporter matrix examples/matrix-small.toml --output artifacts/matrix --jobs 2 --no-latency
+  exporter matrix plan.toml --ray auto                   # Ray tasks (pip install 'zoo-exporter[ray]')
+  exporter matrix plan.toml --ray ray://head:10001       # a running Ray cluster
+
+exit codes: 0 every job ok (or --no-fail), 3 a parity breach, 4 a bad plan (nothing run),
+5 no GPU / Ray for the plan, else the failed jobs' code; 130 interrupted""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", type=Path, help="plan TOML file")
+    p.add_argument("--output", "-o", type=Path, default=Path("artifacts/matrix"),
+                   help="shared output directory (default artifacts/matrix)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--jobs", "-j", type=int,
+                       help="local worker processes (default: the usable cores)")
+    where.add_argument("--ray", metavar="auto|ADDRESS",
+                       help="run the jobs as Ray tasks: auto (this machine's cluster, else a local "
+                            "one) or a cluster address such as ray://head:10001 (default: local "
+                            "worker processes)")
+    p.add_argument("--reduced", action="store_true",
+                   help="every recipe at its reduced test size (default: the plan's 'reduced')")
+    p.add_argument("--no-latency", action="store_true",
+                   help="compare outputs only, in every job (default: latency is timed)")
+    p.add_argument("--samples", type=int, help="parity images per job (default: exporter parity's)")
+    p.add_argument("--random", type=int, metavar="N",
+                   help="random tensors per job (default: exporter parity's)")
+    p.add_argument("--runs", type=int, help="timed runs per batch size (default: exporter parity's)")
+    p.add_argument("--warmup", type=int, help="warm-up runs per batch size (default: exporter parity's)")
+    p.add_argument("--threads", type=int, help="intra-op threads per job (default: cores / jobs)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (default: a bar)")
+    p.add_argument("--no-fail", action="store_true",
+                   help="exit 0 even when a job breaches or fails (default: exit non-zero)")
+    p.set_defaults(func=run)
+
+
+def _parity_overrides(args) -> dict:
+    out = {k: getattr(args, k) for k in ("samples", "random", "runs", "warmup", "threads")
+           if getattr(args, k) is not None}
+    if args.no_latency:
+        out["latency"] = False
+    return out
+
+
+def run(args) -> int:
+    from ..errors import ExporterError, ParityError, UsageError
+    from ..matrix.driver import run_jobs
+    from ..matrix.executors import describe, make_executor
+    from ..matrix.merge import write_matrix_report
+    from ..matrix.plan import load_plan, with_threads
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    plan = load_plan(args.plan, reduced=True if args.reduced else None,
+                     parity=_parity_overrides(args))
+    output = Path(args.output)
+    jobs = plan.jobs(output)
+    say = print
+    for cell in plan.dropped:
+        say(f"not in the matrix: {cell}")
+    executor = make_executor(args.ray, args.jobs, output, plan.cpus_per_job)
+    try:
+        executor.check(jobs)
+    except BaseException:
+        executor.close()
+        raise
+    jobs = [with_threads(j, executor.threads) for j in jobs]
+    say(f"{len(jobs)} job(s) from {args.plan} -> {output} ({describe(executor)})")
+    results = run_jobs(jobs, executor, progress=not args.no_progress)
+    paths = write_matrix_report(results, output, title=f"Matrix report: {args.plan.name}",
+                                notes=[f"not in the matrix: {c}" for c in plan.dropped],
+                                executor=describe(executor))
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "breach", "error")}
+    skipped = sum(bool(r.get("skipped")) for r in results)
+    say(f"{len(results)} job(s): {counts['ok']} ok, {counts['breach']} breach, {counts['error']} "
+        f"failed, {skipped} skipped (proved by an earlier run); report: {paths['markdown']}")
+    failed = [r for r in results if r["status"] == "error"]
+    breached = [r for r in results if r["status"] == "breach"]
+    if args.no_fail or not (failed or breached):
+        return 0
+    if failed:
+        codes = {r.get("exit_code", 1) for r in failed}
+        err = ExporterError(f"{len(failed)} job(s) failed: " + "; ".join(
+            f"{r['key']}: {r['error']}" for r in failed[:5]) + ("; ..." if len(failed) > 5 else ""),
+            fix=f"details in {paths['markdown']}; rerun the plan (proved jobs are skipped)")
+        err.exit_code = codes.pop() if len(codes) == 1 else 1
+        raise err
+    raise ParityError(f"{len(breached)} job(s) breach their tolerance: "
+                      + ", ".join(r["key"] for r in breached),
+                      fix=f"details in {paths['markdown']}; rerun one model with "
+                          "`exporter parity MODEL --locate`")

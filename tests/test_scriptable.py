@@ -1,0 +1,79 @@
+"""Scriptable CLI: --json gives exactly one JSON document on stdout (logs on stderr), --quiet,
+exit codes, ``exporter parity FILE`` without a manifest, and --atol/--rtol overrides."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    out = tmp_path_factory.mktemp("json") / "lenet"
+    proc = run_cli("export", "lenet5", "--format", "onnx,pt2", "--output", str(out), "--json", "-v")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_export_json_is_one_document_and_logs_go_to_stderr(lenet):
+    out, proc = lenet
+    doc = json.loads(proc.stdout)  # the whole stdout parses: nothing else was printed there
+    assert doc["ok"] is True and doc["command"] == "export" and doc["directory"] == str(out)
+    assert [a["format"] for a in doc["artifacts"]] == ["onnx", "pt2"]
+    assert all(row["rel_max_abs"] < 1e-5 for row in doc["parity"])
+    assert "load: lenet5" in proc.stderr and "verify:" in proc.stderr  # --verbose stage lines
+
+
+def test_parity_file_without_manifest_reads_model_from_metadata(lenet, tmp_path):
+    out, _ = lenet
+    lone = tmp_path / "lone.pt2"
+    shutil.copy(out / "lenet5.pt2", lone)  # no manifest beside it
+    proc = run_cli("parity", str(lone), "--no-latency", "--samples", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["command"] == "parity"
+    [artifact] = doc["reports"][0]["artifacts"]
+    assert artifact["file"] == "lone.pt2" and artifact["format"] == "pt2"
+    assert artifact["summary"]["rel_max_abs"] < 1e-5
+
+
+def test_parity_foreign_onnx_needs_model_spec(lenet, tmp_path):
+    out, _ = lenet
+    model = onnx.load(str(out / "lenet5.onnx"))
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, str(foreign))
+    proc = run_cli("parity", str(foreign), "--no-latency")
+    assert proc.returncode == 2 and "--model SPEC" in proc.stderr
+    proc = run_cli("parity", str(foreign), "--model", "lenet5", "--no-latency", "--samples", "4",
+                   "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["reports"][0]["artifacts"][0]["summary"]["top1_agreement"] == 1.0
+
+
+def test_atol_override_breaches_with_exit_3_and_json_error(lenet):
+    out, _ = lenet
+    proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4",
+                   "--atol", "1e-12", "--json", "--quiet")
+    assert proc.returncode == 3, proc.stderr
+    report = json.loads(proc.stdout)  # one document, the breach inside it
+    assert report["ok"] is False and {b["metric"] for b in report["reports"][0]["breaches"]} == {"max_abs"}
+    assert report["exit_code"] == 3 and report["error_type"] == "ParityError"
+    proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4", "--rtol", "1.0")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_usage_error_json_document_and_exit_code(tmp_path):
+    proc = run_cli("export", "resnet18", "--format", "tflite", "--json", "--output", str(tmp_path / "x"))
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and "unknown format" in doc["error"]
