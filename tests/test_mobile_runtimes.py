@@ -166,14 +166,7 @@ def test_tflite_fp16_is_refused_not_written_as_fp32(tmp_path):
 
 
 # ------------------------------------------------------------------------------- INT8
-# litert-torch 0.10 cannot convert lenet5's PT2E per-channel INT8: its 1-input-channel conv becomes
-# a DEPTHWISE_CONV_2D whose per-axis int8 weight (6x1x5x5) the converter rejects
-# ('stablehlo.uniform_dequantize' op operand ... got tensor<6x1x5x5xi8>); it surfaces as our typed
-# UnsupportedModelError. Strict xfail: the test starts passing when the converter is fixed.
-LENET5_INT8 = [pytest.param(p.values[0], marks=[*p.marks, pytest.mark.xfail(
-    strict=True, reason="litert-torch 0.10 rejects per-axis int8 depthwise weights of lenet5's conv1")])
-    if p.values[0] == "tflite" else p for p in MOBILE]
-@pytest.mark.parametrize("fmt", LENET5_INT8)
+@pytest.mark.parametrize("fmt", MOBILE)
 def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
@@ -192,7 +185,7 @@ def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
         assert any(op in details["ops"] for op in ("CONV_2D", "DELEGATE"))
 
 
-@pytest.mark.parametrize("fmt", LENET5_INT8)
+@pytest.mark.parametrize("fmt", MOBILE)
 def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",

@@ -75,7 +75,8 @@ def _integer_labels(samples) -> np.ndarray | None:
     return np.array([int(names[i]) for i in samples.labels])
 
 
-def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32):
+def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32,
+                  fold_quantize: bool = True):
     """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``).
 
     Traced with a dynamic batch axis so the observers see ``chunk`` samples per call (histogram
@@ -91,7 +92,7 @@ def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: in
     with torch.no_grad():
         for i in range(0, len(calibration), chunk):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + chunk])))
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],

@@ -55,7 +55,10 @@ def export(ctx) -> list[dict[str, Any]]:
             ctx.log(f"tflite int8: calibrating on {len(calibration)} sample(s)")
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-            graph = pt2e.pt2e_quantize(ctx.deploy.eval(), example, quantizer, calibration)
+            # litert-torch converts q/dq pairs around float weights (fold_quantize=False); folded
+            # int8 weights are rejected by its converter (stablehlo.uniform_dequantize)
+            graph = pt2e.pt2e_quantize(ctx.deploy.eval(), example, quantizer, calibration,
+                                       fold_quantize=False)
             model = converter.convert(graph, (example,),
                                       quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
         else:
