@@ -105,7 +105,9 @@ def tool_versions() -> dict[str, str]:
     from importlib import metadata  # slow to import: kept off the CLI's start-up path
 
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in TRACKED_PACKAGES:
+    from .backends.registry import runtime_packages
+
+    for name in dict.fromkeys(TRACKED_PACKAGES + runtime_packages()):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

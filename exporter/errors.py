@@ -74,6 +74,15 @@ class ExportError(ExporterError):
     exit_code = EXIT_PRODUCE
 
 
+class UnsupportedModelError(ExportError):
+    """A runtime cannot convert the model (an operator it lacks): names the op and the runtime."""
+
+    def __init__(self, runtime: str, fmt: str, op: str, detail: str):
+        self.runtime, self.format, self.op = runtime, fmt, op
+        super().__init__(f"{runtime} cannot convert this model: operator {op} ({detail})",
+                         fix=f"export it without --format {fmt} (the other formats are unaffected)")
+
+
 class SimplifyError(ExporterError):
     """The ONNX simplifier failed or changed the graph's numerics."""
 

@@ -94,6 +94,8 @@ def _status_cell(result: ArtifactResult) -> str:
         return "FAIL " + ",".join(sorted({b.metric for b in result.breaches}))
     if result.status == "error":
         return "ERROR"
+    if result.status == "unsupported":
+        return f"unsupported: {result.error}"
     if result.status == "skipped":
         return "skipped"
     if result.status == "reference":
@@ -185,7 +187,8 @@ def render_table(report: ParityReport):
         justify = "left" if key in ("artifact", "prec", "status") else "right"
         table.add_column(key, justify=justify, overflow="fold")
     for row, result in zip(data, [report.eager, *report.artifacts]):
-        style = {"breach": "red", "error": "red", "skipped": "yellow", "reference": "bold"}.get(result.status)
+        style = {"breach": "red", "error": "red", "skipped": "yellow", "unsupported": "yellow",
+                 "reference": "bold"}.get(result.status)
         table.add_row(*row.values(), style=style)
     return table
 
@@ -224,6 +227,8 @@ def print_report(report: ParityReport, console=None) -> None:
         console.print(f"[dim]latency: {report.warmup} warm-up runs discarded, {report.runs} timed runs "
                       f"in {report.rounds} interleaved rounds, batch {'/'.join(map(str, report.batch_sizes))}; "
                       "speed-up = eager p50 / artifact p50 (see docs/LATENCY.md)[/dim]")
+    if report.batch_sizes:
+        console.print(f"[bold green]ship[/bold green] {report.ship_line()}")
     for result in [report.eager, *report.artifacts]:
         for note in result.notes:
             console.print(f"[yellow]note[/yellow] {result.file or 'eager'}: {note}")
@@ -241,7 +246,8 @@ def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[s
 
     console = console or wide_console()
     table = Table(title="zoo parity")
-    for col in ("model", "artifacts", "worst rel. err", "min top-1 agr.", "speed-up b1 (best)", "status"):
+    for col in ("model", "artifacts", "worst rel. err", "min top-1 agr.", "speed-up b1 (best)",
+                "ship (fastest within tolerance)", "status"):
         table.add_column(col)
     for line in zoo_rows(reports, failures):
         table.add_row(*line.values(), style="red" if line["status"] != "ok" else None)
@@ -259,15 +265,21 @@ def zoo_rows(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
                  and a.speedup_stable.get(first, True)]
         shaky = any(not a.speedup_stable.get(first, True) for a in rep.artifacts)
         best = max(speed, default=None)
+        ship = rep.fastest_within_tolerance()
+        cells = [f"{a.format}: {a.status}" for a in rep.artifacts if a.status in ("unsupported", "skipped")]
+        status = "ok" if rep.ok else f"FAIL ({len(rep.breaches())} breach)"
         out.append({"model": rep.model, "artifacts": str(len(rep.artifacts)),
                     "worst rel. err": fmt_sci(worst), "min top-1 agr.": fmt_frac(agree),
                     "speed-up b1 (best)": ("unstable" if shaky and not best else
                                            f"{best[0]:.2f}x {best[1]}" if best else "-")
                     + (" (others unstable)" if shaky and best else ""),
-                    "status": "ok" if rep.ok else f"FAIL ({len(rep.breaches())} breach)"})
+                    "ship (fastest within tolerance)":
+                        f"{ship.file} {fmt_ms(ship.latency[first].p50_ms)} ms" if ship else "-",
+                    "status": status + (f" ({', '.join(cells)})" if cells else "")})
     for fail in failures:
         out.append({"model": fail["model"], "artifacts": "-", "worst rel. err": "-",
                     "min top-1 agr.": "-", "speed-up b1 (best)": "-",
+                    "ship (fastest within tolerance)": "-",
                     "status": f"ERROR: {fail['error'].splitlines()[0][:120]}"})
     return out
 
@@ -422,6 +434,8 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         out += [f"## {rep.model}", "",
                 f"`{rep.directory}` · input {size} · weights: {weights} · inputs: {inputs}", "",
                 _md_table(rows(rep)), ""]
+        if rep.batch_sizes:
+            out += [f"**Ship:** {rep.ship_line()}", ""]
         notes = [f"- {n}" for n in rep.notes]
         notes += [f"- {r.file or 'eager'}: {n}" for r in [rep.eager, *rep.artifacts] for n in r.notes]
         if notes:

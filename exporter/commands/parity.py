@@ -347,6 +347,29 @@ def _zoo_request(args, name: str, recipe):
     return request_from_args(ns, formats=parse_formats(args.format))
 
 
+def _prepare_zoo_model(request):
+    """prepare_directory, dropping each format whose runtime cannot convert the model; those
+    become 'unsupported' cells (the op and the runtime named) instead of failing the model."""
+    import dataclasses
+
+    from ..errors import UnsupportedModelError
+    from ..parity import ArtifactResult
+
+    cells = []
+    while True:
+        try:
+            directory, recipe, spec, reference, _ = prepare_directory(request, say=lambda m: None)
+            return directory, recipe, spec, reference, cells
+        except UnsupportedModelError as err:
+            if err.format not in request.formats or len(request.formats) == 1:
+                raise
+            cells.append(ArtifactResult(file=f"({err.format})", format=err.format,
+                                        precision=request.precision, status="unsupported",
+                                        error=f"{err.runtime}: {err.op}", notes=[err.message]))
+            request = dataclasses.replace(
+                request, formats=tuple(f for f in request.formats if f != err.format))
+
+
 def _run_zoo(args, console, runner_options) -> int:
     from tqdm import tqdm
 
@@ -363,9 +386,10 @@ def _run_zoo(args, console, runner_options) -> int:
         try:
             request = _zoo_request(args, name, recipes[name])
             written = None if Path(request.output).exists() else Path(request.output)
-            directory, recipe, spec, reference, _ = prepare_directory(request, say=lambda m: None)
+            directory, recipe, spec, reference, unsupported = _prepare_zoo_model(request)
             report = _parity_one(args, directory, recipe, spec, reference, runner_options,
                                  say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))
+            report.artifacts += unsupported
             reports.append(report)
             status = "ok" if report.ok else f"FAIL {'; '.join(str(b) for b in report.breaches())}"
         except ExporterError as err:

@@ -133,10 +133,18 @@ def resident_mb() -> float | None:
 
 
 def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
-                     options: dict[str, dict[str, Any]]):
+                     options: dict[str, dict[str, Any]], threads: int):
+    """The registry backend's runner for ``entry``, with this run's thread count for every
+    backend whose factory takes ``threads`` (all runtimes timed with the same count)."""
+    import inspect
+
     from ..backends.base import runner_for
 
-    return runner_for(entry, directory, device, **options.get(entry["format"], {}))
+    kwargs = dict(options.get(entry["format"], {}))
+    factory = registry.load(entry["format"]).make_runner
+    if "threads" in inspect.signature(factory).parameters:
+        kwargs.setdefault("threads", threads)
+    return runner_for(entry, directory, device, **kwargs)
 
 
 def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, recipe: Recipe,
@@ -226,7 +234,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         rss_before = resident_mb()
         try:
             runner = (extra[file] if file in extra
-                      else _artifact_runner(entry, directory, device, runner_options or {}))
+                      else _artifact_runner(entry, directory, device, runner_options or {}, threads))
         except ProviderFallbackError:
             raise  # explicitly requested: never silently measured on another provider
         except (BackendUnavailableError, ImportError) as err:

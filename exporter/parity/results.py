@@ -47,7 +47,7 @@ class ArtifactResult:
     provider: str = ""
     output_name: str = OUTPUT_NAME
     threads: int | None = None
-    status: str = "ok"  # ok | breach | error | skipped | reference
+    status: str = "ok"  # ok | breach | error | skipped | unsupported | reference
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # input set -> metrics
     summary: dict[str, float] = field(default_factory=dict)  # worst case over the sets
     agreement_on: str = ""
@@ -132,6 +132,26 @@ class ParityReport:
         return ParityError(f"{self.model}: {len(files)} artifact(s) breach the recipe's tolerance "
                            f"vs eager PyTorch: {detail}", fix=fix)
 
+    def fastest_within_tolerance(self) -> ArtifactResult | None:
+        """The artifact to ship: the lowest p50 at the first timed batch size among those within
+        their tolerance (None without latency or without such an artifact)."""
+        if not self.batch_sizes:
+            return None
+        first = self.batch_sizes[0]
+        timed = [a for a in self.artifacts if a.status == "ok" and first in a.latency]
+        return min(timed, key=lambda a: a.latency[first].p50_ms, default=None)
+
+    def ship_line(self) -> str:
+        """One sentence naming the fastest artifact within tolerance, with its p50 and speed-up."""
+        best = self.fastest_within_tolerance()
+        if best is None:
+            return "no artifact within tolerance was timed"
+        first = self.batch_sizes[0]
+        speed = best.speedup.get(first)
+        return (f"fastest within tolerance (batch {first}): {best.file} ({best.format} "
+                f"{best.precision}, {best.runtime}) p50 {best.latency[first].p50_ms:.3g} ms"
+                + (f", {speed:.2f}x eager" if speed else ""))
+
     def raise_for_breaches(self) -> None:
         err = self.error()
         if err is not None:
@@ -149,7 +169,17 @@ class ParityReport:
             "breaches": [b.to_dict() for b in self.breaches()],
             "eager": self.eager.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "notes": self.notes, "locations": self.locations,
+            "fastest_within_tolerance": self._ship_record(),
         }
+
+    def _ship_record(self) -> dict[str, Any] | None:
+        best = self.fastest_within_tolerance()
+        if best is None:
+            return None
+        first = self.batch_sizes[0]
+        return {"file": best.file, "format": best.format, "precision": best.precision,
+                "batch": first, "p50_ms": best.latency[first].p50_ms,
+                "speedup_vs_eager": best.speedup.get(first)}
 
 
 def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:

@@ -1,0 +1,194 @@
+"""ExecuTorch backend: ``torch.export`` -> XNNPACK-delegated ``<stem>.pte``, run by
+``executorch.runtime`` (the Python face of the C++ runtime an Android/iOS app links).
+
+* FP32: ``to_edge_transform_and_lower`` with the XNNPACK partitioner; the manifest records how
+  many nodes XNNPACK took and which operators stayed on the portable CPU kernels.
+* FP16: the model and its input in half precision, lowered the same way (XNNPACK has fp16
+  kernels); the runner feeds fp16 and returns float32 logits.
+* INT8: PT2E with the XNNPACK quantizer (symmetric, per-channel weights), calibrated on the
+  export's calibration data and judged with the ONNX path's budget (``backends.pt2e``).
+
+The program has static shapes: it is traced at ``--batch`` (default 1); the runner runs larger
+batches in chunks of that size, as an app would. Input layout NCHW, as every other artifact.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExporterError
+from . import pt2e
+from .registry import get, require_module
+
+FORMAT = "executorch"
+RUNTIME = "ExecuTorch (XNNPACK)"
+
+
+def _backend():
+    return get(FORMAT)
+
+
+def _lower(program, precision: str):
+    """(ExecuTorch program manager, delegation record) of an exported program."""
+    require_module(_backend(), "executorch.exir")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    portable = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items())
+                if b.non_delegated and op != "getitem"}  # getitem: unpacks the delegate's outputs
+    record = {"delegate": "XnnpackBackend", "delegated_subgraphs": info.num_delegated_subgraphs,
+              "delegated_nodes": info.num_delegated_nodes,
+              "portable_nodes": sum(portable.values()), "portable_ops": portable}
+    return edge.to_executorch(), record
+
+
+def export(ctx) -> list[dict[str, Any]]:
+    """``<stem>.pte`` in ``ctx.precision`` (fp32 | fp16 | int8)."""
+    import torch
+
+    from ..artifacts import artifact_entry, write_bytes_atomic
+
+    require_module(_backend(), "executorch.exir")
+    example = pt2e.example_batch(ctx)
+    batch = int(example.shape[0])
+    module = ctx.deploy.eval()
+    details: dict[str, Any] = {"batch": batch, "layout": "NCHW", "input_dtype": "float32"}
+    suffix = "" if ctx.precision == "fp32" else f".{ctx.precision}"
+    path = ctx.stage / f"{ctx.stem}{suffix}.pte"
+    try:
+        with torch.no_grad():
+            if ctx.precision == "int8":
+                calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
+                ctx.log(f"executorch int8: calibrating on {len(calibration)} sample(s)")
+                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration)
+                program = torch.export.export(graph, (example,))
+            elif ctx.precision == "fp16":
+                module = _half_copy(module)
+                example = example.half()
+                details["input_dtype"] = "float16"
+                program = torch.export.export(module, (example,))
+            else:
+                program = torch.export.export(module, (example,))
+            manager, delegation = _lower(program, ctx.precision)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - every converter failure becomes one typed error
+        if isinstance(err, ExporterError):
+            raise
+        raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
+    write_bytes_atomic(path, manager.buffer)
+    details["delegation"] = delegation
+    details["runtime_packages"] = _versions()
+    entry = artifact_entry(path, FORMAT, ctx.precision, **details)
+    if ctx.precision == "int8":
+        runner = ExecuTorchRunner(path, precision="int8", batch=batch)
+        reference = _torch_fn(ctx.deploy)
+        entry["details"].update(
+            quantizer="XNNPACKQuantizer (torchao PT2E), symmetric int8, per-channel weights",
+            calibration=data.summary(),
+            **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
+                              lambda x: pt2e.run_batched(runner, x, batch), held, labels,
+                              held_source, criterion))
+    return [entry]
+
+
+def _quantizer():
+    require_module(_backend(), "torchao")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _half_copy(module):
+    import copy
+
+    return copy.deepcopy(module).half().eval()
+
+
+def _torch_fn(module):
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).float().numpy()
+    return run
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("executorch", "torchao"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class ExecuTorchRunner:
+    """One loaded ``forward`` method of a ``.pte`` on NCHW float32 batches -> float32 logits."""
+
+    def __init__(self, path: str | Path, *, precision: str = "fp32", batch: int = 1,
+                 threads: int | None = None, input_dtype: str = "float32"):
+        import torch
+
+        runtime_mod = require_module(_backend(), "executorch.runtime")
+        from executorch.extension.pybindings import portable_lib
+
+        self.path = Path(path)
+        self.file = self.path.name
+        self.precision = precision
+        self.batch = int(batch)
+        self.notes: list[str] = []
+        wanted = int(threads or torch.get_num_threads())
+        portable_lib._unsafe_reset_threadpool(wanted)  # XNNPACK's pool, process-wide
+        self.threads = int(portable_lib._threadpool_get_thread_count())
+        if self.threads != wanted:
+            self.notes.append(f"asked ExecuTorch's threadpool for {wanted} threads, it has {self.threads}")
+        program = runtime_mod.Runtime.get().load_program(str(self.path))
+        self.method = program.load_method("forward")
+        self.dtype = torch.float16 if input_dtype == "float16" else torch.float32
+        self.name = f"executorch {precision}"
+        self.runtime = f"executorch {_versions().get('executorch', '?')}"
+        self.provider = "XNNPACK (cpu)"
+        self.output_name = "logits"
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        import torch
+
+        (out,) = self.method.execute([torch.from_numpy(chunk).to(self.dtype)])[:1]
+        return out.float().numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return pt2e.run_batched(self._run, np.asarray(batch, dtype=np.float32), self.batch)
+
+    def timed_call(self, batch: np.ndarray):
+        """(fn, clock): one inference on inputs already converted to torch tensors."""
+        import torch
+
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        chunks = [torch.from_numpy(x[i:i + self.batch]).to(self.dtype)
+                  for i in range(0, len(x) - len(x) % self.batch, self.batch)] or \
+            [torch.from_numpy(np.repeat(x[:1], self.batch, 0)).to(self.dtype)]
+
+        def run() -> None:
+            for chunk in chunks:
+                self.method.execute([chunk])
+        return run, "perf_counter"
+
+
+def make_runner(artifact: dict[str, Any], directory: Path, device: str = "cpu",
+                threads: int | None = None) -> ExecuTorchRunner:
+    """Runner for one manifest entry of format ``executorch`` (CPU; XNNPACK threads fixed)."""
+    details = artifact.get("details") or {}
+    return ExecuTorchRunner(Path(directory) / artifact["file"],
+                            precision=artifact.get("precision", "fp32"),
+                            batch=int(details.get("batch") or 1), threads=threads,
+                            input_dtype=details.get("input_dtype", "float32"))

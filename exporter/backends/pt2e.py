@@ -1,0 +1,130 @@
+"""What the PyTorch-native mobile backends (ExecuTorch, LiteRT) share: the example input, the PT2E
+INT8 flow (export -> prepare -> calibrate -> convert) on the export's calibration data, the
+accuracy-budget judgement of the written artifact, and the typed conversion error.
+
+The calibration data are read by :func:`calibration_data` only (one call of
+``quantize.calibration.load_calibration_data``, the loader the ONNX INT8 path uses), and the
+budget is ``quantize.budget``'s criterion, so ``--calibration``, ``--calibration-samples``,
+``--eval-images`` and ``--max-accuracy-drop`` mean the same for every runtime.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import PrecisionError, UnsupportedModelError
+
+DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
+_OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
+
+
+def conversion_error(runtime: str, fmt: str, err: Exception) -> UnsupportedModelError:
+    """The typed error for a converter's exception, naming the first ATen operator it mentions."""
+    text = f"{type(err).__name__}: {err}".strip()
+    found = _OP.search(text)
+    first_line = text.splitlines()[0][:300] if text else type(err).__name__
+    return UnsupportedModelError(runtime, fmt, found.group(1) if found else "unknown", first_line)
+
+
+def example_batch(ctx) -> "Any":
+    """The (fixed) batch the program is traced at: the request's --batch, else 1."""
+    import torch
+
+    from ..data import random_inputs
+
+    return torch.from_numpy(random_inputs(ctx.spec, int(ctx.request.batch or 1), seed=0))
+
+
+def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str, Any, Any]:
+    """(calibration inputs, judging inputs, their labels or None, what they are, the calibration
+    record, the budget criterion) for ctx; the criterion is made first, so a budget that cannot
+    be judged fails before any conversion.
+
+    The judging set is ``--eval-images`` (``--eval-samples`` of them) when given, else the
+    calibration data themselves; both come through ``load_calibration_data``, the ONNX INT8
+    path's loader. (The ONNX path also holds out part of the calibration source by default;
+    here, pass --eval-images for held-out judging.)
+    """
+    from ..quantize.budget import Criterion
+    from ..quantize.calibration import load_calibration_data
+
+    quant = ctx.request.quant
+    samples = int(quant.get("samples") or DEFAULT_SAMPLES)
+    eval_data = quant.get("eval_data")
+    if eval_data is None:
+        criterion = Criterion.make(None, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+        data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
+        return (np.asarray(data.array), np.asarray(data.array), None,
+                f"calibration data ({len(data)} samples; pass --eval-images for held-out judging)",
+                data, criterion)
+    held = load_calibration_data(eval_data, ctx.spec, int(quant.get("eval_samples") or 10**6))
+    labels = _integer_labels(held)
+    criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+    data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
+    return (np.asarray(data.array), np.asarray(held.array), labels,
+            f"{held.source} ({len(held)} samples)", data, criterion)
+
+
+def _integer_labels(samples) -> np.ndarray | None:
+    """Class indices of a folder whose class subfolders are named by index ('0', '207', ...)."""
+    names = list(getattr(samples, "class_names", []) or [])
+    if samples.labels is None or not names or not all(n.isdigit() for n in names):
+        return None
+    return np.array([int(names[i]) for i in samples.labels])
+
+
+def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32,
+                  fold_quantize: bool = True):
+    """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``).
+
+    Traced with a dynamic batch axis so the observers see ``chunk`` samples per call (histogram
+    observers cost per call, not per sample); the caller re-exports it at its fixed batch."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batch = torch.export.Dim("batch", min=1, max=max(len(calibration), chunk, 2))
+    trace = torch.from_numpy(np.ascontiguousarray(np.repeat(calibration[:1], 2, axis=0)))
+    graph = torch.export.export(module, (trace.to(example.dtype),),
+                                dynamic_shapes=({0: batch},)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for i in range(0, len(calibration), chunk):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + chunk])))
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
+               int8_fn: Callable[[np.ndarray], np.ndarray], held: np.ndarray,
+               labels: np.ndarray | None, held_source: str, criterion) -> dict[str, Any]:
+    """The INT8 artifact against the FP32 model on ``held`` with the ONNX path's criterion
+    (``quantize.budget``); a miss is a :class:`PrecisionError` with the numbers (the runtime's
+    quantizer has no per-layer fall-back here)."""
+    from ..quantize.budget import measure
+
+    result = measure(fp32_fn(held), int8_fn(held), labels, criterion)
+    record = {"criterion": criterion.describe(), "budget_met": result.ok,
+              "measured": result.metrics, "measured_on": held_source}
+    if not result.ok:
+        got = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result.metrics.items())
+        raise PrecisionError(
+            f"{ctx.stem}: the {fmt} INT8 model misses the accuracy budget ({criterion.describe()}): "
+            f"{got} on {held_source}",
+            fix="loosen the budget (--min-agreement A without labels, --max-accuracy-drop N with "
+                "labelled --eval-images), calibrate with closer-to-deployment data, or use --format "
+                "onnx --precision int8 (per-layer fall-back)")
+    return record
+
+
+def run_batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
+    """``fn`` over ``x`` in chunks of exactly ``batch`` (a tail is padded, then cut)."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+        outs.append(fn(np.ascontiguousarray(chunk, dtype=np.float32))[:batch - short])
+    return np.concatenate(outs)
