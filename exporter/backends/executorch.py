@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ExporterError
 from . import pt2e
-from .registry import get, require_module
+from .registry import get, package_versions, require_module
 
 FORMAT = "executorch"
 RUNTIME = "ExecuTorch (XNNPACK)"
@@ -83,7 +83,7 @@ def export(ctx) -> list[dict[str, Any]]:
         raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
     write_bytes_atomic(path, manager.buffer)
     details["delegation"] = delegation
-    details["runtime_packages"] = _versions()
+    details["runtime_packages"] = package_versions("executorch")
     entry = artifact_entry(path, FORMAT, ctx.precision, **details)
     if ctx.precision == "int8":
         runner = ExecuTorchRunner(path, precision="int8", batch=batch)
@@ -120,17 +120,6 @@ def _torch_fn(module):
     return run
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("executorch", "torchao"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
 
 class ExecuTorchRunner:
     """One loaded ``forward`` method of a ``.pte`` on NCHW float32 batches -> float32 logits."""
@@ -156,7 +145,7 @@ class ExecuTorchRunner:
         self.method = program.load_method("forward")
         self.dtype = torch.float16 if input_dtype == "float16" else torch.float32
         self.name = f"executorch {precision}"
-        self.runtime = f"executorch {_versions().get('executorch', '?')}"
+        self.runtime = f"executorch {package_versions('executorch').get('executorch', '?')}"
         self.provider = "XNNPACK (cpu)"
         self.output_name = "logits"
 

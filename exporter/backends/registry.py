@@ -167,3 +167,16 @@ def artifact_notes(entry: dict[str, Any], directory: Path) -> list[str]:
         return []
     hook = getattr(load(backend.format), "artifact_notes", None)
     return list(hook(entry, directory)) if hook else []
+
+
+def package_versions(fmt: str) -> dict[str, str]:
+    """Installed versions of the distributions ``fmt``'s registry line names (``packages``)."""
+    from importlib import metadata
+
+    out = {}
+    for name in get(fmt).packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

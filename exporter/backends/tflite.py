@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ExporterError, PrecisionError
 from . import pt2e
-from .registry import get, require_module
+from .registry import get, package_versions, require_module
 
 FORMAT = "tflite"
 RUNTIME = "LiteRT (litert-torch)"
@@ -73,7 +73,7 @@ def export(ctx) -> list[dict[str, Any]]:
         raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
     runner = LiteRTRunner(path, precision=ctx.precision)
     details.update(ops=runner.op_counts(), io_dtype=runner.io_dtype,
-                   runtime_packages=_versions())
+                   runtime_packages=package_versions("tflite"))
     entry = artifact_entry(path, FORMAT, ctx.precision, **details)
     if ctx.precision == "int8":
         import torch
@@ -88,17 +88,6 @@ def export(ctx) -> list[dict[str, Any]]:
                               runner, held, labels, held_source, criterion))
     return [entry]
 
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("litert-torch", "ai-edge-litert"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 class LiteRTRunner:
@@ -124,7 +113,7 @@ class LiteRTRunner:
             self.notes.append(f"{np.dtype(self.input['dtype']).name} input: quantized with the "
                               f"model's scale {scale:.6g} / zero-point {zero}; output dequantized")
         self.name = f"tflite {precision}"
-        self.runtime = f"ai-edge-litert {_versions().get('ai-edge-litert', '?')}"
+        self.runtime = f"ai-edge-litert {package_versions('tflite').get('ai-edge-litert', '?')}"
         self.provider = "LiteRT Interpreter (cpu)"
         self.output_name = "logits"
 
