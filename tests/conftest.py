@@ -24,7 +24,7 @@ def _cuda_available() -> bool:
 def pytest_collection_modifyitems(config, items):
     cuda = _cuda_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
-    skip_slow = pytest.mark.skip(reason="slow: native input sizes; run with --runslow")
+    skip_slow = pytest.mark.skip(reason="slow: native input sizes, whole-zoo runtime runs or subprocess corpora; run with --runslow")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
     skip_trt = pytest.mark.skip(
         reason="needs TensorRT and a CUDA GPU: pip install 'zoo-exporter[tensorrt]' on an NVIDIA machine"

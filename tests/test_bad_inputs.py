@@ -14,6 +14,9 @@ import torch
 
 from cli_faults import assert_one_error, copy_export, run_cli, tree_hash
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 USAGE, INPUT, ENVIRONMENT = 2, 4, 5
 
 

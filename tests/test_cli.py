@@ -48,7 +48,7 @@ def test_export_command_prints_summary_and_writes_manifest(tmp_path):
 @pytest.mark.parametrize("args, message, fix", [
     (["mobilenet_v3_smal"], "unknown model 'mobilenet_v3_smal'", "did you mean 'mobilenet_v3_small'"),
     (["torchvision:regnet_x_400"], "not a torchvision classification model", "torchvision:regnet_x_400mf"),
-    (["resnet18", "--format", "coreml"], "unknown format", "--format onnx,torchscript"),
+    (["resnet18", "--format", "keras"], "unknown format", "--format onnx,torchscript"),
     (["resnet18", "--input-size", "16"], "needs inputs of at least 32x32", "--input-size 32"),
     (["lenet5", "--input-size", "64"], "only takes 32x32", "drop --input-size"),
     (["resnet18", "--precision", "int8", "--input-size", "32"], "INT8 needs calibration", "--calibration DIR"),

@@ -18,8 +18,9 @@ from quant_helpers import zoo_recipe
 
 DEFAULT_ZOO = ("lenet5", "mobilenet_v3_small")
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None,
-                                reason="coremltools is not installed: pip install 'zoo-exporter[coreml]'")
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("coremltools") is None,
+                                reason="coremltools is not installed: pip install 'zoo-exporter[coreml]'")]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,9 @@ import pytest
 from exporter.recipes import all_recipes
 from quant_helpers import zoo_recipe
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 NEEDS = {"openvino": ("openvino",), "ncnn": ("ncnn", "pnnx"), "coreml": ("coremltools",)}
 DEFAULT_ZOO = ("lenet5", "mobilenet_v3_small", "shufflenet_v2_x1_0")
 

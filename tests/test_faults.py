@@ -21,6 +21,9 @@ import pytest
 
 from cli_faults import EXPORTER, assert_one_error, copy_export, run_cli, tree_hash
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 STAGING = ".zoo-exporter-staging-"
 
 

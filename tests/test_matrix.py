@@ -17,6 +17,9 @@ from exporter.backends import registry
 from exporter.errors import EXIT_INPUT, PlanError
 from exporter.matrix import parse_plan
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLAN = ROOT / "examples" / "matrix-small.toml"  # the README's plan
 

@@ -19,6 +19,9 @@ from exporter.matrix.plan import with_threads
 
 from test_matrix import EXAMPLE_PLAN, rows_by_artifact, run_cli
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 ray = pytest.importorskip("ray", reason="pip install 'zoo-exporter[ray]'")
 
 PLAN = {"models": ["lenet5"], "formats": ["onnx"], "precisions": ["fp32", "int8"],

@@ -22,6 +22,9 @@ import pytest
 from exporter.backends.registry import BACKENDS, install_hint
 from quant_helpers import HEAVY, real_weights_path, zoo_recipe
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 OPTIONAL = [b for b in BACKENDS.values() if b.exportable and b.extra and b.device is None]
 
 

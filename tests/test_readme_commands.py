@@ -20,6 +20,9 @@ from PIL import Image
 
 from cli_faults import error_lines, run_cli
 
+# slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 PLACEHOLDER = re.compile(r"\b(MODEL|PATH|DIR|N)\b|\[|\||\.\.\.")
 EXAMPLE_PATHS = ("~/val", "path/to/images", "images/")
