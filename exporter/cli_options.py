@@ -53,9 +53,11 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
     batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")
     pick = parser.add_mutually_exclusive_group()
     pick.add_argument("--output-index", type=int, metavar="N",
-                      help="the logits are output N of a model that returns several (tuple/list)")
+                      help="the logits are output N of a model that returns several (tuple/list); default: "
+                           "a model with several outputs is refused, listing them")
     pick.add_argument("--output-name", metavar="NAME",
-                      help="the logits are output NAME of a model that returns several (dict/namedtuple)")
+                      help="the logits are output NAME of a model that returns several (dict/namedtuple); "
+                           "default: none")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER,
                         help=f"torch ONNX exporter (default {DEFAULT_EXPORTER}, see docs/zoo.md)")
