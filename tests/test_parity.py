@@ -249,7 +249,7 @@ def test_cli_locate_reports_first_diverging_layer(corrupted, capsys):
 
     directory, info = corrupted
     rc = main(["parity", "--artifacts", str(directory), "--no-latency", "--samples", "2",
-               "--random", "1", "--locate"])
+               "--random", "1", "--locate", "--accept-modified"])
     out = capsys.readouterr().out
     assert rc == 3
     assert "first diverging layer" in out and _module_of(info["initializer"]) in out

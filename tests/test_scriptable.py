@@ -73,7 +73,7 @@ def test_atol_override_breaches_with_exit_3_and_json_error(lenet):
 
 
 def test_usage_error_json_document_and_exit_code(tmp_path):
-    proc = run_cli("export", "resnet18", "--format", "tflite", "--json", "--output", str(tmp_path / "x"))
+    proc = run_cli("export", "resnet18", "--format", "keras", "--json", "--output", str(tmp_path / "x"))
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False and doc["exit_code"] == 2 and "unknown format" in doc["error"]
