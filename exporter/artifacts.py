@@ -326,7 +326,7 @@ def _disk_error(err: BaseException) -> OSError | None:
 def _ours(old: dict[str, Any] | None) -> set[str]:
     if not old:
         return set()
-    files = {a["file"] for a in old.get("artifacts", [])}
+    files = {name for a in old.get("artifacts", []) for name in artifact_files(a)}
     return files | {MANIFEST} | {f"{old.get('model')}.int8.calib.json"}
 
 
@@ -348,12 +348,14 @@ def _commit(stage: Path, final_dir: Path) -> None:
             shutil.rmtree(target)
         item.replace(target)
     if old and new:  # entries the new manifest dropped: stale files of a replaced export
-        listed = {a["file"] for a in new.get("artifacts", [])}
+        listed = {name for a in new.get("artifacts", []) for name in artifact_files(a)}
         for entry in old.get("artifacts", []):
-            path = final_dir / entry["file"]
-            if entry["file"] not in listed and path.is_file() and entry.get("sha256") \
-                    and sha256_file(path) == entry["sha256"]:
-                path.unlink()
+            records = [entry, *entry.get("companions", [])]
+            for record in records:
+                path = final_dir / record["file"]
+                if record["file"] not in listed and path.is_file() and record.get("sha256") \
+                        and sha256_file(path) == record["sha256"]:
+                    path.unlink()
 
 
 @contextmanager

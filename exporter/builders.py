@@ -83,7 +83,11 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
                          std=std or (0.229, 0.224, 0.225)[: channels or 3], min_size=1,
                          color_mode="L" if channels == 1 else "RGB")
         if len(base.mean) != base.channels or len(base.std) != base.channels:
-            raise UsageError(f"--mean/--std need {base.channels} values each")
+            n = base.channels
+            raise UsageError(f"--channels {n} needs --mean and --std with {n} values each (got "
+                             f"{len(base.mean)} and {len(base.std)}; the ImageNet defaults have 3)",
+                             fix=f"pass both, e.g. --mean {','.join(['0.5'] * n)} "
+                                 f"--std {','.join(['0.25'] * n)}")
         recipe = _file_recipe(spec_str, base, num_classes)
     else:
         recipe = get_recipe(spec_str)

@@ -184,7 +184,7 @@ CASES = [
     ("parity-images-file", _write("img.png", b"x"), P + ["--images", "img.png"], USAGE, ["is a file"]),
     ("parity-no-model", None, ["parity"], USAGE, ["which model?"]),
     ("parity-zoo-and-model", None, ["parity", "lenet5", "--zoo"], USAGE, ["--zoo runs every recipe"]),
-    ("parity-reduced-alone", None, P + ["--reduced"], USAGE, ["--reduced goes with --zoo"]),
+    ("parity-reduced-alone", None, P + ["--reduced"], USAGE, ["--reduced and --keep-artifacts go with --zoo"]),
     ("parity-provider-on-cpu", None, P + ["--ort-provider", "cuda", "--device", "cpu"], USAGE,
      ["runs on a GPU"]),
     ("parity-no-manifest", _write("empty/readme.txt", "hi"), ["parity", "--artifacts", "empty"],
@@ -223,7 +223,8 @@ CASES = [
                 return y, y * 2
         def make():
             return Two()
-        """), ["export", "net.py:make", "--channels", "4", "--input-size", "8"], INPUT,
+        """), ["export", "net.py:make", "--channels", "4", "--mean", "0.5,0.5,0.5,0.5",
+                   "--std", "0.25,0.25,0.25,0.25", "--input-size", "8"], INPUT,
      ["returns 2 outputs", "[0] Tensor (1, 3)", "--output-index"]),
     ("multi-output-bad-index", _module("""
         class Two(nn.Module):
@@ -233,6 +234,9 @@ CASES = [
             return Two()
         """), ["export", "net.py:make", "--channels", "3", "--input-size", "8", "--output-index", "5"],
      INPUT, ["--output-index 5 does not select"]),
+    ("channels-without-mean-std", _module("def make():\n    return nn.Conv2d(4, 2, 1)\n"),
+     ["export", "net.py:make", "--channels", "4"], USAGE,
+     ["--channels 4 needs --mean and --std with 4 values each", "--mean 0.5,0.5,0.5,0.5"]),
     ("checkpoint-dir", _write("weights/a.bin", b"x"), E + ["--checkpoint", "weights"], INPUT,
      ["is a directory"]),
     ("checkpoint-missing", None, E + ["--checkpoint", "nope.pth"], INPUT, ["does not exist"]),

@@ -28,6 +28,9 @@ PLACEHOLDER = re.compile(r"\b(MODEL|PATH|DIR|N)\b|\[|\||\.\.\.")
 EXAMPLE_PATHS = ("~/val", "path/to/images", "images/")
 
 
+EXPECTED_EXIT: dict[str, int] = {}  # commands whose README comment says "exit N"
+
+
 def readme_commands() -> list[str]:
     """``exporter`` lines of the README's code blocks, comments and continuations joined."""
     commands, block, pending = [], False, ""
@@ -38,6 +41,9 @@ def readme_commands() -> list[str]:
         if not block:
             continue
         text = pending + line.split(" # ")[0].split("  #")[0].strip()
+        expected = re.search(r"#\s*exit (\d+)", line)
+        if expected:
+            EXPECTED_EXIT[text.removeprefix(".venv/bin/")] = int(expected.group(1))
         pending = ""
         if text.endswith("\\"):
             pending = text[:-1] + " "
@@ -98,6 +104,9 @@ def _small(argv: list[str], images: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, Path]:
     ws = tmp_path_factory.mktemp("readme")
+    import shutil  # README commands run from the project root, where examples/ is
+
+    shutil.copytree(README.parent / "examples", ws / "examples")
     images = ws / "images"
     for label in ("0", "1"):
         (images / label).mkdir(parents=True)
@@ -127,13 +136,48 @@ def test_readme_command_runs(command, workspace):
     reason = _skip_reason(argv)
     if reason:
         pytest.skip(reason)
-    for arg in argv:  # an earlier README command's artifacts: made here, small
-        if arg.startswith("artifacts/") and not (ws / arg).exists():
-            made = run_cli(_small(["export", arg.split("/")[1], "--format", "onnx,torchscript",
-                                   "--no-verify"], images), cwd=ws, timeout=900)
-            assert made.returncode == 0, made.stderr[-3000:]
-    proc = run_cli(_small(argv, images), cwd=ws, timeout=900)
+    for i, arg in enumerate(argv):  # an earlier README command's artifacts: made here, small
+        made_by_this = i > 0 and argv[i - 1] in ("--output", "-o")
+        if arg.startswith("artifacts/") and not made_by_this and not (ws / arg).exists():
+            _export_small(arg.split("/")[1], ws / "artifacts" / arg.split("/")[1], ws, images)
+    if "foreign.onnx" in argv and not (ws / "foreign.onnx").exists():
+        _foreign_onnx(ws, images)
+    proc = _run_as_typed(command, argv, ws, images)
     errors, _ = error_lines(proc.stderr)
     if proc.returncode == 5 and errors and "pip install" in proc.stderr:
         pytest.skip(f"optional extra not installed here: {errors[0]}")
-    assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    assert proc.returncode == EXPECTED_EXIT.get(command, 0), (command, proc.stderr[-3000:])
+
+
+def _run_as_typed(command: str, argv: list[str], ws: Path, images: Path):
+    """The README line through bash (``$(...)``, ``>`` work), ``exporter``/``python`` from this venv,
+    with the small-run options appended and example paths pointed at the tiny image folder."""
+    import os
+    import subprocess
+    import sys
+
+    text = command
+    for example in EXAMPLE_PATHS:
+        text = text.replace(f" {example}", f" {images}")
+    extra = _small(list(argv), images)[len(argv):]
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(["bash", "-c", f"{text} {shlex.join(extra)}"], cwd=ws, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _export_small(model: str, out: Path, ws: Path, images: Path) -> None:
+    made = run_cli(_small(["export", model, "--format", "onnx,torchscript,pt2", "--no-verify",
+                           "--output", str(out)], images), cwd=ws, timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+
+
+def _foreign_onnx(ws: Path, images: Path) -> None:
+    """A user's ONNX file of lenet5 that carries none of our metadata."""
+    import onnx
+
+    out = ws / "foreign-src"
+    _export_small("lenet5", out, ws, images)
+    model = onnx.load(str(out / "lenet5.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(ws / "foreign.onnx"))
