@@ -91,6 +91,8 @@ def test_killed_worker_is_retried_and_the_report_is_whole(cluster, tmp_path):
         stop.set()
     assert len(killed) == 1
     assert [r["status"] for r in results] == ["ok"] * 4, [r.get("error") for r in results]
+    # each model's eager reference went through Ray's object store once, to both its jobs
+    assert {r["eager_reference"] for r in results} == {"shared by the driver"}
     retried = [r for r in results if r["attempts"] == 2]
     assert len(retried) == 1 and retried[0]["where"]["pid"] != killed[0]
     paths = write_matrix_report(results, tmp_path, "fault test")
