@@ -47,6 +47,43 @@ def _rows(data: dict) -> dict[str, list]:
     return out
 
 
+def test_shared_eager_outputs_give_the_numbers_of_a_run_with_the_model(tmp_path):
+    """In one process: the driver's reference (built from the plan's job) fed to run_parity with
+    no eager model at all (--no-latency, a re-used directory: export_or_reuse builds none) gives
+    every number a run with the eager model gives; outputs of other inputs are refused."""
+    import numpy as np
+
+    from exporter.matrix import parse_plan
+    from exporter.matrix.jobs import job_request
+    from exporter.matrix.plan import with_threads
+    from exporter.matrix.reference import compute_reference, parity_inputs, reference_key
+    from exporter.parity import EagerOutputs, run_parity
+    from exporter.reuse import export_or_reuse
+
+    plan = parse_plan({"models": ["lenet5"], "formats": ["onnx"], "precisions": ["fp32"],
+                       "parity": {"samples": 4, "random": 2, "latency": False}})
+    job = with_threads(plan.jobs(tmp_path)[0], 1)
+    made = export_or_reuse(job_request(job), say=lambda _m: None)
+    again = export_or_reuse(job_request(job), say=lambda _m: None, reference=False)
+    assert made.reference is not None and again.reference is None and "re-using" in again.note
+    shared = compute_reference(job)
+    assert shared.key == reference_key(job) and [s.name for s in shared.inputs] == ["photos", "random"]
+    assert [len(v) for v in shared.eager.outputs.values()] == [4, 2]
+    kwargs = dict(spec=again.spec, recipe=again.recipe, latency=False, threads=1)
+    without_model = run_parity(job.output, None, inputs=shared.inputs, eager_outputs=shared.eager, **kwargs)
+    with_model = run_parity(job.output, made.reference, inputs=parity_inputs(job, made.spec), **kwargs)
+    a, b = without_model.artifacts[0], with_model.artifacts[0]
+    assert a.status == b.status == "ok" and a.summary == b.summary and a.summary["rel_max_abs"] < 1e-4
+    assert a.sample_errors == b.sample_errors and len(a.sample_errors) == 6
+    assert without_model.eager.runtime == with_model.eager.runtime
+    wrong = EagerOutputs({"photos": shared.eager.outputs["photos"][:3], "random": np.zeros((2, 10))})
+    with pytest.raises(ValueError, match="not on these inputs"):
+        run_parity(job.output, None, inputs=shared.inputs, eager_outputs=wrong, **kwargs)
+    with pytest.raises(ValueError, match="needs the eager reference model"):
+        run_parity(job.output, None, inputs=shared.inputs, eager_outputs=shared.eager,
+                   **{**kwargs, "latency": True})
+
+
 @pytest.mark.slow
 def test_reference_computed_once_and_rows_equal_per_job_references(tmp_path):
     """One model x (fp32, int8) = two jobs, one eager reference: the driver computes it once (its
