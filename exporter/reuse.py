@@ -27,7 +27,7 @@ class Prepared:
     directory: Path
     recipe: Recipe
     spec: InputSpec
-    reference: nn.Module  # the eager reference (prepared, unfolded)
+    reference: nn.Module | None  # the eager reference (prepared, unfolded); None if not asked for
     manifest: dict[str, Any]
     note: str  # "re-using DIR" / "exported ... into DIR"
 
@@ -68,24 +68,28 @@ def missing_artifacts(manifest: dict[str, Any], directory: Path,
 
 
 def export_or_reuse(request: ExportRequest, *, verify: bool = False,
-                    say: Callable[[str], None] = print) -> Prepared:
+                    say: Callable[[str], None] = print, reference: bool = True) -> Prepared:
     """Re-use ``request``'s directory when it already holds what is asked for, else export (only
-    the missing formats when the model matches). ``verify``: run the export's parity stage."""
+    the missing formats when the model matches). ``verify``: run the export's parity stage.
+    ``reference=False``: a re-used directory does not rebuild the eager model (the caller has
+    its outputs already and times nothing); an export builds it anyway."""
     from .artifacts import read_manifest_if_any
     from .builders import resolve_model
     from .pipeline import export, load_reference
     from .validate import check_model_options
 
     check_model_options(request)  # before a directory is read or anything exported
-    recipe, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
+    recipe, spec = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
                               mean=request.mean, std=request.std, num_classes=request.num_classes)
     directory = Path(request.output or Path("artifacts") / recipe.name)
     manifest = read_manifest_if_any(directory)
     if manifest is not None and manifest_matches(manifest, request):
         missing = missing_artifacts(manifest, directory, request)
         if not missing:
-            recipe, spec, reference = load_reference(directory)
-            return Prepared(directory, recipe, spec, reference, manifest, f"re-using {directory}")
+            model = None
+            if reference:
+                recipe, spec, model = load_reference(directory)
+            return Prepared(directory, recipe, spec, model, manifest, f"re-using {directory}")
         formats = tuple(dict.fromkeys(f for f, _ in missing))
         if not any(p != "fp32" for _, p in missing):
             # the precision artifacts are there and kept; only fp32 formats are missing

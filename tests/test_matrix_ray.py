@@ -91,6 +91,8 @@ def test_killed_worker_is_retried_and_the_report_is_whole(cluster, tmp_path):
         stop.set()
     assert len(killed) == 1
     assert [r["status"] for r in results] == ["ok"] * 4, [r.get("error") for r in results]
+    # each model's eager reference went through Ray's object store once, to both its jobs
+    assert {r["eager_reference"] for r in results} == {"shared by the driver"}
     retried = [r for r in results if r["attempts"] == 2]
     assert len(retried) == 1 and retried[0]["where"]["pid"] != killed[0]
     paths = write_matrix_report(results, tmp_path, "fault test")
@@ -110,3 +112,25 @@ def test_cli_ray_rows_equal_local_jobs_1_rows(tmp_path):
     rows = rows_by_artifact(local / "report.json")
     assert len(rows) == 6 and rows == rows_by_artifact(remote / "report.json")
     assert all(r["status"] == "ok" for r in rows.values())
+
+
+@pytest.mark.slow
+def test_ray_jobs_share_the_reference_and_upload_to_a_url(cluster, tmp_path):
+    """Ray tasks with a file:// --output: each model's eager reference goes through the object
+    store once, every job uploads its directory under the URL (result file included), and the
+    skip check reads it back from the URL."""
+    pytest.importorskip("fsspec", reason="pip install 'zoo-exporter[remote]'")
+    from exporter.matrix.jobs import cached_result
+
+    url = f"file://{tmp_path}/zoo"
+    jobs, executor = _ray_jobs(PLAN, url)
+    lines: list[str] = []
+    results = run_jobs(jobs, executor, progress=False, say=lines.append)
+    assert [r["status"] for r in results] == ["ok", "ok"], [r.get("error") for r in results]
+    assert [r["eager_reference"] for r in results] == ["shared by the driver"] * 2
+    assert sum("computed once in the driver" in line for line in lines) == 1
+    for job, result in zip(jobs, results):
+        local = tmp_path / "zoo" / job.key
+        assert (local / "manifest.json").is_file() and (local / "matrix-job.json").is_file()
+        assert result["report"]["directory"] == f"{url}/{job.key}"
+        assert cached_result(job)["artifacts"] == result["artifacts"]

@@ -16,13 +16,16 @@ def add_parser(sub) -> None:
   exporter matrix examples/matrix-small.toml --output artifacts/matrix --jobs 2 --no-latency
   exporter matrix plan.toml --ray auto                   # Ray tasks (pip install 'zoo-exporter[ray]')
   exporter matrix plan.toml --ray ray://head:10001       # a running Ray cluster
+  exporter matrix plan.toml --ray auto --output s3://bucket/zoo   # artifacts + report at a URL
 
 exit codes: 0 every job ok (or --no-fail), 3 a parity breach, 4 a bad plan (nothing run),
 5 no GPU / Ray for the plan, else the failed jobs' code; 130 interrupted""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", type=Path, help="plan TOML file")
-    p.add_argument("--output", "-o", type=Path, default=Path("artifacts/matrix"),
-                   help="shared output directory (default artifacts/matrix)")
+    p.add_argument("--output", "-o", default="artifacts/matrix",
+                   help="shared output: a directory, or any fsspec URL the workers can reach, "
+                        "e.g. s3://bucket/zoo (pip install 'zoo-exporter[remote]') "
+                        "(default artifacts/matrix)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--jobs", "-j", type=int,
                        help="local worker processes (default: the usable cores)")
@@ -60,13 +63,17 @@ def run(args) -> int:
     from ..matrix.driver import run_jobs
     from ..matrix.executors import describe, make_executor
     from ..matrix.merge import write_matrix_report
+    from ..matrix import storage
     from ..matrix.plan import load_plan, with_threads
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     plan = load_plan(args.plan, reduced=True if args.reduced else None,
                      parity=_parity_overrides(args))
-    output = Path(args.output)
+    remote = storage.is_url(args.output)
+    output = args.output.rstrip("/") if remote else Path(args.output)
+    if remote:
+        storage.prepare(output)  # fsspec, the protocol and write access, before any job
     jobs = plan.jobs(output)
     say = print
     for cell in plan.dropped:
@@ -80,9 +87,12 @@ def run(args) -> int:
     jobs = [with_threads(j, executor.threads) for j in jobs]
     say(f"{len(jobs)} job(s) from {args.plan} -> {output} ({describe(executor)})")
     results = run_jobs(jobs, executor, progress=not args.no_progress)
-    paths = write_matrix_report(results, output, title=f"Matrix report: {args.plan.name}",
-                                notes=[f"not in the matrix: {c}" for c in plan.dropped],
-                                executor=describe(executor))
+    report = dict(title=f"Matrix report: {args.plan.name}", executor=describe(executor),
+                  notes=[f"not in the matrix: {c}" for c in plan.dropped])
+    if remote:
+        paths = _write_remote_report(results, output, report)
+    else:
+        paths = write_matrix_report(results, output, **report)
     counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "breach", "error")}
     skipped = sum(bool(r.get("skipped")) for r in results)
     say(f"{len(results)} job(s): {counts['ok']} ok, {counts['breach']} breach, {counts['error']} "
@@ -102,3 +112,16 @@ def run(args) -> int:
                       + ", ".join(r["key"] for r in breached),
                       fix=f"details in {paths['markdown']}; rerun one model with "
                           "`exporter parity MODEL --locate`")
+
+
+def _write_remote_report(results, url: str, report: dict) -> dict:
+    """report.md / report.json / plots written locally, then uploaded to the URL's top."""
+    import tempfile
+
+    from ..matrix import storage
+    from ..matrix.merge import write_matrix_report
+
+    with tempfile.TemporaryDirectory(prefix="zoo-exporter-report-") as scratch:
+        paths = write_matrix_report(results, Path(scratch), **report)
+        storage.upload(Path(scratch), url, last=("report.json",))
+    return {name: storage.join(url, Path(path).name) for name, path in paths.items() if path}

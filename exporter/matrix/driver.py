@@ -1,5 +1,6 @@
-"""The driver: share the calibration data once, run every job on an executor (skip what an earlier
-run already proved, retry a crashed attempt once, keep going past failures), show progress.
+"""The driver: share the calibration data and the eager reference once (:mod:`.reference`), run
+every job on an executor (skip what an earlier run already proved, retry a crashed attempt once,
+keep going past failures), show progress.
 
 Works the same on every executor (:mod:`exporter.matrix.executors`); Ctrl-C cancels the jobs
 in flight and stops the workers before the KeyboardInterrupt goes on to the CLI (exit 130).
@@ -73,8 +74,12 @@ def _crash(job: JobSpec, err: BaseException, attempts: int) -> dict[str, Any]:
 
 
 def run_jobs(jobs: Sequence[JobSpec], executor, *, progress: bool = True,
-             say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Every job's result dict, in plan order (see :func:`exporter.matrix.jobs.run_job`)."""
+             say: Callable[[str], None] | None = None,
+             share_reference: bool = True) -> list[dict[str, Any]]:
+    """Every job's result dict, in plan order (see :func:`exporter.matrix.jobs.run_job`).
+    ``share_reference=False``: every job computes its own eager reference."""
+    from .reference import SharedReferences
+
     bar = Progress(len(jobs), enabled=progress)
     say = say or bar.write
     results: dict[str, dict[str, Any]] = {}
@@ -90,8 +95,9 @@ def run_jobs(jobs: Sequence[JobSpec], executor, *, progress: bool = True,
         skipped = len(results)
         bar.update(skipped, skipped=skipped)
         shared = share_calibration(todo, executor)
-        for job in todo:
-            pending[executor.submit(job, shared.get(job.key))] = (job, 1, time.time())
+        references = SharedReferences(todo, executor, say, enabled=share_reference)
+        for job in todo:  # a reference is computed when its first job is submitted
+            pending[executor.submit(job, shared.get(job.key), references.get(job))] = (job, 1, time.time())
         failed = retried = 0
         while pending:
             bar.update(running=min(executor.slots, len(pending)))
@@ -103,7 +109,8 @@ def run_jobs(jobs: Sequence[JobSpec], executor, *, progress: bool = True,
                     if attempt < MAX_ATTEMPTS:
                         retried += 1
                         say(f"{job.key}: attempt {attempt} crashed ({type(outcome).__name__}); retrying")
-                        pending[executor.submit(job, shared.get(job.key))] = (job, attempt + 1, time.time())
+                        pending[executor.submit(job, shared.get(job.key), references.get(job))] = \
+                            (job, attempt + 1, time.time())
                         bar.update(retried=retried)
                         continue
                     outcome = _crash(job, outcome, attempt)

@@ -1,13 +1,15 @@
 """Two executors behind one small interface: a local process pool and Ray tasks.
 
 An executor runs :func:`~exporter.matrix.jobs.run_job` - the same function on both - and knows
-only how to share a value with every job (``share``), start a job (``submit``), collect finished
+only how to share a value with every job (``share``: the calibration data and the eager reference),
+start a job (``submit``), collect finished
 ones (``wait``: the job's result, or the exception of a crashed attempt), check that the jobs'
 resources exist (``check``) and stop (``close``). Retries, skips and progress live in the driver
 (:mod:`exporter.matrix.driver`), once for both.
 
 * :class:`LocalExecutor` - ``--jobs N`` spawned worker processes on this machine, each job's
-  intra-op threads = usable cores // N; shared values are pickled once under ``<output>/.matrix``.
+  intra-op threads = usable cores // N; shared values are pickled once under ``<output>/.matrix``
+  (a URL ``--output``: a local scratch directory, removed on close).
 * :class:`RayExecutor` - ``--ray auto|ADDRESS``: one Ray task per job with its resources
   (``num_cpus``; ``num_gpus=1`` and the plan's GPU model as ``accelerator_type`` for device jobs,
   ``num_gpus=0`` otherwise); shared values go to Ray's object store once (``ray.put``). Ray is
@@ -60,10 +62,18 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, jobs: int | None, output: Path):
+    def __init__(self, jobs: int | None, output: Path | str):
+        from .storage import is_url
+
         self.slots = max(1, jobs or usable_cpus())
         self.threads = max(1, usable_cpus() // self.slots)
-        self.shared_dir = Path(output) / ".matrix"
+        self._scratch = None  # a URL output: the shared values live in a local scratch directory
+        if is_url(output):
+            import tempfile
+
+            self._scratch = self.shared_dir = Path(tempfile.mkdtemp(prefix="zoo-exporter-matrix-"))
+        else:
+            self.shared_dir = Path(output) / ".matrix"
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _start(self) -> cf.ProcessPoolExecutor:
@@ -83,12 +93,12 @@ class LocalExecutor:
     def share(self, name: str, value: Any) -> SharedFile:
         return SharedFile.write(self.shared_dir, name, value)
 
-    def submit(self, job: JobSpec, shared: Any = None) -> cf.Future:
+    def submit(self, job: JobSpec, calibration: Any = None, reference: Any = None) -> cf.Future:
         try:
-            return self._start().submit(run_job, job, shared, self.name)
+            return self._start().submit(run_job, job, calibration, self.name, reference)
         except cf.process.BrokenProcessPool:  # a worker died: its pool is gone, start a new one
             self._pool = None
-            return self._start().submit(run_job, job, shared, self.name)
+            return self._start().submit(run_job, job, calibration, self.name, reference)
 
     def wait(self, handles: Iterable[cf.Future], timeout: float) -> list[tuple[cf.Future, Any]]:
         done, _ = cf.wait(list(handles), timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -102,12 +112,17 @@ class LocalExecutor:
 
     def close(self, cancel: bool = False, pending: Iterable[Any] = ()) -> None:
         pool, self._pool = self._pool, None
+        if self._scratch is not None and pool is None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
         if pool is None:
             return
         if cancel:
             for proc in list(getattr(pool, "_processes", {}).values()):
                 proc.terminate()  # our own workers only; their staging directories die with them
         pool.shutdown(wait=True, cancel_futures=cancel)
+        self.close()  # the scratch directory, once no worker reads it
 
 
 class RayExecutor:
@@ -155,12 +170,12 @@ class RayExecutor:
     def share(self, name: str, value: Any) -> Any:
         return self.ray.put(value)
 
-    def submit(self, job: JobSpec, shared: Any = None) -> Any:
+    def submit(self, job: JobSpec, calibration: Any = None, reference: Any = None) -> Any:
         options: dict[str, Any] = {"num_cpus": self.cpus_per_job, "max_retries": 0,
                                    "num_gpus": 1 if job.needs_gpu else 0, "name": job.key}
         if job.needs_gpu and job.gpu_model:
             options["accelerator_type"] = job.gpu_model
-        return self._task.options(**options).remote(job, shared, self.name)
+        return self._task.options(**options).remote(job, calibration, self.name, reference)
 
     def wait(self, handles: Iterable[Any], timeout: float) -> list[tuple[Any, Any]]:
         ready, _ = self.ray.wait(list(handles), num_returns=1, timeout=timeout)
@@ -183,7 +198,8 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(ray: str | None, jobs: int | None, output: Path, cpus_per_job: int | None = None):
+def make_executor(ray: str | None, jobs: int | None, output: Path | str,
+                  cpus_per_job: int | None = None):
     """``--ray auto|ADDRESS`` -> :class:`RayExecutor`; otherwise :class:`LocalExecutor`."""
     if ray:
         return RayExecutor(ray, cpus_per_job, num_cpus=jobs)

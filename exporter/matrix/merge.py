@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from ..latency import LatencyStats
 from ..parity import ArtifactResult, Breach, ParityReport
 from ..recipes import Tolerance
+from .storage import is_url
 
 
 def artifact_from_dict(d: dict[str, Any]) -> ArtifactResult:
@@ -32,7 +33,8 @@ def report_from_dict(d: dict[str, Any]) -> ParityReport:
     """The inverse of ``ParityReport.to_dict`` (what a job returns)."""
     method = d.get("latency_method") or {}
     return ParityReport(
-        model=d["model"], model_spec=d["model_spec"], directory=Path(d["directory"]),
+        model=d["model"], model_spec=d["model_spec"],
+        directory=d["directory"] if is_url(d["directory"]) else Path(d["directory"]),
         device=d["device"], device_label=d["device_label"], measured_on=d["measured_on"],
         threads=d["threads"], inputs=d["inputs"], eager=artifact_from_dict(d["eager"]),
         artifacts=[artifact_from_dict(a) for a in d["artifacts"]],

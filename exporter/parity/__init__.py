@@ -33,11 +33,11 @@ from ..latency import (DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, 
                        set_threads, speedup)
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
-from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, InputSet, as_input_sets, build_inputs,
-                     per_sample_rel_error, run_chunked)
+from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as_input_sets,
+                     build_inputs, per_sample_rel_error, run_chunked)
 from .results import OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance
 
-__all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "InputSet",
+__all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "EagerOutputs", "InputSet",
            "OUTPUT_NAME", "ParityReport", "build_inputs", "check_tolerance", "machine_info",
            "run_chunked", "run_parity"]
 
@@ -147,7 +147,7 @@ def _artifact_runner(entry: dict[str, Any], directory: Path, device: str,
     return runner_for(entry, directory, device, **kwargs)
 
 
-def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, recipe: Recipe,
+def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSpec, recipe: Recipe,
                inputs: Any, device: str = "cpu", *, manifest: dict[str, Any] | None = None,
                artifacts: Iterable[str] | None = None,
                runners: dict[str, Any] | None = None,
@@ -155,7 +155,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
                latency: bool = True, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS, rounds: int = DEFAULT_ROUNDS,
                threads: int | None = None, progress: Callable[[str], None] | None = None,
-               accept_modified: bool = False) -> ParityReport:
+               accept_modified: bool = False,
+               eager_outputs: EagerOutputs | None = None) -> ParityReport:
     """Eager ``reference`` versus every artifact of ``directory`` on ``inputs``.
 
     ``inputs``: a list of :class:`InputSet` (see :func:`build_inputs`), an ``ImageBatch`` or an
@@ -166,7 +167,9 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
     arguments for the backend's runner factory, e.g. ``{"onnx": {"provider": "tensorrt"}}``; a
     requested provider that does not load raises (``ProviderFallbackError``), it is not skipped.
     A file whose sha256 differs from its manifest entry is an :class:`ArtifactError` unless
-    ``accept_modified`` (then a note in the table).
+    ``accept_modified`` (then a note in the table). ``eager_outputs``: the eager reference's
+    outputs on these very ``inputs``, computed once elsewhere (``exporter matrix`` shares them
+    between jobs); ``reference`` is then only run to time it and may be None with ``latency=False``.
     """
     from ..backends.onnxruntime import ProviderFallbackError
     from ..backends.eager import EagerRunner, device_label, resolve_device
@@ -182,13 +185,20 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         batch_sizes = (int(fixed_batch),)
     notes: list[str] = []
 
-    say("eager reference")
-    eager = EagerRunner(reference, device)
-    refs = {s.name: run_chunked(eager, s.array, fixed_batch) for s in sets}
+    if reference is None and (eager_outputs is None or (latency and batch_sizes)):
+        raise ValueError("run_parity needs the eager reference model to compute its outputs or "
+                         "to time it")
+    eager = EagerRunner(reference, device) if reference is not None else None
+    if eager_outputs is None:
+        say("eager reference")
+        eager_outputs = EagerOutputs.of(eager, sets, fixed_batch)
+    else:
+        eager_outputs.check(sets)
+    refs = eager_outputs.outputs
     eager_result = ArtifactResult(file="", format="pytorch", precision="fp32", name="eager",
-                                  runtime=eager.runtime, provider=eager.provider,
-                                  threads=threads, status="reference", notes=list(eager.notes),
-                                  accuracy=_accuracy(sets, refs))
+                                  runtime=eager_outputs.runtime, provider=eager_outputs.provider,
+                                  threads=threads, status="reference",
+                                  notes=list(eager_outputs.notes), accuracy=_accuracy(sets, refs))
 
     real = [refs[s.name] for s in sets if s.real and len(s) > 1]
     if real and len(np.unique(np.argmax(np.concatenate(real), axis=1))) == 1:
@@ -210,7 +220,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         if not any(e["file"] == file for e in entries):
             entries.append({"file": file, "format": "custom", "precision": getattr(extra[file], "precision", "fp32")})
 
-    live: dict[str, Any] = {"eager": eager}
+    live: dict[str, Any] = {"eager": eager} if eager is not None else {}
     results: list[ArtifactResult] = []
     for entry in entries:
         file = entry["file"]

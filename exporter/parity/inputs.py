@@ -60,6 +60,32 @@ def build_inputs(spec: InputSpec, *, images: str | Path | None = None,
     return sets
 
 
+@dataclass
+class EagerOutputs:
+    """The eager reference's outputs on a list of :class:`InputSet` (by set name), and what ran
+    them: what parity compares every artifact against. Plain data, so it can be computed once and
+    shared between processes (``exporter matrix``)."""
+
+    outputs: dict[str, np.ndarray]
+    runtime: str = ""
+    provider: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, eager: Any, sets: list[InputSet], batch: int | None = None) -> "EagerOutputs":
+        """Run ``eager`` (an ``EagerRunner``) over every set, in chunks of ``batch`` if fixed."""
+        return cls({s.name: run_chunked(eager, s.array, batch) for s in sets},
+                   getattr(eager, "runtime", ""), getattr(eager, "provider", ""),
+                   list(getattr(eager, "notes", [])))
+
+    def check(self, sets: list[InputSet]) -> None:
+        """Refuse outputs computed on other inputs (a set missing or of another size)."""
+        have = {k: len(v) for k, v in self.outputs.items()}
+        want = {s.name: len(s) for s in sets}
+        if any(have.get(name) != n for name, n in want.items()):
+            raise ValueError(f"the eager outputs were computed on {have}, not on these inputs {want}")
+
+
 def as_input_sets(inputs: Any) -> list[InputSet]:
     if isinstance(inputs, InputSet):
         return [inputs]
