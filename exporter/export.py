@@ -33,12 +33,17 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 opset: int = DEFAULT_OPSET, batch: int | None = None) -> dict[str, Any]:
     """Export ``model`` to a single ONNX file with input ``input`` and output ``logits``.
 
-    ``batch=None`` makes the batch axis dynamic; an int fixes it. Returns export facts.
+    ``batch=None`` makes the batch axis dynamic; an int fixes it. A ``graph_input.wrap``-ped model
+    with ``dynamic_size`` gets symbolic height/width too (and its NHWC example input). Returns
+    export facts.
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}'", fix=f"use one of {EXPORTERS}")
+    from .graph_input import dynamic_dims, example_input
+
     start = time.perf_counter()
-    dummy = _dummy(spec, batch or 2)
+    dummy = example_input(model, spec, batch or 2)
+    dims = dynamic_dims(model, spec, batch)  # batch unless fixed; H/W of a --dynamic-size graph
     log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
@@ -47,10 +52,11 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 torch.onnx.export(
                     model, (dummy,), str(path), dynamo=False, opset_version=opset,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                    dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={INPUT_NAME: {a: d.__name__ for a, d in dims.items()},
+                                  **({OUTPUT_NAME: {0: "batch"}} if 0 in dims else {})} if dims else None,
                 )
             else:
-                dynamic = None if batch else {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}}
+                dynamic = {INPUT_NAME: dims} if dims else None
                 program = torch.onnx.export(
                     model, (dummy,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, optimize=True,
@@ -110,8 +116,10 @@ def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,
     on a full disk)."""
     from .artifacts import write_bytes_atomic
 
+    from .graph_input import example_input
+
     start = time.perf_counter()
-    dummy = _dummy(spec, 2)
+    dummy = example_input(model, spec, 2)
     buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():

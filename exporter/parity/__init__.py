@@ -31,6 +31,7 @@ from ..data import random_inputs
 from ..errors import ArtifactError, BackendUnavailableError
 from ..latency import (DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, ratio_is_stable,
                        set_threads, speedup)
+from ..graph_input import GraphInput, adapt_runner
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, InputSet, as_input_sets, build_inputs,
@@ -63,6 +64,18 @@ def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
     }
     on = " + ".join(f"{len(s)} {s.name}" for s in agree_sets)
     return per_set, summary, on
+
+
+def size_notes(sets: Sequence[InputSet], metrics: dict[str, dict[str, float]]) -> list[str]:
+    """One line per input size when the sets span several (a dynamic-size artifact's check)."""
+    sizes: dict[str, list[InputSet]] = {}
+    for s in sets:
+        sizes.setdefault("x".join(map(str, s.array.shape[2:])), []).append(s)
+    if len(sizes) < 2:
+        return []
+    return [f"at {size}: rel max abs {max(metrics[s.name]['rel_max_abs'] for s in group):.2e}, "
+            f"top-1 agreement {min(metrics[s.name]['top1_agreement'] for s in group):.3f} "
+            f"({', '.join(s.name for s in group)})" for size, group in sizes.items()]
 
 
 def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -177,6 +190,9 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
     threads = set_threads(threads)
     manifest = manifest if manifest is not None else read_manifest(directory)
     sets = as_input_sets(inputs)
+    graph_input = GraphInput.from_manifest(manifest)  # layout / normalization / dynamic H/W
+    # a static-size artifact sees only the inputs at its size; a dynamic-size one sees every size
+    static_sets = [s for s in sets if tuple(s.array.shape[2:]) == tuple(spec.size)] or sets
     fixed_batch = (manifest.get("input") or {}).get("batch")
     if fixed_batch:
         batch_sizes = (int(fixed_batch),)
@@ -234,7 +250,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         rss_before = resident_mb()
         try:
             runner = (extra[file] if file in extra
-                      else _artifact_runner(entry, directory, device, runner_options or {}, threads))
+                      else adapt_runner(_artifact_runner(entry, directory, device, runner_options or {},
+                                                         threads), spec, graph_input))
         except ProviderFallbackError:
             raise  # explicitly requested: never silently measured on another provider
         except (BackendUnavailableError, ImportError) as err:
@@ -256,8 +273,10 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         runner_batch = fixed_batch or getattr(runner, "fixed_batch", None)
         try:
             limit = getattr(runner, "max_batch", None)
-            outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in sets}
-            result.metrics, result.summary, result.agreement_on = _summarize(sets, refs, outs)
+            mine = sets if graph_input.dynamic_size and file not in extra else static_sets
+            outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in mine}
+            result.metrics, result.summary, result.agreement_on = _summarize(mine, refs, outs)
+            result.notes.extend(size_notes(mine, result.metrics))
         except Exception as err:  # noqa: BLE001
             result.status, result.error = "error", f"{type(err).__name__}: {err}"
             result.breaches.append(Breach(file, result.output_name, result.precision, "error",
@@ -266,8 +285,8 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
         rss_after = resident_mb()
         if rss_before is not None and rss_after is not None:
             result.memory_mb = round(max(0.0, rss_after - rss_before), 1)
-        result.accuracy = _accuracy(sets, outs)
-        result.sample_errors = [float(v) for s in sets
+        result.accuracy = _accuracy(mine, outs)
+        result.sample_errors = [float(v) for s in mine
                                 for v in per_sample_rel_error(refs[s.name], outs[s.name])]
         result.breaches.extend(check_tolerance(result, result.tolerance))
         result.status = "breach" if result.breaches else "ok"
