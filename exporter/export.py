@@ -52,7 +52,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 torch.onnx.export(
                     model, (dummy,), str(path), dynamo=False, opset_version=opset,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                    dynamic_axes={INPUT_NAME: {a: d.__name__ for a, d in dims.items()},
+                    dynamic_axes={INPUT_NAME: dynamic_dims(model, spec, batch, names=True),
                                   **({OUTPUT_NAME: {0: "batch"}} if 0 in dims else {})} if dims else None,
                 )
             else:
@@ -75,8 +75,10 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
             "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}
 
 
-def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str, Any]:
-    """Simplify the ONNX file in place. Any simplifier failure raises :class:`SimplifyError`."""
+def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
+                  test_shape: list[int] | None = None) -> dict[str, Any]:
+    """Simplify the ONNX file in place. Any simplifier failure raises :class:`SimplifyError`.
+    ``test_shape``: a concrete input shape for onnxsim's check of a graph with dynamic H/W."""
     if simplifier not in SIMPLIFIERS:
         raise UsageError(f"unknown simplifier '{simplifier}'", fix=f"use one of {SIMPLIFIERS}")
     model = onnx.load(str(path))
@@ -90,7 +92,8 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str,
             if simplifier == "onnxsim":
                 import onnxsim
 
-                simplified, ok = onnxsim.simplify(model, check_n=1)
+                shapes = {INPUT_NAME: list(test_shape)} if test_shape else None
+                simplified, ok = onnxsim.simplify(model, check_n=1, test_input_shapes=shapes)
                 if not ok:
                     raise RuntimeError("onnxsim's own numerical check of the simplified graph failed")
             else:

@@ -20,7 +20,7 @@ from .errors import InputSpecError, UsageError
 
 LAYOUTS = ("nchw", "nhwc")
 SIZE_STEP = 32  # the second size a dynamic-size artifact is checked at: each side + 32 px
-MAX_SIDE = 4096  # largest height/width a dynamic-size graph declares
+MAX_BATCH = 4096  # largest batch of a dynamic batch axis
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ def input_shape(spec, options: GraphInput, batch: Any) -> list[Any]:
     return [batch, h, w, spec.channels] if options.layout == "nhwc" else [batch, spec.channels, h, w]
 
 
-def spatial_axes(options: GraphInput) -> tuple[int, int]:
-    return (1, 2) if options.layout == "nhwc" else (2, 3)
+def spatial_axes(graph) -> tuple[int, int]:
+    """The H/W axes of a graph's input (a GraphInput or a wrapped model)."""
+    return (1, 2) if getattr(graph, "layout", "nchw") == "nhwc" else (2, 3)
 
 
 def check_formats(formats: Iterable[str], options: GraphInput) -> None:
@@ -162,15 +163,16 @@ def example_input(model, spec, batch: int):
     return x
 
 
-def dynamic_dims(model, spec, batch: int | None) -> dict[int, Any]:
-    """``{axis: torch.export.Dim}`` of the input: batch unless fixed, H/W for a dynamic size."""
+def dynamic_dims(model, spec, batch: int | None, names: bool = False) -> dict[int, Any]:
+    """``{axis: torch.export dim}`` of the input (``names``: ``{axis: "batch"|"height"|"width"}``
+    for the TorchScript ONNX exporter): batch unless fixed, H/W for a dynamic size. H/W are
+    ``Dim.DYNAMIC``: torch.export infers their range and raises if the model specializes them."""
     import torch
 
-    dims: dict[int, Any] = {} if batch else {0: torch.export.Dim("batch", min=1, max=4096)}
+    dims: dict[int, Any] = {} if batch else {0: "batch" if names else torch.export.Dim("batch", min=1, max=MAX_BATCH)}
     if getattr(model, "dynamic_size", False):
-        h, w = (1, 2) if getattr(model, "layout", "nchw") == "nhwc" else (2, 3)
-        dims[h] = torch.export.Dim("height", min=spec.min_size, max=MAX_SIDE)
-        dims[w] = torch.export.Dim("width", min=spec.min_size, max=MAX_SIDE)
+        for axis, name in zip(spatial_axes(model), ("height", "width")):
+            dims[axis] = name if names else torch.export.Dim.DYNAMIC
     return dims
 
 

@@ -155,11 +155,13 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
     ``metadata_props`` (exporter.metadata)."""
     from .deploy_check import check_deploy_form
     from .errors import SimplifyError
+    from .graph_input import example_input
 
     info = export_onnx(deploy, spec, path, exporter=request.exporter, opset=request.opset,
                        batch=request.batch)
+    test_shape = list(example_input(deploy, spec, 1).shape) if request.dynamic_size else None
     try:
-        info.update(simplify_onnx(path, request.simplifier))
+        info.update(simplify_onnx(path, request.simplifier, test_shape))
     except SimplifyError as err:
         if not request.simplify_fallback:
             raise
@@ -176,7 +178,7 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
     """Every artifact against eager on 8 photo crops + 4 random tensors (the parity runner
     without latency); returns one metrics row per artifact, breaches spelled out."""
     from .graph_input import GraphInput, check_sizes
-    from .parity import build_inputs, run_parity
+    from .parity import build_inputs, by_size, run_parity
 
     options = GraphInput.of(request)
     manifest = {"model": recipe.name, "model_spec": request.model, "artifacts": artifacts,
@@ -188,7 +190,7 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
     return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
              "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
              "agreement_on": r.agreement_on, "status": r.status, "error": r.error,
-             "breach": [b.detail for b in r.breaches]}
+             "breach": [b.detail for b in r.breaches], "by_size": by_size(r.metrics, spec.size)}
             for r in report.artifacts]
 
 

@@ -39,7 +39,7 @@ from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, InputSet, as_input_sets, b
 from .results import OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance
 
 __all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "InputSet",
-           "OUTPUT_NAME", "ParityReport", "build_inputs", "check_tolerance", "machine_info",
+           "OUTPUT_NAME", "ParityReport", "build_inputs", "by_size", "check_tolerance", "machine_info",
            "run_chunked", "run_parity"]
 
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -66,16 +66,29 @@ def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
     return per_set, summary, on
 
 
-def size_notes(sets: Sequence[InputSet], metrics: dict[str, dict[str, float]]) -> list[str]:
-    """One line per input size when the sets span several (a dynamic-size artifact's check)."""
-    sizes: dict[str, list[InputSet]] = {}
-    for s in sets:
-        sizes.setdefault("x".join(map(str, s.array.shape[2:])), []).append(s)
-    if len(sizes) < 2:
-        return []
-    return [f"at {size}: rel max abs {max(metrics[s.name]['rel_max_abs'] for s in group):.2e}, "
-            f"top-1 agreement {min(metrics[s.name]['top1_agreement'] for s in group):.3f} "
-            f"({', '.join(s.name for s in group)})" for size, group in sizes.items()]
+def by_size(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Worst errors and top-1 agreement per input size (``{"64x64": {...}, "96x96": {...}}``)
+    when the sets span several sizes (a dynamic-size artifact); ``{}`` otherwise. Sets named
+    ``name@HxW`` are at HxW, the others at ``native``; agreement is judged on the real images."""
+    groups: dict[str, list[str]] = {}
+    for name in metrics:
+        groups.setdefault(name.partition("@")[2] or "x".join(map(str, native)), []).append(name)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for size, names in groups.items():
+        real = [n for n in names if not n.startswith("random")] or names
+        out[size] = {"max_abs": max(metrics[n]["max_abs"] for n in names),
+                     "rel_max_abs": max(metrics[n]["rel_max_abs"] for n in names),
+                     "cosine": min(metrics[n]["cosine"] for n in names),
+                     "top1_agreement": min(metrics[n]["top1_agreement"] for n in real)}
+    return out
+
+
+def size_notes(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> list[str]:
+    """One line per input size of a dynamic-size artifact, for the table's notes."""
+    return [f"at {size}: rel max-abs {m['rel_max_abs']:.2e}, max-abs {m['max_abs']:.2e}, "
+            f"top-1 agreement {m['top1_agreement']:.3f}" for size, m in by_size(metrics, native).items()]
 
 
 def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -276,7 +289,7 @@ def run_parity(directory: str | Path, reference: nn.Module, spec: InputSpec, rec
             mine = sets if graph_input.dynamic_size and file not in extra else static_sets
             outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in mine}
             result.metrics, result.summary, result.agreement_on = _summarize(mine, refs, outs)
-            result.notes.extend(size_notes(mine, result.metrics))
+            result.notes.extend(size_notes(result.metrics, spec.size))
         except Exception as err:  # noqa: BLE001
             result.status, result.error = "error", f"{type(err).__name__}: {err}"
             result.breaches.append(Breach(file, result.output_name, result.precision, "error",
