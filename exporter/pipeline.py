@@ -213,9 +213,9 @@ def export(request: ExportRequest) -> ExportResult:
     start = time.perf_counter()
     from .recipes import override_tolerances
 
+    options = check_graph_input(request, request.formats)  # usage, before any environment check
     formats = _parse_formats(request.formats, request.precision)
     check_model_options(request)  # before any model is built or any file written
-    options = check_graph_input(request, formats)
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
                          fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "
