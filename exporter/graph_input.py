@@ -234,8 +234,8 @@ class AdaptedRunner:
             f"fed {options.layout.upper()}"
             + (" pixels, normalized in the graph" if options.normalize_in_graph else "")]
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "timed_call" and not hasattr(self.inner, "timed_call"):
+    def __getattr__(self, name: str) -> Any:  # name, runtime, provider, fixed_batch, ...
+        if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -243,7 +243,10 @@ class AdaptedRunner:
         return self.inner(to_graph_input(batch, self.spec, self.options))
 
     def timed_call(self, batch: np.ndarray):
-        return self.inner.timed_call(to_graph_input(batch, self.spec, self.options))
+        """The inner runner's timed call on the converted batch (converted once, not timed)."""
+        from .latency import timed_call
+
+        return timed_call(self.inner, to_graph_input(batch, self.spec, self.options))
 
 
 def adapt_runner(runner: Any, spec, options: GraphInput) -> Any:
