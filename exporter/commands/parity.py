@@ -185,7 +185,12 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
         report.notes.append(f"tolerances overridden on the command line: --atol {args.atol}, "
                             f"--rtol {args.rtol}")
     if args.locate:
-        if report.breaches():
+        if report.breaches() and graph_input.adapts:
+            report.notes.append("--locate: not run; it feeds the ONNX graph NCHW normalized inputs "
+                                "layer by layer and this graph takes "
+                                f"{graph_input.layout.upper()}"
+                                + (" pixels" if graph_input.normalize_in_graph else ""))
+        elif report.breaches():
             locate_for_report(report, reference, inputs[0].array, recipe)
         else:
             report.notes.append("--locate: every artifact is within tolerance, nothing to locate")
