@@ -68,8 +68,10 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         first = first.split(" Please feel free")[0].split(" [Caused by")[0]
         other = "dynamo" if exporter == "torchscript" else "torchscript"
-        raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}",
-                          fix=f"try --exporter {other}, or another --opset") from err
+        fix = f"try --exporter {other}, or another --opset"
+        if getattr(model, "dynamic_size", False):
+            fix = f"try --exporter {other}, or drop --dynamic-size"
+        raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}", fix=fix) from err
     proto = onnx.load(str(path), load_external_data=False)
     return {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 3),
             "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}

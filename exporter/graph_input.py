@@ -122,12 +122,24 @@ def check_graph_input(request: Any, formats: Iterable[str]) -> GraphInput:
     return options
 
 
-def check_dynamic_size(model, recipe, spec, options: GraphInput) -> None:
+def check_dynamic_size(model, recipe, spec, options: GraphInput, onnx_exporter: str | None = None) -> None:
     """A dynamic size is exported only where the architecture takes another size: the recipe says
-    so (``fixed_size``) or a forward of the prepared model at :func:`second_size` fails."""
+    so (``fixed_size``) or a forward of the prepared model at :func:`second_size` fails. The
+    TorchScript ONNX exporter (``onnx_exporter``) cannot write an adaptive pool to an output
+    larger than 1x1 from a dynamic size (AlexNet's 6x6, VGG's 7x7): refused up front too."""
     if not options.dynamic_size:
         return
     import torch
+    from torch import nn
+
+    pools = [name for name, m in model.named_modules()
+             if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+             and any(v not in (1, None) for v in (m.output_size if isinstance(m.output_size, tuple)
+                                                  else (m.output_size,)))]
+    if onnx_exporter == "torchscript" and pools:
+        raise UsageError(f"--dynamic-size: the torchscript ONNX exporter cannot export {recipe.name}'s "
+                         f"adaptive pool {pools[0]} (output larger than 1x1) from a dynamic size",
+                         fix="add --exporter dynamo (it exports it), or drop --dynamic-size")
 
     fix = f"drop --dynamic-size (export {recipe.name} at its fixed size)"
     if spec.fixed_size:

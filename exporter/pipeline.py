@@ -232,7 +232,8 @@ def export(request: ExportRequest) -> ExportResult:
     request.stage(f"prepare: {', '.join(recipe.prepare_steps)}; input {spec.channels}x"
                   f"{spec.size[0]}x{spec.size[1]}; weights {weights_info.get('kind')}")
     reference, deploy, prep = prepare_stage(model, recipe, spec)
-    check_dynamic_size(deploy, recipe, spec, options)  # refused before anything is written
+    check_dynamic_size(deploy, recipe, spec, options,  # refused before anything is written
+                       request.exporter if "onnx" in formats else None)
     graph = wrap(deploy, spec, options)  # what every format is exported from
     weight_bytes = sum(p.numel() * p.element_size() for p in deploy.parameters())
     check_free_space(directory, (weight_bytes + (1 << 20)) * (len(formats) + 1))

@@ -64,7 +64,7 @@ def _graph_input_line(block: dict) -> str | None:
         parts.append("normalized in the graph ([0, 1] pixels in)")
     if block.get("dynamic_size"):
         sizes = " and ".join("x".join(map(str, s)) for s in block.get("check_sizes", []))
-        parts.append(f"dynamic height/width (checked at {sizes})")
+        parts.append(f"dynamic height/width (parity sizes {sizes})")
     return "  graph input: " + ", ".join(parts) if parts else None
 
 

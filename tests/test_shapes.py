@@ -213,3 +213,13 @@ def test_a_format_or_precision_that_cannot_carry_the_option_is_refused(tmp_path,
     fixes = [ln for ln in err if ln.startswith("fix:")]
     assert len(errors) == 1 and len(fixes) == 1 and needle in errors[0] + fixes[0], err
     assert "drop" in fixes[0] and not out.exists()
+
+
+@pytest.mark.slow
+def test_torchscript_exporter_refuses_a_dynamic_size_adaptive_pool_up_front(tmp_path):
+    """AlexNet's 6x6 adaptive pool: the TorchScript ONNX exporter cannot write it from a dynamic
+    size; refused before anything is written, naming the exporter that can."""
+    out = tmp_path / "alexnet"
+    proc = run_cli(["export", "alexnet", "--dynamic-size", "--no-verify", "-o", str(out)], cwd=tmp_path)
+    assert_one_error(proc, 2, "adaptive pool", "--exporter dynamo")
+    assert not out.exists() and "Torch IR graph" not in proc.stderr
