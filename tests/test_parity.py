@@ -40,7 +40,13 @@ def _export(root: Path, name: str, size: int | None, **options):
 
 
 class _Exports:
-    """Session cache: one export per (recipe, size), shared by every test that needs it."""
+    """Session cache: one export per (recipe, size), shared by the tests that need it.
+
+    Parametrization is model-major, so a worker asks for one model several times in a row: only
+    the newest ``KEEP`` exports stay on disk (the whole zoo's would fill a small CI disk).
+    """
+
+    KEEP = 2
 
     def __init__(self, root: Path):
         self.root = root
@@ -49,6 +55,9 @@ class _Exports:
     def get(self, name: str, size: int | None):
         key = (name, size)
         if key not in self.cache:
+            while len(self.cache) >= self.KEEP:
+                oldest = next(iter(self.cache))
+                shutil.rmtree(Path(self.cache.pop(oldest).directory), ignore_errors=True)
             self.cache[key] = _export(self.root, name, size)
         return self.cache[key]
 
@@ -59,8 +68,9 @@ def exports(tmp_path_factory) -> _Exports:
 
 
 @pytest.fixture(scope="session")
-def mv3(exports):
-    return exports.get("mobilenet_v3_small", 64)
+def mv3(tmp_path_factory):
+    """Its own export: the session cache evicts, and these tests hold on to it."""
+    return _export(tmp_path_factory.mktemp("mv3"), "mobilenet_v3_small", 64)
 
 
 def _inputs(spec, samples=4, random=2):
