@@ -62,7 +62,10 @@ def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
     if not args.model_spec and meta.get("model_spec"):
         options["model"] = meta["model_spec"]
     shape = meta.get("input_shape")
-    if args.input_size is None and isinstance(shape, list) and len(shape) == 4 and shape[2] == shape[3]:
+    if isinstance(shape, list) and len(shape) == 4 and meta.get("layout") == "NHWC":
+        shape = [shape[0], shape[3], shape[1], shape[2]]
+    if args.input_size is None and isinstance(shape, list) and len(shape) == 4 \
+            and isinstance(shape[2], int) and shape[2] == shape[3]:
         options["input_size"] = int(shape[2])
     weights = meta.get("weights") or {}
     if args.weights is None and args.checkpoint is None:
@@ -85,7 +88,11 @@ def file_manifest(path: Path, fmt: str, meta: dict[str, Any], batch: int | None)
     entry = artifact_entry(path, fmt, precision)
     if fmt == "pt2" and batch:
         entry["details"].update(dynamic_batch=False, batch=batch)
-    return {"model": meta.get("model", path.stem), "artifacts": [entry], "input": {"batch": batch}}
+    graph_input = {"layout": str(meta.get("layout", "NCHW")).lower(),
+                   "normalize_in_graph": str(meta.get("normalization", "")).startswith("in the graph"),
+                   "dynamic_size": meta.get("dynamic_size") is True}
+    return {"model": meta.get("model", path.stem), "artifacts": [entry],
+            "input": {"batch": batch, **graph_input}}
 
 
 def resolve(args) -> tuple[Path, str, dict[str, Any], dict[str, Any]]:

@@ -67,6 +67,22 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
                         help="keep the unsimplified graph if simplification fails (default: error)")
 
 
+def add_graph_input_options(parser: argparse.ArgumentParser) -> None:
+    """What the exported graph takes (exporter/graph_input.py); recorded in the manifest."""
+    group = parser.add_argument_group("graph input (recorded in manifest.json and the artifact "
+                                      "metadata; parity feeds each artifact what it takes)")
+    group.add_argument("--dynamic-size", action="store_true",
+                       help="symbolic height/width (onnx, pt2, aoti, torchscript), checked at the "
+                            "recipe's size and at +32 px; refused for fixed-size architectures "
+                            "(default: fixed at --input-size)")
+    group.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw",
+                       help="input layout of the graph; nhwc transposes inside the graph "
+                            "(default nchw)")
+    group.add_argument("--normalize-in-graph", action="store_true",
+                       help="the graph takes RGB pixels in [0, 1] (pixel / 255) and applies the "
+                            "recipe's mean/std itself (default: off, the caller normalizes)")
+
+
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """FP16/INT8 options (the quantize stage)."""
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
@@ -122,6 +138,8 @@ def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onn
         opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,
         simplify_fallback=args.simplify_fallback, precision=getattr(args, "precision", "fp32"),
         quant=quant_options(args), atol=getattr(args, "atol", None), rtol=getattr(args, "rtol", None),
+        layout=getattr(args, "layout", "nchw"), dynamic_size=getattr(args, "dynamic_size", False),
+        normalize_in_graph=getattr(args, "normalize_in_graph", False),
     )
 
 

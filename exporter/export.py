@@ -33,12 +33,17 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 opset: int = DEFAULT_OPSET, batch: int | None = None) -> dict[str, Any]:
     """Export ``model`` to a single ONNX file with input ``input`` and output ``logits``.
 
-    ``batch=None`` makes the batch axis dynamic; an int fixes it. Returns export facts.
+    ``batch=None`` makes the batch axis dynamic; an int fixes it. A ``graph_input.wrap``-ped model
+    with ``dynamic_size`` gets symbolic height/width too (and its NHWC example input). Returns
+    export facts.
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter '{exporter}'", fix=f"use one of {EXPORTERS}")
+    from .graph_input import dynamic_dims, example_input
+
     start = time.perf_counter()
-    dummy = _dummy(spec, batch or 2)
+    dummy = example_input(model, spec, batch or 2)
+    dims = dynamic_dims(model, spec, batch)  # batch unless fixed; H/W of a --dynamic-size graph
     log = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
@@ -47,10 +52,11 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
                 torch.onnx.export(
                     model, (dummy,), str(path), dynamo=False, opset_version=opset,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                    dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={INPUT_NAME: dynamic_dims(model, spec, batch, names=True),
+                                  **({OUTPUT_NAME: {0: "batch"}} if 0 in dims else {})} if dims else None,
                 )
             else:
-                dynamic = None if batch else {INPUT_NAME: {0: torch.export.Dim("batch", min=1, max=4096)}}
+                dynamic = {INPUT_NAME: dims} if dims else None
                 program = torch.onnx.export(
                     model, (dummy,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, optimize=True,
@@ -62,15 +68,19 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         first = first.split(" Please feel free")[0].split(" [Caused by")[0]
         other = "dynamo" if exporter == "torchscript" else "torchscript"
-        raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}",
-                          fix=f"try --exporter {other}, or another --opset") from err
+        fix = f"try --exporter {other}, or another --opset"
+        if getattr(model, "dynamic_size", False):
+            fix = f"try --exporter {other}, or drop --dynamic-size"
+        raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}", fix=fix) from err
     proto = onnx.load(str(path), load_external_data=False)
     return {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 3),
             "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}
 
 
-def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str, Any]:
-    """Simplify the ONNX file in place. Any simplifier failure raises :class:`SimplifyError`."""
+def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
+                  test_shape: list[int] | None = None) -> dict[str, Any]:
+    """Simplify the ONNX file in place. Any simplifier failure raises :class:`SimplifyError`.
+    ``test_shape``: a concrete input shape for onnxsim's check of a graph with dynamic H/W."""
     if simplifier not in SIMPLIFIERS:
         raise UsageError(f"unknown simplifier '{simplifier}'", fix=f"use one of {SIMPLIFIERS}")
     model = onnx.load(str(path))
@@ -84,7 +94,8 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER) -> dict[str,
             if simplifier == "onnxsim":
                 import onnxsim
 
-                simplified, ok = onnxsim.simplify(model, check_n=1)
+                shapes = {INPUT_NAME: list(test_shape)} if test_shape else None
+                simplified, ok = onnxsim.simplify(model, check_n=1, test_input_shapes=shapes)
                 if not ok:
                     raise RuntimeError("onnxsim's own numerical check of the simplified graph failed")
             else:
@@ -110,8 +121,10 @@ def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,
     on a full disk)."""
     from .artifacts import write_bytes_atomic
 
+    from .graph_input import example_input
+
     start = time.perf_counter()
-    dummy = _dummy(spec, 2)
+    dummy = example_input(model, spec, 2)
     buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -9,13 +9,16 @@ AOTInductor package metadata. Keys (all present unless marked optional):
 ``model_spec``         what was asked for (``torchvision:resnet18``, ``timm:resnet10t``)
 ``source``             torchvision | timm | zoo | file
 ``input_name``         ``input`` (``output_name``: ``logits``)
-``input_shape``        JSON ``[batch, C, H, W]`` (batch ``"batch"`` when dynamic)
-``layout``             ``NCHW``
+``input_shape``        JSON ``[batch, C, H, W]`` (``[batch, H, W, C]`` for NHWC; ``"batch"``,
+                       ``"height"``, ``"width"`` where dynamic)
+``layout``             ``NCHW`` or ``NHWC`` (``--layout``)
+``dynamic_size``       ``true`` when height/width are symbolic (``--dynamic-size``)
 ``color_order``        ``RGB`` (``L`` for grayscale models)
 ``pixel_range``        ``[0, 1]``: pixels are divided by 255 before normalization
 ``mean`` / ``std``     JSON per-channel lists, applied as ``(x / 255 - mean) / std``
 ``resize``             shorter side before the centre crop (``interpolation``: ``bilinear``)
-``normalization``      ``outside the graph`` (the caller normalizes)
+``normalization``      ``outside the graph`` (the caller normalizes), or ``in the graph``
+                       (``--normalize-in-graph``: the graph takes [0, 1] pixels)
 ``num_classes``        number of logits
 ``class_names``        JSON list, ImageNet-1k names for 1000-class ImageNet heads (optional)
 ``weights``            JSON: kind (pretrained/checkpoint/random), name, url or sha256
@@ -60,6 +63,9 @@ def build_metadata(recipe, spec, request, weights_info: dict[str, Any]) -> dict[
     """The artifact metadata of one export (per-artifact keys are added by :func:`for_artifact`)."""
     import torch
 
+    from .graph_input import GraphInput, input_shape
+
+    options = GraphInput.of(request)
     weights = {k: v for k, v in weights_info.items() if k != "categories"}
     batch: Any = request.batch if request.batch else "batch"
     meta: dict[str, Any] = {
@@ -68,15 +74,17 @@ def build_metadata(recipe, spec, request, weights_info: dict[str, Any]) -> dict[
         "source": recipe.source,
         "input_name": "input",
         "output_name": "logits",
-        "input_shape": [batch, spec.channels, *spec.size],
-        "layout": "NCHW",
+        "input_shape": input_shape(spec, options, batch),
+        "layout": options.layout.upper(),
+        "dynamic_size": options.dynamic_size,
         "color_order": "L" if spec.color_mode == "L" else "RGB",
         "pixel_range": [0, 1],
         "mean": list(spec.mean),
         "std": list(spec.std),
         "resize": spec.resize,
         "interpolation": getattr(spec, "interpolation", "bilinear"),
-        "normalization": "outside the graph",
+        "normalization": ("in the graph: (pixels - mean) / std, pixels in [0, 1]"
+                          if options.normalize_in_graph else "outside the graph"),
         "num_classes": recipe.num_classes,
         "weights": weights,
         "exporter_version": f"zoo-exporter {__version__}",

@@ -64,6 +64,10 @@ class ExportRequest:
     fail_on_breach: bool = True
     atol: float | None = None  # command-line overrides of the recipe's tolerances
     rtol: float | None = None
+    # what the exported graph takes (exporter.graph_input; the eager reference is unchanged)
+    layout: str = "nchw"  # nchw | nhwc
+    normalize_in_graph: bool = False  # the graph takes [0, 1] pixels and applies mean/std
+    dynamic_size: bool = False  # symbolic height/width, checked at two sizes
     # progress lines of long stages (calibration, the INT8 budget); never recorded in a manifest
     log: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     # one line per pipeline stage (--verbose); never recorded in a manifest
@@ -151,11 +155,13 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
     ``metadata_props`` (exporter.metadata)."""
     from .deploy_check import check_deploy_form
     from .errors import SimplifyError
+    from .graph_input import example_input
 
     info = export_onnx(deploy, spec, path, exporter=request.exporter, opset=request.opset,
                        batch=request.batch)
+    test_shape = list(example_input(deploy, spec, 1).shape) if request.dynamic_size else None
     try:
-        info.update(simplify_onnx(path, request.simplifier))
+        info.update(simplify_onnx(path, request.simplifier, test_shape))
     except SimplifyError as err:
         if not request.simplify_fallback:
             raise
@@ -171,17 +177,20 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
                  recipe: Recipe, spec: InputSpec, request: ExportRequest) -> list[dict[str, Any]]:
     """Every artifact against eager on 8 photo crops + 4 random tensors (the parity runner
     without latency); returns one metrics row per artifact, breaches spelled out."""
-    from .parity import build_inputs, run_parity
+    from .graph_input import GraphInput, check_sizes
+    from .parity import build_inputs, by_size, run_parity
 
+    options = GraphInput.of(request)
     manifest = {"model": recipe.name, "model_spec": request.model, "artifacts": artifacts,
-                "input": {"batch": request.batch}}
-    inputs = build_inputs(spec, samples=8 if spec.channels in (1, 3) else 0, random=4)
+                "input": {"batch": request.batch, **options.to_dict()}}
+    inputs = build_inputs(spec, samples=8 if spec.channels in (1, 3) else 0, random=4,
+                          sizes=check_sizes(spec, options))
     report = run_parity(directory, reference, spec, recipe, inputs, "cpu", manifest=manifest,
                         latency=False)
     return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
              "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
              "agreement_on": r.agreement_on, "status": r.status, "error": r.error,
-             "breach": [b.detail for b in r.breaches]}
+             "breach": [b.detail for b in r.breaches], "by_size": by_size(r.metrics, spec.size)}
             for r in report.artifacts]
 
 
@@ -198,11 +207,13 @@ def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
     from .artifacts import check_free_space, check_output_location, claim_output_dir
     from .builders import resolve_model
+    from .graph_input import check_graph_input, check_dynamic_size, wrap
     from .validate import check_model_options
 
     start = time.perf_counter()
     from .recipes import override_tolerances
 
+    options = check_graph_input(request, request.formats)  # usage, before any environment check
     formats = _parse_formats(request.formats, request.precision)
     check_model_options(request)  # before any model is built or any file written
     if request.precision == "int8" and not request.quant.get("calibration"):
@@ -221,6 +232,9 @@ def export(request: ExportRequest) -> ExportResult:
     request.stage(f"prepare: {', '.join(recipe.prepare_steps)}; input {spec.channels}x"
                   f"{spec.size[0]}x{spec.size[1]}; weights {weights_info.get('kind')}")
     reference, deploy, prep = prepare_stage(model, recipe, spec)
+    check_dynamic_size(deploy, recipe, spec, options,  # refused before anything is written
+                       request.exporter if "onnx" in formats else None)
+    graph = wrap(deploy, spec, options)  # what every format is exported from
     weight_bytes = sum(p.numel() * p.element_size() for p in deploy.parameters())
     check_free_space(directory, (weight_bytes + (1 << 20)) * (len(formats) + 1))
     stem = recipe.name
@@ -233,12 +247,12 @@ def export(request: ExportRequest) -> ExportResult:
             onnx_path = stage / f"{stem}.onnx"
             request.stage(f"onnx: {request.exporter} exporter, opset {request.opset}, "
                           f"{request.simplifier} simplifier, deploy check")
-            export_info = onnx_stage(deploy, spec, onnx_path, request, prep.expected_bn_nodes, meta)
+            export_info = onnx_stage(graph, spec, onnx_path, request, prep.expected_bn_nodes, meta)
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
             if request.precision != "fp32":
                 artifacts.append(_quantize(stage, directory, stem, recipe, spec, request, meta))
-        artifacts += _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem,
+        artifacts += _runtime_artifacts(formats, graph, recipe, spec, request, stage, stem,
                                         onnx_path, prep.expected_bn_nodes, meta)
         request.stage("verify: every artifact vs eager" if request.verify else "verify: skipped")
         parity = verify_stage(stage, artifacts, reference, recipe, spec, request) \
@@ -306,7 +320,8 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
                    "builder": recipe.builder, "num_classes": recipe.num_classes,
                    "path": str(recipe.path) if recipe.path else None},
         "weights": weights_info,
-        "input": {**spec.to_dict(), "batch": request.batch, "dynamic_batch": request.batch is None},
+        "input": {**spec.to_dict(), "batch": request.batch, "dynamic_batch": request.batch is None,
+                  **graph_input_record(request, spec)},
         "model_options": {k: v for k, v in asdict(request).items() if k in MODEL_OPTION_KEYS},
     }
     kept: list[dict[str, Any]] = []
@@ -331,6 +346,14 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
 _OPTION_TYPES = {"model": str, "weights": str, "checkpoint": str, "output_name": str, "seed": int,
                  "input_size": int, "channels": int, "num_classes": int, "batch": int,
                  "output_index": int, "mean": list, "std": list}
+
+
+def graph_input_record(request, spec) -> dict[str, Any]:
+    """The manifest's record of what the graph takes (layout, normalization, sizes checked)."""
+    from .graph_input import GraphInput, check_sizes
+
+    options = GraphInput.of(request)
+    return {**options.to_dict(), "check_sizes": [list(s) for s in check_sizes(spec, options)]}
 
 
 def _check_option_types(options: dict[str, Any], where: Path) -> None:

@@ -37,6 +37,10 @@ def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
     options = manifest.get("model_options") or {}
     if any(json_value(options.get(k)) != json_value(getattr(request, k)) for k in MODEL_OPTION_KEYS):
         return False
+    from .graph_input import GraphInput
+
+    if GraphInput.from_manifest(manifest) != GraphInput.of(request):
+        return False
     export = manifest.get("export") or {}
     return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
 

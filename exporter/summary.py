@@ -55,6 +55,19 @@ def weights_line(info: dict) -> str:
     return f"weights: checkpoint {info['path']} (sha256 {info['sha256'][:12]})"
 
 
+def _graph_input_line(block: dict) -> str | None:
+    """What the graph takes, when it is not the default NCHW normalized static-size input."""
+    parts = []
+    if block.get("layout", "nchw") != "nchw":
+        parts.append(f"{block['layout'].upper()} layout")
+    if block.get("normalize_in_graph"):
+        parts.append("normalized in the graph ([0, 1] pixels in)")
+    if block.get("dynamic_size"):
+        sizes = " and ".join("x".join(map(str, s)) for s in block.get("check_sizes", []))
+        parts.append(f"dynamic height/width (parity sizes {sizes})")
+    return "  graph input: " + ", ".join(parts) if parts else None
+
+
 def export_summary(result) -> str:
     """Lines: model, weights, prepare, export, artifacts, parity."""
     m = result.manifest
@@ -64,6 +77,9 @@ def export_summary(result) -> str:
              f"batch {'dynamic' if m['input']['dynamic_batch'] else m['input']['batch']}, "
              f"done in {result.seconds:.1f} s -> {result.directory}",
              "  " + weights_line(m["weights"])]
+    graph = _graph_input_line(m["input"])
+    if graph:
+        lines.append(graph)
     unfolded = prep.get("bn_unfolded", [])
     prepare = f"  prepare: {prep.get('bn_folded', 0)} BN folded, {len(unfolded)} not foldable"
     if unfolded:
@@ -87,4 +103,7 @@ def export_summary(result) -> str:
         lines.append(f"  parity vs eager [{row['file']} on {row['provider']}, {row['samples']} inputs]: "
                      f"rel max-abs {row['rel_max_abs']:.2e}, cosine {row['cosine']:.6f}, "
                      f"top-1 {row['top1_agreement']:.3f}, top-5 {row['top5_agreement']:.3f} -> {status}")
+        for size, s in (row.get("by_size") or {}).items():
+            lines.append(f"    at {size}: rel max-abs {s['rel_max_abs']:.2e}, max-abs "
+                         f"{s['max_abs']:.2e}, top-1 {s['top1_agreement']:.3f}")
     return "\n".join(lines)

@@ -32,15 +32,17 @@ class CallableModule(nn.Module):
 
 
 def export_program(deploy: nn.Module, spec, batch: int | None) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of the deploy model: batch axis dynamic unless ``batch`` is fixed."""
+    """``torch.export.export`` of the deploy model: batch axis dynamic unless ``batch`` is fixed,
+    height/width dynamic for a ``--dynamic-size`` graph (``graph_input.dynamic_dims``)."""
     from ..errors import ExportError
-    from ..export import _dummy
+    from ..graph_input import dynamic_dims, example_input
 
-    dynamic = None if batch else ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    dims = dynamic_dims(deploy, spec, batch)  # + height/width of a --dynamic-size export
+    dynamic = (dims,) if dims else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.export(deploy.eval(), (_dummy(spec, batch or 2),),
+            return torch.export.export(deploy.eval(), (example_input(deploy, spec, batch or 2),),
                                        dynamic_shapes=dynamic)
     except Exception as err:  # torch.export raises many types (UserError, GuardOnDataDependent...)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

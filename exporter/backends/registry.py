@@ -45,17 +45,22 @@ class Backend:
     # precision -> why this runtime cannot produce it here: `export --precision` raises
     # PrecisionError with the reason instead of a generic "not produced by --format" usage error
     unavailable: dict[str, str] = field(default_factory=dict, hash=False)
+    # carries the graph input options (--dynamic-size, --layout nhwc, --normalize-in-graph):
+    # exported from the graph_input-wrapped model with its example input and dynamic dims
+    graph_input: bool = False
 
 
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
-            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",)),
+            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",), graph_input=True),
     Backend("pt2", "exporter.backends.pt2",
-            "torch.export ExportedProgram (.pt2), the recommended PyTorch format"),
+            "torch.export ExportedProgram (.pt2), the recommended PyTorch format", graph_input=True),
     Backend("aoti", "exporter.backends.aoti",
-            "AOTInductor package (.aoti.pt2, compiled for this CPU; needs a C++ compiler)"),
+            "AOTInductor package (.aoti.pt2, compiled for this CPU; needs a C++ compiler)",
+            graph_input=True),
     Backend("torchscript", "exporter.backends.torchscript",
-            "TorchScript (traced and frozen; deprecated in torch 2.14, kept for old runtimes)"),
+            "TorchScript (traced and frozen; deprecated in torch 2.14, kept for old runtimes)",
+            graph_input=True),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
             extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
             packages=("tensorrt",)),

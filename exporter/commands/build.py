@@ -100,6 +100,20 @@ def _spec_from_onnx(onnx_path: Path, manifest: dict[str, Any] | None):
                      mean=(0.0,) * channels, std=(1.0,) * channels)
 
 
+def _check_default_input(onnx_path: Path, manifest: dict[str, Any] | None) -> None:
+    """An engine's optimization profile is NCHW at one size: a graph exported with --dynamic-size,
+    --layout nhwc or --normalize-in-graph is refused, never built with another input."""
+    from ..graph_input import GraphInput
+
+    options = GraphInput.from_manifest(manifest)
+    if not options.default:
+        asked = ", ".join(f"{k}={v}" for k, v in options.to_dict().items())
+        raise UsageError(f"{onnx_path} was exported with a non-default graph input ({asked}); "
+                         "TensorRT engines are built from the default NCHW, normalized, fixed-size ONNX",
+                         fix="export the model again without --dynamic-size/--layout/"
+                             "--normalize-in-graph (into another --output), then build from that")
+
+
 def _exported_onnx(args) -> tuple[Path, Path, Any, str]:
     """Take the request's ONNX from its artifact directory, or export it (with --precision's
     quantize stage and the export's parity check) when it is missing or was made differently."""
@@ -143,6 +157,7 @@ def run(args) -> int:
         if not onnx_path.is_file():
             raise UsageError(f"{onnx_path}: no such ONNX file", fix="check the path, or export first")
         source_manifest = read_manifest_if_any(onnx_path.parent)
+        _check_default_input(onnx_path, source_manifest)
         spec = _spec_from_onnx(onnx_path, source_manifest)
         out_dir = Path(args.output) if args.output else onnx_path.parent
         model = (source_manifest or {}).get("model") or onnx_path.name.split(".")[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import registry
-from ..cli_options import (add_model_options, add_output_options, add_precision_options,
+from ..cli_options import (add_graph_input_options, add_model_options, add_output_options, add_precision_options,
                            add_tolerance_options, parse_formats, print_json, progress_logger,
                            request_from_args)
 
@@ -15,6 +15,7 @@ EPILOG = """examples:
   exporter export timm:resnet10t --weights DEFAULT        # timm's download (needs internet)
   exporter export resnet50 --precision fp16 --json > export.json
   exporter export resnet18 --precision int8 --calibration packaged
+  exporter export resnet18 --input-size 64 --dynamic-size --layout nhwc --normalize-in-graph
 exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
 
 
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
                    help="comma-separated formats (default onnx): "
                         + "; ".join(f"{b.format}: {b.summary}" for b in registry.BACKENDS.values()
                                     if b.exportable))
+    add_graph_input_options(p)
     add_precision_options(p)
     p.add_argument("--no-verify", action="store_true",
                    help="skip the parity check against eager (default: verify)")

@@ -167,9 +167,14 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
     from ..parity import build_inputs, run_parity
     from ..recipes import override_tolerances
 
+    from ..artifacts import read_manifest_if_any
+    from ..graph_input import GraphInput, check_sizes
+
     recipe = override_tolerances(recipe, getattr(args, "atol", None), getattr(args, "rtol", None))
+    graph_input = GraphInput.from_manifest(manifest if manifest is not None
+                                           else read_manifest_if_any(directory))
     inputs = build_inputs(spec, images=args.images, samples=args.samples, random=args.random,
-                          seed=args.seed or 0)
+                          seed=args.seed or 0, sizes=check_sizes(spec, graph_input))
     report = run_parity(directory, reference, spec, recipe, inputs, args.device,
                         runner_options=runner_options, latency=not args.no_latency,
                         batch_sizes=args.batch_sizes,
@@ -180,7 +185,12 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
         report.notes.append(f"tolerances overridden on the command line: --atol {args.atol}, "
                             f"--rtol {args.rtol}")
     if args.locate:
-        if report.breaches():
+        if report.breaches() and graph_input.adapts:
+            report.notes.append("--locate: not run; it feeds the ONNX graph NCHW normalized inputs "
+                                "layer by layer and this graph takes "
+                                f"{graph_input.layout.upper()}"
+                                + (" pixels" if graph_input.normalize_in_graph else ""))
+        elif report.breaches():
             locate_for_report(report, reference, inputs[0].array, recipe)
         else:
             report.notes.append("--locate: every artifact is within tolerance, nothing to locate")

@@ -31,6 +31,7 @@ from ..data import random_inputs
 from ..errors import ArtifactError, BackendUnavailableError
 from ..latency import (DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, ratio_is_stable,
                        set_threads, speedup)
+from ..graph_input import GraphInput, adapt_runner
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as_input_sets,
@@ -38,7 +39,7 @@ from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as
 from .results import OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance
 
 __all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "EagerOutputs", "InputSet",
-           "OUTPUT_NAME", "ParityReport", "build_inputs", "check_tolerance", "machine_info",
+           "OUTPUT_NAME", "ParityReport", "build_inputs", "by_size", "check_tolerance", "machine_info",
            "run_chunked", "run_parity"]
 
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -63,6 +64,31 @@ def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
     }
     on = " + ".join(f"{len(s)} {s.name}" for s in agree_sets)
     return per_set, summary, on
+
+
+def by_size(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Worst errors and top-1 agreement per input size (``{"64x64": {...}, "96x96": {...}}``)
+    when the sets span several sizes (a dynamic-size artifact); ``{}`` otherwise. Sets named
+    ``name@HxW`` are at HxW, the others at ``native``; agreement is judged on the real images."""
+    groups: dict[str, list[str]] = {}
+    for name in metrics:
+        groups.setdefault(name.partition("@")[2] or "x".join(map(str, native)), []).append(name)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for size, names in groups.items():
+        real = [n for n in names if not n.startswith("random")] or names
+        out[size] = {"max_abs": max(metrics[n]["max_abs"] for n in names),
+                     "rel_max_abs": max(metrics[n]["rel_max_abs"] for n in names),
+                     "cosine": min(metrics[n]["cosine"] for n in names),
+                     "top1_agreement": min(metrics[n]["top1_agreement"] for n in real)}
+    return out
+
+
+def size_notes(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> list[str]:
+    """One line per input size of a dynamic-size artifact, for the table's notes."""
+    return [f"at {size}: rel max-abs {m['rel_max_abs']:.2e}, max-abs {m['max_abs']:.2e}, "
+            f"top-1 agreement {m['top1_agreement']:.3f}" for size, m in by_size(metrics, native).items()]
 
 
 def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -180,6 +206,9 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
     threads = set_threads(threads)
     manifest = manifest if manifest is not None else read_manifest(directory)
     sets = as_input_sets(inputs)
+    graph_input = GraphInput.from_manifest(manifest)  # layout / normalization / dynamic H/W
+    # a static-size artifact sees only the inputs at its size; a dynamic-size one sees every size
+    static_sets = [s for s in sets if tuple(s.array.shape[2:]) == tuple(spec.size)] or sets
     fixed_batch = (manifest.get("input") or {}).get("batch")
     if fixed_batch:
         batch_sizes = (int(fixed_batch),)
@@ -244,7 +273,8 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         rss_before = resident_mb()
         try:
             runner = (extra[file] if file in extra
-                      else _artifact_runner(entry, directory, device, runner_options or {}, threads))
+                      else adapt_runner(_artifact_runner(entry, directory, device, runner_options or {},
+                                                         threads), spec, graph_input))
         except ProviderFallbackError:
             raise  # explicitly requested: never silently measured on another provider
         except (BackendUnavailableError, ImportError) as err:
@@ -266,8 +296,10 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         runner_batch = fixed_batch or getattr(runner, "fixed_batch", None)
         try:
             limit = getattr(runner, "max_batch", None)
-            outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in sets}
-            result.metrics, result.summary, result.agreement_on = _summarize(sets, refs, outs)
+            mine = sets if graph_input.dynamic_size and file not in extra else static_sets
+            outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in mine}
+            result.metrics, result.summary, result.agreement_on = _summarize(mine, refs, outs)
+            result.notes.extend(size_notes(result.metrics, spec.size))
         except Exception as err:  # noqa: BLE001
             result.status, result.error = "error", f"{type(err).__name__}: {err}"
             result.breaches.append(Breach(file, result.output_name, result.precision, "error",
@@ -276,8 +308,8 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         rss_after = resident_mb()
         if rss_before is not None and rss_after is not None:
             result.memory_mb = round(max(0.0, rss_after - rss_before), 1)
-        result.accuracy = _accuracy(sets, outs)
-        result.sample_errors = [float(v) for s in sets
+        result.accuracy = _accuracy(mine, outs)
+        result.sample_errors = [float(v) for s in mine
                                 for v in per_sample_rel_error(refs[s.name], outs[s.name])]
         result.breaches.extend(check_tolerance(result, result.tolerance))
         result.status = "breach" if result.breaches else "ok"

@@ -42,20 +42,32 @@ class InputSet:
 
 def build_inputs(spec: InputSpec, *, images: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, random: int = DEFAULT_RANDOM,
-                 seed: int = 0) -> list[InputSet]:
+                 seed: int = 0, sizes: list[tuple[int, int]] | None = None) -> list[InputSet]:
     """The parity inputs: an image folder (class subfolders give labels), else crops of the
     photos shipped by installed packages, plus ``random`` standard-normal tensors.
 
     Everything goes through :mod:`exporter.data`, the preprocessing every runner and the INT8
-    calibration share.
+    calibration share. ``sizes``: the (height, width) sizes to build (default: the recipe's); sets
+    at a size other than the first are named ``photos@HxW`` / ``random@HxW`` (a dynamic-size
+    artifact is checked at each).
     """
+    sizes = list(sizes or [tuple(spec.size)])
+    sets = _sets_at(spec.with_size(sizes[0]), images, samples, random, seed, "")
+    for size in sizes[1:]:
+        sets += _sets_at(spec.with_size(size), images, samples, random, seed, f"@{size[0]}x{size[1]}")
+    return sets
+
+
+def _sets_at(spec: InputSpec, images, samples: int, random: int, seed: int,
+             suffix: str) -> list[InputSet]:
     sets: list[InputSet] = []
     if images is not None:
-        sets.append(InputSet.from_batch("images", load_image_folder(images, spec, limit=samples or None)))
+        sets.append(InputSet.from_batch("images" + suffix,
+                                        load_image_folder(images, spec, limit=samples or None)))
     elif samples:
-        sets.append(InputSet.from_batch("photos", packaged_crops(spec, samples, seed=seed + 1000)))
+        sets.append(InputSet.from_batch("photos" + suffix, packaged_crops(spec, samples, seed=seed + 1000)))
     if random:
-        sets.append(InputSet("random", random_inputs(spec, random, seed=seed), source=f"N(0,1) seed {seed}",
+        sets.append(InputSet("random" + suffix, random_inputs(spec, random, seed=seed), source=f"N(0,1) seed {seed}",
                              real=False))
     return sets
 
