@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from .adaptive_pool import matmul_pools
 from .errors import ExportError, SimplifyError, UsageError
 from .recipes import InputSpec
 
@@ -44,17 +45,20 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
     start = time.perf_counter()
     dummy = example_input(model, spec, batch or 2)
     dims = dynamic_dims(model, spec, batch)  # batch unless fixed; H/W of a --dynamic-size graph
-    log = io.StringIO()
+    log, swapped = io.StringIO(), []
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log):
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
-                torch.onnx.export(
-                    model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                    dynamic_axes={INPUT_NAME: dynamic_dims(model, spec, batch, names=True),
-                                  **({OUTPUT_NAME: {0: "batch"}} if 0 in dims else {})} if dims else None,
-                )
+                fixed_hw = not getattr(model, "dynamic_size", False)
+                pools = matmul_pools(model, dummy) if fixed_hw else contextlib.nullcontext([])
+                with pools as swapped:
+                    torch.onnx.export(
+                        model, (dummy,), str(path), dynamo=False, opset_version=opset,
+                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                        dynamic_axes={INPUT_NAME: dynamic_dims(model, spec, batch, names=True),
+                                      **({OUTPUT_NAME: {0: "batch"}} if 0 in dims else {})} if dims else None,
+                    )
             else:
                 dynamic = {INPUT_NAME: dims} if dims else None
                 program = torch.onnx.export(
@@ -73,8 +77,11 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
             fix = f"try --exporter {other}, or drop --dynamic-size"
         raise ExportError(f"ONNX export with the {exporter} exporter failed: {first}", fix=fix) from err
     proto = onnx.load(str(path), load_external_data=False)
-    return {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 3),
-            "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}
+    facts = {"exporter": exporter, "opset": opset, "seconds": round(time.perf_counter() - start, 3),
+             "nodes_exported": len(proto.graph.node), "ops_exported": op_histogram(proto)}
+    if swapped:  # adaptive pools whose sizes do not divide, written as MatMuls (adaptive_pool.py)
+        facts["adaptive_pools_as_matmul"] = swapped
+    return facts
 
 
 def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,

@@ -92,6 +92,9 @@ def export_summary(result) -> str:
                      f"{exp.get('nodes_exported')} nodes -> {exp.get('nodes_after')} after "
                      f"{exp.get('simplifier')}, export {exp['seconds']:.1f} s + simplify "
                      f"{exp.get('simplify_seconds', 0):.1f} s")
+        if exp.get("adaptive_pools_as_matmul"):
+            lines.append(f"  onnx: adaptive average pool written as two MatMuls (sizes do not "
+                         f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")
     for a in m["artifacts"]:
         lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})")
         lines.extend(_quant_lines(a.get("details", {})))

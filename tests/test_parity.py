@@ -21,7 +21,7 @@ from exporter.recipes import all_recipes
 RECIPES = all_recipes()
 # >20M parameters: minutes of export on a shared 2-core machine; their families stay covered by
 # resnet18 / googlenet / mobilenets in the default run, and they run with --runslow.
-# the 0.5 GB VGGs and AlexNet (224 px even in the reduced suite): already covered by
+# the 0.5 GB VGGs and AlexNet (their FC layers stay 0.5 GB at any size): already covered by
 # tests/test_export_zoo.py; their parity-runner rows run with --runslow
 HEAVY = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19"}
 FORMATS = ("onnx", "torchscript")
