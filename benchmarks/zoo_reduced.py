@@ -40,16 +40,19 @@ def main() -> int:
         artifacts, report = Path(work) / "artifacts", Path(work) / "report"
         cmd = [exporter, "parity", "--zoo", "--reduced", "--output", str(artifacts), "--report",
                str(report), "--no-fail", "--quiet", *args.extra]
-        peak_disk, done = [0], threading.Event()
+        peak_disk, done, first_seen = [0], threading.Event(), {}
 
         def sample() -> None:
             while not done.wait(1.0):
                 peak_disk[0] = max(peak_disk[0], tree_bytes(artifacts) if artifacts.exists() else 0)
+                for entry in (artifacts.iterdir() if artifacts.exists() else ()):
+                    if not entry.name.startswith("."):
+                        first_seen.setdefault(entry.name, time.perf_counter() - start)
 
         load_before = os.getloadavg()
         watcher = threading.Thread(target=sample, daemon=True)
-        watcher.start()
         start = time.perf_counter()
+        watcher.start()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         done.set()
@@ -69,7 +72,13 @@ def main() -> int:
              f"| left on disk after the run (no --keep-artifacts) | {left / 2**20:.1f} MB |",
              f"| exit code | {proc.returncode} |", "",
              "Command: `" + " ".join(["exporter", *cmd[1:]]).replace(str(work), "$TMP") + "`", "",
-             "Last lines on stderr:", "", *[f"    {line}" for line in summary], ""]
+             "Last lines on stderr:", "", *[f"    {line}" for line in summary], "",
+             "Per model (its artifact directory first seen, sampled every second, until the next "
+             "one appeared or the run ended):", "", "| model@size | started at | took |", "|---|---|---|"]
+    order = sorted(first_seen.items(), key=lambda kv: kv[1])
+    for (name, at), nxt in zip(order, [*[t for _, t in order[1:]], seconds]):
+        lines.append(f"| {name} | {at:.0f} s | {nxt - at:.0f} s |")
+    lines.append("")
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

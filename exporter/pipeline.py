@@ -160,16 +160,17 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
     info = export_onnx(deploy, spec, path, exporter=request.exporter, opset=request.opset,
                        batch=request.batch)
     test_shape = list(example_input(deploy, spec, 1).shape) if request.dynamic_size else None
+    props = for_artifact(meta, "onnx", "fp32") if meta else None
     try:
-        info.update(simplify_onnx(path, request.simplifier, test_shape))
+        info.update(simplify_onnx(path, request.simplifier, test_shape, metadata=props))
     except SimplifyError as err:
         if not request.simplify_fallback:
             raise
         info.update(simplifier=request.simplifier, simplify_failed=err.message, nodes_before=None,
                     nodes_after=info["nodes_exported"])
+        if props:
+            write_onnx_metadata(path, props)
     info["deploy_check"] = check_deploy_form(path, expected_bn, strict=True).to_dict()
-    if meta:
-        write_onnx_metadata(path, for_artifact(meta, "onnx", "fp32"))
     return info
 
 
