@@ -2,8 +2,8 @@
 INT8 flow (export -> prepare -> calibrate -> convert) on the export's calibration data, the
 accuracy-budget judgement of the written artifact, and the typed conversion error.
 
-The calibration data are read by :func:`calibration_data` only (one call of
-``quantize.calibration.load_calibration_data``, the loader the ONNX INT8 path uses), and the
+The calibration data are read by :func:`calibration_data` only (``quantize.calibration``'s
+loaders, with the ONNX INT8 path's calibration / held-out split), and the
 budget is ``quantize.budget``'s criterion, so ``--calibration``, ``--calibration-samples``,
 ``--eval-images`` and ``--max-accuracy-drop`` mean the same for every runtime.
 """
@@ -42,22 +42,24 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     record, the budget criterion) for ctx; the criterion is made first, so a budget that cannot
     be judged fails before any conversion.
 
-    The judging set is ``--eval-images`` (``--eval-samples`` of them) when given, else the
-    calibration data themselves; both come through ``load_calibration_data``, the ONNX INT8
-    path's loader. (The ONNX path also holds out part of the calibration source by default;
-    here, pass --eval-images for held-out judging.)
+    The judging set is ``--eval-images`` (``--eval-samples`` of them) when given, else
+    ``--eval-samples`` samples held out from the calibration source, disjoint from the ones
+    calibrated on: ``quantize.calibration.load_split``, the ONNX INT8 path's split, so the
+    budget is never judged on the data the ranges came from.
     """
     from ..quantize.budget import Criterion
-    from ..quantize.calibration import load_calibration_data
+    from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_split
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
     eval_data = quant.get("eval_data")
     if eval_data is None:
-        criterion = Criterion.make(None, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
-        data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
-        return (np.asarray(data.array), np.asarray(data.array), None,
-                f"calibration data ({len(data)} samples; pass --eval-images for held-out judging)",
+        data, held = load_split(quant.get("calibration"), ctx.spec, samples,
+                                int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
+        labels = _integer_labels(held)
+        criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+        return (np.asarray(data.array), np.asarray(held.array), labels,
+                f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on)",
                 data, criterion)
     held = load_calibration_data(eval_data, ctx.spec, int(quant.get("eval_samples") or 10**6))
     labels = _integer_labels(held)

@@ -59,37 +59,51 @@ def _parity_overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from ..errors import ExporterError, ParityError, UsageError
-    from ..matrix.driver import run_jobs
-    from ..matrix.executors import describe, make_executor
-    from ..matrix.merge import write_matrix_report
-    from ..matrix import storage
-    from ..matrix.plan import load_plan, with_threads
+    from ..errors import UsageError
+    from ..matrix.plan import load_plan
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     plan = load_plan(args.plan, reduced=True if args.reduced else None,
                      parity=_parity_overrides(args))
-    remote = storage.is_url(args.output)
-    output = args.output.rstrip("/") if remote else Path(args.output)
+    results, paths = execute_plan(plan, args.output, jobs=args.jobs, ray=args.ray,
+                                  progress=not args.no_progress,
+                                  title=f"Matrix report: {args.plan.name}", label=str(args.plan))
+    return finish(results, paths, args.no_fail)
+
+
+def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None, progress: bool,
+                 title: str, label: str, report_dir: Path | None = None, say=print):
+    """Run every job of ``plan`` into ``output`` (a directory or an fsspec URL) on local workers
+    or Ray; the merged report goes to ``output``'s top (or ``report_dir``). Returns (results,
+    report paths). Shared by ``exporter matrix`` and ``--zoo --jobs/--ray``."""
+    from ..matrix import storage
+    from ..matrix.driver import run_jobs
+    from ..matrix.executors import describe, make_executor
+    from ..matrix.merge import write_matrix_report
+    from ..matrix.plan import with_threads
+
+    remote = storage.is_url(str(output))
+    output = str(output).rstrip("/") if remote else Path(output)
     if remote:
         storage.prepare(output)  # fsspec, the protocol and write access, before any job
-    jobs = plan.jobs(output)
-    say = print
+    specs = plan.jobs(output)
     for cell in plan.dropped:
         say(f"not in the matrix: {cell}")
-    executor = make_executor(args.ray, args.jobs, output, plan.cpus_per_job)
+    executor = make_executor(ray, jobs, output, plan.cpus_per_job)
     try:
-        executor.check(jobs)
+        executor.check(specs)
     except BaseException:
         executor.close()
         raise
-    jobs = [with_threads(j, executor.threads) for j in jobs]
-    say(f"{len(jobs)} job(s) from {args.plan} -> {output} ({describe(executor)})")
-    results = run_jobs(jobs, executor, progress=not args.no_progress)
-    report = dict(title=f"Matrix report: {args.plan.name}", executor=describe(executor),
+    specs = [with_threads(j, executor.threads) for j in specs]
+    say(f"{len(specs)} job(s) from {label} -> {output} ({describe(executor)})")
+    results = run_jobs(specs, executor, progress=progress)
+    report = dict(title=title, executor=describe(executor),
                   notes=[f"not in the matrix: {c}" for c in plan.dropped])
-    if remote:
+    if report_dir is not None:
+        paths = write_matrix_report(results, Path(report_dir), **report)
+    elif remote:
         paths = _write_remote_report(results, output, report)
     else:
         paths = write_matrix_report(results, output, **report)
@@ -97,9 +111,16 @@ def run(args) -> int:
     skipped = sum(bool(r.get("skipped")) for r in results)
     say(f"{len(results)} job(s): {counts['ok']} ok, {counts['breach']} breach, {counts['error']} "
         f"failed, {skipped} skipped (proved by an earlier run); report: {paths['markdown']}")
+    return results, paths
+
+
+def finish(results, paths, no_fail: bool) -> int:
+    """0 when every job is ok (or ``no_fail``); else the failed jobs' error or a parity breach."""
+    from ..errors import ExporterError, ParityError
+
     failed = [r for r in results if r["status"] == "error"]
     breached = [r for r in results if r["status"] == "breach"]
-    if args.no_fail or not (failed or breached):
+    if no_fail or not (failed or breached):
         return 0
     if failed:
         codes = {r.get("exit_code", 1) for r in failed}

@@ -34,6 +34,7 @@ EPILOG = """examples:
   exporter parity model.onnx --model torchvision:resnet18 --checkpoint r18.pth   # a foreign file
   exporter parity resnet18 --format onnx,pt2 --rtol 1e-3 --json > parity.json
   exporter parity --zoo --reduced                            # every recipe at its test size
+  exporter parity --zoo --reduced --jobs 2 --no-latency      # as matrix jobs on 2 local workers
 exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
 
 
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
     from ..cli_options import (add_model_options, add_output_options, add_precision_options,
                                add_tolerance_options)
     from ..defaults import DEFAULT_RANDOM, DEFAULT_RUNS, DEFAULT_SAMPLES, DEFAULT_WARMUP
+    from ..zoo_plan import add_fanout_options, add_models_option
 
     p = sub.add_parser(
         "parity", help="eager PyTorch vs every artifact: errors, agreement, accuracy, latency",
@@ -77,6 +79,7 @@ def add_parser(sub) -> None:
     src.add_argument("--reduced", action="store_true",
                      help="with --zoo: each recipe's reduced test size instead of its native size "
                           "(default: native)")
+    add_models_option(src)
     data = p.add_argument_group("inputs (one preprocessing path: exporter/data.py)")
     data.add_argument("--images", type=Path, metavar="DIR",
                       help="image folder; class subfolders (DIR/<class>/*.jpg) give accuracy "
@@ -113,6 +116,7 @@ def add_parser(sub) -> None:
     out.add_argument("--locate", action="store_true",
                      help="on a breach, find the first diverging layer of the ONNX artifact "
                           "(default: off)")
+    add_fanout_options(p)
     add_tolerance_options(p)
     add_output_options(p)
     p.set_defaults(func=run, parity_defaults={a.dest: a.default for a in p._actions})
@@ -235,13 +239,20 @@ def run(args) -> int:
 
     check_parity_options(args)
     runner_options = {"onnx": ort_options(args)}  # an unusable provider fails before any export
+    from ..zoo_plan import fanout_requested, run_zoo_plan
+
+    if fanout_requested(args) and not args.zoo:
+        raise UsageError("--jobs/--ray fan out a --zoo run; one model runs in this process",
+                         fix="add --zoo, or drop --jobs/--ray (or use `exporter matrix PLAN.toml`)")
     if args.zoo:
         if args.model or args.artifacts:
             raise UsageError("--zoo runs every recipe; it takes no MODEL and no --artifacts",
                              fix="drop the model name (or drop --zoo)")
+        if fanout_requested(args):
+            return run_zoo_plan(args, "parity", "artifacts/zoo")
         return _run_zoo(args, console, runner_options)
-    if args.reduced or args.keep_artifacts:
-        raise UsageError("--reduced and --keep-artifacts go with --zoo",
+    if args.reduced or args.keep_artifacts or args.models:
+        raise UsageError("--reduced, --models and --keep-artifacts go with --zoo",
                          fix="use --input-size N for one model (its artifacts are always kept)")
 
     from ..artifact_file import looks_like_file
@@ -387,7 +398,10 @@ def _run_zoo(args, console, runner_options) -> int:
     from ..recipes import all_recipes
     from ..report import print_zoo_summary, write_report
 
-    recipes = all_recipes()
+    from ..zoo_plan import zoo_models
+
+    chosen = zoo_models(args)
+    recipes = {name: recipe for name, recipe in all_recipes().items() if name in chosen}
     reports, failures = [], []
     bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True, disable=args.quiet)
     for name in bar:
