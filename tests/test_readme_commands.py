@@ -65,7 +65,7 @@ def _skip_reason(argv: list[str]) -> str | None:
     if "--ort-provider" in argv and argv[argv.index("--ort-provider") + 1] != "cpu":
         if not torch.cuda.is_available():
             return "needs onnxruntime-gpu and a CUDA GPU (pip install 'zoo-exporter[gpu]')"
-    if "--zoo" in argv:
+    if "--zoo" in argv and "--models" not in argv:
         return "runs the whole zoo (tests/test_parity.py covers --zoo on small sizes)"
     if "--weights" in argv and not _weights_cached(argv[1], argv[argv.index("--weights") + 1]):
         return "needs internet (torchvision weights not in the torch hub cache)"
