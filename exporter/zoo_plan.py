@@ -30,7 +30,8 @@ def add_fanout_options(parser) -> None:
                           "this process)")
     one.add_argument("--ray", metavar="auto|ADDRESS",
                      help="with --zoo: run the models as Ray tasks, auto (a local instance) or a "
-                          "cluster such as ray://head:10001 (pip install 'zoo-exporter[ray]')")
+                          "cluster such as ray://head:10001 (pip install 'zoo-exporter[ray]') "
+                          "(default: no Ray)")
 
 
 def add_models_option(parser) -> None:
