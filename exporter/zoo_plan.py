@@ -8,16 +8,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-# options a zoo job cannot carry: given with --jobs/--ray they are refused, never dropped
-_NOT_IN_A_JOB = {"images": "--images", "device": "--device", "ort_provider": "--ort-provider",
-                 "allow_provider_fallback": "--allow-provider-fallback", "locate": "--locate",
-                 "atol": "--atol", "rtol": "--rtol", "json": "--json", "checkpoint": "--checkpoint",
-                 "channels": "--channels", "mean": "--mean", "std": "--std",
-                 "num_classes": "--num-classes", "output_index": "--output-index",
-                 "output_name": "--output-name", "simplify_fallback": "--simplify-fallback",
-                 "dynamic_size": "--dynamic-size", "layout": "--layout",
-                 "normalize_in_graph": "--normalize-in-graph", "no_verify": "--no-verify"}
-_FALSY = (None, False, "auto", "cpu", "nchw")  # the defaults (and what a job does anyway)
+# what a zoo job carries (zoo_plan_data) or the run itself uses; any other option given with a
+# value other than its default is refused, never dropped (the parser's own defaults decide)
+_CARRIED = {"zoo", "reduced", "models", "jobs", "ray", "format", "precision", "input_size", "seed",
+            "weights", "batch", "opset", "exporter", "simplifier", "calibration",
+            "calibration_method", "calibration_samples", "target", "max_accuracy_drop",
+            "min_agreement", "eval_images", "eval_samples", "samples", "random", "runs", "warmup",
+            "rounds", "batch_sizes", "no_latency", "threads", "output", "report",
+            "keep_artifacts", "no_fail", "quiet", "verbose", "debug"}
+_SAME_IN_A_JOB = {"device": ("cpu",)}  # values a job runs with anyway
 
 
 def add_fanout_options(parser) -> None:
@@ -66,13 +65,19 @@ def fanout_requested(args) -> bool:
     return getattr(args, "jobs", None) is not None or getattr(args, "ray", None) is not None
 
 
-def _refuse_unsupported(args) -> None:
+def _refuse_unsupported(args, command: str) -> None:
+    from .cli import build_parser
     from .errors import UsageError
 
-    given = [flag for dest, flag in _NOT_IN_A_JOB.items()
-             if getattr(args, dest, None) not in _FALSY]
+    parser = build_parser()
+    defaults = vars(parser.parse_args([command, "--zoo"]))
+    actions = parser._subparsers._group_actions[0].choices[command]._actions
+    flags = {a.dest: a.option_strings[0] for a in actions if a.option_strings}
+    given = [flags.get(dest, dest) for dest, value in vars(args).items()
+             if dest not in _CARRIED and dest in defaults and value != defaults[dest]
+             and value not in _SAME_IN_A_JOB.get(dest, ())]
     if given:
-        raise UsageError(f"{', '.join(given)} cannot be carried by a --zoo run with --jobs/--ray",
+        raise UsageError(f"{', '.join(given)} cannot be carried by the matrix jobs of a --zoo run",
                          fix="drop them, or run without --jobs/--ray (one model at a time), or "
                              "write a plan for `exporter matrix`")
     if args.jobs is not None and args.jobs < 1:
@@ -115,7 +120,7 @@ def run_zoo_plan(args, command: str, default_output: str) -> int:
     from .matrix.plan import parse_plan
     from .commands.matrix import execute_plan, finish
 
-    _refuse_unsupported(args)
+    _refuse_unsupported(args, command)
     output = args.output or default_output
     created = not storage.is_url(str(output)) and not Path(output).exists()
     plan = parse_plan(zoo_plan_data(args, command), source=f"exporter {command} --zoo")

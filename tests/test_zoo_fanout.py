@@ -57,6 +57,9 @@ def test_export_zoo_plan_verifies_without_latency_and_carries_int8_calibration()
     (["parity", "lenet5", "--ray", "auto"], "fan out a --zoo run"),
     (["parity", "--zoo", "--models", "lenet5", "--jobs", "1", "--images", "."], "--images cannot"),
     (["parity", "--zoo", "--models", "lenet5", "--jobs", "1", "--atol", "1"], "--atol cannot"),
+    (["parity", "--zoo", "--models", "lenet5", "--jobs", "1", "--accept-modified"],
+     "--accept-modified cannot"),
+    (["export", "--zoo", "--models", "lenet5", "--no-verify"], "--no-verify cannot"),
 ])
 def test_refusals_exit_2_and_write_nothing(tmp_path, argv, words):
     proc = run_cli(*argv, "--output", "out", cwd=tmp_path, timeout=120)
