@@ -248,7 +248,9 @@ def test_int8_real_mobilenet_v2_agreement_on_held_out_photos(tmp_path, fmt):
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = _entry(_manifest(out), fmt, "int8")["details"]["measured"]
     assert measured["samples"] == 200
-    assert measured["top1_agreement"] >= 0.6, measured  # measured: see benchmarks/MOBILE_RESULTS.md
+    # measured 0.825 (ExecuTorch) / 0.875 (LiteRT) with ReLU6 quantized after the clamp, 0.715-0.775
+    # before (benchmarks/MOBILE_RESULTS.md); the bound leaves the ~0.05 noise of 200 crops
+    assert measured["top1_agreement"] >= 0.77, measured
 
 
 # ------------------------------------------------------------------------------- zoo

@@ -58,6 +58,7 @@ def export(ctx) -> list[dict[str, Any]]:
     batch = int(example.shape[0])
     module = ctx.deploy.eval()
     details: dict[str, Any] = {"batch": batch, "layout": "NCHW", "input_dtype": "float32"}
+    quantized: dict[str, Any] = {}
     suffix = "" if ctx.precision == "fp32" else f".{ctx.precision}"
     path = ctx.stage / f"{ctx.stem}{suffix}.pte"
     try:
@@ -65,7 +66,8 @@ def export(ctx) -> list[dict[str, Any]]:
             if ctx.precision == "int8":
                 calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
                 ctx.log(f"executorch int8: calibrating on {len(calibration)} sample(s)")
-                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration)
+                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration,
+                                           record=quantized)
                 program = torch.export.export(graph, (example,))
             elif ctx.precision == "fp16":
                 module = _half_copy(module)
@@ -90,7 +92,7 @@ def export(ctx) -> list[dict[str, Any]]:
         reference = _torch_fn(ctx.deploy)
         entry["details"].update(
             quantizer="XNNPACKQuantizer (torchao PT2E), symmetric int8, per-channel weights",
-            calibration=data.summary(),
+            calibration=data.summary(), **quantized,
             **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
                               lambda x: pt2e.run_batched(runner, x, batch), held, labels,
                               held_source, criterion))

@@ -78,11 +78,13 @@ def _integer_labels(samples) -> np.ndarray | None:
 
 
 def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32,
-                  fold_quantize: bool = True):
+                  fold_quantize: bool = True, record: dict | None = None):
     """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``).
 
     Traced with a dynamic batch axis so the observers see ``chunk`` samples per call (histogram
-    observers cost per call, not per sample); the caller re-exports it at its fixed batch."""
+    observers cost per call, not per sample); the caller re-exports it at its fixed batch. Clamp
+    activations are quantized after the clamp (:func:`fuse_clamp_annotations`); ``record``
+    receives how many."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -90,11 +92,52 @@ def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: in
     trace = torch.from_numpy(np.ascontiguousarray(np.repeat(calibration[:1], 2, axis=0)))
     graph = torch.export.export(module, (trace.to(example.dtype),),
                                 dynamic_shapes=({0: batch},)).module()
+    quantizer.annotate = _then_fuse_clamps(quantizer.annotate, record if record is not None else {})
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), chunk):
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + chunk])))
     return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def _then_fuse_clamps(annotate: Callable, record: dict) -> Callable:
+    def run(graph_module):
+        graph_module = annotate(graph_module)
+        record["clamps_fused"] = fuse_clamp_annotations(graph_module)
+        return graph_module
+    return run
+
+
+def fuse_clamp_annotations(graph_module) -> int:
+    """Move the output quantization of a conv/linear/add onto the clamp (ReLU6, hardtanh, clamp)
+    that is its only user; returns how many were moved.
+
+    The XNNPACK and LiteRT quantizers fuse only ``relu`` into the layer before it. A ReLU6 then
+    gets its range from the *unclamped* layer output (negative values and values above 6 included)
+    and that range is re-used after the clamp, so part of the int8 levels go to values the clamp
+    removes (on real MobileNetV2, zero-points of -24 to +26 after a ReLU6; top-1 agreement with
+    FP32 0.775 -> 0.855 on 200 held-out crops, one run, when moved). Both runtimes fuse a clamp into the kernel before it, so the
+    quantized tensor is the clamped one, as on every other INT8 path here.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec
+
+    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default,
+              torch.ops.aten.clamp.default, torch.ops.aten.relu6.default}
+    moved = 0
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target not in clamps or not node.args:
+            continue
+        source = node.args[0]
+        annotation = source.meta.get("quantization_annotation") if hasattr(source, "meta") else None
+        if (annotation is None or not isinstance(annotation.output_qspec, QuantizationSpec)
+                or len(source.users) != 1):
+            continue
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={}, output_qspec=annotation.output_qspec, _annotated=True)
+        annotation.output_qspec = None
+        moved += 1
+    return moved
 
 
 def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
