@@ -23,7 +23,7 @@ def _net():
     return net
 
 
-def _quantize():
+def _quantize(fuse_clamps: bool = True):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
@@ -35,7 +35,7 @@ def _quantize():
     record: dict = {}
     import torch
     graph = pt2e.pt2e_quantize(net, torch.from_numpy(calibration[:1]), quantizer, calibration,
-                               record=record)
+                               record=record, fuse_clamps=fuse_clamps)
     return net, graph, calibration, record
 
 
@@ -77,3 +77,12 @@ def test_moving_the_quantization_lowers_the_int8_error(monkeypatch):
         err_fused = float((fused(torch.from_numpy(x)) - ref).abs().max())
         err_plain = float((plain(torch.from_numpy(x)) - ref).abs().max())
     assert err_fused < 0.7 * err_plain, (err_fused, err_plain)
+
+
+def test_without_fuse_clamps_the_quantizer_annotation_is_kept():
+    """LiteRT's setting (backends/tflite.py): the clamp reads a dequantized conv output."""
+    _, graph, _, record = _quantize(fuse_clamps=False)
+    assert "clamps_fused" not in record
+    feeding = [str(n.args[0].target) for n in graph.graph.nodes
+               if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(feeding) == 2 and all("dequantize_per_tensor" in f for f in feeding), feeding

@@ -78,13 +78,14 @@ def _integer_labels(samples) -> np.ndarray | None:
 
 
 def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32,
-                  fold_quantize: bool = True, record: dict | None = None):
+                  fold_quantize: bool = True, record: dict | None = None,
+                  fuse_clamps: bool = True):
     """The PT2E-quantized graph module of ``module`` (observers fed ``calibration``).
 
     Traced with a dynamic batch axis so the observers see ``chunk`` samples per call (histogram
-    observers cost per call, not per sample); the caller re-exports it at its fixed batch. Clamp
-    activations are quantized after the clamp (:func:`fuse_clamp_annotations`); ``record``
-    receives how many."""
+    observers cost per call, not per sample); the caller re-exports it at its fixed batch. With
+    ``fuse_clamps``, clamp activations are quantized after the clamp
+    (:func:`fuse_clamp_annotations`); ``record`` receives how many."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -92,7 +93,9 @@ def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: in
     trace = torch.from_numpy(np.ascontiguousarray(np.repeat(calibration[:1], 2, axis=0)))
     graph = torch.export.export(module, (trace.to(example.dtype),),
                                 dynamic_shapes=({0: batch},)).module()
-    quantizer.annotate = _then_fuse_clamps(quantizer.annotate, record if record is not None else {})
+    if fuse_clamps:
+        quantizer.annotate = _then_fuse_clamps(quantizer.annotate,
+                                               record if record is not None else {})
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), chunk):
@@ -115,9 +118,12 @@ def fuse_clamp_annotations(graph_module) -> int:
     The XNNPACK and LiteRT quantizers fuse only ``relu`` into the layer before it. A ReLU6 then
     gets its range from the *unclamped* layer output (negative values and values above 6 included)
     and that range is re-used after the clamp, so part of the int8 levels go to values the clamp
-    removes (on real MobileNetV2, zero-points of -24 to +26 after a ReLU6; top-1 agreement with
-    FP32 0.775 -> 0.855 on 200 held-out crops, one run, when moved). Both runtimes fuse a clamp into the kernel before it, so the
-    quantized tensor is the clamped one, as on every other INT8 path here.
+    removes (on real MobileNetV2, zero-points of -24 to +26 after a ReLU6). XNNPACK fuses the clamp
+    into the kernel before it, so the quantized tensor can be the clamped one, as on every other
+    INT8 path here. Measured side by side (benchmarks/MOBILE_RESULTS.md, 200 held-out crops of
+    real MobileNetV2): ExecuTorch 0.775 -> 0.855 top-1 agreement; LiteRT 0.835 -> 0.840, no
+    gain, and on random-init MobileNetV2 it flipped near-tied predictions, so LiteRT keeps its
+    quantizer's own annotation.
     """
     import torch
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec
