@@ -52,6 +52,9 @@ def test_conversion_and_structure_over_the_zoo(name, request, tmp_path):
     assert json.loads(on_disk["metadata"]["zoo-exporter.preprocessing"])["mean"] == list(spec.mean)
     on_disk.pop("metadata")
     assert on_disk == found
+    # VGG's 7x7 / AlexNet's 6x6 pool at the 64 px test size: written as MatMuls (exporter.adaptive_pool)
+    swapped = entry["details"]["adaptive_pools_as_matmul"]
+    assert bool(swapped) == (name.startswith("vgg") or name == "alexnet"), swapped
 
 
 @pytest.fixture(scope="module")

@@ -75,11 +75,15 @@ def preprocessing(spec) -> dict[str, Any]:
 def _convert(ct, deploy, ctx, precision: str):
     import torch
 
+    from ..adaptive_pool import matmul_pools
     from ..export import _dummy
 
-    with torch.no_grad(), warnings.catch_warnings():
+    dummy = _dummy(ctx.spec, 1)
+    # coremltools cannot convert an adaptive pool whose output does not divide its input (VGG's
+    # 7x7 at a small input size): traced at this fixed H/W, it becomes two MatMuls, as for ONNX
+    with torch.no_grad(), warnings.catch_warnings(), matmul_pools(deploy.eval(), dummy) as pools:
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(deploy.eval(), _dummy(ctx.spec, 1), check_trace=False)
+        traced = torch.jit.trace(deploy.eval(), dummy, check_trace=False)
     batch = ctx.request.batch or ct.RangeDim(lower_bound=1, upper_bound=MAX_BATCH, default=1)
     shape = ct.Shape(shape=(batch, ctx.spec.channels, *ctx.spec.size))
     caught: list[str] = []
@@ -93,7 +97,7 @@ def _convert(ct, deploy, ctx, precision: str):
                            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
         caught = sorted({str(w.message).splitlines()[0][:200] for w in seen
                          if not issubclass(w.category, ResourceWarning)})
-    return model, caught
+    return model, caught, pools
 
 
 def _describe(ctx, precision: str) -> dict[str, str]:
@@ -154,7 +158,7 @@ def export(ctx) -> list[dict[str, Any]]:
         for precision in ("fp32",) + ((ctx.precision,) if ctx.precision == "fp16" else ()):
             start = time.perf_counter()
             try:
-                model, warned = _convert(ct, ctx.deploy, ctx, precision)
+                model, warned, pools = _convert(ct, ctx.deploy, ctx, precision)
             except Exception as err:  # noqa: BLE001 - the converter raises many types
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ExportError(f"coremltools could not convert {ctx.recipe.name}: {first}",
@@ -178,6 +182,7 @@ def export(ctx) -> list[dict[str, Any]]:
                 source="traced model (TorchScript) -> coremltools", convert_to="mlprogram",
                 compute_precision=precision, minimum_deployment_target=DEPLOYMENT_TARGET,
                 preprocessing=preprocessing(ctx.spec), structure=found, structural_check="passed",
+                adaptive_pools_as_matmul=pools,
                 converter_warnings=warned, coremltools_messages=list(IMPORT_MESSAGES), seconds=round(time.perf_counter() - start, 3)))
     return entries
 
