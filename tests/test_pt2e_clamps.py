@@ -1,4 +1,5 @@
-"""PT2E INT8 (ExecuTorch / LiteRT): a ReLU6 is quantized after the clamp, not before it."""
+"""PT2E INT8 for ExecuTorch: a ReLU6 is quantized after the clamp, not before it (LiteRT keeps
+its quantizer's annotation: ``fuse_clamps=False``)."""
 from __future__ import annotations
 
 import importlib.util
@@ -24,14 +25,12 @@ def _net():
 
 
 def _quantize(fuse_clamps: bool = True):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer, get_symmetric_quantization_config)
-
     from exporter.backends import pt2e
+    from exporter.backends.executorch import _quantizer
 
     net = _net()
     calibration = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = _quantizer()  # the one the ExecuTorch backend uses
     record: dict = {}
     import torch
     graph = pt2e.pt2e_quantize(net, torch.from_numpy(calibration[:1]), quantizer, calibration,

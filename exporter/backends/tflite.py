@@ -47,7 +47,6 @@ def export(ctx) -> list[dict[str, Any]]:
     path = ctx.stage / f"{ctx.stem}{suffix}.tflite"
     details: dict[str, Any] = {"batch": batch, "layout": "NCHW (the converter transposes inside "
                                "the graph; the runner feeds NCHW as for every artifact)"}
-    quantized: dict[str, Any] = {}
     try:
         if ctx.precision == "int8":
             from litert_torch.quantize import pt2e_quantizer, quant_config
@@ -59,7 +58,7 @@ def export(ctx) -> list[dict[str, Any]]:
             # litert-torch converts q/dq pairs around float weights (fold_quantize=False); folded
             # int8 weights are rejected by its converter (stablehlo.uniform_dequantize)
             graph = pt2e.pt2e_quantize(ctx.deploy.eval(), example, quantizer, calibration,
-                                       fold_quantize=False, record=quantized,
+                                       fold_quantize=False,
                                        fuse_clamps=False)  # measured: no gain here (pt2e)
             model = converter.convert(graph, (example,),
                                       quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
@@ -85,7 +84,7 @@ def export(ctx) -> list[dict[str, Any]]:
                 return ctx.deploy(torch.from_numpy(x)).numpy()
         entry["details"].update(
             quantizer="litert-torch PT2EQuantizer (torchao PT2E), symmetric int8, per-channel weights",
-            calibration=data.summary(), **quantized,
+            calibration=data.summary(),
             **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
                               runner, held, labels, held_source, criterion))
     return [entry]
