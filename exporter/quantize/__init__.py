@@ -20,6 +20,7 @@ from ..errors import CalibrationError, PrecisionError, UsageError
 from ..recipes import InputSpec
 from . import budget as bud
 from . import calibration as cal
+from . import equalize as eq
 from . import int8 as q8
 from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
 from .samples import Scratch
@@ -37,7 +38,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    max_accuracy_drop: float | None = None, eval_data: Any = None,
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
-                   max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   equalize: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``."""
@@ -60,7 +61,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      method=method, samples=samples, target=target, eval_data=eval_data,
                      eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                      min_agreement=min_agreement, bias_correction=bias_correction,
-                     range_search=range_search,
+                     range_search=range_search, equalize=equalize,
                      max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
                      seed=seed)
     finally:
@@ -69,7 +70,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
 
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
-          range_search,
+          range_search, equalize,
           max_kept_fraction, force_kept, budget, seed) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
@@ -82,8 +83,16 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         log(f"calibration: converted {count} image(s) {note}")
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
+    fp32_model = model
+    equalized = {"pairs": 0}
+    if equalize:
+        model, equalized = eq.equalize(model, data.array)
+        if equalized["pairs"]:
+            log(f"calibration: {equalized['pairs']} activation(s) equalized into their depthwise "
+                f"consumers (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
-                  "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"}
+                  "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
+                  + (":equalized" if equalized["pairs"] else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
@@ -124,7 +133,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     final_plan = make_plan(model, target, set(kept))
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     int8_convs = [n for n in final_plan.quantized if n in convs]
-    latency = _cpu_latency(model, qmodel, spec, batch) if target == "cpu" else None
+    latency = _cpu_latency(fp32_model, qmodel, spec, batch) if target == "cpu" else None
     if latency:
         log(f"int8 latency on ONNX Runtime CPU, batch {latency['batch']}: {latency['int8_ms']:.2f} ms "
             f"vs FP32 {latency['fp32_ms']:.2f} ms ({latency['speedup']:.2f}x)")
@@ -141,6 +150,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
         "bias_correction": bias_correction, "range_search": searched,
+        "equalization": {k: v for k, v in equalized.items() if k != "tensors"},
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION
 from .placement import Graph, Plan, weight_axis
+from .equalize import drop_redundant_min
 
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
@@ -173,6 +174,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
             _to_fp16(graph, graph.nodes[name], new_nodes, new_inits)
     g.initializer.extend(new_inits)
     g.node.extend(new_nodes)
+    drop_redundant_min(model)
     _toposort(g)
     _drop_unused_initializers(g)
     return model

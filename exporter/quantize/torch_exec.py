@@ -8,6 +8,7 @@ quantization, saturating to the zero-point type's range); fp16 casts round to fp
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Callable
 
@@ -145,6 +146,8 @@ OPS: dict[str, Callable] = {
     "HardSigmoid": lambda n, a, x: torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
     "HardSwish": lambda n, a, x: F.hardswish(x),
     "Add": lambda n, a, x, y: x + y,
+    "Min": lambda n, a, *xs: functools.reduce(torch.minimum, xs),
+    "Max": lambda n, a, *xs: functools.reduce(torch.maximum, xs),
     "Sub": lambda n, a, x, y: x - y,
     "Mul": lambda n, a, x, y: x * y,
     "Div": lambda n, a, x, y: x / y,

@@ -1,0 +1,205 @@
+"""Activation-range equalization into depthwise consumers (the FP32 function is unchanged).
+
+A per-tensor int8 activation wastes its levels on channels whose range is far below the tensor's
+widest channel: on real MobileNetV2 the stem's 32 output channels peak between 0.02 and 3.4, and
+that one tensor alone costs more top-1 agreement than any other (benchmarks/INT8_LEVERS.md).
+Where a Conv -> ReLU/ReLU6 feeds only depthwise Convs (MobileNet's stem and every expansion),
+channel ``i`` of the tensor is scaled up by ``s_i = min(widest / range_i, CAP)``: the producer's
+output channel ``i`` (weight row and bias) is multiplied by ``s_i`` and the depthwise filter of
+channel ``i`` divided by it. Both weights are quantized per output channel, so their int8 error
+does not change; the activation's channels then share one range and each keeps its resolution.
+
+ReLU is positively homogeneous, so the scaled graph is exact. ReLU6 is not: its ``Clip(0, 6)``
+becomes ``Relu`` then ``Min`` with the per-channel bound ``6 * s_i``, exact in FP32. When a
+QuantizeLinear reads that ``Min`` and saturates at or below every bound, the ``Min`` changes
+nothing and :func:`drop_redundant_min` removes it from the Q/DQ graph, so TensorRT and ONNX
+Runtime fuse Conv + ReLU + Q as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..onnx_graph import GraphIndex
+
+CAP = 32.0  # largest per-channel scale: a near-dead channel is not blown up without bound
+
+
+@dataclass
+class Pair:
+    producer: onnx.NodeProto  # Conv whose output channels are scaled
+    activation: onnx.NodeProto  # Relu or Clip(0, c)
+    consumers: list[onnx.NodeProto]  # depthwise Convs reading the activation
+    bound: float | None  # the Clip's upper bound (None: Relu)
+
+
+def find_pairs(model: onnx.ModelProto) -> list[Pair]:
+    """Conv -> Relu/Clip(0, c) -> depthwise Conv(s) chains whose scaling is free and exact."""
+    graph = GraphIndex(model)
+    pairs = []
+    for act in model.graph.node:
+        bound = _activation_bound(graph, act)
+        if bound is False:
+            continue
+        prod = graph.producer.get(act.input[0])
+        if prod is None or prod.op_type != "Conv" or not _const_weight(graph, prod) \
+                or len(graph.consumers.get(act.input[0], [])) != 1:
+            continue
+        users = graph.consumers.get(act.output[0], [])
+        if not users or act.output[0] in graph.outputs \
+                or not all(slot == 0 and _depthwise(graph, node) for node, slot in users):
+            continue
+        pairs.append(Pair(prod, act, [node for node, _ in users], bound))
+    return pairs
+
+
+def _activation_bound(graph: GraphIndex, node: onnx.NodeProto):
+    """None for Relu, c for Clip(0, c) with constant bounds, False for anything else."""
+    if node.op_type == "Relu":
+        return None
+    if node.op_type != "Clip" or len(node.input) < 2 or any(a.name in ("min", "max") for a in node.attribute):
+        return False
+    lo = graph.const(node.input[1]) if node.input[1] else None
+    hi = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if lo is None or float(lo) != 0.0 or (len(node.input) > 2 and node.input[2] and hi is None):
+        return False
+    return None if hi is None else float(hi)
+
+
+def _const_weight(graph: GraphIndex, node: onnx.NodeProto) -> bool:
+    return len(node.input) > 1 and node.input[1] in graph.inits \
+        and all(not t or t in graph.inits for t in node.input[2:])
+
+
+def _depthwise(graph: GraphIndex, node: onnx.NodeProto) -> bool:
+    if node.op_type != "Conv" or not _const_weight(graph, node):
+        return False
+    dims = graph.inits[node.input[1]].dims
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return len(dims) > 2 and dims[1] == 1 and group == dims[0]
+
+
+def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
+                   batch: int = 8) -> dict[str, np.ndarray]:
+    """Per-channel max of each (non-negative, NCHW) tensor over ``data``, streamed by batch."""
+    from .int8 import _with_outputs, fixed_batch, make_session
+
+    sess = make_session(_with_outputs(model, tensors), basic=True)
+    name = sess.get_inputs()[0].name
+    batch = fixed_batch(model) or batch
+    out: dict[str, np.ndarray] = {}
+    for i in range(0, len(data), batch):
+        x = np.ascontiguousarray(data[i:i + batch], dtype=np.float32)
+        for t, v in zip(tensors, sess.run(tensors, {name: x})):
+            m = v.max(axis=(0, *range(2, v.ndim)))
+            out[t] = m if t not in out else np.maximum(out[t], m)
+    return out
+
+
+def channel_scales(maxima: np.ndarray, cap: float = CAP) -> np.ndarray:
+    """``s_i = widest / range_i`` within [1, cap]; channels that never fire keep 1."""
+    widest = float(maxima.max())
+    if widest <= 0:
+        return np.ones_like(maxima, np.float32)
+    s = np.where(maxima > 0, widest / np.maximum(maxima, widest / cap), 1.0)
+    return np.clip(s, 1.0, cap).astype(np.float32)
+
+
+def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP) -> tuple[onnx.ModelProto, dict]:
+    """(equalized copy of ``model``, record for the manifest). ``model`` is not modified."""
+    pairs = find_pairs(model)
+    if not pairs:
+        return model, {"pairs": 0}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    pairs = find_pairs(out)
+    maxima = channel_maxima(out, [p.activation.output[0] for p in pairs], data)
+    inits = {t.name: t for t in out.graph.initializer}
+    shared = _shared_initializers(out)
+    spread = []
+    for pair in pairs:
+        s = channel_scales(maxima[pair.activation.output[0]], cap)
+        _scale_init(out, inits, shared, pair.producer, 1, s[:, None, None, None])
+        if len(pair.producer.input) > 2 and pair.producer.input[2]:
+            _scale_init(out, inits, shared, pair.producer, 2, s)
+        for node in pair.consumers:
+            _scale_init(out, inits, shared, node, 1, 1.0 / s[:, None, None, None])
+        if pair.bound is not None:
+            _clip_to_relu_min(out, pair, s)
+        spread.append(float(s.max()))
+    return out, {"pairs": len(pairs), "cap": cap, "max_scale": round(max(spread), 2),
+                 "tensors": [p.activation.output[0] for p in pairs]}
+
+
+def _shared_initializers(model: onnx.ModelProto) -> set[str]:
+    seen, shared = set(), set()
+    for node in model.graph.node:
+        for t in node.input:
+            (shared if t in seen else seen).add(t)
+    return shared
+
+
+def _scale_init(model, inits: dict, shared: set, node: onnx.NodeProto, slot: int,
+                factor: np.ndarray) -> None:
+    """Multiply ``node.input[slot]`` by ``factor``; a shared initializer gets a private copy."""
+    name = node.input[slot]
+    value = numpy_helper.to_array(inits[name]).astype(np.float32) * factor
+    if name in shared:
+        name = f"{name}_eq_{node.name}"
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        inits[name] = model.graph.initializer[-1]
+        node.input[slot] = name
+    else:
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def _clip_to_relu_min(model: onnx.ModelProto, pair: Pair, s: np.ndarray) -> None:
+    """Clip(0, c) on scaled channels -> Relu, Min(c * s_i): the same function in FP32."""
+    act = pair.activation
+    out_name, mid = act.output[0], f"{act.output[0]}_eq_relu"
+    bound = f"{act.name}_eq_bound"
+    model.graph.initializer.append(numpy_helper.from_array(
+        (pair.bound * s).reshape(1, -1, 1, 1).astype(np.float32), bound))
+    relu = helper.make_node("Relu", [act.input[0]], [mid], name=f"{act.name}_eq_Relu")
+    low = helper.make_node("Min", [mid, bound], [out_name], name=f"{act.name}_eq_Min")
+    nodes = model.graph.node
+    index = list(nodes).index(act)
+    nodes.remove(act)
+    nodes.insert(index, low)
+    nodes.insert(index, relu)
+
+
+def drop_redundant_min(model: onnx.ModelProto) -> int:
+    """Remove an equalization ``Min`` read only by QuantizeLinears that saturate at or below its
+    smallest bound (the Q clips first, so the Min is a no-op). Returns how many were removed."""
+    graph = GraphIndex(model)
+    dropped = []
+    for node in model.graph.node:
+        if node.op_type != "Min" or not node.name.endswith("_eq_Min"):
+            continue
+        bound = graph.const(node.input[1])
+        users = graph.consumers.get(node.output[0], [])
+        if bound is None or not users or node.output[0] in graph.outputs:
+            continue
+        if all(user.op_type == "QuantizeLinear" and _q_ceiling(graph, user) <= float(bound.min()) + 1e-6
+               for user, _ in users):
+            for user, slot in users:
+                user.input[slot] = node.input[0]
+            dropped.append(node)
+    for node in dropped:
+        model.graph.node.remove(node)
+    return len(dropped)
+
+
+def _q_ceiling(graph: GraphIndex, q: onnx.NodeProto) -> float:
+    """Largest value a QuantizeLinear represents: scale * (qmax - zero_point)."""
+    scale = graph.const(q.input[1])
+    zp = graph.const(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    if scale is None or np.size(scale) != 1:
+        return float("inf")
+    zp_value = 0 if zp is None else int(zp)
+    qmax = 255 if zp is None or zp.dtype == np.uint8 else 127  # no zero-point: uint8
+    return float(scale) * (qmax - zp_value)
