@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION
 from .placement import Graph, Plan, weight_axis
 from .equalize import drop_redundant_min
+from .shift import apply_shift, find_shifts
 
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
@@ -109,10 +110,12 @@ def kept_precision(target: str) -> str:
 
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
-              kept_dtype: str | None = None, weights: dict | None = None) -> onnx.ModelProto:
+              kept_dtype: str | None = None, weights: dict | None = None,
+              shift: bool = True) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
-    with :func:`quantize_weight`'s scales."""
+    with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs read by 1x1 convs
+    in signed placements (:mod:`.shift`)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -120,9 +123,14 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     g = model.graph
     new_nodes, new_inits = [], []
     act_dtype = TensorProto.INT8 if plan.signed else TensorProto.UINT8
+    shifts = find_shifts(graph, plan, ranges) if shift else {}
+    shift_weights: dict[str, np.ndarray] = {}  # dequantized int8 weight of each shift's reader
+    readers = {item.consumer.name for item in shifts.values()}
     for tensor, edges in plan.edges.items():
         src = plan.range_of.get(tensor, tensor)
         scale, zp = _scale_zp(ranges[src], plan.signed)
+        if tensor in shifts:
+            scale = shifts[tensor].offset / 127.0
         base = _safe(tensor)
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
                       helper.make_tensor(f"{base}_zp", act_dtype, [], [zp])]
@@ -144,6 +152,9 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
             if given.shape != q.shape or given.dtype != np.int8:
                 raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
             q = given
+        if name in readers:
+            shape = [-1 if a == axis else 1 for a in range(q.ndim)]
+            shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
         base = _safe(name)
         new_inits += [numpy_helper.from_array(q, f"{base}_w_int8"),
                       numpy_helper.from_array(scale, f"{base}_w_scale"),
@@ -169,6 +180,8 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
                                                                    f"{base}_b_zp"], [f"{base}_b_dq"],
                                               name=f"{base}_b_DequantizeLinear", axis=0))
             node.input[2] = f"{base}_b_dq"
+    for item in shifts.values():
+        apply_shift(model, graph, item, shift_weights[item.consumer.name], new_inits)
     if kept_dtype == "fp16":
         for name in plan.kept:
             _to_fp16(graph, graph.nodes[name], new_nodes, new_inits)
