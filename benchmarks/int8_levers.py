@@ -7,7 +7,8 @@ Protocol (issue 9): 64 calibration crops of the packaged photos (seed 0) for eve
 search and optimisation; judged on 200 other crops (seed 1) by top-1 agreement with the FP32 ONNX
 (ONNX Runtime CPU), with a Wilson 95 % interval; every conv int8. Levers: ``mse`` histogram ranges
 (the base), activation-range equalization into depthwise consumers (``eq``, quantize/equalize.py),
-bias correction (``bc``), activation range search against the consumers' output error
+zero-centred int8 ReLU outputs read by 1x1 convs (``shift``, quantize/shift.py; signed
+placements only), bias correction (``bc``), activation range search against the consumers' output error
 (``search``), AdaRound weight rounding (``adaround``). Beside top-1 agreement, the mean KL of the
 softmax against FP32 on the same crops: a smoother measure than top-1 on 200 samples. Seconds are wall time of the lever on this
 machine (2 shared cores), measured in this run.
@@ -42,7 +43,8 @@ from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
 
-CONFIGS = ["mse", "eq", "search", "eq+search", "search+bc", "eq+search+bc", "mse+bc",
+CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift", "search+bc",
+           "eq+search+bc", "mse+bc",
            "adaround+bc", "search+adaround", "search+adaround+bc"]
 
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 bkey = f"bc:{config}"
                 bias = timed(bkey, lambda: q8.bias_correction(base, plan, rng, x_cal, weights=weights))
                 spent += secs[f"{target}:{bkey}"]
-            model = q8.build_qdq(base, plan, rng, bias, weights=weights)
+            model = q8.build_qdq(base, plan, rng, bias, weights=weights, shift="shift" in levers)
             logits = q8.run(model, x_test)
             hits = int((logits.argmax(1) == ref_logits.argmax(1)).sum())
             kl = mean_kl(ref_logits, logits)

@@ -61,7 +61,7 @@ def test_only_relu_outputs_read_by_an_int8_pointwise_conv_qualify():
 def test_shift_rewrites_bounds_scale_and_biases_with_the_int8_weight():
     model = block()
     ranges = ranges_of(model)
-    qdq = q8.build_qdq(model, make_plan(model, "tensorrt"), ranges)
+    qdq = q8.build_qdq(model, make_plan(model, "tensorrt"), ranges, shift=True)
     g = GraphIndex(qdq)
     c = ranges["r0"][2] / 2
     clip = g.nodes["clip0"]
@@ -89,11 +89,11 @@ def test_shift_halves_the_activation_step_and_lowers_the_conv_error():
         act = float(np.sqrt(((out["r0_dq"] - out["r0"]) ** 2).mean()))
         return act, float(np.sqrt(((out["c1"] - ref) ** 2).mean()))
 
-    plain_act, plain_out = errors(q8.build_qdq(model, plan, ranges, shift=False))
-    shifted_act, shifted_out = errors(q8.build_qdq(model, plan, ranges))
+    plain_act, plain_out = errors(q8.build_qdq(model, plan, ranges))
+    shifted_act, shifted_out = errors(q8.build_qdq(model, plan, ranges, shift=True))
     assert shifted_act < 0.6 * plain_act, (plain_act, shifted_act)
     assert shifted_out < 0.95 * plain_out, (plain_out, shifted_out)
     # the producer kept in fp16: its shifted bias is converted with it and the graph still runs
-    kept = q8.build_qdq(model, make_plan(model, "tensorrt", {"conv0"}), ranges)
+    kept = q8.build_qdq(model, make_plan(model, "tensorrt", {"conv0"}), ranges, shift=True)
     onnx.checker.check_model(kept)
     assert errors(kept)[1] < 0.95 * plain_out

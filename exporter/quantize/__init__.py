@@ -24,7 +24,6 @@ from . import equalize as eq
 from . import int8 as q8
 from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
 from .samples import Scratch
-from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
@@ -152,7 +151,6 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
         "bias_correction": bias_correction, "range_search": searched,
         "equalization": {k: v for k, v in equalized.items() if k != "tensors"},
-        "zero_centred_relu_outputs": len(find_shifts(Graph(model), final_plan, ranges)),
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,

@@ -111,11 +111,11 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool = True) -> onnx.ModelProto:
+              shift: bool = False) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs read by 1x1 convs
-    in signed placements (:mod:`.shift`)."""
+    in signed placements (:mod:`.shift`; off by default: no reliable gain measured)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)

@@ -162,8 +162,7 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
     """
     if len(data) > max_samples:  # memory follows the batch: bound it (evenly spaced subset)
         data = data[np.linspace(0, len(data) - 1, max_samples).round().astype(int)]
-    # kept layers fp32 here; no zero-centring: the hooks re-scale quantizers from plain ranges
-    qdq = q8.build_qdq(fp32, plan, ranges, None, kept_dtype="fp32", weights=weights, shift=False)
+    qdq = q8.build_qdq(fp32, plan, ranges, None, kept_dtype="fp32", weights=weights)  # kept layers: fp32 here
     graph = Graph(fp32)
     inputs = {fp32.graph.input[0].name: torch.from_numpy(np.ascontiguousarray(data, np.float32))}
     ex_q, ex_f = Executor(qdq, inputs), Executor(fp32, dict(inputs))
