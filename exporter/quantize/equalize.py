@@ -41,7 +41,7 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     graph = GraphIndex(model)
     pairs = []
     for act in model.graph.node:
-        bound = _activation_bound(graph, act)
+        bound = relu_bound(graph, act)
         if bound is False:
             continue
         prod = graph.producer.get(act.input[0])
@@ -56,8 +56,9 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
     return pairs
 
 
-def _activation_bound(graph: GraphIndex, node: onnx.NodeProto):
-    """None for Relu, c for Clip(0, c) with constant bounds, False for anything else."""
+def relu_bound(graph: GraphIndex, node: onnx.NodeProto):
+    """None for Relu, c for Clip(0, c) with constant bounds, False for anything else (also used
+    by :mod:`.shift`)."""
     if node.op_type == "Relu":
         return None
     if node.op_type != "Clip" or len(node.input) < 2 or any(a.name in ("min", "max") for a in node.attribute):

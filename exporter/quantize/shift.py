@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..onnx_graph import GraphIndex
+from .equalize import relu_bound
 from .placement import Plan
 
 
@@ -51,7 +52,7 @@ def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict) -> dict[str, Shift]
         if len(edges) != 1 or edges[0][1] != 0 or edges[0][0] not in quantized or tensor in graph.outputs:
             continue
         act = graph.producer.get(tensor)
-        if act is None or _upper_bound(graph, act) is False or len(graph.consumers.get(tensor, [])) != 1:
+        if act is None or relu_bound(graph, act) is False or len(graph.consumers.get(tensor, [])) != 1:
             continue
         producer = graph.producer.get(act.input[0])
         if producer is None or producer.op_type != "Conv" or len(graph.consumers.get(act.input[0], [])) != 1 \
@@ -65,19 +66,6 @@ def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict) -> dict[str, Shift]
         if channels:
             out[tensor] = Shift(tensor, amax / 2.0, act, producer, consumer, channels)
     return out
-
-
-def _upper_bound(graph: GraphIndex, node: onnx.NodeProto):
-    """None for Relu, hi for Clip(0, hi) with constant bounds, False otherwise."""
-    if node.op_type == "Relu":
-        return None
-    if node.op_type != "Clip" or len(node.input) < 2 or not node.input[1] or node.attribute:
-        return False
-    lo = graph.const(node.input[1])
-    hi = graph.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if lo is None or float(lo) != 0.0 or (len(node.input) > 2 and node.input[2] and hi is None):
-        return False
-    return None if hi is None else float(hi)
 
 
 def _pointwise_conv(graph: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -101,7 +89,7 @@ def apply_shift(model: onnx.ModelProto, graph: GraphIndex, shift: Shift,
     bias = _bias(graph, prod, shift.channels, new_inits)
     _add_init(graph, new_inits, (bias - c).astype(np.float32), f"{base}_producer_bias")
     _set_input(prod, 2, f"{base}_producer_bias")
-    hi = _upper_bound(graph, shift.activation)
+    hi = relu_bound(graph, shift.activation)
     act = shift.activation
     _add_init(graph, new_inits, np.array(-c, np.float32), f"{base}_lo")
     inputs = [act.input[0], f"{base}_lo"]
