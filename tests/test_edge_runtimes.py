@@ -188,3 +188,33 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, fmt):
     assert lines[0].startswith(f"error: --format {fmt} needs the '{NEEDS[fmt][0]}' package")
     assert lines[1].strip() == f"fix: pip install 'zoo-exporter[{fmt}]'"
     assert len(lines) == 2 and not out.exists()
+
+
+def test_ncnn_refuses_a_param_with_ops_pnnx_left_unconverted(tmp_path):
+    """pnnx keeps an op it cannot map under its torch name; the export stops with a typed error
+    naming it instead of writing a .param ncnn cannot load."""
+    from exporter.backends.ncnn import check_converted
+    from exporter.errors import ExportError
+
+    param = tmp_path / "m.ncnn.param"
+    param.write_text("7767517\n3 3\nInput in0 0 1 in0\n"
+                     "torch.index_select sel 1 1 in0 1\nReLU relu 1 1 1 out0\n")
+    with pytest.raises(ExportError, match=r"ncnn has no layer for torch\.index_select"):
+        check_converted(param)
+    param.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
+    check_converted(param)  # all ncnn layers: accepted
+
+
+def test_shufflenet_v1_ncnn_traces_its_shuffles_as_reshape(tmp_path):
+    """ShuffleNetV1's index_select shuffle has no ncnn layer; the ncnn export traces the
+    reshape-transpose form (the same permutation) and records which modules it swapped."""
+    from exporter.pipeline import ExportRequest, export
+
+    need("ncnn")
+    result = export(ExportRequest(model="shufflenet_v1", formats=("ncnn",), input_size=64,
+                                  output=tmp_path / "sv1"))
+    entry = next(a for a in result.manifest["artifacts"] if a["format"] == "ncnn")["details"]
+    assert len(entry["channel_shuffles_as_reshape"]) == 16, entry["channel_shuffles_as_reshape"]
+    assert not any("." in t for t in entry["layer_types"])
+    row = next(r for r in result.parity if r["format"] == "ncnn")
+    assert row["status"] == "ok" and row["rel_max_abs"] <= 1e-4, row

@@ -70,12 +70,24 @@ def _pnnx(ts_path: Path, shape: list[int], fp16: bool, param: Path, scratch: Pat
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise ExportError(f"pnnx could not convert the traced model to ncnn (exit {done.returncode}): "
                           f"{tail}", fix="export --format onnx (or openvino) instead")
+    check_converted(param)
+
+
+def check_converted(param: Path) -> None:
+    """Refuse a ``.param`` holding ops pnnx could not map: it keeps them under their torch/pnnx
+    names (``torch.index_select``), which ncnn cannot load."""
+    unconverted = sorted({t for t in param_summary(param)["layer_types"] if "." in t})
+    if unconverted:
+        raise ExportError(f"ncnn has no layer for {', '.join(unconverted)} (pnnx left it unconverted)",
+                          fix="export --format onnx (or openvino) instead, or write that op with "
+                              "ops ncnn has")
 
 
 def export(ctx) -> list[dict[str, Any]]:
     """The FP32 ncnn model, plus the FP16-weight one for ``--precision fp16``."""
     from ..artifacts import artifact_entry
     from ..export import export_torchscript
+    from ..zoo.shufflenet_v1 import shuffles_as_reshape
 
     if ctx.precision in _backend().unavailable:  # the pipeline refuses it first; kept for direct calls
         raise PrecisionError(f"--format ncnn --precision {ctx.precision}: "
@@ -86,7 +98,8 @@ def export(ctx) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="zoo-exporter-ncnn-") as scratch:
         scratch = Path(scratch)
         ts_path = scratch / f"{ctx.stem}.ts.pt"
-        export_torchscript(ctx.deploy, ctx.spec, ts_path)
+        with shuffles_as_reshape(ctx.deploy) as reshaped:  # pnnx maps reshape-transpose, not index_select
+            export_torchscript(ctx.deploy, ctx.spec, ts_path)
         for precision in ("fp32",) + ((ctx.precision,) if ctx.precision != "fp32" else ()):
             start = time.perf_counter()
             suffix = "" if precision == "fp32" else f".{precision}"
@@ -99,6 +112,7 @@ def export(ctx) -> list[dict[str, Any]]:
                 staged, "ncnn", precision, companions=(staged.with_suffix(".bin"),),
                 pnnx=_version("pnnx"), ncnn=_version("ncnn"), source="traced model (TorchScript) -> pnnx",
                 traced_input_shape=shape, weights="f32" if precision == "fp32" else "f16",
+                channel_shuffles_as_reshape=reshaped,
                 seconds=round(time.perf_counter() - start, 3), **param_summary(staged)))
     return entries
 

@@ -12,12 +12,15 @@ a 3x3 stride-2 average-pooled shortcut; ReLU follows. The first 1x1 conv of stag
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
 from .common import init_cnn_weights
 
-__all__ = ["STAGE_CHANNELS", "channel_shuffle", "ChannelShuffle", "ShuffleUnit", "ShuffleNetV1",
+__all__ = ["STAGE_CHANNELS", "channel_shuffle", "ChannelShuffle", "shuffles_as_reshape", "ShuffleUnit", "ShuffleNetV1",
            "shufflenet_v1"]
 
 # Output channels of stages 2, 3, 4 for each group count g at 1.0x (paper Table 1).
@@ -56,6 +59,21 @@ class ChannelShuffle(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.perm.numel()}, groups={self.groups}"
+
+
+@contextmanager
+def shuffles_as_reshape(model: nn.Module) -> Iterator[list[str]]:
+    """Within the block, every :class:`ChannelShuffle` in ``model`` runs the reshape-transpose form
+    (same result): converters that map that pattern (pnnx -> ncnn) but not ``index_select`` can
+    trace it. Yields the swapped modules' names."""
+    swapped = [(name, m) for name, m in model.named_modules() if isinstance(m, ChannelShuffle)]
+    for _, m in swapped:
+        m.forward = lambda x, groups=m.groups: channel_shuffle(x, groups)
+    try:
+        yield [name for name, _ in swapped]
+    finally:
+        for _, m in swapped:
+            del m.forward
 
 
 class ShuffleUnit(nn.Module):
