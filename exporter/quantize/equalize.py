@@ -176,6 +176,8 @@ def _clip_to_relu_min(model: onnx.ModelProto, pair: Pair, s: np.ndarray) -> None
 def drop_redundant_min(model: onnx.ModelProto) -> int:
     """Remove an equalization ``Min`` read only by QuantizeLinears that saturate at or below its
     smallest bound (the Q clips first, so the Min is a no-op). Returns how many were removed."""
+    if not any(n.op_type == "Min" and n.name.endswith("_eq_Min") for n in model.graph.node):
+        return 0  # build_qdq calls this on every build: no index for graphs without equalization
     graph = GraphIndex(model)
     dropped = []
     for node in model.graph.node:

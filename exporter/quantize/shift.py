@@ -83,8 +83,10 @@ def apply_shift(model: onnx.ModelProto, graph: GraphIndex, shift: Shift,
                 consumer_weight: np.ndarray, new_inits: list) -> None:
     """Rewrite ``model`` (already holding the Q/DQ nodes) for one shift; ``consumer_weight`` is
     the dequantized int8 weight the consumer runs with."""
+    from .int8 import _safe
+
     c = np.float32(shift.offset)
-    base = f"{shift.tensor.strip('/').replace('/', '_').replace(':', '_')}_shift"
+    base = f"{_safe(shift.tensor)}_shift"
     prod = shift.producer
     bias = _bias(graph, prod, shift.channels, new_inits)
     _add_init(graph, new_inits, (bias - c).astype(np.float32), f"{base}_producer_bias")
@@ -115,11 +117,10 @@ def _add_init(graph: GraphIndex, new_inits: list, value: np.ndarray, name: str) 
 
 def _bias(graph: GraphIndex, node: onnx.NodeProto, channels: int, new_inits: list) -> np.ndarray:
     """The node's current bias (one the build already replaced, e.g. bias correction's, first)."""
+    from .int8 import _bias_array
+
     if len(node.input) > 2 and node.input[2]:
-        for t in reversed(new_inits):
-            if t.name == node.input[2]:
-                return numpy_helper.to_array(t).astype(np.float32)
-        return numpy_helper.to_array(graph.inits[node.input[2]]).astype(np.float32)
+        return _bias_array(graph, node, new_inits)
     return np.zeros(channels, np.float32)
 
 
