@@ -141,3 +141,16 @@ def onnx_dtype_summary(model) -> dict:
         "inputs": [name(i.type.tensor_type.elem_type) for i in model.graph.input],
         "outputs": [name(o.type.tensor_type.elem_type) for o in model.graph.output],
     }
+
+
+def onnx_model(nodes: list, inits: list, in_shape: list, out_shape: list):
+    """A checked opset-17 float model ``x -> y`` from hand-written nodes (for small graph tests)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

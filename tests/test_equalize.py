@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from exporter.quantize import equalize as eq
 from exporter.quantize import int8 as q8
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan
+from quant_helpers import onnx_model
 
 
 def mobile_block(seed: int = 0) -> onnx.ModelProto:
@@ -42,12 +43,7 @@ def mobile_block(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("Conv", ["r2", "w3"], ["y"], name="dense3", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 12, 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 12, 12])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return onnx_model(nodes, inits, [None, 3, 12, 12], [None, 4, 12, 12])
 
 
 def images(n: int, seed: int) -> np.ndarray:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from exporter.onnx_graph import GraphIndex
 from exporter.quantize import int8 as q8
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import plan as make_plan
 from exporter.quantize.shift import find_shifts
+from quant_helpers import onnx_model
 
 PROJECT = "project"
 
@@ -33,11 +34,7 @@ def block(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 10, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 10, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return onnx_model(nodes, inits, [None, 3, 10, 10], [None, 4, 10, 10])
 
 
 def images(n: int, seed: int) -> np.ndarray:
