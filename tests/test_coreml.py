@@ -55,6 +55,9 @@ def test_conversion_and_structure_over_the_zoo(name, request, tmp_path):
     # VGG's 7x7 / AlexNet's 6x6 pool at the 64 px test size: written as MatMuls (exporter.adaptive_pool)
     swapped = entry["details"]["adaptive_pools_as_matmul"]
     assert bool(swapped) == (name.startswith("vgg") or name == "alexnet"), swapped
+    # torchvision's ShuffleNetV2 shuffles with sizes read from x.size(): traced in the shape-free form
+    shuffles = entry["details"]["channel_shuffles_shape_free"]
+    assert shuffles == (16 if name.startswith("shufflenet_v2") else 0), shuffles
 
 
 @pytest.fixture(scope="module")

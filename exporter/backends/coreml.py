@@ -72,6 +72,31 @@ def preprocessing(spec) -> dict[str, Any]:
             "steps": "resize the short side, center crop, scale to [0, 1], (x - mean) / std"}
 
 
+def _shape_free_shuffle(x, groups: int):
+    """ShuffleNetV2's channel shuffle without reading ``x.size()``: the same permutation."""
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+
+
+@contextlib.contextmanager
+def _shape_free_shuffles(model):
+    """torchvision's ShuffleNetV2 blocks shuffle channels with sizes read from ``x.size()``; a trace
+    records those as ``aten::Int`` casts that coremltools cannot convert with a dynamic batch. While
+    tracing, the blocks call :func:`_shape_free_shuffle` instead. Yields how many blocks do."""
+    try:
+        from torchvision.models import shufflenetv2
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        yield 0
+        return
+    blocks = sum(isinstance(m, shufflenetv2.InvertedResidual) for m in model.modules())
+    original = shufflenetv2.channel_shuffle
+    if blocks:
+        shufflenetv2.channel_shuffle = _shape_free_shuffle
+    try:
+        yield blocks
+    finally:
+        shufflenetv2.channel_shuffle = original
+
+
 def _convert(ct, deploy, ctx, precision: str):
     import torch
 
@@ -81,7 +106,8 @@ def _convert(ct, deploy, ctx, precision: str):
     dummy = _dummy(ctx.spec, 1)
     # coremltools cannot convert an adaptive pool whose output does not divide its input (VGG's
     # 7x7 at a small input size): traced at this fixed H/W, it becomes two MatMuls, as for ONNX
-    with torch.no_grad(), warnings.catch_warnings(), matmul_pools(deploy.eval(), dummy) as pools:
+    with torch.no_grad(), warnings.catch_warnings(), matmul_pools(deploy.eval(), dummy) as pools, \
+            _shape_free_shuffles(deploy) as shuffles:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(deploy.eval(), dummy, check_trace=False)
     batch = ctx.request.batch or ct.RangeDim(lower_bound=1, upper_bound=MAX_BATCH, default=1)
@@ -97,7 +123,7 @@ def _convert(ct, deploy, ctx, precision: str):
                            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
         caught = sorted({str(w.message).splitlines()[0][:200] for w in seen
                          if not issubclass(w.category, ResourceWarning)})
-    return model, caught, pools
+    return model, caught, {"adaptive_pools_as_matmul": pools, "channel_shuffles_shape_free": shuffles}
 
 
 def _describe(ctx, precision: str) -> dict[str, str]:
@@ -158,7 +184,7 @@ def export(ctx) -> list[dict[str, Any]]:
         for precision in ("fp32",) + ((ctx.precision,) if ctx.precision == "fp16" else ()):
             start = time.perf_counter()
             try:
-                model, warned, pools = _convert(ct, ctx.deploy, ctx, precision)
+                model, warned, rewrites = _convert(ct, ctx.deploy, ctx, precision)
             except Exception as err:  # noqa: BLE001 - the converter raises many types
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ExportError(f"coremltools could not convert {ctx.recipe.name}: {first}",
@@ -182,7 +208,7 @@ def export(ctx) -> list[dict[str, Any]]:
                 source="traced model (TorchScript) -> coremltools", convert_to="mlprogram",
                 compute_precision=precision, minimum_deployment_target=DEPLOYMENT_TARGET,
                 preprocessing=preprocessing(ctx.spec), structure=found, structural_check="passed",
-                adaptive_pools_as_matmul=pools,
+                **rewrites,
                 converter_warnings=warned, coremltools_messages=list(IMPORT_MESSAGES), seconds=round(time.perf_counter() - start, 3)))
     return entries
 
