@@ -9,7 +9,7 @@ search and optimisation; judged on 200 other crops (seed 1) by top-1 agreement w
 (the base), activation-range equalization into depthwise consumers (``eq``, quantize/equalize.py),
 zero-centred int8 ReLU outputs read by 1x1 convs (``shift``, quantize/shift.py; signed
 placements only), bias correction (``bc``), activation range search against the consumers' output error
-(``search``), AdaRound weight rounding (``adaround``). Beside top-1 agreement, the mean KL of the
+(``search``), AdaRound weight rounding (``adaround``), GPTQ weight rounding (``gptq``, quantize/gptq.py). Beside top-1 agreement, the mean KL of the
 softmax against FP32 on the same crops: a smoother measure than top-1 on 200 samples. Seconds are wall time of the lever on this
 machine (2 shared cores), measured in this run.
 """
@@ -36,6 +36,7 @@ from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl  # noqa: E402
 from exporter.quantize.adaround import optimize_weights  # noqa: E402
+from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
 from exporter.quantize.placement import ensure_node_names, plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
@@ -45,7 +46,8 @@ from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
 
 CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift", "search+bc",
            "eq+search+bc", "mse+bc",
-           "adaround+bc", "search+adaround", "search+adaround+bc"]
+           "adaround+bc", "search+adaround", "search+adaround+bc", "eq+search+gptq",
+           "eq+search+gptq+bc"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             weights, key = None, tag + "adaround" + (":search" if "search" in levers else "")
             if "adaround" in levers:
                 weights = timed(key, lambda: optimize_weights(base, plan, rng, x_cal, iters=args.iters))
+                spent += secs[f"{target}:{key}"]
+            if "gptq" in levers:
+                key = tag + "gptq" + (":search" if "search" in levers else "")
+                weights = timed(key, lambda: round_weights(base, plan, rng, x_cal))
                 spent += secs[f"{target}:{key}"]
             bias = None
             if "bc" in levers:

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     path, spec = fp32_onnx(recipe, real_weights=True, directory=work)
     cal = packaged_crops(spec, 64, seed=0).array
     test = packaged_crops(spec, 200, seed=1).array
+    budget_set = packaged_crops(spec, 200, seed=7919).array  # the budget's own held-out crops
     np.save(work / "cal.npy", cal)
     ref = run(onnx.load(str(path)), test)
     rows: list[tuple] = []
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             out = work / f"ours-{target}-{budget}"
             t = time.time()
             entry = quantize_stage(path, out, recipe, spec, "int8", calibration=str(work / "cal.npy"),
-                                   samples=64, target=target, budget=budget, log=print)
+                                   samples=64, target=target, budget=budget,
+                                   eval_data=budget_set if budget else None, log=print)
             ours[f"{target}-{budget}"] = out / entry["file"]
             label = f"ours, {target} placement, " + ("at the default budget" if budget else "all INT8")
             judge(label, run(onnx.load(str(out / entry["file"])), test), entry["details"], time.time() - t)

@@ -27,6 +27,7 @@ from .samples import Scratch
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
+WEIGHT_ROUNDING = ("gptq", "nearest")  # gptq: quantize/gptq.py; nearest: round-to-nearest
 PRECISIONS = ("fp16", "int8")
 
 __all__ = ["quantize_stage", "DEFAULT_METHOD", "TARGETS", "PRECISIONS"]
@@ -38,7 +39,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    max_accuracy_drop: float | None = None, eval_data: Any = None,
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
-                   equalize: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   equalize: bool = True, weight_rounding: str = "gptq",
+                   max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``."""
@@ -55,13 +57,15 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
     if method not in cal.METHODS:
         raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
+    if weight_rounding not in WEIGHT_ROUNDING:
+        raise UsageError(f"unknown weight rounding '{weight_rounding}'", fix=f"use one of {WEIGHT_ROUNDING}")
     scratch = Scratch()
     try:
         return _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, calibration=calibration,
                      method=method, samples=samples, target=target, eval_data=eval_data,
                      eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                      min_agreement=min_agreement, bias_correction=bias_correction,
-                     range_search=range_search, equalize=equalize,
+                     range_search=range_search, equalize=equalize, weight_rounding=weight_rounding,
                      max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
                      seed=seed)
     finally:
@@ -70,7 +74,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
 
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
-          range_search, equalize,
+          range_search, equalize, weight_rounding,
           max_kept_fraction, force_kept, budget, seed) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
@@ -92,7 +96,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                 f"consumers (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
-                  + (":equalized" if equalized["pairs"] else "")}
+                  + (":equalized" if equalized["pairs"] else "")
+                  + (f":{weight_rounding}" if weight_rounding != "nearest" else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
@@ -106,6 +111,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     searched = None
     if range_search:
         ranges, searched = _searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
+    weights, rounding = _rounded_weights(model, target, set(rule_kept), ranges, data, weight_rounding,
+                                         seed, log)
     if bias_correction is None:  # measured (benchmarks/INT8_LEVERS.md): helps cpu, not tensorrt
         bias_correction = target == "cpu"
     bias: dict = {}
@@ -113,7 +120,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         stored = cached.setdefault("bias", {}).get(target)
         if stored is None:
             log("calibration: bias correction")
-            bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array)
+            bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array,
+                                      weights=weights)
             cached["bias"][target] = {k: v.tolist() for k, v in bias.items()}
         else:
             bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
@@ -122,12 +130,12 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if budget:
         result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
                                 bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
-                                force_kept=kept_base, log=log)
+                                force_kept=kept_base, log=log, weights=weights)
         qmodel, kept, measurement = result.model, result.kept, result.measurement
         history, ranking = result.history, result.sensitivity
     else:
         kept = kept_base
-        qmodel = q8.build_qdq(model, make_plan(model, target, set(kept)), ranges, bias)
+        qmodel = q8.build_qdq(model, make_plan(model, target, set(kept)), ranges, bias, weights=weights)
         measurement = bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval), labels, criterion)
         history, ranking = [], []
     final_plan = make_plan(model, target, set(kept))
@@ -150,6 +158,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
         "bias_correction": bias_correction, "range_search": searched,
+        "weight_rounding": {"method": rounding, "layers": len(weights)},
         "equalization": {k: v for k, v in equalized.items() if k != "tensors"},
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
@@ -185,6 +194,24 @@ def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cach
     changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
     cached["searched"][target] = changed
     return found, "output-error search"
+
+
+def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
+                     log) -> tuple[dict, str]:
+    """({layer: int8 weight}, what was done): GPTQ's rounding (measured in
+    benchmarks/INT8_LEVERS.md: lower output KL on both targets), or round-to-nearest when asked
+    or when the graph has an op the reconstruction walk cannot run."""
+    if how == "nearest":
+        return {}, "nearest"
+    from .gptq import round_weights
+
+    log("calibration: GPTQ weight rounding")
+    try:
+        return round_weights(model, make_plan(model, target, excluded), ranges, data.array,
+                             seed=seed, log=log), "gptq"
+    except PrecisionError as err:
+        log(f"calibration: GPTQ skipped ({err.message}); round-to-nearest weights")
+        return {}, f"nearest (GPTQ skipped: {err.message})"
 
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and

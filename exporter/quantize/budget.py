@@ -123,12 +123,14 @@ def sensitivity_inputs(calibration: np.ndarray, count: int = SENSITIVITY_SAMPLES
 
 def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x: np.ndarray,
                 ref: np.ndarray, candidates: list[str], always_kept: set[str] = frozenset(),
-                log: Callable[[str], None] = lambda _m: None) -> list[tuple[str, float]]:
+                log: Callable[[str], None] = lambda _m: None,
+                weights: dict | None = None) -> list[tuple[str, float]]:
     """[(layer, KL with only that layer in INT8)], most sensitive (highest KL) first."""
     linear = set(make_plan(fp32, target).quantized) | set(always_kept)
     scores = []
     for i, name in enumerate(candidates, 1):
-        model = q8.build_qdq(fp32, make_plan(fp32, target, linear - {name}), ranges, bias)
+        model = q8.build_qdq(fp32, make_plan(fp32, target, linear - {name}), ranges, bias,
+                             weights=weights)
         scores.append((name, mean_kl(ref, q8.run(model, x))))
         if i % 10 == 0 or i == len(candidates):
             log(f"int8 budget: sensitivity {i}/{len(candidates)} layers")
@@ -156,9 +158,11 @@ class BudgetResult:
 def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_eval: np.ndarray,
                labels: np.ndarray | None, criterion: Criterion, x_rank: np.ndarray,
                max_kept_fraction: float = MAX_KEPT_FRACTION, force_kept: list[str] | None = None,
-               log: Callable[[str], None] = lambda _m: None) -> BudgetResult:
+               log: Callable[[str], None] = lambda _m: None,
+               weights: dict | None = None) -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
-    sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups."""
+    sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
+    weights chosen per layer (GPTQ's), else round-to-nearest."""
     ref = q8.run(fp32, x_eval)
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
@@ -167,7 +171,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     history: list[dict] = []
 
     def attempt(kept_now: list[str]) -> tuple[onnx.ModelProto, Measurement]:
-        model = q8.build_qdq(fp32, make_plan(fp32, target, set(kept_now)), ranges, bias)
+        model = q8.build_qdq(fp32, make_plan(fp32, target, set(kept_now)), ranges, bias,
+                             weights=weights)
         result = measure(ref, q8.run(model, x_eval), labels, criterion)
         history.append({"kept": len(kept_now), "added": kept_now[len(base):][-1:] or None,
                         **{k: v for k, v in result.metrics.items() if k != "samples"}})
@@ -185,7 +190,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         x_rank = x_rank[:len(x_rank) - len(x_rank) % fixed]
     ref_rank = q8.run(fp32, x_rank)
     ranking = sensitivity(fp32, target, ranges, bias, x_rank, ref_rank,
-                          [n for n in full_plan.quantized if n not in base], set(base), log)
+                          [n for n in full_plan.quantized if n not in base], set(base), log, weights)
     best = (result.score(), model, list(base), result)
     ranked = [n for n, _ in ranking]
     for k in group_sizes(len(ranked)):
