@@ -23,34 +23,43 @@ from .reconstruct import Site, apply, patches, positions_for, sample_positions, 
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (keeps the inverse stable)
 POSITIONS = 8192
+BLOCK = 128
 
 
 def gptq_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
-                damping: float = DAMPING) -> torch.Tensor:
+                damping: float = DAMPING, block: int = BLOCK) -> torch.Tensor:
     """Int8 weights ``[G, O, K]`` (as float) for ``x @ (scale * q)^T ~ x @ w^T``.
 
     ``w`` float weights ``[G, O, K]``; ``scale`` ``[G, O, 1]``; ``x`` input patches ``[P, G, K]``.
+    Columns are rounded in blocks of ``block``; the columns after a block get its errors in one
+    batched matmul (the lazy update that keeps wide layers, K in the thousands, fast).
     """
-    x64 = x.double()
-    hessian = torch.einsum("pgk,pgl->gkl", x64, x64)  # [G, K, K]
+    xg = x.float().permute(1, 2, 0)  # [G, K, P]
+    hessian = torch.bmm(xg, xg.transpose(1, 2))  # [G, K, K]
     diag = torch.diagonal(hessian, dim1=1, dim2=2)
     dead = diag <= 0  # an input that is always zero: any rounding of its column is exact
     order = torch.argsort(diag, dim=1, descending=True)  # "act order": large inputs first
-    eye = torch.eye(hessian.shape[-1], dtype=torch.float64)
+    eye = torch.eye(hessian.shape[-1])
     hessian = hessian + eye * (damping * diag.mean(dim=1).clamp_min(1e-12))[:, None, None] \
-        + torch.diag_embed(dead.double())
+        + torch.diag_embed(dead.float())
     hessian = torch.gather(torch.gather(hessian, 1, order[:, :, None].expand_as(hessian)), 2,
                            order[:, None, :].expand_as(hessian))
     upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
-    work = torch.gather(w.double(), 2, order[:, None, :].expand(*w.shape))
-    s = scale.double()
+    work = torch.gather(w.float(), 2, order[:, None, :].expand(*w.shape)).contiguous()
+    s = scale.float()[..., 0]  # [G, O]
     q = torch.empty_like(work)
-    for j in range(work.shape[-1]):
-        q[..., j] = torch.clamp(torch.round(work[..., j] / s[..., 0]), -127, 127)
-        err = (work[..., j] - q[..., j] * s[..., 0]) / upper[:, j, j][:, None]
-        work[..., j + 1:] -= err[..., None] * upper[:, None, j, j + 1:]
+    k = work.shape[-1]
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        part, errors = work[..., i1:i2].clone(), torch.empty_like(work[..., i1:i2])
+        for j in range(i2 - i1):
+            q[..., i1 + j] = torch.clamp(torch.round(part[..., j] / s), -127, 127)
+            err = (part[..., j] - q[..., i1 + j] * s) / upper[:, i1 + j, i1 + j][:, None]
+            part[..., j + 1:] -= err[..., None] * upper[:, None, i1 + j, i1 + j + 1:i2]
+            errors[..., j] = err
+        work[..., i2:] -= torch.bmm(errors, upper[:, i1:i2, i2:])
     inverse = torch.argsort(order, dim=1)
-    return torch.gather(q, 2, inverse[:, None, :].expand(*q.shape)).float()
+    return torch.gather(q, 2, inverse[:, None, :].expand(*q.shape))
 
 
 def _output_mse(x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> float:
