@@ -39,7 +39,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    max_accuracy_drop: float | None = None, eval_data: Any = None,
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
-                   equalize: bool = True, weight_rounding: str = "gptq",
+                   equalize: bool = True, weight_rounding: str | None = None,
                    max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    log: Callable[[str], None] | None = None) -> dict:
@@ -57,6 +57,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
     if method not in cal.METHODS:
         raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
+    if weight_rounding is None:  # measured (benchmarks/INT8_GPTQ.md): lower KL on tensorrt, not cpu
+        weight_rounding = "gptq" if target == "tensorrt" else "nearest"
     if weight_rounding not in WEIGHT_ROUNDING:
         raise UsageError(f"unknown weight rounding '{weight_rounding}'", fix=f"use one of {WEIGHT_ROUNDING}")
     scratch = Scratch()
@@ -198,9 +200,8 @@ def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cach
 
 def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
                      log) -> tuple[dict, str]:
-    """({layer: int8 weight}, what was done): GPTQ's rounding (measured in
-    benchmarks/INT8_LEVERS.md: lower output KL on both targets), or round-to-nearest when asked
-    or when the graph has an op the reconstruction walk cannot run."""
+    """({layer: int8 weight}, what was done): GPTQ's rounding, or round-to-nearest when asked or
+    when the graph has an op the reconstruction walk cannot run."""
     if how == "nearest":
         return {}, "nearest"
     from .gptq import round_weights
