@@ -7,6 +7,7 @@ PyTorch (``[tolerance.<precision>]``).
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import os
 import tomllib
@@ -276,6 +277,11 @@ def _registry(directory: str) -> dict[str, Recipe]:
 def all_recipes() -> dict[str, Recipe]:
     """Every recipe in the recipes directory, keyed by name."""
     return dict(_registry(str(recipes_dir())))
+
+
+def recipes_matching(pattern: str) -> list[str]:
+    """Recipe names that ``pattern`` names or matches as a glob ('resnet*'), in registry order."""
+    return fnmatch.filter(list(all_recipes()), pattern)
 
 
 def get_recipe(name: str) -> Recipe:

@@ -41,17 +41,14 @@ def add_models_option(parser) -> None:
 
 def zoo_models(args) -> list[str]:
     """The recipe names a --zoo run covers: every recipe, or those --models names/matches."""
-    import fnmatch
-
     from .errors import UsageError
-    from .recipes import all_recipes
+    from .recipes import all_recipes, recipes_matching
 
-    names = list(all_recipes())
     if not getattr(args, "models", None):
-        return names
+        return list(all_recipes())
     chosen: list[str] = []
     for pattern in (p.strip() for p in args.models.split(",") if p.strip()):
-        hits = fnmatch.filter(names, pattern)
+        hits = recipes_matching(pattern)
         if not hits:
             raise UsageError(f"--models '{pattern}' matches no recipe of the zoo",
                              fix="`exporter list` shows the recipe names; globs such as 'resnet*' work")

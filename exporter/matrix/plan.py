@@ -19,7 +19,6 @@ in :attr:`Plan.dropped`.
 """
 from __future__ import annotations
 
-import fnmatch
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,13 +112,12 @@ def _strings(data: dict, key: str, problems: list[str]) -> list[str]:
 
 
 def _expand_models(patterns: list[str], problems: list[str]) -> list[str]:
-    from ..recipes import all_recipes
+    from ..recipes import recipes_matching
 
-    names = list(all_recipes())
     out: list[str] = []
     for pattern in patterns:
         if ":" not in pattern and any(c in pattern for c in "*?["):
-            hits = fnmatch.filter(names, pattern)
+            hits = recipes_matching(pattern)
             if not hits:
                 problems.append(f"model pattern '{pattern}' matches no recipe (fix: `exporter list` "
                                 "shows the recipe names)")
