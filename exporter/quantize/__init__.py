@@ -98,8 +98,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                 f"consumers (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
-                  + (":equalized" if equalized["pairs"] else "")
-                  + (f":{weight_rounding}" if weight_rounding != "nearest" else "")}
+                  + (":equalized" if equalized["pairs"] else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
@@ -119,12 +118,13 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         bias_correction = target == "cpu"
     bias: dict = {}
     if bias_correction:
-        stored = cached.setdefault("bias", {}).get(target)
+        bias_key = target if rounding == "nearest" else f"{target}:{rounding}"  # bias follows the weights
+        stored = cached.setdefault("bias", {}).get(bias_key)
         if stored is None:
             log("calibration: bias correction")
             bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array,
                                       weights=weights)
-            cached["bias"][target] = {k: v.tolist() for k, v in bias.items()}
+            cached["bias"][bias_key] = {k: v.tolist() for k, v in bias.items()}
         else:
             bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
