@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, numpy_helper
 
 from exporter.quantize import int8 as q8
 from exporter.quantize.calibration import collect_statistics, compute_ranges
@@ -93,3 +95,26 @@ def test_rounded_layers_have_lower_output_error_and_the_model_is_no_worse(target
 
     # this block's error is mostly its activations' int8 ranges: the weights' share is small
     assert error(weights) < 1.01 * error(None), (error(weights), error(None))
+
+
+def test_quantize_stage_rounds_by_gptq_when_asked(tmp_path):
+    """Opt-in through the stage: the manifest names it, and the written int8 weights differ from
+    round-to-nearest for the layers it reports."""
+    from exporter.quantize import quantize_stage
+    from exporter.recipes import get_recipe
+    from quant_helpers import fp32_onnx
+
+    recipe = get_recipe("mobilenet_v2")
+    path, spec = fp32_onnx(recipe, size=recipe.input.test_size)
+    runs = {}
+    for how in ("gptq", "nearest"):
+        entry = quantize_stage(path, tmp_path / how, recipe, spec, "int8", calibration="packaged",
+                               samples=8, target="tensorrt", budget=False, weight_rounding=how)
+        model = onnx.load(str(tmp_path / how / entry["file"]))
+        runs[how] = (entry["details"]["weight_rounding"],
+                     {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8})
+    (gptq, w_gptq), (nearest, w_near) = runs["gptq"], runs["nearest"]
+    assert nearest == {"method": "nearest", "layers": 0}
+    assert gptq["method"] == "gptq" and gptq["layers"] > 10, gptq
+    changed = [k for k in w_near if not np.array_equal(w_near[k], w_gptq[k])]
+    assert len(changed) == gptq["layers"], (len(changed), gptq)
