@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from .placement import Plan
-from .reconstruct import single_thread, Layer, Site, apply, outputs_at, patches, positions_for, sample_positions, walk
+from .reconstruct import single_thread, Layer, Site, apply, output_mse, outputs_at, patches, positions_for, sample_positions, walk
 
 ZETA, GAMMA = 1.1, -0.1
 DEFAULT_ITERS = 400
@@ -33,13 +33,6 @@ LR = 1e-2
 
 def _h(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
-
-
-def _output_mse(x: torch.Tensor, w: torch.Tensor, b, y: torch.Tensor, chunk: int = 4096) -> float:
-    total = 0.0
-    for i in range(0, len(x), chunk):
-        total += float(((apply(x[i:i + chunk], w, b) - y[i:i + chunk]) ** 2).sum())
-    return total / max(y.numel(), 1)
 
 
 def adaround_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -74,8 +67,8 @@ def adaround_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, y: to
         opt.step()
     with torch.no_grad():
         learnt = torch.clamp(floor + (_h(v) >= 0.5).float(), -127, 127)
-        mse_near = _output_mse(x, scale * nearest, bias, y)
-        mse_learnt = _output_mse(x, scale * learnt, bias, y)
+        mse_near = output_mse(x, scale * nearest, bias, y)
+        mse_learnt = output_mse(x, scale * learnt, bias, y)
     flipped = float((learnt != nearest).float().mean())
     keep = not mse_learnt < mse_near
     stats = {"mse_nearest": mse_near, "mse_learnt": mse_learnt, "mse_adaround": min(mse_near, mse_learnt),

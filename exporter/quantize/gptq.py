@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from .placement import Plan
-from .reconstruct import Site, apply, patches, positions_for, sample_positions, single_thread, walk
+from .reconstruct import Site, apply, output_mse, patches, positions_for, sample_positions, single_thread, walk
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (keeps the inverse stable)
 POSITIONS = 8192
@@ -62,13 +62,6 @@ def gptq_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
     return torch.gather(q, 2, inverse[:, None, :].expand(*q.shape))
 
 
-def _output_mse(x: torch.Tensor, w: torch.Tensor, ref: torch.Tensor, chunk: int = 4096) -> float:
-    total = 0.0
-    for i in range(0, len(x), chunk):
-        total += float(((apply(x[i:i + chunk], w, None) - ref[i:i + chunk]) ** 2).sum())
-    return total / max(ref.numel(), 1)
-
-
 def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
                   seed: int = 0, log: Callable[[str], None] | None = None,
                   report: dict | None = None) -> dict[str, np.ndarray]:
@@ -77,12 +70,12 @@ def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndar
     log = log or (lambda msg: None)
     out: dict[str, np.ndarray] = {}
     t0 = time.time()
-    improved = [0, 0]
+    tried: list[str] = []
 
     def on_linear(site: Site):
         layer = site.layer
-        gen = torch.Generator().manual_seed(seed + improved[1])
-        improved[1] += 1
+        gen = torch.Generator().manual_seed(seed + len(tried))
+        tried.append(layer.name)
         pos = sample_positions(tuple(site.y_fp32.shape),
                                min(POSITIONS, positions_for(layer, site.y_fp32.shape)), gen)
         with torch.no_grad():
@@ -91,19 +84,19 @@ def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndar
             ref = apply(x, w, None)  # the float weight on the same (quantized) input
             nearest = torch.clamp(torch.round(w / scale), -127, 127)
             rounded = gptq_matrix(w, scale, x)
-            before, after = _output_mse(x, scale * nearest, ref), _output_mse(x, scale * rounded, ref)
+            before = output_mse(x, scale * nearest, None, ref)
+            after = output_mse(x, scale * rounded, None, ref)
         if report is not None:
             report[layer.name] = {"mse_nearest": before, "mse_gptq": after}
         if not after < before:
             return None
-        improved[0] += 1
         out[layer.name] = layer.from_matrix(rounded).astype(np.int8)
         return out[layer.name]
 
     with single_thread():
         walk(fp32, plan, dict(ranges), data, on_linear=on_linear)
-    log(f"calibration: GPTQ weight rounding lowered the output error of {improved[0]} of "
-        f"{improved[1]} int8 layer(s) ({time.time() - t0:.0f} s)")
+    log(f"calibration: GPTQ weight rounding lowered the output error of {len(out)} of "
+        f"{len(tried)} int8 layer(s) ({time.time() - t0:.0f} s)")
     return out
 
 

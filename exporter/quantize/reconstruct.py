@@ -131,6 +131,14 @@ def apply(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Ten
     return y if b is None else y + b
 
 
+def output_mse(x: torch.Tensor, w: torch.Tensor, b, y: torch.Tensor, chunk: int = 4096) -> float:
+    """Mean squared difference between the layer ``w`` (+ ``b``) on patches ``x`` and ``y``."""
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        total += float(((apply(x[i:i + chunk], w, b) - y[i:i + chunk]) ** 2).sum())
+    return total / max(y.numel(), 1)
+
+
 def positions_for(layer: Layer, out_shape: tuple) -> int:
     k = int(np.prod(layer.weight.shape[1:])) * layer.groups if layer.op == "Conv" \
         else int(layer.weight.shape[1 - layer.axis])
