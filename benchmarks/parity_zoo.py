@@ -41,6 +41,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+SEE_ALSO = ("Mobile and edge runtimes, measured the same way beside eager PyTorch and ONNX Runtime "
+            "in their own runs: ExecuTorch and LiteRT rows in `MOBILE_RESULTS.md` "
+            "(`benchmarks/mobile_runtimes.py`); OpenVINO FP32/FP16/INT8 and ncnn FP32/FP16 rows, "
+            "and INT8 on real MobileNetV2 weights beside NNCF, in `EDGE_RESULTS.md` "
+            "(`benchmarks/edge_runtimes.py`).")
+
+
 def results_markdown(reports, failures, args, seconds: float, command: str) -> str:
     from exporter.report import fmt_sci
 
@@ -96,7 +103,7 @@ def results_markdown(reports, failures, args, seconds: float, command: str) -> s
     if failures:
         lines += ["", "## Failures", ""] + [f"- `{f['model']}`: {f['error'].splitlines()[0]}" for f in failures]
     lines += ["", f"Full report with plots: `{args.report.relative_to(ROOT) if args.report.is_relative_to(ROOT) else args.report}/report.md` "
-              "(not committed; rerun the command to regenerate).", ""]
+              "(not committed; rerun the command to regenerate).", "", SEE_ALSO, ""]
     return "\n".join(lines)
 
 
