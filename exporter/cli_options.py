@@ -102,6 +102,10 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-agreement", type=float, metavar="A",
                         help="INT8 budget without labels: min top-1 agreement with FP32 on the "
                              "held-out images (default 0.95)")
+    parser.add_argument("--max-kept-fraction", type=float, metavar="F",
+                        help="INT8 budget: the most convs it may keep out of INT8 (fp16 on tensorrt, "
+                             "fp32 on cpu), as a fraction of all convs, before it refuses "
+                             "(default 0.25)")
     parser.add_argument("--eval-images", metavar="DIR",
                         help="held-out images the INT8 budget is judged on (class subfolders named "
                              "by class index give accuracy); default: a deterministic split of the "
@@ -114,7 +118,8 @@ def quant_options(args: argparse.Namespace) -> dict:
     names = {"calibration": "calibration", "calibration_method": "method",
              "calibration_samples": "samples", "target": "target",
              "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
-             "eval_images": "eval_data", "eval_samples": "eval_samples"}
+             "max_kept_fraction": "max_kept_fraction", "eval_images": "eval_data",
+             "eval_samples": "eval_samples"}
     return {dest: getattr(args, src) for src, dest in names.items()
             if getattr(args, src, None) is not None}
 

@@ -65,6 +65,10 @@ def check_model_options(request: Any) -> None:
     if agreement is not None and not 0 <= agreement <= 1:
         raise UsageError(f"--min-agreement must be a fraction 0..1, got {agreement}",
                          fix="e.g. --min-agreement 0.95")
+    kept = quant.get("max_kept_fraction")
+    if kept is not None and not 0 <= kept <= 1:
+        raise UsageError(f"--max-kept-fraction must be a fraction 0..1, got {kept}",
+                         fix="e.g. --max-kept-fraction 0.5 (at most half the convs out of INT8)")
     calibration = quant.get("calibration")
     if calibration and calibration != "packaged" and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",

@@ -99,6 +99,16 @@ def test_accuracy_drop_without_labels_is_a_usage_error(tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_max_kept_fraction_outside_0_1_is_a_usage_error(tmp_path, value):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                f"--max-kept-fraction={value}", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--max-kept-fraction must be a fraction 0..1, got {float(value)}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 _PEAK = """
 import resource, sys
 sys.path.insert(0, {tests!r})

@@ -177,10 +177,13 @@ def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
                    "packaged", "--calibration-samples", "32", "--min-agreement", "0.5",
-                   "--output", str(out))
+                   "--calibration-method", "entropy", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     entry = _entry(_manifest(out), fmt, "int8")
     details = entry["details"]
+    # an option of the ONNX Q/DQ path is said not to apply, in the log and the manifest
+    assert details["options_not_used"] == ["--calibration-method"]
+    assert f"{fmt} int8: not used here: --calibration-method (options of the ONNX" in proc.stderr
     assert details["budget_met"] and details["criterion"] == "top-1 agreement with FP32 >= 0.500"
     assert "held out" in details["measured_on"], details["measured_on"]  # never the calibrated crops
     assert details["measured"]["samples"] == 200  # the default --eval-samples, split off the source

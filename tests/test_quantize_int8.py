@@ -190,9 +190,13 @@ def test_budget_loop_falls_back_layers(out_dir):
     casts = {n.name for n in model.graph.node if n.op_type == "Cast"}
     assert len(casts) == 2 * len(d["kept_fp16_layers"])  # each kept layer runs fp16 between Casts
     check_tensorrt_invariants(model)
-    with pytest.raises(PrecisionError, match="cannot be met"):
+    with pytest.raises(PrecisionError, match="cannot be met") as refused:
         quantize_stage(path, out_dir / "b2", recipe, spec, "int8", calibration="packaged:0",
                        samples=16, eval_data=x, min_agreement=1.01, max_kept_fraction=0.05)
+    convs = d["convs"]  # the refusal names the cap it hit and how to raise it
+    assert f"keeping at most {int(0.05 * convs)} of the {convs} convs" in refused.value.message
+    assert "--max-kept-fraction 0.05)" in refused.value.message
+    assert "--max-kept-fraction 0.1," in refused.value.fix
     assert not list((out_dir / "b2").glob("*.onnx")) if (out_dir / "b2").exists() else True
 
 

@@ -17,6 +17,9 @@ import numpy as np
 from ..errors import PrecisionError, UnsupportedModelError
 
 DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
+# quantize options of the ONNX Q/DQ path that a runtime's PT2E quantizer has no use for
+ONNX_ONLY_OPTIONS = {"method": "--calibration-method", "target": "--target",
+                     "max_kept_fraction": "--max-kept-fraction"}
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
 
 
@@ -157,6 +160,12 @@ def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
     result = measure(fp32_fn(held), int8_fn(held), labels, criterion)
     record = {"criterion": criterion.describe(), "budget_met": result.ok,
               "measured": result.metrics, "measured_on": held_source}
+    unused = [flag for key, flag in ONNX_ONLY_OPTIONS.items()
+              if ctx.request.quant.get(key) is not None]
+    if unused:  # said, never dropped silently: they shape the ONNX/OpenVINO INT8 only
+        record["options_not_used"] = unused
+        ctx.log(f"{fmt} int8: not used here: {', '.join(unused)} (options of the ONNX/OpenVINO "
+                f"INT8 path; {fmt} uses its runtime's own PT2E quantizer and observers)")
     if not result.ok:
         got = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in result.metrics.items())

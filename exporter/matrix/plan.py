@@ -30,7 +30,8 @@ TOP_KEYS = {"models", "formats", "precisions", "reduced", "input_size", "seed", 
             "opset", "exporter", "simplifier", "calibration", "parity", "resources"}
 CALIBRATION_KEYS = {"data": "calibration", "samples": "samples", "method": "method",
                     "target": "target", "max_accuracy_drop": "max_accuracy_drop",
-                    "min_agreement": "min_agreement", "eval_images": "eval_data",
+                    "min_agreement": "min_agreement", "max_kept_fraction": "max_kept_fraction",
+                    "eval_images": "eval_data",
                     "eval_samples": "eval_samples"}
 PARITY_KEYS = {"samples", "random", "latency", "runs", "warmup", "rounds", "batch_sizes", "threads"}
 RESOURCE_KEYS = {"gpu", "cpus_per_job"}

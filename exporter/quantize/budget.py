@@ -205,11 +205,13 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     raise PrecisionError(
-        f"the INT8 accuracy budget ({criterion.describe()}) cannot be met keeping at most a quarter "
-        f"of the {len(convs)} convs out of INT8: the best ({len(best[2])} layer(s) out) reached "
+        f"the INT8 accuracy budget ({criterion.describe()}) cannot be met keeping at most "
+        f"{max_kept} of the {len(convs)} convs out of INT8 (--max-kept-fraction "
+        f"{max_kept_fraction:g}): the best ({len(best[2])} layer(s) out) reached "
         f"{best[3].describe()}",
-        fix=f"use --precision fp16, loosen the budget with {loosen}, or calibrate with more or "
-            "closer-to-deployment data (--calibration DIR, --calibration-samples N)")
+        fix=f"use --precision fp16, loosen the budget with {loosen}, allow more layers out of INT8 "
+            f"with --max-kept-fraction {min(1.0, 2 * max_kept_fraction) or 0.25:g}, or calibrate "
+            "with more or closer-to-deployment data (--calibration DIR, --calibration-samples N)")
 
 
 def _op(model: onnx.ModelProto, name: str) -> str:
