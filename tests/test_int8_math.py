@@ -116,6 +116,18 @@ def test_group_sizes_grow_and_end_at_the_limit():
     assert bud.group_sizes(1) == [1] and bud.group_sizes(0) == []
 
 
+def test_largest_prefix_stops_at_the_conv_cap():
+    """The budget's last group is the cap itself: Gemm layers do not count against it."""
+    nodes = [helper.make_node(op, [], [], name=name)
+             for op, name in [("Conv", "a"), ("Conv", "b"), ("Gemm", "fc"), ("Conv", "c"), ("Conv", "d")]]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    ranked = ["b", "fc", "c", "d"]
+    assert bud._largest_prefix(model, [], ranked, 2) == 3  # b, fc, c: 2 convs
+    assert bud._largest_prefix(model, ["a"], ranked, 2) == 2  # a is out already: b, fc
+    assert bud._largest_prefix(model, [], ranked, 0) == 0
+    assert bud._largest_prefix(model, [], ranked, 9) == 4
+
+
 def _folder(root, classes: dict[str, int]) -> None:
     for cls, count in classes.items():
         (root / cls).mkdir(parents=True)

@@ -193,10 +193,13 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                           [n for n in full_plan.quantized if n not in base], set(base), log, weights)
     best = (result.score(), model, list(base), result)
     ranked = [n for n, _ in ranking]
+    tried = 0
     for k in group_sizes(len(ranked)):
-        kept = base + ranked[:k]
-        if sum(_op(fp32, n) == "Conv" for n in kept) > max_kept:
+        k = min(k, _largest_prefix(fp32, base, ranked, max_kept))  # the cap itself is tried last
+        if k <= tried:
             break
+        tried = k
+        kept = base + ranked[:k]
         model, result = attempt(kept)
         if result.score() > best[0]:
             best = (result.score(), model, list(kept), result)
@@ -212,6 +215,16 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         fix=f"use --precision fp16, loosen the budget with {loosen}, allow more layers out of INT8 "
             f"with --max-kept-fraction {min(1.0, 2 * max_kept_fraction) or 0.25:g}, or calibrate "
             "with more or closer-to-deployment data (--calibration DIR, --calibration-samples N)")
+
+
+def _largest_prefix(model: onnx.ModelProto, base: list[str], ranked: list[str], max_convs: int) -> int:
+    """The longest prefix of ``ranked`` that, with ``base``, keeps at most ``max_convs`` convs out."""
+    convs = sum(_op(model, n) == "Conv" for n in base)
+    for k, name in enumerate(ranked):
+        convs += _op(model, name) == "Conv"
+        if convs > max_convs:
+            return k
+    return len(ranked)
 
 
 def _op(model: onnx.ModelProto, name: str) -> str:
