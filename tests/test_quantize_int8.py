@@ -9,7 +9,11 @@ from onnx import TensorProto, numpy_helper
 from exporter.data import packaged_crops
 from exporter.errors import PrecisionError
 from exporter.metrics import compare_outputs
+from exporter.quantize import budget as bud
+from exporter.quantize import int8 as q8
 from exporter.quantize import quantize_stage
+from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.placement import ensure_node_names, plan as make_plan
 from exporter.quantize.int8 import make_session, run
 from exporter.recipes import all_recipes
 
@@ -205,3 +209,29 @@ def test_session_disables_weight_bias_quantization():
     recipe = RECIPES["resnet18"]
     path, _ = fp32_onnx(recipe, size=recipe.input.test_size)
     assert make_session(path).get_providers() == ["CPUExecutionProvider"]
+
+
+def test_cpu_kept_layer_reads_float_input_and_is_ranked_alone():
+    """On ``cpu`` a layer kept out of INT8 loses its input Q/DQ too (else keeping it removes only
+    its weight error), and its sensitivity counts only its own weight and input."""
+    recipe = RECIPES["mobilenet_v2"]
+    path, spec = fp32_onnx(recipe, size=recipe.input.test_size)
+    model = onnx.load(str(path))
+    ensure_node_names(model)
+    full = make_plan(model, "cpu")
+    name = full.quantized[4]
+    readers = lambda plan: {node for edges in plan.edges.values() for node, _ in edges}  # noqa: E731
+    assert name in readers(full)
+    kept = make_plan(model, "cpu", {name})
+    assert name in kept.kept and name not in readers(kept)
+    assert readers(full) - readers(kept) == {name}  # every other op keeps its quantized input
+    x = packaged_crops(spec, 8, seed=0).array
+    ranges = compute_ranges(collect_statistics(model, x), "minmax")
+    ref = q8.run(model, x)
+    scores = dict(bud.sensitivity(model, "cpu", ranges, {}, x, ref, [name, full.quantized[5]]))
+    alone = make_plan(model, "cpu", set(full.quantized) - {name})
+    alone.edges = {t: [e for e in es if e[0] == name] for t, es in alone.edges.items()}
+    alone.edges = {t: es for t, es in alone.edges.items() if es}
+    assert scores[name] == pytest.approx(bud.mean_kl(ref, q8.run(q8.build_qdq(model, alone, ranges), x)))
+    everything = make_plan(model, "cpu", set(full.quantized) - {name})  # the old, noisy score
+    assert scores[name] < bud.mean_kl(ref, q8.run(q8.build_qdq(model, everything, ranges), x))

@@ -125,12 +125,20 @@ def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x:
                 ref: np.ndarray, candidates: list[str], always_kept: set[str] = frozenset(),
                 log: Callable[[str], None] = lambda _m: None,
                 weights: dict | None = None) -> list[tuple[str, float]]:
-    """[(layer, KL with only that layer in INT8)], most sensitive (highest KL) first."""
+    """[(layer, KL with only that layer in INT8)], most sensitive (highest KL) first.
+
+    "Only that layer": its int8 weight and the Q/DQ of its input. The ``cpu`` placement quantizes
+    every op's input, kept layers' too, so its plan is cut down to the layer's own input edges:
+    otherwise every score carries the whole network's activation error and the ranking is noise
+    (benchmarks/INT8_ERROR_BUDGET.md)."""
     linear = set(make_plan(fp32, target).quantized) | set(always_kept)
     scores = []
     for i, name in enumerate(candidates, 1):
-        model = q8.build_qdq(fp32, make_plan(fp32, target, linear - {name}), ranges, bias,
-                             weights=weights)
+        alone = make_plan(fp32, target, linear - {name})
+        if target == "cpu":
+            alone.edges = {t: [e for e in es if e[0] == name] for t, es in alone.edges.items()}
+            alone.edges = {t: es for t, es in alone.edges.items() if es}
+        model = q8.build_qdq(fp32, alone, ranges, bias, weights=weights)
         scores.append((name, mean_kl(ref, q8.run(model, x))))
         if i % 10 == 0 or i == len(candidates):
             log(f"int8 budget: sensitivity {i}/{len(candidates)} layers")
