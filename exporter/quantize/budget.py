@@ -201,9 +201,10 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                           [n for n in full_plan.quantized if n not in base], set(base), log, weights)
     best = (result.score(), model, list(base), result)
     ranked = [n for n, _ in ranking]
+    cap = _largest_prefix(fp32, base, ranked, max_kept)  # the cap itself is the last group tried
     tried = 0
     for k in group_sizes(len(ranked)):
-        k = min(k, _largest_prefix(fp32, base, ranked, max_kept))  # the cap itself is tried last
+        k = min(k, cap)
         if k <= tried:
             break
         tried = k
