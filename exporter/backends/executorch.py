@@ -6,7 +6,8 @@
 * FP16: the model and its input in half precision, lowered the same way (XNNPACK has fp16
   kernels); the runner feeds fp16 and returns float32 logits.
 * INT8: PT2E with the XNNPACK quantizer (symmetric, per-channel weights), calibrated on the
-  export's calibration data and judged with the ONNX path's budget (``backends.pt2e``).
+  export's calibration data and judged with the ONNX path's budget; the most sensitive layers
+  fall back to float until it is met (``backends.pt2e_budget``).
 
 The program has static shapes: it is traced at ``--batch`` (default 1); the runner runs larger
 batches in chunks of that size, as an app would. Input layout NCHW, as every other artifact.
@@ -64,39 +65,51 @@ def export(ctx) -> list[dict[str, Any]]:
     try:
         with torch.no_grad():
             if ctx.precision == "int8":
-                calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
-                ctx.log(f"executorch int8: calibrating on {len(calibration)} sample(s)")
-                graph = pt2e.pt2e_quantize(module, example, _quantizer(), calibration,
-                                           record=quantized)
-                program = torch.export.export(graph, (example,))
-            elif ctx.precision == "fp16":
-                module = _half_copy(module)
-                example = example.half()
-                details["input_dtype"] = "float16"
-                program = torch.export.export(module, (example,))
+                (manager, delegation), quantized = pt2e.int8_within_budget(
+                    ctx, FORMAT, _quantizer(), lambda graph: _build_int8(graph, example, path))
             else:
-                program = torch.export.export(module, (example,))
-            manager, delegation = _lower(program, ctx.precision)
+                if ctx.precision == "fp16":
+                    module = _half_copy(module)
+                    example = example.half()
+                    details["input_dtype"] = "float16"
+                manager, delegation = _lower(torch.export.export(module, (example,)), ctx.precision)
+                write_bytes_atomic(path, manager.buffer)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001 - every converter failure becomes one typed error
+        path.unlink(missing_ok=True)
         if isinstance(err, ExporterError):
             raise
         raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
-    write_bytes_atomic(path, manager.buffer)
     details["delegation"] = delegation
     details["runtime_packages"] = package_versions("executorch")
     entry = artifact_entry(path, FORMAT, ctx.precision, **details)
     if ctx.precision == "int8":
-        runner = ExecuTorchRunner(path, precision="int8", batch=batch)
-        reference = _torch_fn(ctx.deploy)
         entry["details"].update(
             quantizer="XNNPACKQuantizer (torchao PT2E), symmetric int8, per-channel weights",
-            calibration=data.summary(), **quantized,
-            **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
-                              lambda x: pt2e.run_batched(runner, x, batch), held, labels,
-                              held_source, criterion))
+            **quantized)
     return [entry]
+
+
+def _build_int8(graph, example, path: Path):
+    """((program manager, delegation record), runner) of a converted PT2E graph, written to
+    ``path``: its weight quantize ops folded into int8 constants, lowered to XNNPACK."""
+    import copy
+
+    import torch
+    from torchao.quantization.pt2e.constant_fold import constant_fold
+
+    from ..artifacts import write_bytes_atomic
+
+    quant = {torch.ops.quantized_decomposed.quantize_per_tensor.default,
+             torch.ops.quantized_decomposed.quantize_per_channel.default}
+    graph = copy.deepcopy(graph)  # the budget loop builds from the same graph again
+    constant_fold(graph, lambda n: n.op == "call_function" and n.target in quant)
+    graph.recompile()
+    manager, delegation = _lower(torch.export.export(graph, (example,)), "int8")
+    write_bytes_atomic(path, manager.buffer)
+    runner = ExecuTorchRunner(path, precision="int8", batch=int(example.shape[0]))
+    return (manager, delegation), runner
 
 
 def _quantizer():
@@ -111,15 +124,6 @@ def _half_copy(module):
     import copy
 
     return copy.deepcopy(module).half().eval()
-
-
-def _torch_fn(module):
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x)).float().numpy()
-    return run
 
 
 

@@ -1,6 +1,7 @@
 """What the PyTorch-native mobile backends (ExecuTorch, LiteRT) share: the example input, the PT2E
 INT8 flow (export -> prepare -> calibrate -> convert) on the export's calibration data, the
-accuracy-budget judgement of the written artifact, and the typed conversion error.
+accuracy budget of the written artifact (``pt2e_budget``: layers fall back to float until it is
+met), and the typed conversion error.
 
 The calibration data are read by :func:`calibration_data` only (``quantize.calibration``'s
 loaders, with the ONNX INT8 path's calibration / held-out split), and the
@@ -14,12 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import PrecisionError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
 # quantize options of the ONNX Q/DQ path that a runtime's PT2E quantizer has no use for
-ONNX_ONLY_OPTIONS = {"method": "--calibration-method", "target": "--target",
-                     "max_kept_fraction": "--max-kept-fraction"}
+ONNX_ONLY_OPTIONS = {"method": "--calibration-method", "target": "--target"}
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
 
 
@@ -149,33 +149,34 @@ def fuse_clamp_annotations(graph_module) -> int:
     return moved
 
 
-def judge_int8(ctx, fmt: str, fp32_fn: Callable[[np.ndarray], np.ndarray],
-               int8_fn: Callable[[np.ndarray], np.ndarray], held: np.ndarray,
-               labels: np.ndarray | None, held_source: str, criterion) -> dict[str, Any]:
-    """The INT8 artifact against the FP32 model on ``held`` with the ONNX path's criterion
-    (``quantize.budget``); a miss is a :class:`PrecisionError` with the numbers (the runtime's
-    quantizer has no per-layer fall-back here)."""
-    from ..quantize.budget import measure
+def int8_within_budget(ctx, fmt: str, quantizer, build: Callable[[Any], tuple[Any, Callable]],
+                       fuse_clamps: bool = True) -> tuple[Any, dict[str, Any]]:
+    """(what ``build`` made, the manifest's INT8 record): ``ctx.deploy`` PT2E-quantized on the
+    export's calibration data, built into the artifact by ``build(graph) -> (built, runner)`` and
+    judged with the ONNX path's criterion on the held-out samples; layers fall back to float
+    until the criterion is met (``pt2e_budget``), else a :class:`PrecisionError` with the
+    numbers."""
+    from ..quantize.budget import MAX_KEPT_FRACTION, sensitivity_inputs
+    from . import pt2e_budget
 
-    result = measure(fp32_fn(held), int8_fn(held), labels, criterion)
-    record = {"criterion": criterion.describe(), "budget_met": result.ok,
-              "measured": result.metrics, "measured_on": held_source}
+    calibration, held, labels, held_source, data, criterion = calibration_data(ctx)
+    ctx.log(f"{fmt} int8: calibrating on {len(calibration)} sample(s)")
+    record: dict[str, Any] = {}
+    graph = pt2e_quantize(ctx.deploy.eval(), example_batch(ctx), quantizer, calibration,
+                          fold_quantize=False, record=record, fuse_clamps=fuse_clamps)
     unused = [flag for key, flag in ONNX_ONLY_OPTIONS.items()
               if ctx.request.quant.get(key) is not None]
     if unused:  # said, never dropped silently: they shape the ONNX/OpenVINO INT8 only
         record["options_not_used"] = unused
         ctx.log(f"{fmt} int8: not used here: {', '.join(unused)} (options of the ONNX/OpenVINO "
                 f"INT8 path; {fmt} uses its runtime's own PT2E quantizer and observers)")
-    if not result.ok:
-        got = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in result.metrics.items())
-        raise PrecisionError(
-            f"{ctx.stem}: the {fmt} INT8 model misses the accuracy budget ({criterion.describe()}): "
-            f"{got} on {held_source}",
-            fix="loosen the budget (--min-agreement A without labels, --max-accuracy-drop N with "
-                "labelled --eval-images), calibrate with closer-to-deployment data, or use --format "
-                "onnx --precision int8 (per-layer fall-back)")
-    return record
+    fraction = ctx.request.quant.get("max_kept_fraction")
+    result = pt2e_budget.fit(
+        graph, build, lambda x: pt2e_budget.run_graph(ctx.deploy, x), held, labels, criterion,
+        sensitivity_inputs(calibration), MAX_KEPT_FRACTION if fraction is None else float(fraction),
+        fmt, ctx.log)
+    record.update(calibration=data.summary(), **result.record(criterion, held_source))
+    return result.built, record
 
 
 def run_batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:

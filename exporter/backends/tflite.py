@@ -49,22 +49,18 @@ def export(ctx) -> list[dict[str, Any]]:
                                "the graph; the runner feeds NCHW as for every artifact)"}
     try:
         if ctx.precision == "int8":
-            from litert_torch.quantize import pt2e_quantizer, quant_config
+            from litert_torch.quantize import pt2e_quantizer
 
-            calibration, held, labels, held_source, data, criterion = pt2e.calibration_data(ctx)
-            ctx.log(f"tflite int8: calibrating on {len(calibration)} sample(s)")
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-            # litert-torch converts q/dq pairs around float weights (fold_quantize=False); folded
-            # int8 weights are rejected by its converter (stablehlo.uniform_dequantize)
-            graph = pt2e.pt2e_quantize(ctx.deploy.eval(), example, quantizer, calibration,
-                                       fold_quantize=False,
-                                       fuse_clamps=False)  # measured: no gain here (pt2e)
-            model = converter.convert(graph, (example,),
-                                      quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+            runner, quantized = pt2e.int8_within_budget(
+                ctx, FORMAT, quantizer,
+                lambda graph: _build_int8(converter, quantizer, graph, example, path),
+                fuse_clamps=False)  # measured: no gain here (pt2e)
         else:
             model = converter.convert(ctx.deploy.eval(), (example,))
-        model.export(str(path))
+            model.export(str(path))
+            runner = LiteRTRunner(path, precision=ctx.precision)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001 - every converter failure becomes one typed error
@@ -72,22 +68,29 @@ def export(ctx) -> list[dict[str, Any]]:
         if isinstance(err, ExporterError):
             raise
         raise pt2e.conversion_error(RUNTIME, FORMAT, err) from err
-    runner = LiteRTRunner(path, precision=ctx.precision)
     details.update(ops=runner.op_counts(), io_dtype=runner.io_dtype,
                    runtime_packages=package_versions("tflite"))
     entry = artifact_entry(path, FORMAT, ctx.precision, **details)
     if ctx.precision == "int8":
-        import torch
-
-        def reference(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return ctx.deploy(torch.from_numpy(x)).numpy()
         entry["details"].update(
             quantizer="litert-torch PT2EQuantizer (torchao PT2E), symmetric int8, per-channel weights",
-            calibration=data.summary(),
-            **pt2e.judge_int8(ctx, FORMAT, lambda x: pt2e.run_batched(reference, x, batch),
-                              runner, held, labels, held_source, criterion))
+            **quantized)
     return [entry]
+
+
+def _build_int8(converter, quantizer, graph, example, path: Path):
+    """(runner, runner) of a converted PT2E graph written to ``path``: litert-torch converts the
+    q/dq pairs around float weights (folded int8 weights are rejected by its converter:
+    stablehlo.uniform_dequantize)."""
+    import copy
+
+    from litert_torch.quantize import quant_config
+
+    model = converter.convert(copy.deepcopy(graph), (example,),
+                              quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+    model.export(str(path))
+    runner = LiteRTRunner(path, precision="int8")
+    return runner, runner
 
 
 
