@@ -100,11 +100,10 @@ def _build_int8(graph, example, path: Path):
     from torchao.quantization.pt2e.constant_fold import constant_fold
 
     from ..artifacts import write_bytes_atomic
+    from .pt2e_budget import is_quantize
 
-    quant = {torch.ops.quantized_decomposed.quantize_per_tensor.default,
-             torch.ops.quantized_decomposed.quantize_per_channel.default}
     graph = copy.deepcopy(graph)  # the budget loop builds from the same graph again
-    constant_fold(graph, lambda n: n.op == "call_function" and n.target in quant)
+    constant_fold(graph, is_quantize)
     graph.recompile()
     manager, delegation = _lower(torch.export.export(graph, (example,)), "int8")
     write_bytes_atomic(path, manager.buffer)

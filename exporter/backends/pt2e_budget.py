@@ -19,18 +19,18 @@ quantized tensor is a quantize -> dequantize pair in front of its user:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import PrecisionError
-
 Runner = Callable[[np.ndarray], np.ndarray]
 CHUNK = 16  # samples per torch call of the reference-quantized graph (bigger batches run slower here)
 
 
+@functools.lru_cache(maxsize=None)
 def _ops():
     import torch
 
@@ -40,6 +40,11 @@ def _ops():
             {q.dequantize_per_tensor.default, q.dequantize_per_channel.default},
             {aten.conv2d.default, aten.conv1d.default, aten.linear.default},
             {aten.hardtanh.default, aten.relu.default, aten.clamp.default, aten.relu6.default})
+
+
+def is_quantize(node) -> bool:
+    """Whether ``node`` quantizes a tensor (per tensor or per channel)."""
+    return node.op == "call_function" and node.target in _ops()[0]
 
 
 def _pair_source(node) -> Any | None:
@@ -174,8 +179,9 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
         fmt: str, log: Callable[[str], None]) -> Fit:
     """The artifact with every layer int8 if it meets ``criterion`` on ``held``; else with the
     most sensitive layers (ranked on ``x_rank``) in float, in growing groups of at most
-    ``max_kept_fraction`` of the convs. ``build(graph) -> (built, runner)``."""
-    from ..quantize.budget import group_sizes, measure
+    ``max_kept_fraction`` of the convs (``quantize.budget.climb``), else its
+    :class:`PrecisionError`. ``build(graph) -> (built, runner)``."""
+    from ..quantize.budget import climb, largest_prefix, measure, refusal
 
     ref = fp32(held)
     layers = quantized_layers(graph)
@@ -200,36 +206,11 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
         f"calibration samples (with flips)")
     ranking = sensitivity(graph, x_rank, fp32(x_rank), log)
     ranked = [n for n, _ in ranking]
-    cap = _largest_prefix(ranked, {n.name for n in layers if is_conv(n)}, max_convs)
-    best, tried = (result.score(), [], result), 0
-    for k in group_sizes(len(ranked)):
-        k = min(k, cap)
-        if k <= tried:
-            break
-        tried = k
-        built, result = attempt(ranked[:k])
-        if result.score() > best[0]:
-            best = (result.score(), ranked[:k], result)
-        if result.ok:
-            return Fit(built, [names[n] for n in ranked[:k]], result, history,
-                       [(names[n], s) for n, s in ranking])
-    loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
-              else "--min-agreement A (top-1 agreement with FP32)")
-    raise PrecisionError(
-        f"the {fmt} INT8 accuracy budget ({criterion.describe()}) cannot be met keeping at most "
-        f"{max_convs} of the {convs} convs in float (--max-kept-fraction {max_kept_fraction:g}): "
-        f"the best ({len(best[1])} layer(s) in float) reached {best[2].describe()}",
-        fix=f"use --precision fp16 where the runtime has it, loosen the budget with {loosen}, allow "
-            f"more layers in float with --max-kept-fraction "
-            f"{min(1.0, 2 * max_kept_fraction) or 0.25:g}, or calibrate with more or "
-            "closer-to-deployment data (--calibration DIR, --calibration-samples N)")
-
-
-def _largest_prefix(ranked: list[str], convs: set[str], max_convs: int) -> int:
-    """The longest prefix of ``ranked`` with at most ``max_convs`` convs."""
-    count = 0
-    for k, name in enumerate(ranked):
-        count += name in convs
-        if count > max_convs:
-            return k
-    return len(ranked)
+    conv_names = {n.name for n in layers if is_conv(n)}
+    cap = largest_prefix(ranked, conv_names.__contains__, max_convs)
+    k, built, result, met = climb(ranked, cap, attempt, result)
+    if met:
+        return Fit(built, [names[n] for n in ranked[:k]], result, history,
+                   [(names[n], s) for n, s in ranking])
+    raise refusal(criterion, result, k, max_convs, convs, max_kept_fraction, runtime=fmt,
+                  kept_as="in float", fp16="use --precision fp16 where the runtime has it")

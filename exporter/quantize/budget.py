@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -199,41 +199,67 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     ref_rank = q8.run(fp32, x_rank)
     ranking = sensitivity(fp32, target, ranges, bias, x_rank, ref_rank,
                           [n for n in full_plan.quantized if n not in base], set(base), log, weights)
-    best = (result.score(), model, list(base), result)
     ranked = [n for n, _ in ranking]
     cap = _largest_prefix(fp32, base, ranked, max_kept)  # the cap itself is the last group tried
-    tried = 0
+    k, model, result, met = climb(ranked, cap, lambda prefix: attempt(base + prefix), result)
+    if met:
+        return BudgetResult(model, base + ranked[:k], result, history, ranking)
+    raise refusal(criterion, result, len(base) + k, max_kept, len(convs), max_kept_fraction)
+
+
+def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any, Measurement]],
+          start: Measurement) -> tuple[int, Any, Measurement, bool]:
+    """Try the prefixes ``ranked[:k]`` for the growing ``group_sizes`` up to ``cap`` (the cap
+    itself last) with ``attempt(prefix) -> (made, measurement)``: (k, made, measurement, True) of
+    the first that meets the criterion, else (k, None, measurement, False) of the best one
+    (k = 0: ``start``, the attempt before any layer left INT8)."""
+    best, tried = (start.score(), 0, start), 0
     for k in group_sizes(len(ranked)):
         k = min(k, cap)
         if k <= tried:
             break
         tried = k
-        kept = base + ranked[:k]
-        model, result = attempt(kept)
+        made, result = attempt(ranked[:k])
         if result.score() > best[0]:
-            best = (result.score(), model, list(kept), result)
+            best = (result.score(), k, result)
         if result.ok:
-            return BudgetResult(model, kept, result, history, ranking)
+            return k, made, result, True
+    return best[1], None, best[2], False
+
+
+def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
+            fraction: float, runtime: str = "", kept_as: str = "out of INT8",
+            fp16: str = "use --precision fp16") -> PrecisionError:
+    """The budget's :class:`PrecisionError`: the cap it hit, the best it reached, the levers.
+    ``kept_as`` says where a kept layer runs ("out of INT8", "in float")."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
-    raise PrecisionError(
-        f"the INT8 accuracy budget ({criterion.describe()}) cannot be met keeping at most "
-        f"{max_kept} of the {len(convs)} convs out of INT8 (--max-kept-fraction "
-        f"{max_kept_fraction:g}): the best ({len(best[2])} layer(s) out) reached "
-        f"{best[3].describe()}",
-        fix=f"use --precision fp16, loosen the budget with {loosen}, allow more layers out of INT8 "
-            f"with --max-kept-fraction {min(1.0, 2 * max_kept_fraction) or 0.25:g}, or calibrate "
-            "with more or closer-to-deployment data (--calibration DIR, --calibration-samples N)")
+    short = "out" if kept_as == "out of INT8" else kept_as
+    return PrecisionError(
+        f"the {runtime + ' ' if runtime else ''}INT8 accuracy budget ({criterion.describe()}) "
+        f"cannot be met keeping at most {max_convs} of the {convs} convs {kept_as} "
+        f"(--max-kept-fraction {fraction:g}): the best ({best_kept} layer(s) {short}) reached "
+        f"{best.describe()}",
+        fix=f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
+            f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, or calibrate with more or "
+            "closer-to-deployment data (--calibration DIR, --calibration-samples N)")
+
+
+def largest_prefix(ranked: list[str], is_conv: Callable[[str], bool], max_convs: int,
+                   already: int = 0) -> int:
+    """The longest prefix of ``ranked`` that, with ``already`` convs out, keeps at most
+    ``max_convs`` convs out."""
+    for k, name in enumerate(ranked):
+        already += is_conv(name)
+        if already > max_convs:
+            return k
+    return len(ranked)
 
 
 def _largest_prefix(model: onnx.ModelProto, base: list[str], ranked: list[str], max_convs: int) -> int:
-    """The longest prefix of ``ranked`` that, with ``base``, keeps at most ``max_convs`` convs out."""
-    convs = sum(_op(model, n) == "Conv" for n in base)
-    for k, name in enumerate(ranked):
-        convs += _op(model, name) == "Conv"
-        if convs > max_convs:
-            return k
-    return len(ranked)
+    """:func:`largest_prefix` of ONNX node names, with ``base`` out already."""
+    return largest_prefix(ranked, lambda n: _op(model, n) == "Conv", max_convs,
+                          sum(_op(model, n) == "Conv" for n in base))
 
 
 def _op(model: onnx.ModelProto, name: str) -> str:
