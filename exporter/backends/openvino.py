@@ -103,7 +103,7 @@ def _int8(ctx, ov) -> dict[str, Any]:
         if (ctx.stage / cache).is_file():  # the ONNX path's (or an earlier export's) ranges
             shutil.copy2(ctx.stage / cache, scratch / cache)
         qdq = quantize_stage(ctx.onnx_path, scratch, ctx.recipe, ctx.spec, "int8", target="cpu",
-                             log=ctx.log, **quant)
+                             speed_guard=False, log=ctx.log, **quant)  # OpenVINO, not ORT, runs it
         model = _convert(ov, scratch / qdq["file"])
         entry = _save(ov, model, ctx.stage / f"{ctx.stem}.int8.openvino.xml", "int8", False,
                       source=f"{qdq['file']} (our Q/DQ ONNX, sha256 {qdq['sha256'][:12]}, read by "

@@ -42,8 +42,10 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    equalize: bool = True, weight_rounding: str | None = None,
                    max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
-                   log: Callable[[str], None] | None = None) -> dict:
-    """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``."""
+                   speed_guard: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``.
+    ``speed_guard``: the ``cpu`` budget refuses a model with layers kept that ONNX Runtime runs
+    slower than FP32 (off for a runtime other than ONNX Runtime reading the Q/DQ graph)."""
     log = log or (lambda msg: None)
     fp32_onnx, out_dir = Path(fp32_onnx), Path(out_dir)
     if precision not in PRECISIONS:
@@ -69,7 +71,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      min_agreement=min_agreement, bias_correction=bias_correction,
                      range_search=range_search, equalize=equalize, weight_rounding=weight_rounding,
                      max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
-                     seed=seed)
+                     seed=seed, speed_guard=speed_guard)
     finally:
         scratch.close()
 
@@ -77,7 +79,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
           range_search, equalize, weight_rounding,
-          max_kept_fraction, force_kept, budget, seed) -> dict:
+          max_kept_fraction, force_kept, budget, seed, speed_guard) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
     split = eval_samples if (eval_data is None and budget) else 0
@@ -132,7 +134,9 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if budget:
         result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
                                 bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
-                                force_kept=kept_base, log=log, weights=weights)
+                                force_kept=kept_base, log=log, weights=weights,
+                                speed=(lambda m: _cpu_latency(fp32_model, m, spec, batch))
+                                if target == "cpu" and speed_guard else None)
         qmodel, kept, measurement = result.model, result.kept, result.measurement
         history, ranking = result.history, result.sensitivity
     else:
@@ -165,6 +169,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
+        "float_out_layers": final_plan.float_out,
         "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
         "kept_layers_precision": q8.kept_precision(target),
         "criterion": criterion.describe(), "budget_met": measurement.ok,
@@ -217,21 +222,21 @@ def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how:
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and
 # lose accuracy; a batch-1 classifier GEMM is a GEMV, memory-bound, where INT8 buys no speed.
+# On ONNX Runtime CPU the small-channel rule holds for speed too (MobileNetV2's stem: 0.37 ms as
+# QLinearConv, 0.19 ms in float; the model 15% faster with it float); its int8 GEMM is the faster one.
 EXCLUSION_RULES = {"tensorrt": "small-channel conv / classifier GEMM stays fp16 (ModelOpt's rule)",
-                   "cpu": ""}
+                   "cpu": "small-channel conv stays FP32 (ONNX Runtime's int8 kernel is slower there)"}
 SMALL_CHANNELS = 4
 
 
 def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
     """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
-    if target != "tensorrt":
-        return []
     graph = Graph(model)
     out = []
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
-        if node.op_type == "Gemm" or (node.op_type == "Conv" and len(w) > 1 and
-                                      w[1] * _group(node) <= SMALL_CHANNELS):
+        small = node.op_type == "Conv" and len(w) > 1 and w[1] * _group(node) <= SMALL_CHANNELS
+        if small or (node.op_type == "Gemm" and target == "tensorrt"):
             out.append(node.name)
     return out
 
@@ -241,22 +246,22 @@ def _group(node) -> int:
 
 
 def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec,
-                 batch: int | None, runs: int = 30) -> dict:
-    """Median batch latency of FP32 vs INT8 on ONNX Runtime CPU, interleaved in one process."""
+                 batch: int | None, runs: int = 60, rounds: int = 3) -> dict:
+    """Median batch latency of FP32 vs INT8 on ONNX Runtime CPU, in one process, in interleaved
+    rounds of consecutive runs. Alternating single runs measured each session while the other's
+    worker threads still spun: both ran about 2x slow and the ratio swung (1.25-1.70x for one model
+    that measures 1.75x in rounds)."""
+    from ..latency import benchmark
+
     b = batch or 1
     x = np.random.default_rng(0).standard_normal((b, spec.channels, *spec.size)).astype(np.float32)
     sessions = {"fp32": q8.make_session(fp32, threads=2), "int8": q8.make_session(qmodel, threads=2)}
     name = sessions["fp32"].get_inputs()[0].name
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(runs + 5):
-        for key, sess in sessions.items():
-            t = time.perf_counter()
-            sess.run(None, {name: x})
-            if i >= 5:
-                times[key].append(time.perf_counter() - t)
-    fp, iq = (1e3 * float(np.median(times[k])) for k in ("fp32", "int8"))
-    return {"batch": b, "threads": 2, "runs": runs, "fp32_ms": round(fp, 3), "int8_ms": round(iq, 3),
-            "speedup": round(fp / iq, 3)}
+    runners = {key: (lambda batch, s=sess: s.run(None, {name: batch})) for key, sess in sessions.items()}
+    stats = benchmark(runners, {b: x}, warmup=5, runs=runs, rounds=rounds, retries=0)
+    fp, iq = stats["fp32"][b].p50_ms, stats["int8"][b].p50_ms
+    return {"batch": b, "threads": 2, "runs": runs, "rounds": rounds, "fp32_ms": round(fp, 3),
+            "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
 
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,

@@ -30,6 +30,7 @@ from .placement import plan as make_plan
 DEFAULT_DROP = 1.0
 DEFAULT_AGREEMENT = 0.95
 MAX_KEPT_FRACTION = 0.25
+MIN_SPEEDUP = 1.0  # cpu: a budget model slower than FP32 is refused (issue 9)
 SENSITIVITY_SAMPLES = 128  # calibration samples (x2 with flips) the ranking is measured on
 
 
@@ -134,7 +135,7 @@ def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x:
     linear = set(make_plan(fp32, target).quantized) | set(always_kept)
     scores = []
     for i, name in enumerate(candidates, 1):
-        alone = make_plan(fp32, target, linear - {name})
+        alone = make_plan(fp32, target, linear - {name}, demote=False)
         if target == "cpu":
             alone.edges = {t: [e for e in es if e[0] == name] for t, es in alone.edges.items()}
             alone.edges = {t: es for t, es in alone.edges.items() if es}
@@ -167,10 +168,13 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                labels: np.ndarray | None, criterion: Criterion, x_rank: np.ndarray,
                max_kept_fraction: float = MAX_KEPT_FRACTION, force_kept: list[str] | None = None,
                log: Callable[[str], None] = lambda _m: None,
-               weights: dict | None = None) -> BudgetResult:
+               weights: dict | None = None,
+               speed: Callable[[onnx.ModelProto], dict] | None = None) -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
-    weights chosen per layer (GPTQ's), else round-to-nearest."""
+    weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
+    target: INT8 vs FP32 latency) times a model that meets the criterion with layers kept; one
+    slower than FP32 is refused (more kept layers would only be slower)."""
     ref = q8.run(fp32, x_eval)
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
@@ -186,6 +190,12 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                         **{k: v for k, v in result.metrics.items() if k != "samples"}})
         log(f"int8 budget: {len(kept_now)} layer(s) out of int8 -> {result.describe()} "
             f"[{'met' if result.ok else 'not met'}: {criterion.describe()}]")
+        if result.ok and speed is not None and len(kept_now) > len(base):
+            latency = speed(model)
+            history[-1]["int8_vs_fp32"] = latency["speedup"]
+            log(f"int8 budget: {len(kept_now)} layer(s) out of int8 run at {latency['speedup']:.2f}x FP32")
+            if latency["speedup"] < MIN_SPEEDUP:
+                raise too_slow(criterion, result, len(kept_now), latency)
         return model, result
 
     model, result = attempt(base)
@@ -243,6 +253,18 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         fix=f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
             f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, or calibrate with more or "
             "closer-to-deployment data (--calibration DIR, --calibration-samples N)")
+
+
+def too_slow(criterion: Criterion, met: Measurement, kept: int, latency: dict) -> PrecisionError:
+    """The ``cpu`` budget met, but by a model slower than FP32: INT8 would defeat its purpose."""
+    return PrecisionError(
+        f"the INT8 accuracy budget ({criterion.describe()}) is met with {kept} layer(s) kept in "
+        f"FP32 ({met.describe()}), but that model runs at {latency['speedup']:.2f}x FP32 on ONNX "
+        f"Runtime CPU ({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms, batch "
+        f"{latency['batch']}): each float layer between int8 ones costs layout conversions and "
+        "Q/DQ, more than INT8 saves",
+        fix="deploy FP32 (--precision fp32) on this CPU, loosen the budget with --min-agreement A "
+            "or --max-accuracy-drop N, or calibrate with closer-to-deployment data (--calibration DIR)")
 
 
 def largest_prefix(ranked: list[str], is_conv: Callable[[str], bool], max_convs: int,

@@ -20,6 +20,9 @@ which is most of the error on real MobileNetV2: benchmarks/INT8_ERROR_BUDGET.md)
     a quantized tensor: ORT fuses DQ -> op -> Q into QLinearConv / QLinearAdd / QGemm and folds a
     Clip/Relu followed by Q into the Q. Shape-only ops (Flatten, Reshape, MaxPool) reuse their input's
     scale so ORT can drop the DQ/Q around them. The graph output stays float.
+  * a conv whose output a kept layer reads in float cannot fuse into QLinearConv (ORT needs every
+    reader behind a Q): it runs float anyway, so it keeps its FP32 weight (``float_out``) instead of
+    an int8 weight ORT would dequantize on every run; its input stays quantized.
 """
 from __future__ import annotations
 
@@ -78,14 +81,17 @@ class Plan:
     edges: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # tensor -> [(node, slot)]
     range_of: dict[str, str] = field(default_factory=dict)  # tensor whose range a tensor borrows
     signed: bool = True  # int8 (True) or uint8 (False) activations
+    float_out: list[str] = field(default_factory=list)  # cpu: read in float downstream, FP32 weight
 
     @property
     def tensors(self) -> list[str]:
         return list(self.edges)
 
 
-def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = frozenset()) -> Plan:
-    """Choose the Q/DQ edges for ``target``; ``exclude`` names Conv/Gemm nodes kept in fp16/fp32."""
+def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = frozenset(),
+         demote: bool = True) -> Plan:
+    """Choose the Q/DQ edges for ``target``; ``exclude`` names Conv/Gemm nodes kept in fp16/fp32.
+    ``demote=False`` leaves a ``cpu`` conv that cannot fuse with its int8 weight (error studies)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
     graph = Graph(model)
@@ -133,7 +139,26 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
                 add(node.input[0], node, 0)
                 range_of[node.output[0]] = node.input[0]
                 changed = True
-    return Plan(target, quantized, kept, dict(edges), range_of, signed=False)
+    float_out = [n for n in quantized if demote and not _fuses(graph, graph.nodes[n], edges)]
+    quantized = [n for n in quantized if n not in float_out]
+    return Plan(target, quantized, kept, dict(edges), range_of, signed=False, float_out=float_out)
+
+
+def _fuses(graph: Graph, node: onnx.NodeProto, edges: dict) -> bool:
+    """Whether ORT can fuse a cpu-placement Conv into QLinearConv: its output, through a
+    single-reader Relu/Clip/Min chain, is read only behind a Q (Gemm: QGemm may output float)."""
+    if node.op_type != "Conv":
+        return True
+    tensor = node.output[0]
+    while True:
+        readers = graph.consumers.get(tensor, [])
+        if len(readers) == 1 and readers[0][0].op_type in ACTIVATION_OPS + ("Min",) \
+                and tensor not in graph.outputs:
+            tensor = readers[0][0].output[0]
+            continue
+        quantized_reads = set(edges.get(tensor, []))
+        return bool(readers) and tensor not in graph.outputs \
+            and all((reader.name, slot) in quantized_reads for reader, slot in readers)
 
 
 def _fused_input(graph: Graph, add: onnx.NodeProto, quantized: set[str]) -> int | None:

@@ -1,0 +1,99 @@
+"""``cpu`` placement: what ONNX Runtime runs in int8 is what the plan says, and the budget never
+hands back a model with kept layers that runs slower than FP32 (issue 9)."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from exporter.data import packaged_crops
+from exporter.errors import PrecisionError
+from exporter.quantize import budget as bud
+from exporter.quantize import int8 as q8
+from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.placement import ensure_node_names, plan as make_plan
+from exporter.recipes import all_recipes
+
+from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path
+
+RECIPES = all_recipes()
+
+
+def _ort_ops(model: onnx.ModelProto, tmp_path) -> list[onnx.NodeProto]:
+    """The nodes ONNX Runtime runs after its graph optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=q8.DISABLED_ORT_OPTIMIZERS)
+    return list(onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+
+
+def test_producer_read_in_float_keeps_fp32_weight_and_every_int8_conv_fuses(tmp_path):
+    """Keeping a depthwise conv leaves its expansion conv's output read in float: ORT cannot fuse
+    that conv into QLinearConv, so the plan runs it with its FP32 weight (no per-run weight
+    dequantize) and counts it out of INT8; every conv the plan calls int8 is a QLinearConv."""
+    recipe = RECIPES["mobilenet_v2"]
+    path, spec = fp32_onnx(recipe, size=recipe.input.test_size)
+    model = onnx.load(str(path))
+    ensure_node_names(model)
+    dw = "/model/features/features.2/conv/conv.1/conv.1.0/Conv"
+    expand = "/model/features/features.2/conv/conv.0/conv.0.0/Conv"
+    plan = make_plan(model, "cpu", {dw})
+    assert plan.float_out == [expand] and expand not in plan.quantized and dw in plan.kept
+    assert make_plan(model, "cpu", {dw}, demote=False).float_out == []
+    assert expand in make_plan(model, "cpu", {dw}, demote=False).quantized
+    x = packaged_crops(spec, 8, seed=0).array
+    ranges = compute_ranges(collect_statistics(model, x), "minmax")
+    qmodel = q8.build_qdq(model, plan, ranges)
+    by_name = {n.name: n for n in qmodel.graph.node}
+    inits = {t.name for t in qmodel.graph.initializer}
+    assert by_name[expand].input[1] in inits  # its FP32 weight, not a DequantizeLinear output
+    ops = _ort_ops(qmodel, tmp_path)
+    assert sum(n.op_type == "QLinearConv" for n in ops) == \
+        sum(1 for n in plan.quantized if by_name[n].op_type == "Conv") == 50
+    # no weight is dequantized at run time: every DequantizeLinear left reads an activation
+    runtime_inits = {t.name for t in onnx.load(str(tmp_path / "opt.onnx")).graph.initializer}
+    assert not [n.name for n in ops if n.op_type == "DequantizeLinear" and n.input[0] in runtime_inits]
+
+
+def _real_budget_case():
+    if real_weights_path() is None:
+        pytest.skip(f"real MobileNetV2 weights missing: {PIP_HINT}")
+    recipe = RECIPES["mobilenet_v2"]
+    path, spec = fp32_onnx(recipe, size=64, real_weights=True)
+    model = onnx.load(str(path))
+    ensure_node_names(model)
+    calib = packaged_crops(spec, 16, seed=0).array
+    x = packaged_crops(spec, 24, seed=4).array
+    ranges = compute_ranges(collect_statistics(model, calib), "minmax")
+    ref = q8.run(model, x)
+    a0 = bud.measure(ref, q8.run(q8.build_qdq(model, make_plan(model, "cpu"), ranges), x), None,
+                     bud.Criterion("agreement", 1.0)).metrics["top1_agreement"]
+    if a0 >= 1.0:
+        pytest.skip("all-INT8 already agrees on every sample at this size")
+    return model, ranges, x, bud.Criterion("agreement", a0 + 1.0 / len(x)), calib
+
+
+@pytest.mark.parametrize("speedup", [0.8, 1.4])
+def test_cpu_budget_refuses_a_model_slower_than_fp32(speedup):
+    model, ranges, x, criterion, calib = _real_budget_case()
+    timed = []
+
+    def speed(candidate):
+        timed.append(candidate)
+        return {"batch": 1, "fp32_ms": 5.0, "int8_ms": round(5.0 / speedup, 3), "speedup": speedup}
+
+    def fit():
+        return bud.fit_budget(model, "cpu", ranges, {}, x, None, criterion,
+                              bud.sensitivity_inputs(calib), max_kept_fraction=0.5, speed=speed)
+    if speedup < bud.MIN_SPEEDUP:
+        with pytest.raises(PrecisionError, match=f"runs at {speedup:.2f}x FP32") as refused:
+            fit()
+        assert "is met with" in refused.value.message and "--precision fp32" in refused.value.fix
+        assert len(timed) == 1  # refused at the first model that met the budget: more is slower
+        return
+    result = fit()
+    assert result.measurement.ok and len(timed) == 1
+    assert result.history[-1]["int8_vs_fp32"] == speedup and len(result.kept) >= 1
