@@ -110,6 +110,10 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         cached = {"ranges": {k: list(v) for k, v in ranges.items()}, "bias": {}}
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
     rule_kept = default_exclusions(model, target)
+    rule_why = {n: EXCLUSION_RULES[target] for n in rule_kept}
+    if target == "cpu" and speed_guard:  # ONNX Runtime will run it: time the choice
+        rule_why.update(_faster_in_float(model, ranges, spec, batch, log))
+        rule_kept = list(rule_why)
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     searched = None
     if range_search:
@@ -170,7 +174,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
         "float_out_layers": final_plan.float_out,
-        "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
+        "kept_by_rule": rule_why,
         "kept_layers_precision": q8.kept_precision(target),
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
@@ -222,23 +226,47 @@ def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how:
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and
 # lose accuracy; a batch-1 classifier GEMM is a GEMV, memory-bound, where INT8 buys no speed.
-# On ONNX Runtime CPU the small-channel rule holds for speed too (MobileNetV2's stem: 0.37 ms as
-# QLinearConv, 0.19 ms in float; the model 15% faster with it float); its int8 GEMM is the faster one.
+# On ONNX Runtime CPU it depends on the model (``_faster_in_float``); its int8 GEMM is the faster one.
 EXCLUSION_RULES = {"tensorrt": "small-channel conv / classifier GEMM stays fp16 (ModelOpt's rule)",
-                   "cpu": "small-channel conv stays FP32 (ONNX Runtime's int8 kernel is slower there)"}
+                   "cpu": ""}
 SMALL_CHANNELS = 4
 
 
 def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
-    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
+    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such); the
+    ``cpu`` target decides its small-channel convs by timing (:func:`_faster_in_float`)."""
     graph = Graph(model)
     out = []
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
-        small = node.op_type == "Conv" and len(w) > 1 and w[1] * _group(node) <= SMALL_CHANNELS
-        if small or (node.op_type == "Gemm" and target == "tensorrt"):
+        if target == "tensorrt" and (node.op_type == "Gemm" or _small_channel(node, w)):
             out.append(node.name)
     return out
+
+
+def _small_channel(node, dims) -> bool:
+    return node.op_type == "Conv" and len(dims) > 1 and dims[1] * _group(node) <= SMALL_CHANNELS
+
+
+def _faster_in_float(model: onnx.ModelProto, ranges: dict, spec: InputSpec, batch: int | None,
+                     log) -> dict[str, str]:
+    """``cpu``: the small-channel convs (a 3-channel stem), kept FP32 when ONNX Runtime runs the
+    whole all-INT8 model at least 5% faster that way. Measured, not assumed: MobileNetV1/V2's
+    3x3 stems run faster in float (0.37 vs 0.19 ms for V2's), ResNet's 7x7 and VGG's full-size
+    stems much slower."""
+    graph = Graph(model)
+    small = [n.name for n in linear_nodes(graph) if _small_channel(n, graph.inits[n.input[1]].dims)]
+    if not small:
+        return {}
+    int8 = q8.build_qdq(model, make_plan(model, "cpu"), ranges)
+    mixed = q8.build_qdq(model, make_plan(model, "cpu", set(small)), ranges)
+    timed = _ort_latency({"int8": int8, "float": mixed}, spec, batch)
+    faster = timed["float"] < 0.95 * timed["int8"]
+    log(f"calibration: {len(small)} small-channel conv(s) {'kept FP32' if faster else 'left INT8'}: "
+        f"the model runs {timed['float']:.2f} ms with them in float, {timed['int8']:.2f} ms in int8")
+    why = (f"small-channel conv: the model ran faster with it FP32 on ONNX Runtime "
+           f"({timed['float']:.2f} vs {timed['int8']:.2f} ms)")
+    return {name: why for name in small} if faster else {}
 
 
 def _group(node) -> int:
@@ -246,22 +274,29 @@ def _group(node) -> int:
 
 
 def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec,
-                 batch: int | None, runs: int = 60, rounds: int = 3) -> dict:
-    """Median batch latency of FP32 vs INT8 on ONNX Runtime CPU, in one process, in interleaved
-    rounds of consecutive runs. Alternating single runs measured each session while the other's
-    worker threads still spun: both ran about 2x slow and the ratio swung (1.25-1.70x for one model
-    that measures 1.75x in rounds)."""
+                 batch: int | None) -> dict:
+    """FP32 vs INT8 median batch latency on ONNX Runtime CPU (:func:`_ort_latency`)."""
+    timed = _ort_latency({"fp32": fp32, "int8": qmodel}, spec, batch)
+    fp, iq = timed["fp32"], timed["int8"]
+    return {"batch": batch or 1, "threads": 2, "runs": timed["runs"], "rounds": timed["rounds"],
+            "fp32_ms": round(fp, 3), "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
+
+
+def _ort_latency(models: dict[str, onnx.ModelProto], spec: InputSpec, batch: int | None,
+                 runs: int = 60, rounds: int = 3) -> dict:
+    """Median batch latency (ms) of each model on ONNX Runtime CPU, 2 threads, in one process, in
+    interleaved rounds of consecutive runs. Alternating single runs measured each session while
+    the other's worker threads still spun: both ran about 2x slow and the ratio swung (1.25-1.70x
+    for one model that measures 1.75x in rounds)."""
     from ..latency import benchmark
 
     b = batch or 1
     x = np.random.default_rng(0).standard_normal((b, spec.channels, *spec.size)).astype(np.float32)
-    sessions = {"fp32": q8.make_session(fp32, threads=2), "int8": q8.make_session(qmodel, threads=2)}
-    name = sessions["fp32"].get_inputs()[0].name
-    runners = {key: (lambda batch, s=sess: s.run(None, {name: batch})) for key, sess in sessions.items()}
+    sessions = {key: q8.make_session(m, threads=2) for key, m in models.items()}
+    runners = {key: (lambda arr, s=sess: s.run(None, {s.get_inputs()[0].name: arr}))
+               for key, sess in sessions.items()}
     stats = benchmark(runners, {b: x}, warmup=5, runs=runs, rounds=rounds, retries=0)
-    fp, iq = stats["fp32"][b].p50_ms, stats["int8"][b].p50_ms
-    return {"batch": b, "threads": 2, "runs": runs, "rounds": rounds, "fp32_ms": round(fp, 3),
-            "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
+    return {**{key: stats[key][b].p50_ms for key in models}, "runs": runs, "rounds": rounds}
 
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,

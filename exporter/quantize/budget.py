@@ -30,7 +30,9 @@ from .placement import plan as make_plan
 DEFAULT_DROP = 1.0
 DEFAULT_AGREEMENT = 0.95
 MAX_KEPT_FRACTION = 0.25
-MIN_SPEEDUP = 1.0  # cpu: a budget model slower than FP32 is refused (issue 9)
+# cpu: a budget model with kept layers must run at least this much faster than FP32 as measured
+# (a margin for the timing's noise: one model timed 1.05x in the loop ran 0.95x in the benchmark)
+MIN_SPEEDUP = 1.1
 SENSITIVITY_SAMPLES = 128  # calibration samples (x2 with flips) the ranking is measured on
 
 
@@ -174,7 +176,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
     weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
     target: INT8 vs FP32 latency) times a model that meets the criterion with layers kept; one
-    slower than FP32 is refused (more kept layers would only be slower)."""
+    under ``MIN_SPEEDUP`` x FP32 is refused (more kept layers would only be slower)."""
     ref = q8.run(fp32, x_eval)
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
