@@ -98,19 +98,3 @@ def test_cpu_budget_refuses_a_model_slower_than_fp32(speedup):
     assert result.measurement.ok and len(timed) == 1
     assert result.history[-1]["int8_vs_fp32"] == speedup and len(result.kept) >= 1
 
-
-def test_small_channel_stem_choice_is_timed_and_resnet18_keeps_its_7x7_stem_int8():
-    """The ``cpu`` target times its small-channel convs both ways; ResNet-18's 7x7 stem runs far
-    faster as QLinearConv (2.6x vs 1.8x FP32 for the model, measured), so it stays INT8."""
-    from exporter.quantize import _faster_in_float
-
-    recipe = RECIPES["resnet18"]
-    path, spec = fp32_onnx(recipe)
-    model = onnx.load(str(path))
-    ensure_node_names(model)
-    ranges = compute_ranges(collect_statistics(model, packaged_crops(spec, 4, seed=0).array), "minmax")
-    said = []
-    assert _faster_in_float(model, ranges, spec, None, said.append) == {}
-    assert len(said) == 1 and "1 small-channel conv(s) left INT8" in said[0], said
-    float_ms, int8_ms = (float(v) for v in __import__("re").findall(r"([\d.]+) ms", said[0]))
-    assert int8_ms < float_ms, said

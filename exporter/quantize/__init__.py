@@ -111,9 +111,6 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
     rule_kept = default_exclusions(model, target)
     rule_why = {n: EXCLUSION_RULES[target] for n in rule_kept}
-    if target == "cpu" and speed_guard:  # ONNX Runtime will run it: time the choice
-        rule_why.update(_faster_in_float(model, ranges, spec, batch, log))
-        rule_kept = list(rule_why)
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     searched = None
     if range_search:
@@ -226,15 +223,15 @@ def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how:
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and
 # lose accuracy; a batch-1 classifier GEMM is a GEMV, memory-bound, where INT8 buys no speed.
-# On ONNX Runtime CPU it depends on the model (``_faster_in_float``); its int8 GEMM is the faster one.
+# On ONNX Runtime CPU no rule: a float stem was faster for MobileNetV2 in one profile and slower in
+# in-process timings, slower for ResNet/VGG (benchmarks/INT8_RESULTS.md, reading).
 EXCLUSION_RULES = {"tensorrt": "small-channel conv / classifier GEMM stays fp16 (ModelOpt's rule)",
                    "cpu": ""}
 SMALL_CHANNELS = 4
 
 
 def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
-    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such); the
-    ``cpu`` target decides its small-channel convs by timing (:func:`_faster_in_float`)."""
+    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
     graph = Graph(model)
     out = []
     for node in linear_nodes(graph):
@@ -246,27 +243,6 @@ def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
 
 def _small_channel(node, dims) -> bool:
     return node.op_type == "Conv" and len(dims) > 1 and dims[1] * _group(node) <= SMALL_CHANNELS
-
-
-def _faster_in_float(model: onnx.ModelProto, ranges: dict, spec: InputSpec, batch: int | None,
-                     log) -> dict[str, str]:
-    """``cpu``: the small-channel convs (a 3-channel stem), kept FP32 when ONNX Runtime runs the
-    whole all-INT8 model at least 5% faster that way. Measured, not assumed: MobileNetV1/V2's
-    3x3 stems run faster in float (0.37 vs 0.19 ms for V2's), ResNet's 7x7 and VGG's full-size
-    stems much slower."""
-    graph = Graph(model)
-    small = [n.name for n in linear_nodes(graph) if _small_channel(n, graph.inits[n.input[1]].dims)]
-    if not small:
-        return {}
-    int8 = q8.build_qdq(model, make_plan(model, "cpu"), ranges)
-    mixed = q8.build_qdq(model, make_plan(model, "cpu", set(small)), ranges)
-    timed = _ort_latency({"int8": int8, "float": mixed}, spec, batch)
-    faster = timed["float"] < 0.95 * timed["int8"]
-    log(f"calibration: {len(small)} small-channel conv(s) {'kept FP32' if faster else 'left INT8'}: "
-        f"the model runs {timed['float']:.2f} ms with them in float, {timed['int8']:.2f} ms in int8")
-    why = (f"small-channel conv: the model ran faster with it FP32 on ONNX Runtime "
-           f"({timed['float']:.2f} vs {timed['int8']:.2f} ms)")
-    return {name: why for name in small} if faster else {}
 
 
 def _group(node) -> int:
