@@ -110,7 +110,6 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         cached = {"ranges": {k: list(v) for k, v in ranges.items()}, "bias": {}}
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
     rule_kept = default_exclusions(model, target)
-    rule_why = {n: EXCLUSION_RULES[target] for n in rule_kept}
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     searched = None
     if range_search:
@@ -139,16 +138,17 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                                 speed=(lambda m: _cpu_latency(fp32_model, m, spec, batch))
                                 if target == "cpu" and speed_guard else None)
         qmodel, kept, measurement = result.model, result.kept, result.measurement
-        history, ranking = result.history, result.sensitivity
+        history, ranking, latency = result.history, result.sensitivity, result.latency
     else:
-        kept = kept_base
+        kept, latency = kept_base, None
         qmodel = q8.build_qdq(model, make_plan(model, target, set(kept)), ranges, bias, weights=weights)
         measurement = bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval), labels, criterion)
         history, ranking = [], []
     final_plan = make_plan(model, target, set(kept))
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     int8_convs = [n for n in final_plan.quantized if n in convs]
-    latency = _cpu_latency(fp32_model, qmodel, spec, batch) if target == "cpu" else None
+    if target == "cpu" and latency is None:  # the speed guard's timing, when it timed this model
+        latency = _cpu_latency(fp32_model, qmodel, spec, batch)
     if latency:
         log(f"int8 latency on ONNX Runtime CPU, batch {latency['batch']}: {latency['int8_ms']:.2f} ms "
             f"vs FP32 {latency['fp32_ms']:.2f} ms ({latency['speedup']:.2f}x)")
@@ -171,7 +171,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
         "float_out_layers": final_plan.float_out,
-        "kept_by_rule": rule_why,
+        "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
         "kept_layers_precision": q8.kept_precision(target),
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
@@ -232,17 +232,16 @@ SMALL_CHANNELS = 4
 
 def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
     """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
+    if target != "tensorrt":
+        return []
     graph = Graph(model)
     out = []
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
-        if target == "tensorrt" and (node.op_type == "Gemm" or _small_channel(node, w)):
+        if node.op_type == "Gemm" or (node.op_type == "Conv" and len(w) > 1 and
+                                      w[1] * _group(node) <= SMALL_CHANNELS):
             out.append(node.name)
     return out
-
-
-def _small_channel(node, dims) -> bool:
-    return node.op_type == "Conv" and len(dims) > 1 and dims[1] * _group(node) <= SMALL_CHANNELS
 
 
 def _group(node) -> int:
@@ -250,29 +249,22 @@ def _group(node) -> int:
 
 
 def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec,
-                 batch: int | None) -> dict:
-    """FP32 vs INT8 median batch latency on ONNX Runtime CPU (:func:`_ort_latency`)."""
-    timed = _ort_latency({"fp32": fp32, "int8": qmodel}, spec, batch)
-    fp, iq = timed["fp32"], timed["int8"]
-    return {"batch": batch or 1, "threads": 2, "runs": timed["runs"], "rounds": timed["rounds"],
-            "fp32_ms": round(fp, 3), "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
-
-
-def _ort_latency(models: dict[str, onnx.ModelProto], spec: InputSpec, batch: int | None,
-                 runs: int = 60, rounds: int = 3) -> dict:
-    """Median batch latency (ms) of each model on ONNX Runtime CPU, 2 threads, in one process, in
-    interleaved rounds of consecutive runs. Alternating single runs measured each session while
-    the other's worker threads still spun: both ran about 2x slow and the ratio swung (1.25-1.70x
-    for one model that measures 1.75x in rounds)."""
+                 batch: int | None, runs: int = 60, rounds: int = 3) -> dict:
+    """Median batch latency of FP32 vs INT8 on ONNX Runtime CPU, in one process, in interleaved
+    rounds of consecutive runs. Alternating single runs measured each session while the other's
+    worker threads still spun: both ran about 2x slow and the ratio swung (1.25-1.70x for one model
+    that measures 1.75x in rounds)."""
     from ..latency import benchmark
 
     b = batch or 1
     x = np.random.default_rng(0).standard_normal((b, spec.channels, *spec.size)).astype(np.float32)
-    sessions = {key: q8.make_session(m, threads=2) for key, m in models.items()}
-    runners = {key: (lambda arr, s=sess: s.run(None, {s.get_inputs()[0].name: arr}))
-               for key, sess in sessions.items()}
+    sessions = {"fp32": q8.make_session(fp32, threads=2), "int8": q8.make_session(qmodel, threads=2)}
+    name = sessions["fp32"].get_inputs()[0].name
+    runners = {key: (lambda arr, s=sess: s.run(None, {name: arr})) for key, sess in sessions.items()}
     stats = benchmark(runners, {b: x}, warmup=5, runs=runs, rounds=rounds, retries=0)
-    return {**{key: stats[key][b].p50_ms for key in models}, "runs": runs, "rounds": rounds}
+    fp, iq = stats["fp32"][b].p50_ms, stats["int8"][b].p50_ms
+    return {"batch": b, "threads": 2, "runs": runs, "rounds": rounds, "fp32_ms": round(fp, 3),
+            "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
 
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,

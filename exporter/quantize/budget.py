@@ -164,6 +164,7 @@ class BudgetResult:
     measurement: Measurement
     history: list[dict] = field(default_factory=list)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    latency: dict | None = None  # ``speed``'s timing of ``model``, when it was timed
 
 
 def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_eval: np.ndarray,
@@ -183,6 +184,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     base = list(force_kept or [])
     max_kept = int(math.floor(max_kept_fraction * len(convs)))
     history: list[dict] = []
+    timed: list[dict] = []  # speed's timing of the last model that met the criterion
 
     def attempt(kept_now: list[str]) -> tuple[onnx.ModelProto, Measurement]:
         model = q8.build_qdq(fp32, make_plan(fp32, target, set(kept_now)), ranges, bias,
@@ -194,6 +196,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
             f"[{'met' if result.ok else 'not met'}: {criterion.describe()}]")
         if result.ok and speed is not None and len(kept_now) > len(base):
             latency = speed(model)
+            timed.append(latency)
             history[-1]["int8_vs_fp32"] = latency["speedup"]
             log(f"int8 budget: {len(kept_now)} layer(s) out of int8 run at {latency['speedup']:.2f}x FP32")
             if latency["speedup"] < MIN_SPEEDUP:
@@ -215,7 +218,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     cap = _largest_prefix(fp32, base, ranked, max_kept)  # the cap itself is the last group tried
     k, model, result, met = climb(ranked, cap, lambda prefix: attempt(base + prefix), result)
     if met:
-        return BudgetResult(model, base + ranked[:k], result, history, ranking)
+        return BudgetResult(model, base + ranked[:k], result, history, ranking,
+                            timed[-1] if timed else None)
     raise refusal(criterion, result, len(base) + k, max_kept, len(convs), max_kept_fraction)
 
 
