@@ -9,13 +9,16 @@ search and optimisation; judged on 200 other crops (seed 1) by top-1 agreement w
 (the base), activation-range equalization into depthwise consumers (``eq``, quantize/equalize.py),
 zero-centred int8 ReLU outputs read by 1x1 convs (``shift``, quantize/shift.py; signed
 placements only), bias correction (``bc``), activation range search against the consumers' output error
-(``search``), AdaRound weight rounding (``adaround``), GPTQ weight rounding (``gptq``, quantize/gptq.py). Beside top-1 agreement, the mean KL of the
+(``search``), AdaRound weight rounding (``adaround``), GPTQ weight rounding (``gptq``, quantize/gptq.py), the exact floor/ceil search of depthwise convs
+(``exact``, quantize/gptq.py). ``wonly``: weights only, no activation Q/DQ (where the weights' own
+error is seen). Beside top-1 agreement, the mean KL of the
 softmax against FP32 on the same crops: a smoother measure than top-1 on 200 samples. Seconds are wall time of the lever on this
 machine (2 shared cores), measured in this run.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -47,7 +50,7 @@ from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
 CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift", "search+bc",
            "eq+search+bc", "mse+bc",
            "adaround+bc", "search+adaround", "search+adaround+bc", "eq+search+gptq",
-           "eq+search+gptq+bc"]
+           "eq+search+gptq+bc", "eq+search+exact", "eq+search+exact+bc"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -102,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             base, rng0 = (eq_model, eq_ranges) if use_eq else (fp32, ranges)
             tag = "eq:" if use_eq else ""
             plan = make_plan(base, target)
+            if "wonly" in levers:  # weights only: no activation Q/DQ, so the walk sees float inputs
+                plan = copy.deepcopy(plan)
+                plan.edges, plan.signed = {}, True  # (a float bias: the cpu int32 bias needs an input scale)
             spent = secs["mse"] + (secs["eq"] if use_eq else 0.0)
             rng = rng0
             if "search" in levers:
                 rng = timed(tag + "search", lambda: search_ranges(base, plan, rng0, x_cal))
                 spent += secs[f"{target}:{tag}search"]
+            tag += "wonly:" if "wonly" in levers else ""
             weights, key = None, tag + "adaround" + (":search" if "search" in levers else "")
             if "adaround" in levers:
                 weights = timed(key, lambda: optimize_weights(base, plan, rng, x_cal, iters=args.iters))
@@ -114,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             if "gptq" in levers:
                 key = tag + "gptq" + (":search" if "search" in levers else "")
                 weights = timed(key, lambda: round_weights(base, plan, rng, x_cal))
+                spent += secs[f"{target}:{key}"]
+            if "exact" in levers:
+                key = tag + "exact" + (":search" if "search" in levers else "")
+                weights = timed(key, lambda: round_weights(base, plan, rng, x_cal, mode="exact"))
                 spent += secs[f"{target}:{key}"]
             bias = None
             if "bc" in levers:

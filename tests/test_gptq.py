@@ -12,7 +12,7 @@ from onnx import TensorProto, numpy_helper
 
 from exporter.quantize import int8 as q8
 from exporter.quantize.calibration import collect_statistics, compute_ranges
-from exporter.quantize.gptq import gptq_matrix, round_weights
+from exporter.quantize.gptq import EXACT_MAX_K, exact_matrix, gptq_matrix, round_weights
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from exporter.quantize.reconstruct import apply
 from test_equalize import mobile_block
@@ -61,6 +61,27 @@ def _row_mse(x, w, scale, floor, o, bits) -> torch.Tensor:
     return (((x[:, 0] @ (scale[0, o] * q - w[0, o])) ** 2).mean())
 
 
+def test_exact_rounding_is_the_brute_force_optimum():
+    x, w, scale = _problem(groups=3, out=2, k=EXACT_MAX_K, seed=3)
+    q = exact_matrix(w, scale, x)
+    xs = x
+    floor = torch.floor(w / scale)
+    for g, o in itertools.product(range(3), range(2)):  # every floor/ceil choice of the 9 weights
+        costs = {bits: float(_row_mse(xs[:, g:g + 1], w[g:g + 1], scale[g:g + 1], floor[g:g + 1], o, bits))
+                 for bits in itertools.product((0, 1), repeat=EXACT_MAX_K)}
+        best = min(costs, key=costs.get)
+        assert torch.equal(q[g, o], floor[g, o] + torch.tensor(best, dtype=torch.float32)), (g, o)
+    nearest = torch.clamp(torch.round(w / scale), -127, 127)
+    assert _mse(xs, w, scale, q) < 0.75 * _mse(xs, w, scale, nearest)
+    assert _mse(xs, w, scale, q) <= _mse(xs, w, scale, gptq_matrix(w, scale, x)) * (1 + 1e-6)
+
+
+def test_exact_rounding_refuses_a_wide_layer():
+    x, w, scale = _problem(groups=1, out=2, k=EXACT_MAX_K + 1)
+    with pytest.raises(ValueError, match="k=10"):
+        exact_matrix(w, scale, x)
+
+
 def test_depthwise_groups_are_solved_independently():
     x, w, scale = _problem(groups=8, out=1, k=9, seed=1)
     together = gptq_matrix(w, scale, x)
@@ -85,8 +106,8 @@ def test_rounded_layers_have_lower_output_error_and_the_model_is_no_worse(target
     weights = round_weights(model, plan, ranges, x_cal, report=report)
     assert set(report) == set(plan.quantized) and weights  # every int8 layer tried, some improved
     for name, q in weights.items():
-        assert q.dtype == np.int8 and report[name]["mse_gptq"] < report[name]["mse_nearest"]
-    assert min(r["mse_gptq"] / r["mse_nearest"] for r in report.values()) < 0.8, report
+        assert q.dtype == np.int8 and report[name]["mse_rounded"] < report[name]["mse_nearest"]
+    assert min(r["mse_rounded"] / r["mse_nearest"] for r in report.values()) < 0.8, report
     ref = q8.run(model, x_test)
 
     def error(w):
@@ -97,7 +118,7 @@ def test_rounded_layers_have_lower_output_error_and_the_model_is_no_worse(target
     assert error(weights) < 1.01 * error(None), (error(weights), error(None))
 
 
-def test_quantize_stage_rounds_by_gptq_when_asked(tmp_path):
+def test_quantize_stage_rounds_by_gptq_or_exact_when_asked(tmp_path):
     """Opt-in through the stage: the manifest names it, and the written int8 weights differ from
     round-to-nearest for the layers it reports."""
     from exporter.quantize import quantize_stage
@@ -107,14 +128,19 @@ def test_quantize_stage_rounds_by_gptq_when_asked(tmp_path):
     recipe = get_recipe("mobilenet_v2")
     path, spec = fp32_onnx(recipe, size=recipe.input.test_size)
     runs = {}
-    for how in ("gptq", "nearest"):
+    for how in ("gptq", "exact", "nearest"):
         entry = quantize_stage(path, tmp_path / how, recipe, spec, "int8", calibration="packaged",
                                samples=8, target="tensorrt", budget=False, weight_rounding=how)
         model = onnx.load(str(tmp_path / how / entry["file"]))
         runs[how] = (entry["details"]["weight_rounding"],
                      {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8})
-    (gptq, w_gptq), (nearest, w_near) = runs["gptq"], runs["nearest"]
+    (gptq, w_gptq), (exact, w_exact), (nearest, w_near) = runs["gptq"], runs["exact"], runs["nearest"]
     assert nearest == {"method": "nearest", "layers": 0}
     assert gptq["method"] == "gptq" and gptq["layers"] > 10, gptq
     changed = [k for k in w_near if not np.array_equal(w_near[k], w_gptq[k])]
     assert len(changed) == gptq["layers"], (len(changed), gptq)
+    # exact: only the 3x3 depthwise convs (17 in MobileNetV2), the same choice as gptq mode makes there
+    depthwise = [k for k, v in w_near.items() if v.ndim == 4 and v.shape[1] == 1 and v.shape[2:] == (3, 3)]
+    assert exact["method"] == "exact" and 5 < exact["layers"] <= len(depthwise) == 17, exact
+    changed = [k for k in w_near if not np.array_equal(w_near[k], w_exact[k])]
+    assert len(changed) == exact["layers"] and set(changed) <= set(depthwise), changed

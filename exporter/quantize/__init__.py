@@ -27,7 +27,7 @@ from .samples import Scratch
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
-WEIGHT_ROUNDING = ("gptq", "nearest")  # gptq: quantize/gptq.py; nearest: round-to-nearest
+WEIGHT_ROUNDING = ("exact", "gptq", "nearest")  # quantize/gptq.py; nearest: round-to-nearest
 PRECISIONS = ("fp16", "int8")
 
 __all__ = ["quantize_stage", "DEFAULT_METHOD", "TARGETS", "PRECISIONS"]
@@ -114,10 +114,10 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     searched = None
     if range_search:
         ranges, searched = _searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
-    weights, rounding = _rounded_weights(model, target, set(rule_kept), ranges, data, weight_rounding,
-                                         seed, log)
     if bias_correction is None:  # measured (benchmarks/INT8_LEVERS.md): helps cpu, not tensorrt
         bias_correction = target == "cpu"
+    weights, rounding = _rounded_weights(model, target, set(rule_kept), ranges, data, weight_rounding,
+                                         seed, log)
     bias: dict = {}
     if bias_correction:
         bias_key = target if rounding == "nearest" else f"{target}:{rounding}"  # bias follows the weights
@@ -206,19 +206,20 @@ def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cach
 
 def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
                      log) -> tuple[dict, str]:
-    """({layer: int8 weight}, what was done): GPTQ's rounding, or round-to-nearest when asked or
-    when the graph has an op the reconstruction walk cannot run."""
+    """({layer: int8 weight}, what was done): the exact search of depthwise convs (``exact``; with
+    GPTQ for the other layers: ``gptq``), or round-to-nearest when asked or when the graph has an op
+    the reconstruction walk cannot run."""
     if how == "nearest":
         return {}, "nearest"
     from .gptq import round_weights
 
-    log("calibration: GPTQ weight rounding")
+    log(f"calibration: {how} weight rounding")
     try:
         return round_weights(model, make_plan(model, target, excluded), ranges, data.array,
-                             seed=seed, log=log), "gptq"
+                             mode=how, seed=seed, log=log), how
     except PrecisionError as err:
-        log(f"calibration: GPTQ skipped ({err.message}); round-to-nearest weights")
-        return {}, f"nearest (GPTQ skipped: {err.message})"
+        log(f"calibration: {how} rounding skipped ({err.message}); round-to-nearest weights")
+        return {}, f"nearest ({how} rounding skipped: {err.message})"
 
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and

@@ -1,4 +1,5 @@
-"""GPTQ weight rounding (Frantar et al. 2022) for the int8 Conv/Gemm layers of a Q/DQ plan.
+"""Output-aware weight rounding for the int8 Conv/Gemm layers of a Q/DQ plan: GPTQ (Frantar et al.
+2022), and an exact search for layers with at most ``EXACT_MAX_K`` inputs per output (3x3 depthwise).
 
 Per layer, in topological order, on the layer's input as the quantized model sees it (every
 upstream layer already quantized, :func:`.reconstruct.walk`): the per-channel scales stay
@@ -8,6 +9,12 @@ rounded through the inverse Hessian ``(X^T X)^-1`` of the layer's sampled input 
 layer's output ``W x`` moves as little as possible. A depthwise conv is one 9-column problem per
 channel, all solved at once. A layer whose result does not lower the output error on its samples
 keeps round-to-nearest.
+
+A matrix with ``k <= EXACT_MAX_K`` columns (a depthwise 3x3 conv: 9) needs no greedy order: all
+``2**k`` floor/ceil choices of each output channel are scored by ``e^T H e`` (``e`` the rounding
+error, ``H`` the input's second moment) and the best is kept: the layer-local optimum among the
+neighbouring grid points. (Scoring on the covariance instead, since bias correction removes the
+mean error, measured worse: benchmarks/INT8_EXACT.md.)
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ from .reconstruct import Site, apply, output_mse, patches, positions_for, sample
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added to it (keeps the inverse stable)
 POSITIONS = 8192
 BLOCK = 128
+EXACT_MAX_K = 9  # 2**9 = 512 candidates per output channel
+MODES = ("gptq", "exact")  # exact: the exact search where k <= EXACT_MAX_K, nearest elsewhere
 
 
 def gptq_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
@@ -62,11 +71,37 @@ def gptq_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
     return torch.gather(q, 2, inverse[:, None, :].expand(*q.shape))
 
 
+def exact_matrix(w: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Int8 weights ``[G, O, K]`` (as float, ``K <= EXACT_MAX_K``) minimising
+    ``(q*s - w) H (q*s - w)^T`` per output channel over every floor/ceil choice of its K weights.
+
+    ``x`` input patches ``[P, G, K]``; ``H`` their second moment.
+    """
+    k = w.shape[-1]
+    if k > EXACT_MAX_K:
+        raise ValueError(f"exact rounding enumerates 2**k choices; k={k} > {EXACT_MAX_K}")
+    xg = x.double().permute(1, 2, 0)  # [G, K, P]
+    hessian = torch.bmm(xg, xg.transpose(1, 2)) / max(x.shape[0], 1)  # [G, K, K]
+    bits = ((torch.arange(2 ** k)[:, None] >> torch.arange(k)) & 1).double()  # [M, K]
+    s = scale.double()  # [G, O, 1]
+    low = torch.floor(w.double() / s)
+    cand = torch.clamp(low[:, :, None, :] + bits, -127, 127)  # [G, O, M, K]
+    err = cand * s[..., None] - w.double()[:, :, None, :]
+    cost = torch.einsum("gomk,gkl,goml->gom", err, hessian, err)
+    best = cost.argmin(dim=-1)  # [G, O]
+    return torch.gather(cand, 2, best[:, :, None, None].expand(-1, -1, 1, k))[:, :, 0].float()
+
+
 def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
-                  seed: int = 0, log: Callable[[str], None] | None = None,
+                  mode: str = "gptq", seed: int = 0,
+                  log: Callable[[str], None] | None = None,
                   report: dict | None = None) -> dict[str, np.ndarray]:
-    """{int8 Conv/Gemm name: int8 weight (ONNX layout)} rounded by GPTQ on ``data``; layers where
-    it does not lower the output error keep round-to-nearest (and are left out of the dict)."""
+    """{int8 Conv/Gemm name: int8 weight (ONNX layout)} rounded on ``data``: the exact search
+    where a layer has at most ``EXACT_MAX_K`` inputs per output, elsewhere GPTQ (``mode="gptq"``)
+    or nothing (``mode="exact"``). Layers where it does not lower the output error keep
+    round-to-nearest (and are left out of the dict)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; use one of {MODES}")
     log = log or (lambda msg: None)
     out: dict[str, np.ndarray] = {}
     t0 = time.time()
@@ -74,6 +109,9 @@ def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndar
 
     def on_linear(site: Site):
         layer = site.layer
+        small = layer.to_matrix(layer.weight).shape[-1] <= EXACT_MAX_K
+        if mode == "exact" and not small:
+            return None
         gen = torch.Generator().manual_seed(seed + len(tried))
         tried.append(layer.name)
         pos = sample_positions(tuple(site.y_fp32.shape),
@@ -81,13 +119,14 @@ def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndar
         with torch.no_grad():
             x = patches(layer, site.x, pos)
             w, scale = layer.to_matrix(layer.weight), layer.scales()
-            ref = apply(x, w, None)  # the float weight on the same (quantized) input
             nearest = torch.clamp(torch.round(w / scale), -127, 127)
-            rounded = gptq_matrix(w, scale, x)
+            ref = apply(x, w, None)  # the float weight on the same (quantized) input
+            rounded = exact_matrix(w, scale, x) if small else gptq_matrix(w, scale, x)
             before = output_mse(x, scale * nearest, None, ref)
             after = output_mse(x, scale * rounded, None, ref)
         if report is not None:
-            report[layer.name] = {"mse_nearest": before, "mse_gptq": after}
+            report[layer.name] = {"mse_nearest": before, "mse_rounded": after,
+                                  "method": "exact" if small else "gptq"}
         if not after < before:
             return None
         out[layer.name] = layer.from_matrix(rounded).astype(np.int8)
@@ -95,9 +134,10 @@ def round_weights(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndar
 
     with single_thread():
         walk(fp32, plan, dict(ranges), data, on_linear=on_linear)
-    log(f"calibration: GPTQ weight rounding lowered the output error of {len(out)} of "
+    what = "exact/GPTQ" if mode == "gptq" else "exact"
+    log(f"calibration: {what} weight rounding lowered the output error of {len(out)} of "
         f"{len(tried)} int8 layer(s) ({time.time() - t0:.0f} s)")
     return out
 
 
-__all__ = ["gptq_matrix", "round_weights"]
+__all__ = ["EXACT_MAX_K", "exact_matrix", "gptq_matrix", "round_weights"]
