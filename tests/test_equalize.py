@@ -108,3 +108,30 @@ def test_min_leaves_the_qdq_graph_only_under_a_saturating_quantizer():
     wide = dict(ranges)
     wide["r0"] = (0.0, 9.0, 9.0)
     assert "Min" in ops(q8.build_qdq(out, make_plan(out, "tensorrt"), wide))
+
+
+def test_a_pair_kept_in_fp32_gets_its_clip_and_weights_back():
+    """Equalization only serves an int8 activation. Where the budget keeps producer and depthwise
+    consumer in FP32, the unfused Min would cost a pass over the tensor: the pair is restored."""
+    model, x = mobile_block(), images(48, 1)
+    out, _ = eq.equalize(model, x)
+    restored = onnx.ModelProto()
+    restored.CopyFrom(out)
+    assert eq.restore_float_pairs(restored) == 1
+    assert [n.op_type for n in restored.graph.node][:3] == ["Conv", "Clip", "Conv"]
+    inits = lambda m: {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+    orig, back = inits(model), inits(restored)
+    for name in ("w0", "b0", "w1"):  # the scaled weights are the original ones again
+        assert np.allclose(back[name], orig[name], rtol=1e-6, atol=1e-9), name
+    clip = restored.graph.node[1]
+    assert [float(back[t]) for t in clip.input[1:]] == [0.0, 6.0]
+    x_test = images(16, 2)
+    ref = q8.run(model, x_test)
+    assert np.abs(q8.run(restored, x_test) - ref).max() <= 1e-5 * np.abs(ref).max()
+    # through the cpu build: stem and depthwise kept, so no Min is left and the stem is the original
+    ranges = compute_ranges(collect_statistics(out, x), "mse")
+    kept = q8.build_qdq(out, make_plan(out, "cpu", {"stem", "dw1"}), ranges)
+    assert "Min" not in [n.op_type for n in kept.graph.node]
+    assert np.allclose(inits(kept)["w0"], orig["w0"], rtol=1e-6, atol=1e-9)
+    # a depthwise consumer still in int8 reads a Q/DQ'd tensor: that pair stays equalized
+    assert eq.restore_float_pairs(q8.build_qdq(out, make_plan(out, "cpu", {"stem"}), ranges)) == 0

@@ -13,7 +13,9 @@ ReLU is positively homogeneous, so the scaled graph is exact. ReLU6 is not: its 
 becomes ``Relu`` then ``Min`` with the per-channel bound ``6 * s_i``, exact in FP32. When a
 QuantizeLinear reads that ``Min`` and saturates at or below every bound, the ``Min`` changes
 nothing and :func:`drop_redundant_min` removes it from the Q/DQ graph, so TensorRT and ONNX
-Runtime fuse Conv + ReLU + Q as before.
+Runtime fuse Conv + ReLU + Q as before. Where the accuracy budget keeps a pair in FP32 (no Q reads
+the ``Min``), :func:`restore_float_pairs` undoes its scaling: there it buys nothing, and ONNX
+Runtime runs the ``Min`` as a separate pass over the tensor.
 """
 from __future__ import annotations
 
@@ -206,3 +208,60 @@ def _q_ceiling(graph: GraphIndex, q: onnx.NodeProto) -> float:
     zp_value = 0 if zp is None else int(zp)
     qmax = 255 if zp is None or zp.dtype == np.uint8 else 127  # no zero-point: uint8
     return float(scale) * (qmax - zp_value)
+
+
+def restore_float_pairs(model: onnx.ModelProto) -> int:
+    """Undo the equalization of each ReLU6 pair whose ``Min`` is read only by FP32 depthwise convs
+    and whose producer has FP32 weights (layers kept out of INT8): ``Relu`` + ``Min`` become the
+    original ``Clip(0, c)`` and both weights lose their per-channel scale, the same FP32 function.
+    ``c`` is the smallest bound: the widest channel's scale is 1. Returns how many were restored."""
+    lows = [n for n in model.graph.node if n.op_type == "Min" and n.name.endswith("_eq_Min")]
+    if not lows:
+        return 0
+    graph = GraphIndex(model)
+    restored = 0
+    for low in lows:
+        relu = graph.producer.get(low.input[0])
+        bound = graph.const(low.input[1])
+        if relu is None or relu.op_type != "Relu" or bound is None \
+                or len(graph.consumers.get(relu.output[0], [])) != 1:
+            continue
+        prod = graph.producer.get(relu.input[0])
+        users = graph.consumers.get(low.output[0], [])
+        if prod is None or prod.op_type != "Conv" or not _private_float(graph, prod) or not users \
+                or low.output[0] in graph.outputs \
+                or not all(slot == 0 and _depthwise(graph, node) and _private_float(graph, node)
+                           for node, slot in users):
+            continue
+        c = float(bound.min())
+        scale = (bound.reshape(-1) / c).astype(np.float32)
+        _rescale(graph, prod, 1, 1.0 / scale[:, None, None, None])
+        if len(prod.input) > 2 and prod.input[2]:
+            _rescale(graph, prod, 2, 1.0 / scale)
+        for node, _ in users:
+            _rescale(graph, node, 1, scale[:, None, None, None])
+        base = low.name[:-len("_eq_Min")]
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), f"{base}_lo"),
+                                        numpy_helper.from_array(np.array(c, np.float32), f"{base}_hi")])
+        clip = helper.make_node("Clip", [relu.input[0], f"{base}_lo", f"{base}_hi"], [low.output[0]],
+                                name=base)
+        nodes = model.graph.node
+        nodes.insert(list(nodes).index(relu), clip)
+        nodes.remove(relu)
+        nodes.remove(low)
+        restored += 1
+    return restored
+
+
+def _private_float(graph: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Weight (and bias) are FP32 initializers that no other node reads."""
+    names = [t for t in node.input[1:] if t]
+    return _const_weight(graph, node) and all(
+        graph.inits[t].data_type == onnx.TensorProto.FLOAT and len(graph.consumers.get(t, [])) == 1
+        for t in names)
+
+
+def _rescale(graph: GraphIndex, node: onnx.NodeProto, slot: int, factor: np.ndarray) -> None:
+    init = graph.inits[node.input[slot]]
+    init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * factor).astype(np.float32),
+                                          init.name))

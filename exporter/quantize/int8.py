@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION
 from .placement import Graph, Plan, weight_axis
-from .equalize import drop_redundant_min
+from .equalize import drop_redundant_min, restore_float_pairs
 from .shift import apply_shift, find_shifts
 
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
@@ -188,6 +188,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     g.initializer.extend(new_inits)
     g.node.extend(new_nodes)
     drop_redundant_min(model)
+    restore_float_pairs(model)
     _toposort(g)
     _drop_unused_initializers(g)
     return model
