@@ -40,12 +40,14 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
                    equalize: bool = True, weight_rounding: str | None = None,
-                   max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   range_tuning: bool = False, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    speed_guard: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``.
     ``speed_guard``: the ``cpu`` budget refuses a model with layers kept that ONNX Runtime runs
-    slower than FP32 (off for a runtime other than ONNX Runtime reading the Q/DQ graph)."""
+    slower than FP32 (off for a runtime other than ONNX Runtime reading the Q/DQ graph).
+    ``range_tuning``: tune the activation ranges end to end against the prediction's KL
+    (:mod:`.tune`; opt-in: benchmarks/INT8_TUNE.md)."""
     log = log or (lambda msg: None)
     fp32_onnx, out_dir = Path(fp32_onnx), Path(out_dir)
     if precision not in PRECISIONS:
@@ -70,15 +72,15 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                      min_agreement=min_agreement, bias_correction=bias_correction,
                      range_search=range_search, equalize=equalize, weight_rounding=weight_rounding,
-                     max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
-                     seed=seed, speed_guard=speed_guard)
+                     range_tuning=range_tuning, max_kept_fraction=max_kept_fraction,
+                     force_kept=force_kept, budget=budget, seed=seed, speed_guard=speed_guard)
     finally:
         scratch.close()
 
 
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
-          range_search, equalize, weight_rounding,
+          range_search, equalize, weight_rounding, range_tuning,
           max_kept_fraction, force_kept, budget, seed, speed_guard) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
@@ -129,6 +131,10 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
             cached["bias"][bias_key] = {k: v.tolist() for k, v in bias.items()}
         else:
             bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
+    tuned = None
+    if range_tuning:
+        ranges, tuned = _tuned_ranges(model, target, set(rule_kept), ranges, bias, weights, data, seed,
+                                      log)
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
     if budget:
@@ -164,7 +170,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "activations": "int8 symmetric, zero-point 0" if final_plan.signed else "uint8 asymmetric",
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
-        "bias_correction": bias_correction, "range_search": searched,
+        "bias_correction": bias_correction, "range_search": searched, "range_tuning": tuned,
         "weight_rounding": {"method": rounding, "layers": len(weights)},
         "equalization": {k: v for k, v in equalized.items() if k != "tensors"},
         "int8_convs": len(int8_convs), "convs": len(convs),
@@ -202,6 +208,23 @@ def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cach
     changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
     cached["searched"][target] = changed
     return found, "output-error search"
+
+
+def _tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, weights: dict, data,
+                  seed: int, log) -> tuple[dict, dict | str]:
+    """(ranges, report) after the end-to-end tuning (:mod:`.tune`); a graph the torch walk cannot
+    run keeps its ranges, and the report says why."""
+    from .tune import tune_ranges
+
+    log("calibration: tuning the activation ranges against the prediction's KL")
+    report: dict = {}
+    try:
+        tuned = tune_ranges(model, make_plan(model, target, excluded), ranges, data.array, bias,
+                            weights, seed=seed, log=log, report=report)
+    except PrecisionError as err:
+        log(f"calibration: range tuning skipped ({err.message}); ranges kept")
+        return ranges, f"skipped: {err.message}"
+    return tuned, report
 
 
 def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
