@@ -194,6 +194,9 @@ class Executor:
         self.nodes = list(g.node)
         self.elem_type = {t.name: t.data_type for t in g.initializer}
         self.consts = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in g.initializer}
+        for name, value in self.consts.items():  # fp16 values computed on in fp32, as the Casts are
+            if value.dtype == torch.float16:
+                self.consts[name] = value.float()
         for node in self.nodes:
             if node.op_type == "Constant":
                 value = _attrs(node)["value"]
@@ -204,11 +207,16 @@ class Executor:
         if unsupported:
             raise PrecisionError(f"the layer-wise reconstruction cannot run op(s) {unsupported}",
                                  fix="quantize without AdaRound / range search for this model")
+        self.outputs = [o.name for o in g.output]
+        self.fused = _fused_qdq(self.nodes)
+        self.reset(inputs)
+
+    def reset(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Start over on new ``inputs`` (the constants are kept)."""
         self.env = dict(inputs)
         self.pending = Counter(i for n in self.nodes for i in n.input if i)
-        for o in g.output:
-            self.pending[o.name] += 1
-        self.fused = _fused_qdq(self.nodes)
+        for name in self.outputs:
+            self.pending[name] += 1
         self.pos = 0
         self.executed: set[str] = set()
 

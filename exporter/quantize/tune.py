@@ -22,7 +22,7 @@ import torch
 
 from . import int8 as q8
 from .placement import Plan
-from .torch_exec import OPS, _attrs, _dequantize, _fused_qdq, _QRANGE
+from .torch_exec import _QRANGE, Executor
 
 STEPS = 160
 BATCH = 16
@@ -30,60 +30,32 @@ LEARNING_RATE = 5e-3
 
 
 class _Graph:
-    """The Q/DQ model as a differentiable torch function of its activation log-scales."""
+    """The Q/DQ model as a differentiable torch function of its activation log-scales: the
+    :class:`~.torch_exec.Executor` walk, with each tuned Q -> DQ pair run as a fake-quant whose
+    scale is ``base scale x exp(log-scale)``."""
 
     def __init__(self, qmodel: onnx.ModelProto, tunable: dict[str, str]):
-        from onnx import numpy_helper
-
-        g = qmodel.graph
-        self.nodes = list(g.node)
-        self.output = g.output[0].name
-        self.input = g.input[0].name
-        consts = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in g.initializer}
-        for key, value in consts.items():  # fp16 values computed on in fp32, as the Casts do
-            if value.dtype == torch.float16:
-                consts[key] = value.float()
-        elem = {t.name: t.data_type for t in g.initializer}
-        for node in self.nodes:
-            if node.op_type == "Constant":
-                value = _attrs(node)["value"]
-                consts[node.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(value)))
-                elem[node.output[0]] = value.data_type
-        self.fused = _fused_qdq(self.nodes)
-        self.tunable = {}  # Q node name -> (group key, base scale, zero-point, lo, hi)
-        for node in self.nodes:
-            if node.op_type == "QuantizeLinear" and node.name in tunable and node.output[0] in self.fused:
+        self.walk = Executor(qmodel, {})
+        self.input, self.output = qmodel.graph.input[0].name, qmodel.graph.output[0].name
+        consts, elem = self.walk.consts, self.walk.elem_type
+        self.tunable = {}  # Q node name -> (log-scale key, base scale, zero-point, lo, hi)
+        for node in self.walk.nodes:
+            if node.op_type == "QuantizeLinear" and node.name in tunable \
+                    and node.output[0] in self.walk.fused:
                 lo, hi = _QRANGE[elem[node.input[2]]]
                 self.tunable[node.name] = (tunable[node.name], float(consts[node.input[1]]),
                                            float(consts[node.input[2]]), lo, hi)
-        with torch.no_grad():  # fold everything computed from constants only (weights, biases)
-            for node in self.nodes:
-                if node.input and all(not i or i in consts for i in node.input) \
-                        and node.op_type == "DequantizeLinear":
-                    args = [consts[i] if i else None for i in node.input]
-                    consts[node.output[0]] = _dequantize(args[0], args[1],
-                                                         args[2] if len(args) > 2 else None,
-                                                         _attrs(node))
-        self.consts = consts
-        self.attrs = {n.name: _attrs(n) for n in self.nodes}
 
     def __call__(self, x: torch.Tensor, log_scale: dict[str, torch.Tensor]) -> torch.Tensor:
-        env = {self.input: x}
-        value = lambda name: env[name] if name in env else self.consts[name]  # noqa: E731
-        for node in self.nodes:
-            if node.output[0] in self.consts or node.op_type == "Constant":
-                continue
-            if node.op_type == "QuantizeLinear":
-                out = self._fake_quant(node, value(node.input[0]), log_scale)
-            elif node.op_type == "DequantizeLinear" and node.input[0] in self.fused:
-                out = value(node.input[0])
+        walk = self.walk
+        walk.reset({self.input: x})
+        while not walk.done():
+            node = walk.peek()
+            if node.op_type == "QuantizeLinear" and node.input[0] in walk.env:
+                walk.step(self._fake_quant(node, walk.value(node.input[0]), log_scale))
             else:
-                args = [value(i) if i else None for i in node.input]
-                while args and args[-1] is None:
-                    args.pop()
-                out = OPS[node.op_type](node, self.attrs[node.name], *args)
-            env[node.output[0]] = out
-        return env[self.output]
+                walk.step()
+        return walk.env[self.output]
 
     def _fake_quant(self, node, x, log_scale):
         if node.name not in self.tunable:
