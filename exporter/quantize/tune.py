@@ -95,7 +95,6 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     xt = torch.from_numpy(np.ascontiguousarray(x))
     opt = torch.optim.Adam(log_scale.values(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    before = after = None
     with torch.no_grad():
         before = float(_kl(ref_logp, _batched(graph, xt, log_scale)))
     for step in range(steps):
@@ -115,8 +114,9 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
             lo, hi, amax = ranges[k]
             out[k] = (lo * f, hi * f, amax * f)
     if report is not None:
-        report.update(kl_before=float(f"{before:.4g}"), kl_after=float(f"{after:.4g}"), kept=after < before,
-                      tensors=len(keys), steps=steps, seconds=round(time.time() - t0, 1),
+        report.update(kl_before=float(f"{before:.4g}"), kl_after=float(f"{after:.4g}"),
+                      applied=after < before, tensors=len(keys), steps=steps,
+                      seconds=round(time.time() - t0, 1),
                       factor_range=[round(min(factors.values()), 3), round(max(factors.values()), 3)])
     log(f"int8 tuning: calibration KL {before:.4f} -> {after:.4f} over {len(keys)} activation "
         f"ranges in {time.time() - t0:.0f} s")
