@@ -52,7 +52,7 @@ from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
 CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift", "search+bc",
            "eq+search+bc", "mse+bc",
            "adaround+bc", "search+adaround", "search+adaround+bc", "eq+search+gptq",
-           "eq+search+gptq+bc", "eq+search+exact", "eq+search+exact+bc", "eq+search+tune", "eq+search+bc+tune"]
+           "eq+search+gptq+bc", "eq+search+exact", "eq+search+exact+bc", "eq+search+tune", "eq+search+bc+tune", "eq+search+exact+bc+tune"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
