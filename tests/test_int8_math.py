@@ -128,6 +128,20 @@ def test_largest_prefix_stops_at_the_conv_cap():
     assert bud._largest_prefix(model, [], ranked, 9) == 4
 
 
+@pytest.mark.parametrize("kind,threshold,points_to_labels", [("agreement", 0.95, True),
+                                                              ("accuracy_drop", 1.0, False)])
+def test_refusal_names_its_numbers_and_the_levers(kind, threshold, points_to_labels):
+    """The refused budget says the cap, the best reached, and the way out; an agreement budget
+    also points to labelled judging images (agreement on near-ties is what usually fails)."""
+    metrics = {"top1_agreement": 0.925, "top1_agreement_ci95": (0.88, 0.954), "samples": 200}
+    err = bud.refusal(bud.Criterion(kind, threshold), bud.Measurement(metrics, False), 11, 13, 52, 0.25)
+    assert "at most 13 of the 52 convs" in err.message and "best (11 layer(s) out)" in err.message
+    assert "0.925 (95% CI 0.880-0.954, n=200)" in err.message
+    assert "--max-kept-fraction 0.5" in err.fix
+    assert ("--eval-images DIR with class subfolders" in err.fix) == points_to_labels
+    assert ("--min-agreement" in err.fix) == (kind == "agreement")
+
+
 def _folder(root, classes: dict[str, int]) -> None:
     for cls, count in classes.items():
         (root / cls).mkdir(parents=True)
