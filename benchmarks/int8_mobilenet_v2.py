@@ -198,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             q = ort_peer(path, cal, work, config)
             judge(f"onnxruntime quantize_static ({config})", run(onnx.load(str(q)), test), None,
                   time.time() - t)
-    if peers & {"nncf", "nncf-ac"}:
+    nncf_configs = (["defaults", "mixed"] if "nncf" in peers else []) + (
+        ["accuracy-control"] if "nncf-ac" in peers else [])
+    if nncf_configs:
         try:
-            for config in ("defaults", "mixed", "accuracy-control")[:2 if "nncf-ac" not in peers else 3]:
+            for config in nncf_configs:
                 t = time.time()
                 infer, convs = nncf_peer(path, cal, config, budget_set)
                 judge(f"OpenVINO NNCF ({NNCF_CONFIGS[config]})", infer(test), convs, time.time() - t)
