@@ -7,18 +7,12 @@ import pytest
 import torch
 
 from exporter.quantize import int8 as q8
+from exporter.quantize.budget import mean_kl
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from exporter.quantize.tune import _Graph, tune_ranges
 from test_equalize import mobile_block
 from test_gptq import smooth_images
-
-
-def channel_kl(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean KL of the softmax over axis 1 (the block's 4 output channels at every position)."""
-    ref_logp = torch.log_softmax(torch.from_numpy(ref).double(), 1)
-    logq = torch.log_softmax(torch.from_numpy(out).double(), 1)
-    return float((ref_logp.exp() * (ref_logp - logq)).sum(1).mean())
 
 
 @pytest.mark.parametrize("target,kept", [("cpu", set()), ("cpu", {"pw2"}), ("tensorrt", set()),
@@ -61,9 +55,9 @@ def test_tuning_recovers_ranges_twice_too_wide(target):
     assert all(tuned[k] == wide[k] for k in wide if k not in sources)  # only quantized tensors move
     shrunk = [tuned[k][2] / wide[k][2] for k in sources]
     assert np.median(shrunk) < 0.85, shrunk
-    ref = q8.run(model, x_test)
-    before = channel_kl(ref, q8.run(q8.build_qdq(model, plan, wide), x_test))
-    after = channel_kl(ref, q8.run(q8.build_qdq(model, plan, tuned), x_test))
+    ref = q8.run(model, x_test)  # KL of the softmax over the block's 4 channels at every position
+    before = mean_kl(ref, q8.run(q8.build_qdq(model, plan, wide), x_test))
+    after = mean_kl(ref, q8.run(q8.build_qdq(model, plan, tuned), x_test))
     assert after < 0.8 * before, (before, after)
 
 
