@@ -7,7 +7,8 @@ need edge-level control. Conventions follow what TensorRT and ORT accept:
 * activations: ``QuantizeLinear -> DequantizeLinear`` with a scalar scale; int8 zero-point 0
   (tensorrt) or uint8 asymmetric (cpu);
 * weights: stored int8 (range [-127, 127], symmetric, zero-point 0) per output channel, read
-  through a ``DequantizeLinear`` with ``axis``; biases stay float (no int32 bias);
+  through a ``DequantizeLinear`` with ``axis``; on ``cpu`` no neighbouring pair may saturate ORT's
+  non-VNNI kernels (:func:`u8s8_safe`); biases stay float (``tensorrt``) or int32 (``cpu``);
 * layers kept out of int8 run in fp16 for TensorRT: ``Cast -> Conv(fp16 weights) -> Cast`` (graph
   I/O fp32); for the ``cpu`` target they stay fp32 (ORT CPU has no fast fp16 conv: measured, fp16
   fallback layers cost more than int8 saves).
@@ -104,6 +105,70 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+U8S8_PAIR_LIMIT = 128  # 255 x 128 = 32640 fits int16; 255 x (127 + 2) does not
+
+
+def _reduction_rows(a: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    """Weight -> ``[out channels, K]`` in ONNX Runtime's CPU reduction order (a Conv row is
+    (kernel position, input channel) with the channel fastest; a Gemm row its input features)."""
+    if node.op_type == "Conv":
+        return a.transpose(0, 2, 3, 1).reshape(a.shape[0], -1)
+    return np.moveaxis(a, weight_axis(node), 0).reshape(a.shape[weight_axis(node)], -1)
+
+
+def _from_rows(rows: np.ndarray, like: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+    if node.op_type == "Conv":
+        o, c, h, w = like.shape
+        return rows.reshape(o, h, w, c).transpose(0, 3, 1, 2)
+    axis = weight_axis(node)
+    return np.moveaxis(rows.reshape(np.moveaxis(like, axis, 0).shape), 0, axis)
+
+
+def _pair_sums(rows: np.ndarray) -> np.ndarray:
+    """|a| + |b| of each same-signed pair (a, b) at even offsets of each row; 0 for other pairs."""
+    k = rows.shape[1] - rows.shape[1] % 2
+    a, b = rows[:, 0:k:2], rows[:, 1:k:2]
+    return np.where(a * b > 0, np.abs(a) + np.abs(b), 0)
+
+
+def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+    """Int8 weight and scales of ``node`` such that no same-signed pair of neighbours along ONNX
+    Runtime's reduction sums past :data:`U8S8_PAIR_LIMIT` in magnitude.
+
+    ORT's uint8-activation x int8-weight kernels on x86 without VNNI (AVX2, AVX-512F) multiply
+    neighbouring pairs with ``vpmaddubsw``, which saturates at int16: 255 x (127 + 127) does not
+    fit, and an unconstrained model silently loses accuracy on such a CPU (real MobileNetV2,
+    ``cpu`` placement: top-1 agreement 0.87 -> 0.73 on an AMD EPYC; benchmarks/INT8_U8S8.md). The
+    pairing is measured (tests/test_int8_u8s8.py). Depthwise convs run a kernel without it and are
+    left as they are. A channel with an offending pair gets the smallest scale that fits its
+    largest pair (at most 2x the max-abs one: 7-bit at worst, and only there), so VNNI and
+    non-VNNI CPUs compute the same numbers.
+    """
+    if node.op_type == "Conv" and q.shape[1] == 1 \
+            and next((a.i for a in node.attribute if a.name == "group"), 1) > 1:
+        return q, scale
+    axis = weight_axis(node)
+    shape = [-1 if a == axis else 1 for a in range(q.ndim)]
+    rows = _reduction_rows(q.astype(np.int32), node)
+    worst = _pair_sums(rows).max(axis=1) if rows.shape[1] > 1 else np.zeros(len(rows))
+    if (worst <= U8S8_PAIR_LIMIT).all():
+        return q, scale
+    grow = np.maximum(worst / U8S8_PAIR_LIMIT, 1.0).astype(np.float32)
+    new_scale = (scale * grow).astype(np.float32)
+    real = _reduction_rows(q.astype(np.float32) / grow.reshape(shape), node)
+    rows = np.round(real).astype(np.int32)
+    k = rows.shape[1] - rows.shape[1] % 2
+    a, b = rows[:, 0:k:2], rows[:, 1:k:2]  # views: rounding both up can still give limit + 1
+    over = (a * b > 0) & (np.abs(a) + np.abs(b) > U8S8_PAIR_LIMIT)
+    up_a = np.abs(a) - np.abs(real[:, 0:k:2])
+    up_b = np.abs(b) - np.abs(real[:, 1:k:2])
+    take_a = over & (up_a >= up_b)
+    take_b = over & ~take_a
+    a[take_a] -= np.sign(a[take_a])
+    b[take_b] -= np.sign(b[take_b])
+    return _from_rows(rows, q, node).astype(np.int8), new_scale
+
+
 def kept_precision(target: str) -> str:
     """Precision of layers left out of int8: fp16 for TensorRT; fp32 on ORT CPU (no fast fp16 conv)."""
     return "fp16" if target == "tensorrt" else "fp32"
@@ -111,11 +176,12 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool = False) -> onnx.ModelProto:
+              shift: bool = False, u8s8_guard: bool = True) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs read by 1x1 convs
-    in signed placements (:mod:`.shift`; off by default: no reliable gain measured)."""
+    in signed placements (:mod:`.shift`; off by default: no reliable gain measured);
+    ``u8s8_guard``: on ``cpu``, :func:`u8s8_safe` (off only to measure what it prevents)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -152,6 +218,8 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
             if given.shape != q.shape or given.dtype != np.int8:
                 raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
             q = given
+        if not plan.signed and u8s8_guard:  # cpu: ORT's u8 x s8 kernels without VNNI
+            q, scale = u8s8_safe(q, scale, node)
         if name in readers:
             shape = [-1 if a == axis else 1 for a in range(q.ndim)]
             shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
