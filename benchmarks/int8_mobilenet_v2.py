@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.data import packaged_crops  # noqa: E402
 from exporter.errors import PrecisionError  # noqa: E402
 from exporter.metrics import compare_outputs  # noqa: E402
+from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import quantize_stage  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.int8 import make_session, run  # noqa: E402
@@ -234,7 +235,8 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
         "top-1 agreement with the FP32 ONNX and its Wilson 95% interval, and the mean KL of the "
         "softmax against FP32 (steadier than top-1 on 200 crops). Our budget (default: "
         "agreement >= 0.95) is judged inside the exporter on 200 further held-out crops (seed 7919). "
-        f"224x224. onnxruntime {onnxruntime.__version__}, {platform.machine()}. With n={n}, "
+        f"224x224. onnxruntime {onnxruntime.__version__}, {platform.machine()}, CPU {machine_info()['cpu']} "
+        f"(INT8: {cpu_int8_isa() or 'not x86'}). With n={n}, "
         "intervals overlap for differences under ~5 points: read them, not the third decimal.",
         "",
         "| method | top-1 agreement | 95% CI | top-5 | mean KL vs FP32 | INT8 convs | kept (rule / budget) | s |",

@@ -14,7 +14,6 @@ arithmetic in float: what a CPU without saturation computes). Latency: batch 1, 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.data import packaged_crops  # noqa: E402
+from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
@@ -38,17 +38,8 @@ from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
 def cpu_description() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return f"{name}; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS)
+    return f"{machine_info()['cpu']} (INT8: {cpu_int8_isa() or 'not x86'})"
 
 
 def latency_ms(model: onnx.ModelProto, x1: np.ndarray, runs: int = 200) -> float:

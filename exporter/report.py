@@ -398,7 +398,8 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         v = m.get("versions", {})
         out += [
             f"- **Measured on:** {first.measured_on}",
-            f"- **Machine:** {m.get('cpu', '?')}, {m.get('usable_cpus', m.get('logical_cpus', '?'))} usable CPUs"
+            f"- **Machine:** {m.get('cpu', '?')}" + (f" (INT8: {m['cpu_int8']})" if m.get("cpu_int8") else "")
+            + f", {m.get('usable_cpus', m.get('logical_cpus', '?'))} usable CPUs"
             + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ", no CUDA GPU"),
             f"- **Versions:** python {m.get('python')}, " + ", ".join(
                 f"{k} {v[k]}" for k in _version_keys(reports) if k in v),

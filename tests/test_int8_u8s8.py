@@ -131,3 +131,16 @@ def test_cpu_model_computes_the_same_fused_as_unfused():
     step = float(h.max()) / 255
     assert np.abs(fused - unfused).max() <= 2 * step, np.abs(fused - unfused).max() / step
     assert np.abs(unfused - h).max() <= 0.05 * float(h.max())  # and both are the conv's output
+
+
+def test_the_reported_int8_isa_predicts_the_saturation():
+    """Reports name the CPU's INT8 extensions (`machine_info()["cpu_int8"]`): "no VNNI" must mean
+    the kernels saturate here, a VNNI/AMX name that they do not."""
+    from exporter.parity import cpu_int8_isa, machine_info
+
+    isa = cpu_int8_isa()
+    assert machine_info()["cpu_int8"] == isa
+    if isa is None:
+        pytest.skip("no x86 flags in /proc/cpuinfo")
+    saturates = _saturates(_pair((8, 4, 1, 1), (0, 0, 0), (1, 0, 0)))
+    assert saturates == isa.startswith("no VNNI"), (isa, saturates)

@@ -95,6 +95,23 @@ def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str
     return {s.name: accuracy(outs[s.name], s.labels) for s in sets if s.labels is not None}
 
 
+def cpu_int8_isa() -> str | None:
+    """The x86 dot-product extensions INT8 CPU kernels run on, e.g. ``"AVX-512 VNNI"`` or ``"no VNNI
+    (AVX2)"`` (without VNNI, ONNX Runtime's u8 x s8 kernels saturate: benchmarks/INT8_U8S8.md);
+    None where /proc/cpuinfo has no x86 flags."""
+    try:
+        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return None
+    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    if not flags:
+        return None
+    names = [label for flag, label in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
+                                       ("avx_vnni", "AVX-VNNI")) if flag in flags]
+    base = "AVX-512F" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return ", ".join(names) if names else f"no VNNI ({base})"
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """Machine and versions the numbers were measured with."""
     import torch
@@ -111,7 +128,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         pass
     import os
 
-    info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+    info = {"cpu": cpu, "cpu_int8": cpu_int8_isa(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "cuda_available": torch.cuda.is_available(),
             "versions": tool_versions()}
     if hasattr(os, "sched_getaffinity"):
