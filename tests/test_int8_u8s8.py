@@ -59,6 +59,8 @@ def test_the_reduction_order_is_the_one_the_guard_constrains():
     assert not _saturates(_pair((8, 4, 3, 3), (0, 0, 0), (0, 0, 1)))
     assert _saturates(_pair((8, 3, 3, 3), (2, 0, 0), (0, 0, 1)))  # odd channels: across positions
     assert not _saturates(_pair((4, 1, 3, 3), (0, 0, 0), (0, 0, 1)), group=4)  # depthwise kernel
+    assert _saturates(_pair((8, 1, 3, 3), (0, 0, 0), (0, 0, 1)), group=4)  # 2 filters per channel: GEMM
+    assert _saturates(_pair((8, 2, 3, 3), (0, 0, 0), (1, 0, 0)), group=2)  # grouped: per group, same order
 
 
 def _node(kind: str) -> onnx.NodeProto:
@@ -66,11 +68,12 @@ def _node(kind: str) -> onnx.NodeProto:
         return helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
     if kind == "gemm-n":
         return helper.make_node("Gemm", ["x", "w"], ["y"])
-    return helper.make_node("Conv", ["x", "w"], ["y"], group=8 if kind == "depthwise" else 1)
+    return helper.make_node("Conv", ["x", "w"], ["y"], group=8 if kind.startswith("depthwise") else 1)
 
 
 SHAPES = {"conv3x3": ((16, 8, 3, 3), 0), "conv-odd": ((16, 3, 3, 3), 0), "conv1x1": ((24, 16, 1, 1), 0),
-          "gemm": ((10, 7), 0), "gemm-n": ((7, 10), 1), "depthwise": ((8, 1, 3, 3), 0)}
+          "gemm": ((10, 7), 0), "gemm-n": ((7, 10), 1), "depthwise": ((8, 1, 3, 3), 0),
+          "depthwise-x2": ((16, 1, 3, 3), 0)}
 
 
 @pytest.mark.parametrize("kind", sorted(SHAPES))

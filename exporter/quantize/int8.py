@@ -138,16 +138,16 @@ def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto) -> tuple[n
     ORT's uint8-activation x int8-weight kernels on x86 without VNNI (AVX2, AVX-512F) multiply
     neighbouring pairs with ``vpmaddubsw``, which saturates at int16: 255 x (127 + 127) does not
     fit, and an unconstrained model silently loses accuracy on such a CPU (real MobileNetV2,
-    ``cpu`` placement: top-1 agreement 0.87 -> 0.73 on an AMD EPYC; benchmarks/INT8_U8S8.md). The
-    pairing is measured (tests/test_int8_u8s8.py). Depthwise convs run a kernel without it and are
-    left as they are. A channel with an offending pair gets the smallest scale that fits its
+    ``cpu`` placement: top-1 agreement 0.875 -> 0.740 on an AMD EPYC; benchmarks/INT8_U8S8.md). The
+    pairing is measured (tests/test_int8_u8s8.py). Depthwise convs (one filter per channel) run a
+    kernel without it and are left as they are. A channel with an offending pair gets the smallest scale that fits its
     largest pair (at most 2x the max-abs one: 7-bit at worst, and only there), so VNNI and
     non-VNNI CPUs compute the same numbers. Its weights are re-rounded onto that grid, including
     weights an opt-in rounding lever (AdaRound, GPTQ) learnt on the max-abs grid.
     """
     if node.op_type == "Conv" and q.shape[1] == 1 \
-            and next((a.i for a in node.attribute if a.name == "group"), 1) > 1:
-        return q, scale
+            and next((a.i for a in node.attribute if a.name == "group"), 1) == q.shape[0] > 1:
+        return q, scale  # depthwise, one filter per channel
     axis = weight_axis(node)
     shape = [-1 if a == axis else 1 for a in range(q.ndim)]
     rows = _reduction_rows(q.astype(np.int32), node)
