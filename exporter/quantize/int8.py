@@ -177,12 +177,12 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool = False, u8s8_guard: bool = True) -> onnx.ModelProto:
+              shift: bool = False) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs read by 1x1 convs
-    in signed placements (:mod:`.shift`; off by default: no reliable gain measured);
-    ``u8s8_guard``: on ``cpu``, :func:`u8s8_safe` (off only to measure what it prevents)."""
+    in signed placements (:mod:`.shift`; off by default: no reliable gain measured). On ``cpu``
+    the weights go through :func:`u8s8_safe` unless ``plan.u8s8_guard`` is off (to measure it)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -219,7 +219,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
             if given.shape != q.shape or given.dtype != np.int8:
                 raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
             q = given
-        if not plan.signed and u8s8_guard:  # cpu: ORT's u8 x s8 kernels without VNNI
+        if plan.guards_u8s8:  # cpu: ORT's u8 x s8 kernels without VNNI
             q, scale = u8s8_safe(q, scale, node)
         if name in readers:
             shape = [-1 if a == axis else 1 for a in range(q.ndim)]
@@ -337,8 +337,7 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 
 def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
-                    kept_dtype: str | None = None, weights: dict | None = None,
-                    u8s8_guard: bool = True) -> dict:
+                    kept_dtype: str | None = None, weights: dict | None = None) -> dict:
     """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
 
     One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
@@ -346,7 +345,7 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
     corrections do not double-count errors inherited from earlier layers.)
     """
-    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights, u8s8_guard=u8s8_guard)
+    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights)
     qgraph = Graph(qdq)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)

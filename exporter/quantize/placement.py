@@ -82,6 +82,11 @@ class Plan:
     range_of: dict[str, str] = field(default_factory=dict)  # tensor whose range a tensor borrows
     signed: bool = True  # int8 (True) or uint8 (False) activations
     float_out: list[str] = field(default_factory=list)  # cpu: read in float downstream, FP32 weight
+    u8s8_guard: bool = True  # uint8 activations: int8 weights fit ORT's non-VNNI kernels (int8.u8s8_safe)
+
+    @property
+    def guards_u8s8(self) -> bool:
+        return not self.signed and self.u8s8_guard
 
     @property
     def tensors(self) -> list[str]:

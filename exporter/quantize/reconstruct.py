@@ -196,7 +196,7 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
         layer = layers[name]
         q, scale = q8.quantize_weight(layer.weight, layer.axis)
         q = chosen.get(name, q)
-        if not plan.signed:  # what build_qdq stores on cpu
+        if plan.guards_u8s8:  # what build_qdq stores on cpu
             q, scale = q8.u8s8_safe(q, scale, graph.nodes[name])
         shape = [1] * q.ndim
         shape[layer.axis] = -1
