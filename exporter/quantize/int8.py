@@ -131,42 +131,60 @@ def _pair_sums(rows: np.ndarray) -> np.ndarray:
     return np.where(a * b > 0, np.abs(a) + np.abs(b), 0)
 
 
-def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+GROW_STEPS = np.linspace(1.0, 2.0, 21)  # scale factors tried per channel by :func:`u8s8_safe`
+
+
+def _onto_limit(q: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """``q`` (rows of rounded ``real``) with each offending pair moved onto |a| + |b| = limit, at
+    the integers nearest the pair's real values."""
+    k = q.shape[1] - q.shape[1] % 2
+    a, b = q[:, 0:k:2], q[:, 1:k:2]  # views
+    bad = (a * b > 0) & (np.abs(a) + np.abs(b) > U8S8_PAIR_LIMIT)
+    ra = np.minimum(np.abs(real[:, 0:k:2][bad]), 127)
+    rb = np.minimum(np.abs(real[:, 1:k:2][bad]), 127)
+    na = np.clip(np.round(ra - (ra + rb - U8S8_PAIR_LIMIT) / 2), U8S8_PAIR_LIMIT - 127, 127)
+    a[bad], b[bad] = np.sign(a[bad]) * na, np.sign(b[bad]) * (U8S8_PAIR_LIMIT - na)
+    return q
+
+
+def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto,
+              real: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Int8 weight and scales of ``node`` such that no same-signed pair of neighbours along ONNX
     Runtime's reduction sums past :data:`U8S8_PAIR_LIMIT` in magnitude.
 
     ORT's uint8-activation x int8-weight kernels on x86 without VNNI (AVX2, AVX-512F) multiply
     neighbouring pairs with ``vpmaddubsw``, which saturates at int16: 255 x (127 + 127) does not
     fit, and an unconstrained model silently loses accuracy on such a CPU (real MobileNetV2,
-    ``cpu`` placement: top-1 agreement 0.875 -> 0.740 on an AMD EPYC; benchmarks/INT8_U8S8.md). The
-    pairing is measured (tests/test_int8_u8s8.py). Depthwise convs (one filter per channel) run a
-    kernel without it and are left as they are. A channel with an offending pair gets the smallest scale that fits its
-    largest pair (at most 2x the max-abs one: 7-bit at worst, and only there), so VNNI and
-    non-VNNI CPUs compute the same numbers. Its weights are re-rounded onto that grid, including
-    weights an opt-in rounding lever (AdaRound, GPTQ) learnt on the max-abs grid.
+    ``cpu`` placement: top-1 agreement 0.870 -> 0.730 on an AMD EPYC; benchmarks/INT8_U8S8.md).
+    The pairing is measured (tests/test_int8_u8s8.py). Depthwise convs (one filter per channel)
+    run a kernel without it and are left as they are. A channel with an offending pair gets,
+    among scales 1x-2x its max-abs one (:data:`GROW_STEPS`), the one whose rounding, with the
+    pairs still over the limit moved onto it, is nearest ``real`` (the weight / scale; default
+    ``q``, e.g. weights an opt-in rounding lever learnt): widening costs every weight of the
+    channel a little, moving a pair costs two weights more. Either way VNNI and non-VNNI CPUs
+    compute the same numbers.
     """
     if node.op_type == "Conv" and q.shape[1] == 1 \
             and next((a.i for a in node.attribute if a.name == "group"), 1) == q.shape[0] > 1:
         return q, scale  # depthwise, one filter per channel
-    axis = weight_axis(node)
-    shape = [-1 if a == axis else 1 for a in range(q.ndim)]
     rows = _reduction_rows(q.astype(np.int32), node)
     worst = _pair_sums(rows).max(axis=1) if rows.shape[1] > 1 else np.zeros(len(rows))
-    if (worst <= U8S8_PAIR_LIMIT).all():
+    bad = worst > U8S8_PAIR_LIMIT
+    if not bad.any():
         return q, scale
-    grow = np.maximum(worst / U8S8_PAIR_LIMIT, 1.0).astype(np.float32)
-    new_scale = (scale * grow).astype(np.float32)
-    real = _reduction_rows(q.astype(np.float32) / grow.reshape(shape), node)
-    rows = np.round(real).astype(np.int32)
-    k = rows.shape[1] - rows.shape[1] % 2
-    a, b = rows[:, 0:k:2], rows[:, 1:k:2]  # views: rounding both up can still give limit + 1
-    over = (a * b > 0) & (np.abs(a) + np.abs(b) > U8S8_PAIR_LIMIT)
-    up_a = np.abs(a) - np.abs(real[:, 0:k:2])
-    up_b = np.abs(b) - np.abs(real[:, 1:k:2])
-    take_a = over & (up_a >= up_b)
-    take_b = over & ~take_a
-    a[take_a] -= np.sign(a[take_a])
-    b[take_b] -= np.sign(b[take_b])
+    target = _reduction_rows(np.asarray(q if real is None else real, np.float32), node)[bad]
+    best, best_cost = None, np.full(len(target), np.inf)
+    best_grow = np.ones(len(target), np.float32)
+    for grow in GROW_STEPS:
+        scaled = target / grow
+        cand = _onto_limit(np.clip(np.round(scaled), -127, 127).astype(np.int32), scaled)
+        cost = ((cand * grow - target) ** 2).sum(axis=1)
+        better = cost < best_cost
+        best = cand if best is None else np.where(better[:, None], cand, best)
+        best_cost, best_grow = np.where(better, cost, best_cost), np.where(better, grow, best_grow)
+    rows[bad] = best
+    new_scale = scale.copy()
+    new_scale[bad] = (scale[bad] * best_grow).astype(np.float32)
     return _from_rows(rows, q, node).astype(np.int8), new_scale
 
 
@@ -220,7 +238,8 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
                 raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
             q = given
         if plan.guards_u8s8:  # cpu: ORT's u8 x s8 kernels without VNNI
-            q, scale = u8s8_safe(q, scale, node)
+            shape = [-1 if a == axis else 1 for a in range(q.ndim)]
+            q, scale = u8s8_safe(q, scale, node, None if weights and name in weights else w / scale.reshape(shape))
         if name in readers:
             shape = [-1 if a == axis else 1 for a in range(q.ndim)]
             shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
