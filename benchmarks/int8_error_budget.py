@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,16 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.quantize import budget as bud  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
-from exporter.quantize.placement import ensure_node_names, plan as make_plan  # noqa: E402
+from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
-from exporter.recipes import get_recipe  # noqa: E402
 
-from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 
 LADDER = (0, 1, 2, 3, 5, 8, 11)
 TOP = 8
@@ -112,12 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
     start = time.time()
-    path, spec = fp32_onnx(get_recipe("mobilenet_v2"), real_weights=True,
-                           directory=Path(tempfile.mkdtemp(prefix="int8err-")))
-    fp32 = onnx.load(str(path))
-    ensure_node_names(fp32)
-    x_cal = packaged_crops(spec, 64, seed=0).array
-    judge = Judge(fp32, packaged_crops(spec, 200, seed=1).array)
+    p = real_mv2_protocol("int8err-")
+    fp32, x_cal = p.fp32, p.x_cal
+    judge = Judge(fp32, p.x_judge)
     body = []
     for target in args.targets.split(","):
         body += decompose(target, fp32, x_cal, judge)

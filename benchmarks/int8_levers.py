@@ -24,30 +24,25 @@ import json
 import math
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl  # noqa: E402
 from exporter.quantize.adaround import optimize_weights  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
-from exporter.quantize.placement import ensure_node_names, plan as make_plan  # noqa: E402
+from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
 from exporter.quantize.tune import tune_ranges  # noqa: E402
-from exporter.recipes import get_recipe  # noqa: E402
 
-from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 
 CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift", "search+bc",
            "eq+search+bc", "mse+bc",
@@ -73,13 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
-    recipe = get_recipe("mobilenet_v2")
-    work = Path(tempfile.mkdtemp(prefix="int8levers-"))
-    path, spec = fp32_onnx(recipe, real_weights=True, directory=work)
-    fp32 = onnx.load(str(path))
-    ensure_node_names(fp32)
-    x_cal = packaged_crops(spec, 64, seed=0).array
-    x_test = packaged_crops(spec, 200, seed=1).array
+    p = real_mv2_protocol("int8levers-")
+    fp32, x_cal, x_test = p.fp32, p.x_cal, p.x_judge
     ref_logits = q8.run(fp32, x_test)
     ref = ref_logits.argmax(1)
     t = time.time()

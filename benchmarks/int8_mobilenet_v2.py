@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.int8 import make_session, run  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 
-from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 
 
 def latency_ms(path_or_model, x: np.ndarray, runs: int, threads: int = 2) -> float:
@@ -148,11 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
-    recipe = get_recipe("mobilenet_v2")
-    work = Path(tempfile.mkdtemp(prefix="int8bench-"))
-    path, spec = fp32_onnx(recipe, real_weights=True, directory=work)
-    cal = packaged_crops(spec, 64, seed=0).array
-    test = packaged_crops(spec, 200, seed=1).array
+    p = real_mv2_protocol("int8bench-")
+    recipe, work, path, spec = get_recipe("mobilenet_v2"), p.work, p.path, p.spec
+    cal, test = p.x_cal, p.x_judge
     budget_set = packaged_crops(spec, 200, seed=7919).array  # the budget's own held-out crops
     np.save(work / "cal.npy", cal)
     ref = run(onnx.load(str(path)), test)

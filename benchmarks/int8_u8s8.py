@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,17 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
-from exporter.quantize.placement import ensure_node_names, plan as make_plan  # noqa: E402
+from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
-from exporter.recipes import get_recipe  # noqa: E402
 
-from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path  # noqa: E402
+from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 
 def cpu_description() -> str:
     return f"{machine_info()['cpu']} (INT8: {cpu_int8_isa() or 'not x86'})"
@@ -69,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
     t_start = time.time()
-    path, spec = fp32_onnx(get_recipe("mobilenet_v2"), real_weights=True,
-                           directory=Path(tempfile.mkdtemp(prefix="u8s8-")))
-    fp32 = onnx.load(str(path))
-    ensure_node_names(fp32)
-    x_cal = packaged_crops(spec, 64, seed=0).array
-    x = packaged_crops(spec, 200, seed=1).array
+    p = real_mv2_protocol("u8s8-")
+    fp32, x_cal, x = p.fp32, p.x_cal, p.x_judge
     ref = q8.run(fp32, x)
     base = equalize(fp32, x_cal)[0]  # the export's default cpu levers, as quantize_stage runs them
     ranges = cal.compute_ranges(cal.collect_statistics(base, x_cal), "mse")

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,33 @@ def fp32_onnx(recipe, size: int | tuple[int, int] | None = None, real_weights: b
     if directory is None:
         _touch(out)
     return path, spec
+
+
+@dataclass
+class Protocol:
+    """Issue 9's INT8 protocol: real MobileNetV2 at 224, its FP32 ONNX, calibration and judging crops."""
+    work: Path  # a fresh folder holding the FP32 ONNX; scripts may write beside it
+    path: Path  # the FP32 ONNX
+    spec: object  # its InputSpec
+    fp32: object  # the loaded FP32 ModelProto, nodes named
+    x_cal: np.ndarray  # 64 crops of the packaged photos (seed 0)
+    x_judge: np.ndarray  # 200 other crops (seed 1)
+
+
+def real_mv2_protocol(prefix: str) -> Protocol:
+    """The protocol every INT8 benchmark on real MobileNetV2 measures on (weights: :data:`PIP_HINT`)."""
+    import onnx
+
+    from exporter.data import packaged_crops
+    from exporter.quantize.placement import ensure_node_names
+    from exporter.recipes import get_recipe
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    path, spec = fp32_onnx(get_recipe("mobilenet_v2"), real_weights=True, directory=work)
+    fp32 = onnx.load(str(path))
+    ensure_node_names(fp32)
+    return Protocol(work, path, spec, fp32, packaged_crops(spec, 64, seed=0).array,
+                    packaged_crops(spec, 200, seed=1).array)
 
 
 def _touch(out: Path) -> None:
