@@ -95,15 +95,20 @@ def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str
     return {s.name: accuracy(outs[s.name], s.labels) for s in sets if s.labels is not None}
 
 
+def _cpuinfo_field(name: str) -> str:
+    """The first ``name`` line of /proc/cpuinfo (its value), or "" where there is none."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(name) and ":" in ln), "")
+
+
 def cpu_int8_isa() -> str | None:
     """The x86 dot-product extensions INT8 CPU kernels run on, e.g. ``"AVX-512 VNNI"`` or ``"no VNNI
     (AVX2)"`` (without VNNI, ONNX Runtime's u8 x s8 kernels saturate: benchmarks/INT8_U8S8.md);
     None where /proc/cpuinfo has no x86 flags."""
-    try:
-        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        return None
-    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    flags = set(_cpuinfo_field("flags").split())
     if not flags:
         return None
     names = [label for flag, label in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
@@ -118,14 +123,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
     from ..artifacts import tool_versions
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     import os
 
     info = {"cpu": cpu, "cpu_int8": cpu_int8_isa(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),

@@ -232,16 +232,15 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         w = graph.weight(node)
         axis = weight_axis(node)
         q, scale = quantize_weight(w, axis)
+        shape = [-1 if a == axis else 1 for a in range(q.ndim)]  # per-channel vectors -> weight
         if weights and name in weights:
             given = np.asarray(weights[name])
             if given.shape != q.shape or given.dtype != np.int8:
                 raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
             q = given
         if plan.guards_u8s8:  # cpu: ORT's u8 x s8 kernels without VNNI
-            shape = [-1 if a == axis else 1 for a in range(q.ndim)]
             q, scale = u8s8_safe(q, scale, node, None if weights and name in weights else w / scale.reshape(shape))
         if name in readers:
-            shape = [-1 if a == axis else 1 for a in range(q.ndim)]
             shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
         base = _safe(name)
         new_inits += [numpy_helper.from_array(q, f"{base}_w_int8"),
