@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl  # noqa: E402
@@ -138,15 +139,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"{spent:.0f} s", flush=True)
     for target in args.targets.split(","):  # one json per target: targets may run in parallel processes
         part = args.out.with_suffix(f".{target}.json")
-        part.write_text(json.dumps({"iters": args.iters, "rows": [r for r in rows if r[0] == target]}))
+        cpu = f"{machine_info()['cpu']} (INT8: {cpu_int8_isa() or 'not x86'})"
+        part.write_text(json.dumps({"iters": args.iters, "cpu": cpu, "date": time.strftime("%Y-%m-%d"),
+                                    "rows": [r for r in rows if r[0] == target]}))
     parts = sorted(args.out.parent.glob(args.out.stem + ".*.json"))
-    all_rows = [tuple(r) for p in parts for r in json.loads(p.read_text())["rows"]]
-    write_report(args.out, all_rows, args.iters)
+    loaded = [json.loads(p.read_text()) for p in parts]
+    all_rows = [tuple(r) for d in loaded for r in d["rows"]]
+    machines = {d["rows"][0][0]: f"{d.get('cpu', 'CPU not recorded')}, {d.get('date', 'date not recorded')}"
+                for d in loaded if d["rows"]}
+    write_report(args.out, all_rows, args.iters, machines)
     print(f"wrote {args.out} from {[p.name for p in parts]}")
     return 0
 
 
-def write_report(out: Path, rows, iters: int) -> None:
+def write_report(out: Path, rows, iters: int, machines: dict[str, str]) -> None:
     import onnxruntime
     import torch
 
@@ -159,7 +165,8 @@ def write_report(out: Path, rows, iters: int) -> None:
         "other crops (seed 1): top-1 agreement with the FP32 ONNX on ONNX Runtime CPU, Wilson 95 % "
         f"interval. 224x224. AdaRound {iters} iterations per layer. onnxruntime "
         f"{onnxruntime.__version__}, torch {torch.__version__}, {platform.machine()}, 2 shared cores "
-        "(seconds are this machine's, under load from other jobs).",
+        "(seconds are this machine's, under load from other jobs). Where each target's rows ran: "
+        + "; ".join(f"`{t}`: {m}" for t, m in machines.items()) + ".",
         "",
         "| target | levers | top-1 agreement | Wilson 95 % | mean KL vs FP32 | int8 convs | s (levers' own) |",
         "|---|---|---|---|---|---|---|",
