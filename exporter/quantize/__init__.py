@@ -116,8 +116,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     searched = None
     if range_search:
         ranges, searched = _searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
-    if bias_correction is None:  # measured (benchmarks/INT8_LEVERS.md): helps cpu, not tensorrt
-        bias_correction = target == "cpu"
+    if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
+        bias_correction = True
     weights, rounding = _rounded_weights(model, target, set(rule_kept), ranges, data, weight_rounding,
                                          seed, log)
     bias: dict = {}
