@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "int8", calibration=str(files["cal"]), samples=64, target=target,
                                    budget=False)
             d = entry["details"]
-            judge(f"zoo-exporter, `{target}` placement", "defaults, every conv INT8",
+            judge(f"zoo-exporter, `{target}` placement", "defaults, budget off",
                   p.work / f"ours-{target}" / entry["file"], f"{d['int8_convs']}/{d['convs']}",
                   time.time() - t)
     versions = {}
