@@ -188,6 +188,21 @@ def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto,
     return _from_rows(rows, q, node).astype(np.int8), new_scale
 
 
+def stored_weight(w: np.ndarray, node: onnx.NodeProto, plan: Plan,
+                  given: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, per-channel scales) that :func:`build_qdq` stores for ``node``: ``w`` rounded
+    to nearest at :func:`quantize_weight`'s scales, or ``given`` (a lever's int8 weight on those
+    scales), passed through :func:`u8s8_safe` where ``plan`` guards against u8 x s8 saturation."""
+    axis = weight_axis(node)
+    q, scale = quantize_weight(w, axis)
+    if not plan.guards_u8s8:  # the guard: on cpu, ORT's u8 x s8 kernels without VNNI
+        return (q if given is None else given), scale
+    if given is not None:
+        return u8s8_safe(given, scale, node)
+    shape = [-1 if a == axis else 1 for a in range(q.ndim)]
+    return u8s8_safe(q, scale, node, w / scale.reshape(shape))
+
+
 def kept_precision(target: str) -> str:
     """Precision of layers left out of int8: fp16 for TensorRT; fp32 on ORT CPU (no fast fp16 conv)."""
     return "fp16" if target == "tensorrt" else "fp32"
@@ -230,16 +245,14 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     for name in plan.quantized:
         node = graph.nodes[name]
         w = graph.weight(node)
-        axis = weight_axis(node)
-        q, scale = quantize_weight(w, axis)
-        shape = [-1 if a == axis else 1 for a in range(q.ndim)]  # per-channel vectors -> weight
+        given = None
         if weights and name in weights:
             given = np.asarray(weights[name])
-            if given.shape != q.shape or given.dtype != np.int8:
-                raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{q.shape}")
-            q = given
-        if plan.guards_u8s8:  # cpu: ORT's u8 x s8 kernels without VNNI
-            q, scale = u8s8_safe(q, scale, node, None if weights and name in weights else w / scale.reshape(shape))
+            if given.shape != w.shape or given.dtype != np.int8:
+                raise ValueError(f"int8 weight for {name}: {given.dtype}{given.shape}, want int8{w.shape}")
+        q, scale = stored_weight(w, node, plan, given)
+        axis = weight_axis(node)
+        shape = [-1 if a == axis else 1 for a in range(q.ndim)]  # per-channel vectors -> weight
         if name in readers:
             shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
         base = _safe(name)

@@ -194,13 +194,9 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
     def current_weight(name: str) -> torch.Tensor:
         """The dequantized weight layer ``name`` uses now (learnt, given, or round-to-nearest)."""
         layer = layers[name]
-        q, scale = q8.quantize_weight(layer.weight, layer.axis)
-        q = chosen.get(name, q)
+        q, scale = q8.stored_weight(layer.weight, graph.nodes[name], plan, chosen.get(name))
         shape = [1] * q.ndim
         shape[layer.axis] = -1
-        if plan.guards_u8s8:  # what build_qdq stores on cpu
-            real = None if name in chosen else layer.weight / scale.reshape(shape)
-            q, scale = q8.u8s8_safe(q, scale, graph.nodes[name], real)
         return torch.from_numpy(q.astype(np.float32) * scale.reshape(shape))
 
     def fp32_output(name: str) -> torch.Tensor:
