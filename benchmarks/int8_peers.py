@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             judge(f"zoo-exporter, `{target}` placement", "defaults, budget off",
                   p.work / f"ours-{target}" / entry["file"], f"{d['int8_convs']}/{d['convs']}",
                   time.time() - t)
-    versions = {}
     for peer in [s for s in args.peers.split(",") if s]:
         for config, what in peer_configs(peer).items():
             if args.configs and config not in args.configs.split(","):
@@ -142,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(f"{peer} `{config}`: not run ({result['error']})")
                 print(skipped[-1], flush=True)
                 continue
-            versions[peer] = result.get("toolkit", peer)
-            judge(f"{versions[peer]}, `{config}`", result.get("what", what), Path(result["model"]),
+            judge(f"{result.get('toolkit', peer)}, `{config}`", result.get("what", what), Path(result["model"]),
                   f"{result['int8_convs']}/{result['convs']}", result["seconds"])
     write_report(args.out, rows, skipped, len(ref), time.time() - started)
     print(f"wrote {args.out}")
