@@ -6,7 +6,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING, Callable
 
-from .defaults import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS
+from .defaults import (DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, EXPORTERS, SIMPLIFIERS,
+                       WEIGHT_ROUNDING)
 from .errors import UsageError
 
 if TYPE_CHECKING:  # the parser imports no torch/onnx (benchmarks/cli_startup.py)
@@ -112,6 +113,13 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
                              "calibration source, never the calibration samples themselves")
     parser.add_argument("--eval-samples", type=int, metavar="N",
                         help="held-out samples the INT8 budget is judged on (default 200)")
+    parser.add_argument("--weight-rounding", choices=WEIGHT_ROUNDING,
+                        help="INT8 weight rounding: exact = searched rounding of the depthwise "
+                             "convs, gptq = that plus GPTQ for the others; slower, opt-in levers "
+                             "(benchmarks/INT8_EXACT.md, INT8_GPTQ.md) (default nearest)")
+    parser.add_argument("--range-tuning", action="store_true", default=None,
+                        help="tune the INT8 activation ranges end to end against the prediction "
+                             "(minutes; opt-in lever: benchmarks/INT8_TUNE.md) (default off)")
 
 
 def quant_options(args: argparse.Namespace) -> dict:
@@ -119,7 +127,8 @@ def quant_options(args: argparse.Namespace) -> dict:
              "calibration_samples": "samples", "target": "target",
              "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
              "max_kept_fraction": "max_kept_fraction", "eval_images": "eval_data",
-             "eval_samples": "eval_samples"}
+             "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
+             "range_tuning": "range_tuning"}
     return {dest: getattr(args, src) for src, dest in names.items()
             if getattr(args, src, None) is not None}
 

@@ -10,6 +10,9 @@ DEFAULT_OPSET = 18
 DEFAULT_EXPORTER = "torchscript"
 DEFAULT_SIMPLIFIER = "onnxsim"
 
+# INT8 weight rounding (exporter/quantize/gptq.py): nearest (the default), or the opt-in levers
+WEIGHT_ROUNDING = ("nearest", "exact", "gptq")
+
 # parity inputs (exporter/parity/inputs.py) and latency (exporter/latency.py)
 DEFAULT_SAMPLES = 16
 DEFAULT_RANDOM = 8

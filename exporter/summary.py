@@ -10,6 +10,23 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _rounding(record: dict | None) -> str:
+    """' + <method> weight rounding (N layers)' for an opt-in rounding, else ''."""
+    if not record or record.get("method", "nearest") == "nearest":
+        return ""
+    return f" + {record['method']} weight rounding ({record.get('layers', 0)} layer(s))"
+
+
+def _tuning(record: dict | str | None) -> str:
+    """' + range tuning (calibration KL a -> b)' when the opt-in tuning ran, or why it did not."""
+    if not record:
+        return ""
+    if isinstance(record, str):
+        return f" + range tuning {record}"
+    kept = "" if record.get("applied") else ", not applied: KL not lower"
+    return f" + range tuning (calibration KL {record['kl_before']:.4g} -> {record['kl_after']:.4g}{kept})"
+
+
 def _quant_lines(d: dict) -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
     if "int8_conv_fraction" not in d:
@@ -35,7 +52,9 @@ def _quant_lines(d: dict) -> list[str]:
         f"{shown}; judged on {d.get('measured_on')}",
         f"    calibration: {d.get('method')}"
         + (f" + {d['range_search']}" if d.get("range_search") else "")
-        + f"{' + bias correction' if d.get('bias_correction') else ''} over {d.get('samples_used')} samples from "
+        + _rounding(d.get("weight_rounding"))
+        + f"{' + bias correction' if d.get('bias_correction') else ''}" + _tuning(d.get("range_tuning"))
+        + f" over {d.get('samples_used')} samples from "
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
         f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]

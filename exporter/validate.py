@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .defaults import WEIGHT_ROUNDING
 from .errors import UsageError
 
 MAX_SEED = 2**32 - 1
@@ -73,9 +74,26 @@ def check_model_options(request: Any) -> None:
     if calibration and calibration != "packaged" and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",
                          fix="pass an image folder or an .npy of NCHW tensors")
+    levers = lever_problems(quant)
+    if levers:
+        raise UsageError(levers[0][0], fix=levers[0][1])
     if quant.get("max_accuracy_drop") is not None and not 0 <= quant["max_accuracy_drop"] <= 100:
         raise UsageError(f"--max-accuracy-drop must be 0..100 points, got {quant['max_accuracy_drop']}",
                          fix="e.g. --max-accuracy-drop 1")
+
+
+def lever_problems(quant: dict) -> list[tuple[str, str]]:
+    """(what, fix) for each opt-in INT8 lever given a value it cannot take (CLI, API or plan)."""
+    problems = []
+    rounding = quant.get("weight_rounding")
+    if rounding is not None and rounding not in WEIGHT_ROUNDING:
+        problems.append((f"weight rounding {rounding!r} is not one of {', '.join(WEIGHT_ROUNDING)}",
+                         "pass --weight-rounding exact (a plan: weight_rounding = \"exact\"), or "
+                         "leave it out for round-to-nearest"))
+    if quant.get("range_tuning") not in (None, True, False):
+        problems.append((f"range tuning must be true or false, got {quant['range_tuning']!r}",
+                         "pass --range-tuning (a plan: range_tuning = true), or leave it out"))
+    return problems
 
 
 def check_parity_options(args: Any) -> None:

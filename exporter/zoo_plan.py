@@ -13,7 +13,8 @@ from typing import Any
 _CARRIED = {"zoo", "reduced", "models", "jobs", "ray", "format", "precision", "input_size", "seed",
             "weights", "batch", "opset", "exporter", "simplifier", "calibration",
             "calibration_method", "calibration_samples", "target", "max_accuracy_drop",
-            "min_agreement", "max_kept_fraction", "eval_images", "eval_samples", "samples", "random",
+            "min_agreement", "max_kept_fraction", "eval_images", "eval_samples", "weight_rounding",
+            "range_tuning", "samples", "random",
             "runs", "warmup", "rounds", "batch_sizes", "no_latency", "threads", "output", "report",
             "keep_artifacts", "no_fail", "quiet", "verbose", "debug"}
 _SAME_IN_A_JOB = {"device": ("cpu",)}  # values a job runs with anyway

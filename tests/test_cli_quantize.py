@@ -56,6 +56,30 @@ def test_int8_export_from_the_command_line(tmp_path):
     assert cmp["cosine"] > 0.9, cmp
 
 
+def test_opt_in_levers_from_the_command_line(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--weight-rounding", "gptq", "--range-tuning", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["options"] == {"calibration": "packaged", "range_tuning": True, "weight_rounding": "gptq"}
+    assert d["weight_rounding"] == {"method": "gptq", "layers": 2}  # lenet5's two int8 convs
+    tuning = d["range_tuning"]
+    assert tuning["steps"] == 160 and tuning["tensors"] == 2
+    assert tuning["applied"] == (tuning["kl_after"] < tuning["kl_before"])
+    assert "int8 tuning: step 160/160" in proc.stderr and "Warning" not in proc.stderr
+    assert "+ gptq weight rounding (2 layer(s)) + bias correction + range tuning (calibration KL" \
+        in proc.stdout
+
+
+def test_unknown_weight_rounding_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--weight-rounding", "adaround", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice: 'adaround'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_fp16_export_from_the_command_line(tmp_path):
     out = tmp_path / "out"
     proc = _cli("export", "lenet5", "--precision", "fp16", "-o", str(out), cwd=tmp_path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExporterError, PlanError
+from ..validate import lever_problems
 
 TOP_KEYS = {"models", "formats", "precisions", "reduced", "input_size", "seed", "weights", "batch",
             "opset", "exporter", "simplifier", "calibration", "parity", "resources"}
@@ -32,7 +33,8 @@ CALIBRATION_KEYS = {"data": "calibration", "samples": "samples", "method": "meth
                     "target": "target", "max_accuracy_drop": "max_accuracy_drop",
                     "min_agreement": "min_agreement", "max_kept_fraction": "max_kept_fraction",
                     "eval_images": "eval_data",
-                    "eval_samples": "eval_samples"}
+                    "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
+                    "range_tuning": "range_tuning"}
 PARITY_KEYS = {"samples", "random", "latency", "runs", "warmup", "rounds", "batch_sizes", "threads"}
 RESOURCE_KEYS = {"gpu", "cpus_per_job"}
 MODEL_KEYS = ("seed", "weights", "batch", "opset", "exporter", "simplifier")
@@ -212,6 +214,7 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>") -> Plan:
     if "int8" in precisions and not quant.get("calibration"):
         problems.append("int8 needs calibration data (fix: add [calibration] data = \"packaged\", an "
                         "image folder or an .npy of preprocessed tensors)")
+    problems += [f"[calibration] {what} (fix: {fix})" for what, fix in lever_problems(quant)]
     parity = _table(data, "parity", PARITY_KEYS, problems)
     resources = _table(data, "resources", RESOURCE_KEYS, problems)
     if problems:

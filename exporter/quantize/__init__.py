@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..artifacts import artifact_entry, sha256_file, write_bytes_atomic
+from ..defaults import WEIGHT_ROUNDING
 from ..errors import CalibrationError, PrecisionError, UsageError
 from ..recipes import InputSpec
 from . import budget as bud
@@ -27,7 +28,6 @@ from .samples import Scratch
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
-WEIGHT_ROUNDING = ("exact", "gptq", "nearest")  # quantize/gptq.py; nearest: round-to-nearest
 PRECISIONS = ("fp16", "int8")
 
 __all__ = ["quantize_stage", "DEFAULT_METHOD", "TARGETS", "PRECISIONS"]
@@ -142,7 +142,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                                 bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
                                 force_kept=kept_base, log=log, weights=weights,
                                 speed=(lambda m: _cpu_latency(fp32_model, m, spec, batch))
-                                if target == "cpu" and speed_guard else None)
+                                if target == "cpu" and speed_guard else None,
+                                untried=_untried_levers(weight_rounding, range_tuning))
         qmodel, kept, measurement = result.model, result.kept, result.measurement
         history, ranking, latency = result.history, result.sensitivity, result.latency
     else:
@@ -189,6 +190,13 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "seconds": round(time.time() - t0, 2),
     }
     return entry
+
+
+def _untried_levers(weight_rounding: str, range_tuning: bool) -> str:
+    """The opt-in accuracy levers' flags this export did not use (for the budget's refusal)."""
+    flags = ([] if weight_rounding != "nearest" else ["--weight-rounding exact"]) \
+        + ([] if range_tuning else ["--range-tuning"])
+    return " ".join(flags)
 
 
 def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cached: dict, log):

@@ -172,12 +172,14 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                max_kept_fraction: float = MAX_KEPT_FRACTION, force_kept: list[str] | None = None,
                log: Callable[[str], None] = lambda _m: None,
                weights: dict | None = None,
-               speed: Callable[[onnx.ModelProto], dict] | None = None) -> BudgetResult:
+               speed: Callable[[onnx.ModelProto], dict] | None = None,
+               untried: str = "") -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
     weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
     target: INT8 vs FP32 latency) times a model that meets the criterion with layers kept; one
-    under ``MIN_SPEEDUP`` x FP32 is refused (more kept layers would only be slower)."""
+    under ``MIN_SPEEDUP`` x FP32 is refused (more kept layers would only be slower). ``untried``:
+    the opt-in levers the refusal suggests (the flags not given)."""
     ref = q8.run(fp32, x_eval)
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
@@ -220,7 +222,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     if met:
         return BudgetResult(model, base + ranked[:k], result, history, ranking,
                             timed[-1] if timed else None)
-    raise refusal(criterion, result, len(base) + k, max_kept, len(convs), max_kept_fraction)
+    raise refusal(criterion, result, len(base) + k, max_kept, len(convs), max_kept_fraction,
+                  untried=untried)
 
 
 def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any, Measurement]],
@@ -245,9 +248,10 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
-            fp16: str = "use --precision fp16") -> PrecisionError:
+            fp16: str = "use --precision fp16", untried: str = "") -> PrecisionError:
     """The budget's :class:`PrecisionError`: the cap it hit, the best it reached, the levers.
-    ``kept_as`` says where a kept layer runs ("out of INT8", "in float")."""
+    ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
+    opt-in accuracy levers not used."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -257,7 +261,9 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         f"(--max-kept-fraction {fraction:g}): the best ({best_kept} layer(s) {short}) reached "
         f"{best.describe()}",
         fix=f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
-            f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, or calibrate with more or "
+            f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
+            + (f"try the slower opt-in levers {untried}, " if untried else "")
+            + "or calibrate with more or "
             "closer-to-deployment data (--calibration DIR, --calibration-samples N)"
             + ("" if criterion.kind == "accuracy_drop" else
                "; agreement on unlabelled crops flips on near-ties, so where labelled images exist "

@@ -108,7 +108,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     with torch.no_grad():
         after = float(_kl(ref_logp, _batched(graph, xt, log_scale)))
     out = dict(ranges)
-    factors = {k: float(torch.exp(v)) for k, v in log_scale.items()}
+    factors = {k: float(torch.exp(v.detach())) for k, v in log_scale.items()}
     if after < before:
         for k, f in factors.items():
             lo, hi, amax = ranges[k]
