@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,7 +198,7 @@ def _budget_exports(requests: dict, out: Path) -> tuple[Path, dict] | None:
 def write(path: Path, fp32: list[dict], int8: list[dict], args, seconds: float) -> None:
     m = machine_info("cpu")
     v = m["versions"]
-    lines = [f"# Mobile runtimes: ExecuTorch and LiteRT vs eager and ONNX Runtime", "",
+    lines = ["# Mobile runtimes: ExecuTorch and LiteRT vs eager and ONNX Runtime", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
              f"`python benchmarks/mobile_runtimes.py --models {args.models} --runs {args.runs}"
              f"{' --skip-int8' if args.skip_int8 else ''}` in {seconds:.0f} s.", "",

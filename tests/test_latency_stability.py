@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from exporter import latency
 from exporter.backends.eager import TorchModuleRunner

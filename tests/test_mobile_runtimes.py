@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from exporter.backends.registry import BACKENDS, install_hint
-from quant_helpers import HEAVY, real_weights_path, zoo_recipe
+from quant_helpers import real_weights_path, zoo_recipe
 
 # slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
 pytestmark = pytest.mark.slow
