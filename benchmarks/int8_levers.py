@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize.budget import mean_kl  # noqa: E402
+from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.adaround import optimize_weights  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
@@ -49,14 +48,6 @@ CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift"
            "eq+search+bc", "mse+bc",
            "adaround+bc", "search+adaround", "search+adaround+bc", "eq+search+gptq",
            "eq+search+gptq+bc", "eq+search+exact", "eq+search+exact+bc", "eq+search+tune", "eq+search+bc+tune", "eq+search+exact+bc+tune"]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
             frac = sum(c in plan.quantized for c in convs) / len(convs)
             rows.append((target, config, hits, len(ref), frac, spent, kl))
-            lo, hi = wilson(hits, len(ref))
+            lo, hi = wilson_interval(hits, len(ref))
             print(f"{target} {config}: {hits / len(ref):.3f} [{lo:.3f}, {hi:.3f}] KL {kl:.4f} "
                   f"{spent:.0f} s", flush=True)
     for target in args.targets.split(","):  # one json per target: targets may run in parallel processes
@@ -172,7 +163,7 @@ def write_report(out: Path, rows, iters: int, machines: dict[str, str]) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for target, config, hits, n, frac, spent, kl in rows:
-        lo, hi = wilson(hits, n)
+        lo, hi = wilson_interval(hits, n)
         lines.append(f"| {target} | {config} | {hits / n:.3f} ({hits}/{n}) | {lo:.3f}–{hi:.3f} | "
                      f"{kl:.4f} | {frac:.0%} | {spent:.0f} |")
     out.write_text("\n".join(lines) + "\n")

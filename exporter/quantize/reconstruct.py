@@ -24,7 +24,7 @@ import torch
 from onnx import numpy_helper
 
 from . import int8 as q8
-from .placement import Graph, Plan
+from .placement import Graph, Plan, weight_axis
 from .torch_exec import Executor, _attrs
 
 MAX_PATCH_FLOATS = 24_000_000  # ~96 MB of sampled patches per layer
@@ -53,16 +53,13 @@ class Layer:
     attrs: dict
     weight: np.ndarray  # FP32 weight, ONNX layout
     groups: int
+    axis: int  # per-channel axis of the weight (placement.weight_axis)
 
     @classmethod
     def of(cls, node: onnx.NodeProto, weight: np.ndarray) -> "Layer":
         attrs = _attrs(node)
         return cls(node.name, node.op_type, attrs, weight,
-                   int(attrs.get("group", 1)) if node.op_type == "Conv" else 1)
-
-    @property
-    def axis(self) -> int:
-        return 0 if self.op == "Conv" or self.attrs.get("transB", 0) else 1
+                   int(attrs.get("group", 1)) if node.op_type == "Conv" else 1, weight_axis(node))
 
     def to_matrix(self, w: np.ndarray | torch.Tensor) -> torch.Tensor:
         """ONNX-layout weight -> ``[groups, out/groups, k]`` float32 tensor."""
