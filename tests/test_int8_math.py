@@ -140,6 +140,11 @@ def test_refusal_names_its_numbers_and_the_levers(kind, threshold, points_to_lab
     assert "--max-kept-fraction 0.5" in err.fix
     assert ("--eval-images DIR with class subfolders" in err.fix) == points_to_labels
     assert ("--min-agreement" in err.fix) == (kind == "agreement")
+    # the cap counts convs; a kept classifier Gemm makes the layer count differ, and it says so
+    err = bud.refusal(bud.Criterion(kind, threshold), bud.Measurement(metrics, False), 14, 13, 52,
+                      0.25, best_convs=13)
+    assert "at most 13 of the 52 convs" in err.message
+    assert "best (14 layer(s) out, 13 of them convs)" in err.message
 
 
 def _folder(root, classes: dict[str, int]) -> None:

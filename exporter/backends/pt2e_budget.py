@@ -213,4 +213,5 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
         return Fit(built, [names[n] for n in ranked[:k]], result, history,
                    [(names[n], s) for n, s in ranking])
     raise refusal(criterion, result, k, max_convs, convs, max_kept_fraction, runtime=fmt,
-                  kept_as="in float", fp16="use --precision fp16 where the runtime has it")
+                  kept_as="in float", fp16="use --precision fp16 where the runtime has it",
+                  best_convs=sum(n in conv_names for n in ranked[:k]))

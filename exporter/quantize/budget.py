@@ -222,8 +222,9 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     if met:
         return BudgetResult(model, base + ranked[:k], result, history, ranking,
                             timed[-1] if timed else None)
-    raise refusal(criterion, result, len(base) + k, max_kept, len(convs), max_kept_fraction,
-                  untried=untried)
+    best_kept = base + ranked[:k]
+    raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
+                  untried=untried, best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept))
 
 
 def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any, Measurement]],
@@ -248,13 +249,16 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
-            fp16: str = "use --precision fp16", untried: str = "") -> PrecisionError:
+            fp16: str = "use --precision fp16", untried: str = "",
+            best_convs: int | None = None) -> PrecisionError:
     """The budget's :class:`PrecisionError`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
     opt-in accuracy levers not used."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
+    if best_convs is not None and best_convs != best_kept:  # the cap counts convs, not layers
+        short += f", {best_convs} of them convs"
     return PrecisionError(
         f"the {runtime + ' ' if runtime else ''}INT8 accuracy budget ({criterion.describe()}) "
         f"cannot be met keeping at most {max_convs} of the {convs} convs {kept_as} "
