@@ -5,7 +5,7 @@ per tensor, and what keeping the budget's top-ranked layers out of INT8 buys.
     python benchmarks/int8_error_budget.py [--out benchmarks/INT8_ERROR_BUDGET.md] [--targets tensorrt,cpu]
 
 Protocol (issue 9): the default levers of each placement (activation-range equalization, ``mse``
-ranges, range search; bias correction on ``cpu``), all fitted on 64 calibration crops (seed 0);
+ranges, range search, bias correction), all fitted on 64 calibration crops (seed 0);
 judged on 200 other crops (seed 1) by top-1 agreement with the FP32 ONNX and the mean KL of the
 softmax. Decomposition: every Q/DQ of the placement (``all``), only the int8 weights (activation
 Q/DQ removed), only the activation Q/DQ (weights float); then one layer's weights at a time, and
@@ -61,7 +61,7 @@ def decompose(target: str, fp32, x_cal, judge: Judge) -> list[str]:
     plan = make_plan(model, target)
     ranges = search_ranges(model, plan, cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse"),
                            x_cal)
-    bias = q8.bias_correction(model, plan, ranges, x_cal) if target == "cpu" else None
+    bias = q8.bias_correction(model, plan, ranges, x_cal)  # on by default for both placements
 
     def build(edges: dict, quantized: list[str]) -> onnx.ModelProto:
         p = copy.deepcopy(plan)
