@@ -120,6 +120,10 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range-tuning", action="store_true", default=None,
                         help="tune the INT8 activation ranges end to end against the prediction "
                              "(minutes; opt-in lever: benchmarks/INT8_TUNE.md) (default off)")
+    parser.add_argument("--no-lever-retry", dest="lever_retry", action="store_false", default=None,
+                        help="refuse at once when the INT8 budget is not met, instead of retrying "
+                             "once with --weight-rounding exact --range-tuning (the default when "
+                             "neither is given; minutes more)")
 
 
 def quant_options(args: argparse.Namespace) -> dict:
@@ -128,7 +132,7 @@ def quant_options(args: argparse.Namespace) -> dict:
              "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
              "max_kept_fraction": "max_kept_fraction", "eval_images": "eval_data",
              "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
-             "range_tuning": "range_tuning"}
+             "range_tuning": "range_tuning", "lever_retry": "lever_retry"}
     return {dest: getattr(args, src) for src, dest in names.items()
             if getattr(args, src, None) is not None}
 

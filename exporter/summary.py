@@ -58,6 +58,10 @@ def _quant_lines(d: dict) -> list[str]:
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
         f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]
+    retry = d.get("lever_retry")
+    if retry:
+        lines.append(f"    retried: the default calibration missed the budget (best {retry['default_best']}); "
+                     f"met with the opt-in levers {retry['levers']} (+{retry['seconds']:.0f} s)")
     lat = d.get("latency_cpu")
     if lat:
         lines.append(f"    latency (ONNX Runtime CPU, batch {lat['batch']}, {lat['threads']} threads): "

@@ -93,6 +93,9 @@ def lever_problems(quant: dict) -> list[tuple[str, str]]:
     if quant.get("range_tuning") not in (None, True, False):
         problems.append((f"range tuning must be true or false, got {quant['range_tuning']!r}",
                          "pass --range-tuning (a plan: range_tuning = true), or leave it out"))
+    if quant.get("lever_retry") not in (None, True, False):
+        problems.append((f"lever retry must be true or false, got {quant['lever_retry']!r}",
+                         "pass --no-lever-retry (a plan: lever_retry = false), or leave it out"))
     return problems
 
 

@@ -14,7 +14,7 @@ _CARRIED = {"zoo", "reduced", "models", "jobs", "ray", "format", "precision", "i
             "weights", "batch", "opset", "exporter", "simplifier", "calibration",
             "calibration_method", "calibration_samples", "target", "max_accuracy_drop",
             "min_agreement", "max_kept_fraction", "eval_images", "eval_samples", "weight_rounding",
-            "range_tuning", "samples", "random",
+            "range_tuning", "lever_retry", "samples", "random",
             "runs", "warmup", "rounds", "batch_sizes", "no_latency", "threads", "output", "report",
             "keep_artifacts", "no_fail", "quiet", "verbose", "debug"}
 _SAME_IN_A_JOB = {"device": ("cpu",)}  # values a job runs with anyway

@@ -199,7 +199,8 @@ def test_budget_loop_falls_back_layers(out_dir):
     check_tensorrt_invariants(model)
     with pytest.raises(PrecisionError, match="cannot be met") as refused:
         quantize_stage(path, out_dir / "b2", recipe, spec, "int8", calibration="packaged:0",
-                       samples=16, eval_data=x, min_agreement=1.01, max_kept_fraction=0.05)
+                       samples=16, eval_data=x, min_agreement=1.01, max_kept_fraction=0.05,
+                       lever_retry=False)
     convs = d["convs"]  # the refusal names the cap it hit and how to raise it
     assert f"keeping at most {int(0.05 * convs)} of the {convs} convs" in refused.value.message
     assert "--max-kept-fraction 0.05)" in refused.value.message
@@ -212,9 +213,9 @@ def test_budget_loop_falls_back_layers(out_dir):
     ("nearest", False, "--weight-rounding exact --range-tuning"), ("gptq", False, "--range-tuning"),
     ("nearest", True, "--weight-rounding exact"), ("exact", True, "")])
 def test_refusal_names_only_the_levers_not_used(rounding, tuning, named):
-    from exporter.quantize import _untried_levers
+    from exporter.quantize.levers import untried_levers
 
-    assert _untried_levers(rounding, tuning) == named
+    assert untried_levers(rounding, tuning) == named
 
 
 def test_session_disables_weight_bias_quantization():

@@ -34,7 +34,7 @@ CALIBRATION_KEYS = {"data": "calibration", "samples": "samples", "method": "meth
                     "min_agreement": "min_agreement", "max_kept_fraction": "max_kept_fraction",
                     "eval_images": "eval_data",
                     "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
-                    "range_tuning": "range_tuning"}
+                    "range_tuning": "range_tuning", "lever_retry": "lever_retry"}
 PARITY_KEYS = {"samples", "random", "latency", "runs", "warmup", "rounds", "batch_sizes", "threads"}
 RESOURCE_KEYS = {"gpu", "cpus_per_job"}
 MODEL_KEYS = ("seed", "weights", "batch", "opset", "exporter", "simplifier")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from . import budget as bud
 from . import calibration as cal
 from . import equalize as eq
 from . import int8 as q8
+from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
 from .samples import Scratch
 
@@ -40,14 +42,15 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
                    equalize: bool = True, weight_rounding: str | None = None,
-                   range_tuning: bool = False, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   range_tuning: bool | None = None, lever_retry: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    speed_guard: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``.
     ``speed_guard``: the ``cpu`` budget refuses a model with layers kept that ONNX Runtime runs
     slower than FP32 (off for a runtime other than ONNX Runtime reading the Q/DQ graph).
     ``range_tuning``: tune the activation ranges end to end against the prediction's KL
-    (:mod:`.tune`; opt-in: benchmarks/INT8_TUNE.md)."""
+    (:mod:`.tune`; opt-in: benchmarks/INT8_TUNE.md). ``lever_retry``: when the budget refuses and
+    neither lever was chosen (both None), retry once with ``levers.RETRY_LEVERS``, and say so."""
     log = log or (lambda msg: None)
     fp32_onnx, out_dir = Path(fp32_onnx), Path(out_dir)
     if precision not in PRECISIONS:
@@ -61,9 +64,9 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
     if method not in cal.METHODS:
         raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
-    if weight_rounding is None:  # measured (benchmarks/INT8_GPTQ.md): GPTQ lowers the tensorrt KL, but
-        weight_rounding = "nearest"  # not top-1 on held-out crops, and one budget check got worse
-    if weight_rounding not in WEIGHT_ROUNDING:
+    # weight_rounding None = round-to-nearest (benchmarks/INT8_GPTQ.md: GPTQ lowers the tensorrt KL,
+    # but not top-1 on held-out crops), kept apart from an explicit "nearest" for the lever retry
+    if weight_rounding is not None and weight_rounding not in WEIGHT_ROUNDING:
         raise UsageError(f"unknown weight rounding '{weight_rounding}'", fix=f"use one of {WEIGHT_ROUNDING}")
     scratch = Scratch()
     try:
@@ -72,15 +75,15 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
                      min_agreement=min_agreement, bias_correction=bias_correction,
                      range_search=range_search, equalize=equalize, weight_rounding=weight_rounding,
-                     range_tuning=range_tuning, max_kept_fraction=max_kept_fraction,
-                     force_kept=force_kept, budget=budget, seed=seed, speed_guard=speed_guard)
+                     range_tuning=range_tuning, lever_retry=lever_retry,
+                     max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget, seed=seed, speed_guard=speed_guard)
     finally:
         scratch.close()
 
 
 def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, method, samples,
           target, eval_data, eval_samples, max_accuracy_drop, min_agreement, bias_correction,
-          range_search, equalize, weight_rounding, range_tuning,
+          range_search, equalize, weight_rounding, range_tuning, lever_retry,
           max_kept_fraction, force_kept, budget, seed, speed_guard) -> dict:
     t0 = time.time()
     batch = q8.fixed_batch(model)
@@ -115,42 +118,41 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     searched = None
     if range_search:
-        ranges, searched = _searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
+        ranges, searched = lv.searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
-    weights, rounding = _rounded_weights(model, target, set(rule_kept), ranges, data, weight_rounding,
-                                         seed, log)
-    bias: dict = {}
-    if bias_correction:
-        bias_key = target if rounding == "nearest" else f"{target}:{rounding}"  # bias follows the weights
-        stored = cached.setdefault("bias", {}).get(bias_key)
-        if stored is None:
-            log("calibration: bias correction")
-            bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array,
-                                      weights=weights)
-            cached["bias"][bias_key] = {k: v.tolist() for k, v in bias.items()}
-        else:
-            bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
-    tuned = None
-    if range_tuning:
-        ranges, tuned = _tuned_ranges(model, target, set(rule_kept), ranges, bias, weights, data, seed,
-                                      log)
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
-    if budget:
-        result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
-                                bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
-                                force_kept=kept_base, log=log, weights=weights,
-                                speed=(lambda m: _cpu_latency(fp32_model, m, spec, batch))
-                                if target == "cpu" and speed_guard else None,
-                                untried=_untried_levers(weight_rounding, range_tuning))
-        qmodel, kept, measurement = result.model, result.kept, result.measurement
-        history, ranking, latency = result.history, result.sensitivity, result.latency
-    else:
-        kept, latency = kept_base, None
-        qmodel = q8.build_qdq(model, make_plan(model, target, set(kept)), ranges, bias, weights=weights)
-        measurement = bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval), labels, criterion)
-        history, ranking = [], []
+
+    def calibrate_and_fit(levers: dict, untried: str) -> tuple[lv.Calibrated, _Fitted]:
+        calibrated = lv.apply_levers(model, target, set(rule_kept), ranges, data, cached,
+                                     bias_correction=bias_correction, seed=seed, log=log, **levers)
+        return calibrated, _fit(model, fp32_model, target, calibrated, x_eval, labels, criterion,
+                                data, kept_base, spec, batch, budget=budget,
+                                max_kept_fraction=max_kept_fraction, speed_guard=speed_guard,
+                                untried=untried, log=log)
+
+    levers = {"weight_rounding": weight_rounding or "nearest", "range_tuning": bool(range_tuning)}
+    retried = None
+    try:
+        calibrated, fitted = calibrate_and_fit(levers, lv.untried_levers(**levers))
+    except bud.BudgetRefused as first:
+        if not (lever_retry and budget and weight_rounding is None and range_tuning is None):
+            raise
+        t_retry = time.time()
+        log(f"int8 budget: the default calibration's best was {first.best}; retrying with the "
+            f"opt-in levers {lv.RETRY_FLAGS} (minutes more; --no-lever-retry refuses instead)")
+        try:
+            calibrated, fitted = calibrate_and_fit(lv.RETRY_LEVERS, "")
+        except bud.BudgetRefused as again:
+            raise bud.BudgetRefused(
+                f"{again.message}, with the opt-in levers {lv.RETRY_FLAGS} (retried after the "
+                f"default calibration's best, {first.best})", fix=again.fix, best=again.best) from None
+        retried = {"levers": lv.RETRY_FLAGS, "default_best": first.best,
+                   "seconds": round(time.time() - t_retry, 1)}
+    weights = calibrated.weights
+    qmodel, kept, measurement = fitted.model, fitted.kept, fitted.measurement
+    history, ranking, latency = fitted.history, fitted.ranking, fitted.latency
     final_plan = make_plan(model, target, set(kept))
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     int8_convs = [n for n in final_plan.quantized if n in convs]
@@ -171,8 +173,9 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "activations": "int8 symmetric, zero-point 0" if final_plan.signed else "uint8 asymmetric",
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
-        "bias_correction": bias_correction, "range_search": searched, "range_tuning": tuned,
-        "weight_rounding": {"method": rounding, "layers": len(weights)},
+        "bias_correction": bias_correction, "range_search": searched,
+        "range_tuning": calibrated.tuned, "lever_retry": retried,
+        "weight_rounding": {"method": calibrated.rounding, "layers": len(weights)},
         "equalization": {k: v for k, v in equalized.items() if k != "tensors"},
         "int8_convs": len(int8_convs), "convs": len(convs),
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
@@ -192,65 +195,34 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     return entry
 
 
-def _untried_levers(weight_rounding: str, range_tuning: bool) -> str:
-    """The opt-in accuracy levers' flags this export did not use (for the budget's refusal)."""
-    flags = ([] if weight_rounding != "nearest" else ["--weight-rounding exact"]) \
-        + ([] if range_tuning else ["--range-tuning"])
-    return " ".join(flags)
+@dataclass
+class _Fitted:
+    model: onnx.ModelProto
+    kept: list[str]
+    measurement: bud.Measurement
+    history: list[dict]
+    ranking: list
+    latency: dict | None
 
 
-def _searched_ranges(model, target: str, excluded: set, ranges: dict, data, cached: dict, log):
-    """Ranges re-chosen for the consumers' output error (``range_search``), cached per target;
-    a graph the search cannot walk keeps the histogram ranges, and the manifest says why."""
-    stored = cached.setdefault("searched", {}).get(target)
-    if stored is not None:
-        return {**ranges, **{k: tuple(v) for k, v in stored.items()}}, "output-error search (cached)"
-    from .range_search import search_ranges
-
-    log("calibration: searching ranges against the consuming layers' output error")
-    try:
-        found = search_ranges(model, make_plan(model, target, excluded), ranges, data.array, log=log)
-    except PrecisionError as err:
-        log(f"calibration: range search skipped ({err.message}); histogram ranges kept")
-        return ranges, f"skipped: {err.message}"
-    changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
-    cached["searched"][target] = changed
-    return found, "output-error search"
-
-
-def _tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, weights: dict, data,
-                  seed: int, log) -> tuple[dict, dict | str]:
-    """(ranges, report) after the end-to-end tuning (:mod:`.tune`); a graph the torch walk cannot
-    run keeps its ranges, and the report says why."""
-    from .tune import tune_ranges
-
-    log("calibration: tuning the activation ranges against the prediction's KL")
-    report: dict = {}
-    try:
-        tuned = tune_ranges(model, make_plan(model, target, excluded), ranges, data.array, bias,
-                            weights, seed=seed, log=log, report=report)
-    except PrecisionError as err:
-        log(f"calibration: range tuning skipped ({err.message}); ranges kept")
-        return ranges, f"skipped: {err.message}"
-    return tuned, report
-
-
-def _rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
-                     log) -> tuple[dict, str]:
-    """({layer: int8 weight}, what was done): the exact search of depthwise convs (``exact``; with
-    GPTQ for the other layers: ``gptq``), or round-to-nearest when asked or when the graph has an op
-    the reconstruction walk cannot run."""
-    if how == "nearest":
-        return {}, "nearest"
-    from .gptq import round_weights
-
-    log(f"calibration: {how} weight rounding")
-    try:
-        return round_weights(model, make_plan(model, target, excluded), ranges, data.array,
-                             mode=how, seed=seed, log=log), how
-    except PrecisionError as err:
-        log(f"calibration: {how} rounding skipped ({err.message}); round-to-nearest weights")
-        return {}, f"nearest ({how} rounding skipped: {err.message})"
+def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labels, criterion, data,
+         kept_base: list[str], spec: InputSpec, batch: int | None, *, budget: bool,
+         max_kept_fraction: float, speed_guard: bool, untried: str, log) -> _Fitted:
+    """The budget loop over ``calibrated`` (or, budget off, the plan with ``kept_base`` out)."""
+    ranges, bias, weights = calibrated.ranges, calibrated.bias, calibrated.weights
+    if not budget:
+        qmodel = q8.build_qdq(model, make_plan(model, target, set(kept_base)), ranges, bias,
+                              weights=weights)
+        return _Fitted(qmodel, kept_base, bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval),
+                                                      labels, criterion), [], [], None)
+    speed = (lambda m: _cpu_latency(fp32_model, m, spec, batch)) \
+        if target == "cpu" and speed_guard else None
+    result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
+                            bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
+                            force_kept=kept_base, log=log, weights=weights, speed=speed,
+                            untried=untried)
+    return _Fitted(result.model, result.kept, result.measurement, result.history,
+                   result.sensitivity, result.latency)
 
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and

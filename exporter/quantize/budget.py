@@ -11,7 +11,7 @@ calibration samples and their horizontal flips (an error of the whole network, m
 hundreds of samples: stable where top-1 on a few dozen is noise; and cheap, since a model with
 one int8 layer runs at FP32 speed). Layers leave INT8 in ranked groups of growing size
 (1, 2, 3, 4, 6, 8, ...), each group judged on the held-out set; the first that meets the budget
-wins. More than ``max_kept_fraction`` (1/4) of the convolutions -> :class:`PrecisionError`.
+wins. More than ``max_kept_fraction`` (1/4) of the convolutions -> :class:`BudgetRefused`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ from . import int8 as q8
 from .placement import plan as make_plan
 
 DEFAULT_DROP = 1.0
+
+
+class BudgetRefused(PrecisionError):
+    """The budget cannot be met within its cap (or, on ``cpu``, only by a model slower than FP32).
+    ``best``: the best it reached, in words ("14 layer(s) out: top-1 agreement 0.935 ...")."""
+
+    def __init__(self, message: str, fix: str = "", best: str = ""):
+        super().__init__(message, fix=fix)
+        self.best = best
+
 DEFAULT_AGREEMENT = 0.95
 MAX_KEPT_FRACTION = 0.25
 # cpu: a budget model with kept layers must run at least this much faster than FP32 as measured
@@ -250,8 +260,8 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
             fp16: str = "use --precision fp16", untried: str = "",
-            best_convs: int | None = None) -> PrecisionError:
-    """The budget's :class:`PrecisionError`: the cap it hit, the best it reached, the levers.
+            best_convs: int | None = None) -> BudgetRefused:
+    """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
     opt-in accuracy levers not used."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
@@ -259,7 +269,7 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
     short = "out" if kept_as == "out of INT8" else kept_as
     if best_convs is not None and best_convs != best_kept:  # the cap counts convs, not layers
         short += f", {best_convs} of them convs"
-    return PrecisionError(
+    return BudgetRefused(
         f"the {runtime + ' ' if runtime else ''}INT8 accuracy budget ({criterion.describe()}) "
         f"cannot be met keeping at most {max_convs} of the {convs} convs {kept_as} "
         f"(--max-kept-fraction {fraction:g}): the best ({best_kept} layer(s) {short}) reached "
@@ -271,19 +281,21 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
             "closer-to-deployment data (--calibration DIR, --calibration-samples N)"
             + ("" if criterion.kind == "accuracy_drop" else
                "; agreement on unlabelled crops flips on near-ties, so where labelled images exist "
-               "judge by accuracy instead (--eval-images DIR with class subfolders named by class index)"))
+               "judge by accuracy instead (--eval-images DIR with class subfolders named by class index)"),
+        best=f"{best_kept} layer(s) {short}: {best.describe()}")
 
 
-def too_slow(criterion: Criterion, met: Measurement, kept: int, latency: dict) -> PrecisionError:
+def too_slow(criterion: Criterion, met: Measurement, kept: int, latency: dict) -> BudgetRefused:
     """The ``cpu`` budget met, but by a model slower than FP32: INT8 would defeat its purpose."""
-    return PrecisionError(
+    return BudgetRefused(
         f"the INT8 accuracy budget ({criterion.describe()}) is met with {kept} layer(s) kept in "
         f"FP32 ({met.describe()}), but that model runs at {latency['speedup']:.2f}x FP32 on ONNX "
         f"Runtime CPU ({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms, batch "
         f"{latency['batch']}): each float layer between int8 ones costs layout conversions and "
         "Q/DQ, more than INT8 saves",
         fix="deploy FP32 (--precision fp32) on this CPU, loosen the budget with --min-agreement A "
-            "or --max-accuracy-drop N, or calibrate with closer-to-deployment data (--calibration DIR)")
+            "or --max-accuracy-drop N, or calibrate with closer-to-deployment data (--calibration DIR)",
+        best=f"{kept} layer(s) kept in FP32: {met.describe()} at {latency['speedup']:.2f}x FP32")
 
 
 def largest_prefix(ranked: list[str], is_conv: Callable[[str], bool], max_convs: int,

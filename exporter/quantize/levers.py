@@ -1,0 +1,113 @@
+"""The calibration levers between the activation ranges and the accuracy budget: the output-error
+range search, the weight rounding (round-to-nearest, or the opt-in ``exact``/``gptq``), bias
+correction, and the opt-in end-to-end range tuning. :func:`apply_levers` composes them;
+``RETRY_LEVERS`` are what the export retries with when the default calibration misses the budget
+(benchmarks/INT8_RESULTS.md: on real MobileNetV2 weights they turned the default ``tensorrt``
+refusal into a met budget).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import PrecisionError
+from . import int8 as q8
+from .placement import plan as make_plan
+
+RETRY_LEVERS = {"weight_rounding": "exact", "range_tuning": True}
+RETRY_FLAGS = "--weight-rounding exact --range-tuning"
+
+
+@dataclass
+class Calibrated:
+    """What the levers chose: ranges, int8 weights (empty: round-to-nearest), bias deltas."""
+    ranges: dict
+    weights: dict
+    rounding: str
+    bias: dict
+    tuned: dict | str | None
+
+
+def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: dict, *,
+                 weight_rounding: str, range_tuning: bool, bias_correction: bool, seed: int,
+                 log) -> Calibrated:
+    """Weight rounding, then bias correction (cached per target and rounding: the bias follows
+    the weights), then range tuning, on top of ``ranges``; ``ranges`` itself is not changed."""
+    weights, rounding = rounded_weights(model, target, excluded, ranges, data, weight_rounding, seed, log)
+    bias: dict = {}
+    if bias_correction:
+        bias_key = target if rounding == "nearest" else f"{target}:{rounding}"
+        stored = cached.setdefault("bias", {}).get(bias_key)
+        if stored is None:
+            log("calibration: bias correction")
+            bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array,
+                                      weights=weights)
+            cached["bias"][bias_key] = {k: v.tolist() for k, v in bias.items()}
+        else:
+            bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
+    tuned = None
+    if range_tuning:
+        ranges, tuned = tuned_ranges(model, target, excluded, ranges, bias, weights, data, seed, log)
+    return Calibrated(ranges, weights, rounding, bias, tuned)
+
+
+def untried_levers(weight_rounding: str, range_tuning: bool) -> str:
+    """The opt-in accuracy levers' flags this export did not use (for the budget's refusal)."""
+    flags = ([] if weight_rounding != "nearest" else ["--weight-rounding exact"]) \
+        + ([] if range_tuning else ["--range-tuning"])
+    return " ".join(flags)
+
+
+def searched_ranges(model, target: str, excluded: set, ranges: dict, data, cached: dict, log):
+    """Ranges re-chosen for the consumers' output error (``range_search``), cached per target;
+    a graph the search cannot walk keeps the histogram ranges, and the manifest says why."""
+    stored = cached.setdefault("searched", {}).get(target)
+    if stored is not None:
+        return {**ranges, **{k: tuple(v) for k, v in stored.items()}}, "output-error search (cached)"
+    from .range_search import search_ranges
+
+    log("calibration: searching ranges against the consuming layers' output error")
+    try:
+        found = search_ranges(model, make_plan(model, target, excluded), ranges, data.array, log=log)
+    except PrecisionError as err:
+        log(f"calibration: range search skipped ({err.message}); histogram ranges kept")
+        return ranges, f"skipped: {err.message}"
+    changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
+    cached["searched"][target] = changed
+    return found, "output-error search"
+
+
+def tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, weights: dict, data,
+                 seed: int, log) -> tuple[dict, dict | str]:
+    """(ranges, report) after the end-to-end tuning (:mod:`.tune`); a graph the torch walk cannot
+    run keeps its ranges, and the report says why."""
+    from .tune import tune_ranges
+
+    log("calibration: tuning the activation ranges against the prediction's KL")
+    report: dict = {}
+    try:
+        tuned = tune_ranges(model, make_plan(model, target, excluded), ranges, data.array, bias,
+                            weights, seed=seed, log=log, report=report)
+    except PrecisionError as err:
+        log(f"calibration: range tuning skipped ({err.message}); ranges kept")
+        return ranges, f"skipped: {err.message}"
+    return tuned, report
+
+
+def rounded_weights(model, target: str, excluded: set, ranges: dict, data, how: str, seed: int,
+                    log) -> tuple[dict, str]:
+    """({layer: int8 weight}, what was done): the exact search of depthwise convs (``exact``; with
+    GPTQ for the other layers: ``gptq``), or round-to-nearest when asked or when the graph has an op
+    the reconstruction walk cannot run."""
+    if how == "nearest":
+        return {}, "nearest"
+    from .gptq import round_weights
+
+    log(f"calibration: {how} weight rounding")
+    try:
+        return round_weights(model, make_plan(model, target, excluded), ranges, data.array,
+                             mode=how, seed=seed, log=log), how
+    except PrecisionError as err:
+        log(f"calibration: {how} rounding skipped ({err.message}); round-to-nearest weights")
+        return {}, f"nearest ({how} rounding skipped: {err.message})"
