@@ -43,21 +43,23 @@ def test_zoo_plan_covers_every_recipe_at_its_reduced_size():
 def test_export_zoo_plan_verifies_without_latency_and_carries_int8_calibration():
     plan = plan_of("--zoo", "--models", "resnet1*,lenet5", "--precision", "int8", "--calibration",
                    "packaged", "--calibration-samples", "32", "--target", "cpu",
-                   "--weight-rounding", "exact", "--range-tuning", command="export")
+                   "--weight-rounding", "exact", "--range-tuning", "--no-lever-retry",
+                   command="export")
     assert [name for _, name, _ in plan.models] == ["resnet101", "resnet152", "resnet18", "lenet5"]
     job = plan.jobs("out")[0]
     assert job.precision == "int8" and job.parity == {"latency": False, "samples": 8, "random": 4}
     assert job.quant == {"calibration": "packaged", "samples": 32, "target": "cpu",
-                         "weight_rounding": "exact", "range_tuning": True}
+                         "weight_rounding": "exact", "range_tuning": True, "lever_retry": False}
 
 
 def test_opt_in_levers_in_a_plan_are_checked_up_front():
     with pytest.raises(PlanError) as info:
         parse_plan({"models": ["lenet5"], "formats": ["onnx"], "precisions": ["int8"],
                     "calibration": {"data": "packaged", "weight_rounding": "adaround",
-                                    "range_tuning": "yes"}})
+                                    "range_tuning": "yes", "lever_retry": "no"}})
     for part in ("weight rounding 'adaround' is not one of nearest, exact, gptq",
-                 "range tuning must be true or false, got 'yes'", "2 problem(s)"):
+                 "range tuning must be true or false, got 'yes'",
+                 "lever retry must be true or false, got 'no'", "3 problem(s)"):
         assert part in info.value.message, (part, info.value.message)
 
 

@@ -133,22 +133,24 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                                 untried=untried, log=log)
 
     levers = {"weight_rounding": weight_rounding or "nearest", "range_tuning": bool(range_tuning)}
-    retried = None
+    retried, first_best = None, None
     try:
         calibrated, fitted = calibrate_and_fit(levers, lv.untried_levers(**levers))
-    except bud.BudgetRefused as first:
+    except bud.BudgetRefused as first:  # leaving the block frees the first try's frames
         if not (lever_retry and budget and weight_rounding is None and range_tuning is None):
             raise
+        first_best = first.best
+    if first_best is not None:
         t_retry = time.time()
-        log(f"int8 budget: the default calibration's best was {first.best}; retrying with the "
+        log(f"int8 budget: the default calibration's best was {first_best}; retrying with the "
             f"opt-in levers {lv.RETRY_FLAGS} (minutes more; --no-lever-retry refuses instead)")
         try:
             calibrated, fitted = calibrate_and_fit(lv.RETRY_LEVERS, "")
         except bud.BudgetRefused as again:
             raise bud.BudgetRefused(
                 f"{again.message}, with the opt-in levers {lv.RETRY_FLAGS} (retried after the "
-                f"default calibration's best, {first.best})", fix=again.fix, best=again.best) from None
-        retried = {"levers": lv.RETRY_FLAGS, "default_best": first.best,
+                f"default calibration's best, {first_best})", fix=again.fix, best=again.best) from None
+        retried = {"levers": lv.RETRY_FLAGS, "default_best": first_best,
                    "seconds": round(time.time() - t_retry, 1)}
     weights = calibrated.weights
     qmodel, kept, measurement = fitted.model, fitted.kept, fitted.measurement
