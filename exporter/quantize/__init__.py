@@ -42,7 +42,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
                    equalize: bool = True, weight_rounding: str | None = None,
-                   range_tuning: bool | None = None, lever_retry: bool = True, max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
+                   range_tuning: bool | None = None, lever_retry: bool = True,
+                   max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    speed_guard: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Produce ``<model>.fp16.onnx`` or ``<model>.int8.<target>.onnx`` in ``out_dir``.
@@ -76,7 +77,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                      min_agreement=min_agreement, bias_correction=bias_correction,
                      range_search=range_search, equalize=equalize, weight_rounding=weight_rounding,
                      range_tuning=range_tuning, lever_retry=lever_retry,
-                     max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget, seed=seed, speed_guard=speed_guard)
+                     max_kept_fraction=max_kept_fraction, force_kept=force_kept, budget=budget,
+                     seed=seed, speed_guard=speed_guard)
     finally:
         scratch.close()
 
@@ -199,6 +201,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
 
 @dataclass
 class _Fitted:
+    """The model a budget loop chose, what it kept out of INT8, and what it measured."""
     model: onnx.ModelProto
     kept: list[str]
     measurement: bud.Measurement
