@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from . import int8 as q8
 from .placement import Graph, Plan, weight_axis
+from .samples import evenly_spaced
 from .torch_exec import Executor, _attrs
 
 MAX_PATCH_FLOATS = 24_000_000  # ~96 MB of sampled patches per layer
@@ -165,8 +166,7 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
     ``fp32_output(layer_name)`` gives that layer's FP32 output. ``on_linear(site)`` returns int8
     weights (ONNX layout) or None. ``ranges`` is updated in place by ``on_activation``'s answers.
     """
-    if len(data) > max_samples:  # memory follows the batch: bound it (evenly spaced subset)
-        data = data[np.linspace(0, len(data) - 1, max_samples).round().astype(int)]
+    data = evenly_spaced(data, max_samples)  # memory follows the batch: bound it
     qdq = q8.build_qdq(fp32, plan, ranges, None, kept_dtype="fp32", weights=weights)  # kept layers: fp32 here
     graph = Graph(fp32)
     inputs = {fp32.graph.input[0].name: torch.from_numpy(np.ascontiguousarray(data, np.float32))}

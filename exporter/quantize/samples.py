@@ -134,6 +134,14 @@ def balanced_order(root: Path, seed: int) -> tuple[list[Path], list[int] | None,
     return order, labels, subdirs if labelled else []
 
 
+def evenly_spaced(data: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` rows of ``data``, evenly spaced over it (a memory bound that keeps the
+    class balance of a balanced order); ``data`` itself when it has no more."""
+    if len(data) <= count:
+        return data
+    return data[np.linspace(0, len(data) - 1, count).round().astype(int)]
+
+
 def split_sizes(available: int, samples: int, holdout: int) -> tuple[int, int]:
     """(calibration, held-out) counts from one pool: the held-out set keeps at least a quarter."""
     if holdout <= 0:

@@ -22,6 +22,7 @@ import torch
 
 from . import int8 as q8
 from .placement import Plan
+from .samples import evenly_spaced
 from .torch_exec import _QRANGE, Executor
 
 STEPS = 160
@@ -91,9 +92,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     graph = _Graph(qmodel, tunable)
     keys = sorted({src for src in sources.values()})
     log_scale = {k: torch.zeros((), requires_grad=True) for k in keys}
-    if len(data) > MAX_SAMPLES:
-        data = data[np.linspace(0, len(data) - 1, MAX_SAMPLES).round().astype(int)]
-    x = np.asarray(data, np.float32)
+    x = np.asarray(evenly_spaced(data, MAX_SAMPLES), np.float32)
     x = np.concatenate([x, x[..., ::-1]])
     ref = q8.run(fp32, x)
     ref_logp = torch.log_softmax(torch.from_numpy(ref).double(), 1).float()
