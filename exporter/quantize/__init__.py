@@ -139,7 +139,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     try:
         calibrated, fitted = calibrate_and_fit(levers, lv.untried_levers(**levers))
     except bud.BudgetRefused as first:  # leaving the block frees the first try's frames
-        if not (lever_retry and budget and weight_rounding is None and range_tuning is None):
+        if not (lever_retry and weight_rounding is None and range_tuning is None):
             raise
         first_best = first.best
     if first_best is not None:
