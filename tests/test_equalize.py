@@ -135,3 +135,66 @@ def test_a_pair_kept_in_fp32_gets_its_clip_and_weights_back():
     assert np.allclose(inits(kept)["w0"], orig["w0"], rtol=1e-6, atol=1e-9)
     # a depthwise consumer still in int8 reads a Q/DQ'd tensor: that pair stays equalized
     assert eq.restore_float_pairs(q8.build_qdq(out, make_plan(out, "cpu", {"stem"}), ranges)) == 0
+
+
+def projection_block(seed: int = 0) -> onnx.ModelProto:
+    """depthwise Conv(8) -> Clip(0, 6) -> Conv 1x1 (8->6): MobileNetV2's projection, with the
+    depthwise output channels peaking ~100x apart."""
+    rng = np.random.default_rng(seed)
+    gain = np.logspace(-2, 0, 8).astype(np.float32)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * gain[:, None, None, None])
+                                     .astype(np.float32), "wd"),
+             numpy_helper.from_array((0.1 * gain).astype(np.float32), "bd"),
+             numpy_helper.from_array(rng.standard_normal((6, 8, 1, 1)).astype(np.float32), "wp"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "wd", "bd"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["r"], name="clip"),
+             helper.make_node("Conv", ["r", "wp"], ["y"], name="pw")]
+    return onnx_model(nodes, inits, [None, 8, 10, 10], [None, 6, 10, 10])
+
+
+def proj_images(n: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, 8, 10, 10)) * 3).astype(np.float32)
+
+
+def test_dense_consumers_are_taken_only_when_asked_and_only_after_a_depthwise():
+    describe = lambda pairs: [(p.producer.name, p.activation.name, [c.name for c in p.consumers], p.dense)  # noqa: E731
+                              for p in pairs]
+    assert eq.find_pairs(projection_block()) == []
+    assert describe(eq.find_pairs(projection_block(), dense=True)) == [("dw", "clip", ["pw"], True)]
+    # mobile_block: dw1 -> Relu -> pw2 is taken; pw2 -> Relu -> dense3 is not (pw2 is not depthwise)
+    assert describe(eq.find_pairs(mobile_block(), dense=True)) == [
+        ("stem", "clip0", ["dw1"], False), ("dw1", "relu1", ["pw2"], True)]
+
+
+def test_dense_equalization_is_the_same_function_with_square_root_scales():
+    model, x = projection_block(), proj_images(48, 1)
+    out, record = eq.equalize(model, x, dense_alpha=0.5)
+    assert record["pairs"] == 1 and record["dense_pairs"] == 1 and record["dense_alpha"] == 0.5
+    x_new = proj_images(16, 2)
+    ref = q8.run(model, x_new)
+    assert np.abs(q8.run(out, x_new) - ref).max() <= 1e-5 * np.abs(ref).max()
+    before = eq.channel_maxima(model, ["r"], x)["r"]
+    after = eq.channel_maxima(out, ["r"], x)["r"]
+    expected = np.clip(np.sqrt(before.max() / before), 1.0, eq.CAP)
+    assert np.allclose(after, before * expected, rtol=1e-4)
+    assert before.max() / before.min() > 20 and after.max() / after.min() < 0.6 * before.max() / before.min()
+    # the dense consumer's input columns carry the inverse scale
+    w_before = numpy_helper.to_array(model.graph.initializer[2])
+    w_after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}["wp"]
+    assert np.allclose(w_after, w_before / expected[None, :, None, None], rtol=1e-5)
+
+
+def test_a_dense_pair_kept_in_fp32_gets_its_clip_and_weights_back():
+    model, x = projection_block(), proj_images(48, 1)
+    out, _ = eq.equalize(model, x, dense_alpha=0.5)
+    ranges = compute_ranges(collect_statistics(out, x), "mse")
+    # both convs int8: the Q in front of the projection saturates below 6, so the Min goes
+    assert "Min" not in [n.op_type for n in q8.build_qdq(out, make_plan(out, "tensorrt"), ranges).graph.node]
+    kept = q8.build_qdq(out, make_plan(out, "tensorrt", {"dw", "pw"}), ranges, kept_dtype="fp32")
+    assert [n.op_type for n in kept.graph.node] == ["Conv", "Clip", "Conv"]
+    inits = {t.name: numpy_helper.to_array(t) for t in kept.graph.initializer}
+    orig = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name in ("wd", "bd", "wp"):
+        assert np.allclose(inits[name], orig[name], rtol=1e-5, atol=1e-9), name

@@ -99,15 +99,20 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     fp32_model = model
+    if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
+        bias_correction = True
     equalized = {"pairs": 0}
-    if equalize:
-        model, equalized = eq.equalize(model, data.array)
+    if equalize:  # into dense consumers only with bias correction: benchmarks/INT8_EQ_DENSE.md
+        model, equalized = eq.equalize(model, data.array,
+                                       dense_alpha=eq.DENSE_ALPHA if bias_correction else None)
         if equalized["pairs"]:
-            log(f"calibration: {equalized['pairs']} activation(s) equalized into their depthwise "
-                f"consumers (per-channel scale up to {equalized['max_scale']:g})")
+            log(f"calibration: {equalized['pairs']} activation(s) equalized into their consumers"
+                + (f", {equalized['dense_pairs']} of them into dense convs" if equalized.get("dense_pairs") else "")
+                + f" (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
-                  + (":equalized" if equalized["pairs"] else "")}
+                  + (":equalized" if equalized["pairs"] else "")
+                  + (f":dense{eq.DENSE_ALPHA:g}" if equalized.get("dense_pairs") else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
@@ -121,8 +126,6 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     searched = None
     if range_search:
         ranges, searched = lv.searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
-    if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
-        bias_correction = True
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
 

@@ -16,6 +16,15 @@ nothing and :func:`drop_redundant_min` removes it from the Q/DQ graph, so Tensor
 Runtime fuse Conv + ReLU + Q as before. Where the accuracy budget keeps a pair in FP32 (no Q reads
 the ``Min``), :func:`restore_float_pairs` undoes its scaling: there it buys nothing, and ONNX
 Runtime runs the ``Min`` as a separate pass over the tensor.
+
+With ``dense_alpha`` (the export's default when bias correction is on), a depthwise Conv ->
+ReLU/ReLU6 read only by dense Convs (MobileNet's projections) is equalized too: the depthwise
+output channel ``i`` is scaled by ``s_i = min((widest / range_i) ** alpha, CAP)`` and the dense
+consumers' input column ``i`` divided by it. That is not free: the dense weights are quantized per
+*output* channel, so a shrunk column rounds coarser relative to its size. ``alpha = 0.5`` splits
+the range between the activation and the weights, as SmoothQuant's migration strength does (Xiao
+et al. 2023); alone it raised the held-out KL, with bias correction it lowered it on both
+placements (benchmarks/INT8_EQ_DENSE.md).
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ from onnx import helper, numpy_helper
 from ..onnx_graph import GraphIndex
 
 CAP = 32.0  # largest per-channel scale: a near-dead channel is not blown up without bound
+DENSE_ALPHA = 0.5  # exponent of the depthwise -> dense scales (benchmarks/INT8_EQ_DENSE.md)
 
 
 @dataclass
@@ -36,10 +46,12 @@ class Pair:
     activation: onnx.NodeProto  # Relu or Clip(0, c)
     consumers: list[onnx.NodeProto]  # depthwise Convs reading the activation
     bound: float | None  # the Clip's upper bound (None: Relu)
+    dense: bool = False  # consumers are dense convs: their input columns take the 1/s_i
 
 
-def find_pairs(model: onnx.ModelProto) -> list[Pair]:
-    """Conv -> Relu/Clip(0, c) -> depthwise Conv(s) chains whose scaling is free and exact."""
+def find_pairs(model: onnx.ModelProto, dense: bool = False) -> list[Pair]:
+    """Conv -> Relu/Clip(0, c) -> depthwise Conv(s) chains whose scaling is free and exact; with
+    ``dense``, also depthwise Conv -> Relu/Clip(0, c) -> dense Conv(s) (MobileNet's projections)."""
     graph = GraphIndex(model)
     pairs = []
     for act in model.graph.node:
@@ -51,10 +63,12 @@ def find_pairs(model: onnx.ModelProto) -> list[Pair]:
                 or len(graph.consumers.get(act.input[0], [])) != 1:
             continue
         users = graph.consumers.get(act.output[0], [])
-        if not users or act.output[0] in graph.outputs \
-                or not all(slot == 0 and _depthwise(graph, node) for node, slot in users):
+        if not users or act.output[0] in graph.outputs or any(slot != 0 for _, slot in users):
             continue
-        pairs.append(Pair(prod, act, [node for node, _ in users], bound))
+        if all(_depthwise(graph, node) for node, _ in users):
+            pairs.append(Pair(prod, act, [node for node, _ in users], bound))
+        elif dense and _depthwise(graph, prod) and all(_dense(graph, node) for node, _ in users):
+            pairs.append(Pair(prod, act, [node for node, _ in users], bound, dense=True))
     return pairs
 
 
@@ -85,6 +99,17 @@ def _depthwise(graph: GraphIndex, node: onnx.NodeProto) -> bool:
     return len(dims) > 2 and dims[1] == 1 and group == dims[0]
 
 
+def _dense(graph: GraphIndex, node: onnx.NodeProto) -> bool:
+    if node.op_type != "Conv" or not _const_weight(graph, node):
+        return False
+    return next((a.i for a in node.attribute if a.name == "group"), 1) == 1
+
+
+def _input_factor(pair: Pair, s: np.ndarray) -> np.ndarray:
+    """``s`` shaped to scale the consumers' weights along their input channels."""
+    return s[None, :, None, None] if pair.dense else s[:, None, None, None]
+
+
 def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
                    batch: int = 8) -> dict[str, np.ndarray]:
     """Per-channel max of each (non-negative, NCHW) tensor over ``data``, streamed by batch."""
@@ -102,38 +127,43 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
     return out
 
 
-def channel_scales(maxima: np.ndarray, cap: float = CAP) -> np.ndarray:
-    """``s_i = widest / range_i`` within [1, cap]; channels that never fire keep 1."""
+def channel_scales(maxima: np.ndarray, cap: float = CAP, alpha: float = 1.0) -> np.ndarray:
+    """``s_i = (widest / range_i) ** alpha`` within [1, cap]; channels that never fire keep 1."""
     widest = float(maxima.max())
     if widest <= 0:
         return np.ones_like(maxima, np.float32)
-    s = np.where(maxima > 0, widest / np.maximum(maxima, widest / cap), 1.0)
+    s = np.where(maxima > 0, widest / np.maximum(maxima, widest / cap), 1.0) ** alpha
     return np.clip(s, 1.0, cap).astype(np.float32)
 
 
-def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP) -> tuple[onnx.ModelProto, dict]:
-    """(equalized copy of ``model``, record for the manifest). ``model`` is not modified."""
-    pairs = find_pairs(model)
+def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP,
+             dense_alpha: float | None = None) -> tuple[onnx.ModelProto, dict]:
+    """(equalized copy of ``model``, record for the manifest). ``model`` is not modified.
+    ``dense_alpha``: also equalize depthwise outputs into dense consumers, with that exponent."""
+    dense = dense_alpha is not None
+    pairs = find_pairs(model, dense)
     if not pairs:
         return model, {"pairs": 0}
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    pairs = find_pairs(out)
+    pairs = find_pairs(out, dense)
     maxima = channel_maxima(out, [p.activation.output[0] for p in pairs], data)
     inits = {t.name: t for t in out.graph.initializer}
     shared = _shared_initializers(out)
     spread = []
     for pair in pairs:
-        s = channel_scales(maxima[pair.activation.output[0]], cap)
+        s = channel_scales(maxima[pair.activation.output[0]], cap, dense_alpha if pair.dense else 1.0)
         _scale_init(out, inits, shared, pair.producer, 1, s[:, None, None, None])
         if len(pair.producer.input) > 2 and pair.producer.input[2]:
             _scale_init(out, inits, shared, pair.producer, 2, s)
         for node in pair.consumers:
-            _scale_init(out, inits, shared, node, 1, 1.0 / s[:, None, None, None])
+            _scale_init(out, inits, shared, node, 1, 1.0 / _input_factor(pair, s))
         if pair.bound is not None:
             _clip_to_relu_min(out, pair, s)
         spread.append(float(s.max()))
+    dense_pairs = sum(p.dense for p in pairs)
     return out, {"pairs": len(pairs), "cap": cap, "max_scale": round(max(spread), 2),
+                 **({"dense_pairs": dense_pairs, "dense_alpha": dense_alpha} if dense else {}),
                  "tensors": [p.activation.output[0] for p in pairs]}
 
 
@@ -211,7 +241,7 @@ def _q_ceiling(graph: GraphIndex, q: onnx.NodeProto) -> float:
 
 
 def restore_float_pairs(model: onnx.ModelProto) -> int:
-    """Undo the equalization of each ReLU6 pair whose ``Min`` is read only by FP32 depthwise convs
+    """Undo the equalization of each ReLU6 pair whose ``Min`` is read only by FP32 convs
     and whose producer has FP32 weights (layers kept out of INT8): ``Relu`` + ``Min`` become the
     original ``Clip(0, c)`` and both weights lose their per-channel scale, the same FP32 function.
     ``c`` is the smallest bound: the widest channel's scale is 1. Returns how many were restored."""
@@ -230,8 +260,10 @@ def restore_float_pairs(model: onnx.ModelProto) -> int:
         users = graph.consumers.get(low.output[0], [])
         if prod is None or prod.op_type != "Conv" or not _private_float(graph, prod) or not users \
                 or low.output[0] in graph.outputs \
-                or not all(slot == 0 and _depthwise(graph, node) and _private_float(graph, node)
-                           for node, slot in users):
+                or not all(slot == 0 and _private_float(graph, node) for node, slot in users):
+            continue
+        dense = not all(_depthwise(graph, node) for node, _ in users)
+        if dense and not (_depthwise(graph, prod) and all(_dense(graph, node) for node, _ in users)):
             continue
         c = float(bound.min())
         scale = (bound.reshape(-1) / c).astype(np.float32)
@@ -239,7 +271,7 @@ def restore_float_pairs(model: onnx.ModelProto) -> int:
         if len(prod.input) > 2 and prod.input[2]:
             _rescale(graph, prod, 2, 1.0 / scale)
         for node, _ in users:
-            _rescale(graph, node, 1, scale[:, None, None, None])
+            _rescale(graph, node, 1, scale[None, :, None, None] if dense else scale[:, None, None, None])
         base = low.name[:-len("_eq_Min")]
         model.graph.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), f"{base}_lo"),
                                         numpy_helper.from_array(np.array(c, np.float32), f"{base}_hi")])
