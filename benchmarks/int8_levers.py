@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
@@ -58,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=200, help="AdaRound iterations per layer")
     parser.add_argument("--targets", default="tensorrt,cpu")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--judge-seed", type=int, help="judge on other crops (this seed) instead of seed 1")
+    parser.add_argument("--judge-samples", type=int, default=200)
     args = parser.parse_args(argv)
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
     p = real_mv2_protocol("int8levers-")
     fp32, x_cal, x_test = p.fp32, p.x_cal, p.x_judge
+    if args.judge_seed is not None:  # a second judging set, disjoint from the protocol's
+        x_test = packaged_crops(p.spec, args.judge_samples, seed=args.judge_seed).array
     ref_logits = q8.run(fp32, x_test)
     ref = ref_logits.argmax(1)
     t = time.time()
