@@ -12,6 +12,11 @@ Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
 WEIGHT_BIAS_QUANTIZATION = "WeightBiasQuantization"
 
 
+def conv_group(node: onnx.NodeProto) -> int:
+    """A Conv's ``group`` attribute (1 when absent)."""
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
 class GraphIndex:
     """Producers, consumers (node, input slot), initializers and Constant values of one graph."""
 

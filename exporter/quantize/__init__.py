@@ -19,6 +19,7 @@ import onnx
 from ..artifacts import artifact_entry, sha256_file, write_bytes_atomic
 from ..defaults import WEIGHT_ROUNDING
 from ..errors import CalibrationError, PrecisionError, UsageError
+from ..onnx_graph import conv_group
 from ..recipes import InputSpec
 from . import budget as bud
 from . import calibration as cal
@@ -112,7 +113,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
                   + (":equalized" if equalized["pairs"] else "")
-                  + (f":dense{eq.DENSE_ALPHA:g}" if equalized.get("dense_pairs") else "")}
+                  + (f":dense{equalized['dense_alpha']:g}" if equalized.get("dense_pairs") else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:
@@ -251,13 +252,9 @@ def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
         if node.op_type == "Gemm" or (node.op_type == "Conv" and len(w) > 1 and
-                                      w[1] * _group(node) <= SMALL_CHANNELS):
+                                      w[1] * conv_group(node) <= SMALL_CHANNELS):
             out.append(node.name)
     return out
-
-
-def _group(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec,

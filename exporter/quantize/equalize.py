@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..onnx_graph import GraphIndex
+from ..onnx_graph import GraphIndex, conv_group
 
 CAP = 32.0  # largest per-channel scale: a near-dead channel is not blown up without bound
 DENSE_ALPHA = 0.5  # exponent of the depthwise -> dense scales (benchmarks/INT8_EQ_DENSE.md)
@@ -44,7 +44,7 @@ DENSE_ALPHA = 0.5  # exponent of the depthwise -> dense scales (benchmarks/INT8_
 class Pair:
     producer: onnx.NodeProto  # Conv whose output channels are scaled
     activation: onnx.NodeProto  # Relu or Clip(0, c)
-    consumers: list[onnx.NodeProto]  # depthwise Convs reading the activation
+    consumers: list[onnx.NodeProto]  # the Convs reading the activation (depthwise, or dense)
     bound: float | None  # the Clip's upper bound (None: Relu)
     dense: bool = False  # consumers are dense convs: their input columns take the 1/s_i
 
@@ -65,11 +65,21 @@ def find_pairs(model: onnx.ModelProto, dense: bool = False) -> list[Pair]:
         users = graph.consumers.get(act.output[0], [])
         if not users or act.output[0] in graph.outputs or any(slot != 0 for _, slot in users):
             continue
-        if all(_depthwise(graph, node) for node, _ in users):
-            pairs.append(Pair(prod, act, [node for node, _ in users], bound))
-        elif dense and _depthwise(graph, prod) and all(_dense(graph, node) for node, _ in users):
-            pairs.append(Pair(prod, act, [node for node, _ in users], bound, dense=True))
+        consumers = [node for node, _ in users]
+        kind = _pair_kind(graph, prod, consumers)
+        if kind == "depthwise" or (dense and kind == "dense"):
+            pairs.append(Pair(prod, act, consumers, bound, dense=kind == "dense"))
     return pairs
+
+
+def _pair_kind(graph: GraphIndex, producer: onnx.NodeProto, consumers: list[onnx.NodeProto]) -> str | None:
+    """"depthwise" (every consumer depthwise: exact and free), "dense" (a depthwise producer read
+    only by dense convs), or None (not an equalizable pair)."""
+    if all(_depthwise(graph, node) for node in consumers):
+        return "depthwise"
+    if _depthwise(graph, producer) and all(_dense(graph, node) for node in consumers):
+        return "dense"
+    return None
 
 
 def relu_bound(graph: GraphIndex, node: onnx.NodeProto):
@@ -95,19 +105,17 @@ def _depthwise(graph: GraphIndex, node: onnx.NodeProto) -> bool:
     if node.op_type != "Conv" or not _const_weight(graph, node):
         return False
     dims = graph.inits[node.input[1]].dims
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return len(dims) > 2 and dims[1] == 1 and group == dims[0]
+    return len(dims) > 2 and dims[1] == 1 and conv_group(node) == dims[0]
 
 
 def _dense(graph: GraphIndex, node: onnx.NodeProto) -> bool:
-    if node.op_type != "Conv" or not _const_weight(graph, node):
-        return False
-    return next((a.i for a in node.attribute if a.name == "group"), 1) == 1
+    return node.op_type == "Conv" and _const_weight(graph, node) and conv_group(node) == 1
 
 
-def _input_factor(pair: Pair, s: np.ndarray) -> np.ndarray:
-    """``s`` shaped to scale the consumers' weights along their input channels."""
-    return s[None, :, None, None] if pair.dense else s[:, None, None, None]
+def _input_factor(dense: bool, s: np.ndarray) -> np.ndarray:
+    """``s`` shaped to scale a consumer's weight along its input channels (a depthwise filter's
+    input channel is its output channel, axis 0)."""
+    return s[None, :, None, None] if dense else s[:, None, None, None]
 
 
 def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
@@ -157,7 +165,7 @@ def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP,
         if len(pair.producer.input) > 2 and pair.producer.input[2]:
             _scale_init(out, inits, shared, pair.producer, 2, s)
         for node in pair.consumers:
-            _scale_init(out, inits, shared, node, 1, 1.0 / _input_factor(pair, s))
+            _scale_init(out, inits, shared, node, 1, 1.0 / _input_factor(pair.dense, s))
         if pair.bound is not None:
             _clip_to_relu_min(out, pair, s)
         spread.append(float(s.max()))
@@ -262,8 +270,8 @@ def restore_float_pairs(model: onnx.ModelProto) -> int:
                 or low.output[0] in graph.outputs \
                 or not all(slot == 0 and _private_float(graph, node) for node, slot in users):
             continue
-        dense = not all(_depthwise(graph, node) for node, _ in users)
-        if dense and not (_depthwise(graph, prod) and all(_dense(graph, node) for node, _ in users)):
+        kind = _pair_kind(graph, prod, [node for node, _ in users])
+        if kind is None:
             continue
         c = float(bound.min())
         scale = (bound.reshape(-1) / c).astype(np.float32)
@@ -271,7 +279,7 @@ def restore_float_pairs(model: onnx.ModelProto) -> int:
         if len(prod.input) > 2 and prod.input[2]:
             _rescale(graph, prod, 2, 1.0 / scale)
         for node, _ in users:
-            _rescale(graph, node, 1, scale[None, :, None, None] if dense else scale[:, None, None, None])
+            _rescale(graph, node, 1, _input_factor(kind == "dense", scale))
         base = low.name[:-len("_eq_Min")]
         model.graph.initializer.extend([numpy_helper.from_array(np.array(0.0, np.float32), f"{base}_lo"),
                                         numpy_helper.from_array(np.array(c, np.float32), f"{base}_hi")])

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION
+from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION, conv_group
 from .placement import Graph, Plan, weight_axis
 from .equalize import drop_redundant_min, restore_float_pairs
 from .shift import apply_shift, find_shifts
@@ -165,7 +165,7 @@ def u8s8_safe(q: np.ndarray, scale: np.ndarray, node: onnx.NodeProto,
     compute the same numbers.
     """
     if node.op_type == "Conv" and q.shape[1] == 1 \
-            and next((a.i for a in node.attribute if a.name == "group"), 1) == q.shape[0] > 1:
+            and conv_group(node) == q.shape[0] > 1:
         return q, scale  # depthwise, one filter per channel
     rows = _reduction_rows(q.astype(np.int32), node)
     worst = _pair_sums(rows).max(axis=1) if rows.shape[1] > 1 else np.zeros(len(rows))
