@@ -7,7 +7,8 @@ Protocol (issue 9): 64 calibration crops of the packaged photos (seed 0) for eve
 search and optimisation; judged on 200 other crops (seed 1) by top-1 agreement with the FP32 ONNX
 (ONNX Runtime CPU), with a Wilson 95 % interval; every conv int8. Levers: ``mse`` histogram ranges
 (the base), activation-range equalization into depthwise consumers (``eq``, quantize/equalize.py;
-``eqd``: also depthwise outputs into their dense consumers, ``DENSE_ALPHA``),
+``eqd``: also depthwise outputs into their dense consumers, ``DENSE_ALPHA``; ``eqs``: ``eqd`` and
+the residual streams, ``STREAM_ALPHA``),
 zero-centred int8 ReLU outputs read by 1x1 convs (``shift``, quantize/shift.py; signed
 placements only), bias correction (``bc``), activation range search against the consumers' output error
 (``search``), AdaRound weight rounding (``adaround``), GPTQ weight rounding (``gptq``, quantize/gptq.py), the exact floor/ceil search of depthwise convs
@@ -39,7 +40,7 @@ from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.adaround import optimize_weights  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
-from exporter.quantize.equalize import DENSE_ALPHA, equalize  # noqa: E402
+from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
 from exporter.quantize.tune import tune_ranges  # noqa: E402
@@ -50,7 +51,8 @@ CONFIGS = ["mse", "eq", "search", "eq+search", "search+shift", "eq+search+shift"
            "eq+search+bc", "mse+bc",
            "adaround+bc", "search+adaround", "search+adaround+bc", "eq+search+gptq",
            "eq+search+gptq+bc", "eq+search+exact", "eq+search+exact+bc", "eq+search+tune", "eq+search+bc+tune", "eq+search+exact+bc+tune",
-           "eqd+search", "eqd+search+bc", "eqd+search+exact+bc", "eqd+search+exact+bc+tune"]
+           "eqd+search", "eqd+search+bc", "eqd+search+exact+bc", "eqd+search+exact+bc+tune",
+           "eqs+search+bc", "eqs+search+exact+bc", "eqs+search+exact+bc+tune"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     eq_ranges = cal.compute_ranges(cal.collect_statistics(eq_model, x_cal), "mse")
     secs["eq"] = time.time() - t
     bases = {"": (fp32, ranges), "eq": (eq_model, eq_ranges)}
-    if any("eqd" in c.split("+") for c in args.configs.split(",")):
-        t = time.time()
-        eqd_model = equalize(fp32, x_cal, dense_alpha=DENSE_ALPHA)[0]
-        bases["eqd"] = (eqd_model, cal.compute_ranges(cal.collect_statistics(eqd_model, x_cal), "mse"))
-        secs["eqd"] = time.time() - t
+    variants = {"eqd": {"dense_alpha": DENSE_ALPHA},
+                "eqs": {"dense_alpha": DENSE_ALPHA, "stream_alpha": STREAM_ALPHA}}
+    for key, options in variants.items():
+        if any(key in c.split("+") for c in args.configs.split(",")):
+            t = time.time()
+            model = equalize(fp32, x_cal, **options)[0]
+            bases[key] = (model, cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse"))
+            secs[key] = time.time() - t
     rows = []
     for target in args.targets.split(","):
         cache: dict = {}
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for config in args.configs.split(","):
             levers = set(config.split("+"))
-            use_eq = next((k for k in ("eq", "eqd") if k in levers), "")
+            use_eq = next((k for k in ("eq", "eqd", "eqs") if k in levers), "")
             base, rng0 = bases[use_eq]
             tag = f"{use_eq}:" if use_eq else ""
             plan = make_plan(base, target)

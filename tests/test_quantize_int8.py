@@ -103,8 +103,10 @@ def test_tensorrt_placement_invariants(name, out_dir):
     assert d["int8_convs"] == d["convs"] - len(rule_convs), d["kept_by_rule"]
     # nearest rounding by default (GPTQ is opt-in: benchmarks/INT8_GPTQ.md)
     assert d["weight_rounding"] == {"method": "nearest", "layers": 0}
-    if name == "mobilenet_v2":  # the stem and 16 expansions feed depthwise convs, 17 feed projections
+    if name == "mobilenet_v2":  # the stem and 16 expansions feed depthwise convs, 17 feed projections;
+        # the projections and adds form 7 residual streams over 27 tensors (one per stage)
         assert d["equalization"]["pairs"] == 34 and d["equalization"]["dense_pairs"] == 17, d
+        assert (d["equalization"]["streams"], d["equalization"]["stream_tensors"]) == (7, 27), d
         assert "Min" not in {n.op_type for n in model.graph.node}  # every equalization Min dropped
     if name in ("mobilenet_v2", "resnet18"):  # residual adds: one Q/DQ'd input each
         adds = [n for n in model.graph.node if n.op_type == "Add"]

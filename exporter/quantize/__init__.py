@@ -103,17 +103,20 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
     equalized = {"pairs": 0}
-    if equalize:  # into dense consumers only with bias correction: benchmarks/INT8_EQ_DENSE.md
+    if equalize:  # into dense consumers and streams only with bias correction: INT8_EQ_DENSE/STREAM.md
         model, equalized = eq.equalize(model, data.array,
-                                       dense_alpha=eq.DENSE_ALPHA if bias_correction else None)
-        if equalized["pairs"]:
+                                       dense_alpha=eq.DENSE_ALPHA if bias_correction else None,
+                                       stream_alpha=eq.STREAM_ALPHA if bias_correction else None)
+        if equalized["pairs"] or equalized.get("streams"):
             log(f"calibration: {equalized['pairs']} activation(s) equalized into their consumers"
                 + (f", {equalized['dense_pairs']} of them into dense convs" if equalized.get("dense_pairs") else "")
+                + (f", and {equalized['streams']} residual stream(s)" if equalized.get("streams") else "")
                 + f" (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
                   + (":equalized" if equalized["pairs"] else "")
-                  + (f":dense{equalized['dense_alpha']:g}" if equalized.get("dense_pairs") else "")}
+                  + (f":dense{equalized['dense_alpha']:g}" if equalized.get("dense_pairs") else "")
+                  + (f":stream{equalized['stream_alpha']:g}" if equalized.get("streams") else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
     cached, why = cal.read_cache(cache_path, components)
     if cached is None:

@@ -19,12 +19,20 @@ Runtime runs the ``Min`` as a separate pass over the tensor.
 
 With ``dense_alpha`` (the export's default when bias correction is on), a depthwise Conv ->
 ReLU/ReLU6 read only by dense Convs (MobileNet's projections) is equalized too: the depthwise
-output channel ``i`` is scaled by ``s_i = min((widest / range_i) ** alpha, CAP)`` and the dense
+output channel ``i`` is scaled by ``s_i = min(widest / range_i, CAP) ** alpha`` and the dense
 consumers' input column ``i`` divided by it. That is not free: the dense weights are quantized per
 *output* channel, so a shrunk column rounds coarser relative to its size. ``alpha = 0.5`` splits
 the range between the activation and the weights, as SmoothQuant's migration strength does (Xiao
 et al. 2023); alone it raised the held-out KL, with bias correction it lowered it on both
 placements (benchmarks/INT8_EQ_DENSE.md).
+
+With ``stream_alpha`` (on with ``dense_alpha``), each residual stream is equalized too: Conv
+outputs without an activation joined by Adds (a MobileNetV2 stage's projections and its adds),
+read only by those Adds and by Convs. Every producer's output channel ``i`` is scaled by
+``s_i = min(widest / range_i, CAP) ** alpha`` (range: the channel's largest magnitude over all
+the stream's tensors) and every reader's input column ``i`` divided by it; everything between is
+linear, so the FP32 function is unchanged. The producers' weights are quantized per output channel
+(free); the readers pay as the dense pairs do (benchmarks/INT8_EQ_STREAM.md).
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ from ..onnx_graph import GraphIndex, conv_group
 
 CAP = 32.0  # largest per-channel scale: a near-dead channel is not blown up without bound
 DENSE_ALPHA = 0.5  # exponent of the depthwise -> dense scales (benchmarks/INT8_EQ_DENSE.md)
+STREAM_ALPHA = 0.5  # exponent of the residual streams' scales (benchmarks/INT8_EQ_STREAM.md)
 
 
 @dataclass
@@ -47,6 +56,13 @@ class Pair:
     consumers: list[onnx.NodeProto]  # the Convs reading the activation (depthwise, or dense)
     bound: float | None  # the Clip's upper bound (None: Relu)
     dense: bool = False  # consumers are dense convs: their input columns take the 1/s_i
+
+
+@dataclass
+class Stream:
+    tensors: list[str]  # the stream's tensors: its producers' outputs and its Adds' outputs
+    producers: list[onnx.NodeProto]  # Convs writing it: output channels scaled
+    readers: list[tuple[onnx.NodeProto, bool]]  # (Conv reading it at input 0, dense): input columns divided
 
 
 def find_pairs(model: onnx.ModelProto, dense: bool = False) -> list[Pair]:
@@ -70,6 +86,56 @@ def find_pairs(model: onnx.ModelProto, dense: bool = False) -> list[Pair]:
         if kind == "depthwise" or (dense and kind == "dense"):
             pairs.append(Pair(prod, act, consumers, bound, dense=kind == "dense"))
     return pairs
+
+
+def find_streams(model: onnx.ModelProto) -> list[Stream]:
+    """Residual streams: sets of tensors joined by two-input Adds, each written by a Conv with
+    constant weights or by an Add of the set, and read only by Adds of the set or by dense or
+    depthwise Convs at input 0 (no activation, no graph output, no other reader)."""
+    graph = GraphIndex(model)
+    parent: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        while parent.setdefault(t, t) != t:
+            t = parent[t]
+        return t
+
+    for node in model.graph.node:
+        if node.op_type == "Conv" and _const_weight(graph, node):
+            root(node.output[0])
+        elif node.op_type == "Add" and len(node.input) == 2:
+            for t in node.input:
+                parent[root(t)] = root(node.output[0])
+    groups: dict[str, list[str]] = {}
+    for t in list(parent):
+        groups.setdefault(root(t), []).append(t)
+    streams = []
+    for tensors in groups.values():
+        stream = _stream(graph, set(tensors))
+        if stream is not None:
+            streams.append(stream)
+    return streams
+
+
+def _stream(graph: GraphIndex, tensors: set[str]) -> Stream | None:
+    producers, readers = [], []
+    for t in sorted(tensors):
+        prod = graph.producer.get(t)
+        if prod is None or t in graph.outputs:
+            return None
+        if prod.op_type == "Conv" and _const_weight(graph, prod):
+            producers.append(prod)
+        elif not (prod.op_type == "Add" and all(i in tensors for i in prod.input)):
+            return None
+        for node, slot in graph.consumers.get(t, []):
+            if node.op_type == "Add" and node.output[0] in tensors:
+                continue
+            if slot != 0 or not (_dense(graph, node) or _depthwise(graph, node)):
+                return None
+            readers.append((node, _dense(graph, node)))
+    if not producers or not readers:
+        return None
+    return Stream(sorted(tensors), producers, readers)
 
 
 def _pair_kind(graph: GraphIndex, producer: onnx.NodeProto, consumers: list[onnx.NodeProto]) -> str | None:
@@ -120,7 +186,7 @@ def _input_factor(dense: bool, s: np.ndarray) -> np.ndarray:
 
 def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
                    batch: int = 8) -> dict[str, np.ndarray]:
-    """Per-channel max of each (non-negative, NCHW) tensor over ``data``, streamed by batch."""
+    """Per-channel largest magnitude of each NCHW tensor over ``data``, streamed by batch."""
     from .int8 import _with_outputs, fixed_batch, make_session
 
     sess = make_session(_with_outputs(model, tensors), basic=True)
@@ -130,13 +196,13 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
     for i in range(0, len(data), batch):
         x = np.ascontiguousarray(data[i:i + batch], dtype=np.float32)
         for t, v in zip(tensors, sess.run(tensors, {name: x})):
-            m = v.max(axis=(0, *range(2, v.ndim)))
+            m = np.abs(v).max(axis=(0, *range(2, v.ndim)))
             out[t] = m if t not in out else np.maximum(out[t], m)
     return out
 
 
 def channel_scales(maxima: np.ndarray, cap: float = CAP, alpha: float = 1.0) -> np.ndarray:
-    """``s_i = (widest / range_i) ** alpha`` within [1, cap]; channels that never fire keep 1."""
+    """``s_i = min(widest / range_i, cap) ** alpha``, at least 1; channels that never fire keep 1."""
     widest = float(maxima.max())
     if widest <= 0:
         return np.ones_like(maxima, np.float32)
@@ -145,34 +211,51 @@ def channel_scales(maxima: np.ndarray, cap: float = CAP, alpha: float = 1.0) -> 
 
 
 def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP,
-             dense_alpha: float | None = None) -> tuple[onnx.ModelProto, dict]:
+             dense_alpha: float | None = None,
+             stream_alpha: float | None = None) -> tuple[onnx.ModelProto, dict]:
     """(equalized copy of ``model``, record for the manifest). ``model`` is not modified.
-    ``dense_alpha``: also equalize depthwise outputs into dense consumers, with that exponent."""
+    ``dense_alpha``: also equalize depthwise outputs into dense consumers, with that exponent;
+    ``stream_alpha``: also equalize the residual streams, with that exponent."""
     dense = dense_alpha is not None
-    pairs = find_pairs(model, dense)
-    if not pairs:
+    if not find_pairs(model, dense) and not (stream_alpha is not None and find_streams(model)):
         return model, {"pairs": 0}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     pairs = find_pairs(out, dense)
-    maxima = channel_maxima(out, [p.activation.output[0] for p in pairs], data)
+    streams = find_streams(out) if stream_alpha is not None else []
+    maxima = channel_maxima(out, [p.activation.output[0] for p in pairs]
+                            + [t for stream in streams for t in stream.tensors], data)
     inits = {t.name: t for t in out.graph.initializer}
     shared = _shared_initializers(out)
-    spread = []
+    spread = [1.0]
     for pair in pairs:
         s = channel_scales(maxima[pair.activation.output[0]], cap, dense_alpha if pair.dense else 1.0)
-        _scale_init(out, inits, shared, pair.producer, 1, s[:, None, None, None])
-        if len(pair.producer.input) > 2 and pair.producer.input[2]:
-            _scale_init(out, inits, shared, pair.producer, 2, s)
+        _scale_outputs(out, inits, shared, pair.producer, s)
         for node in pair.consumers:
             _scale_init(out, inits, shared, node, 1, 1.0 / _input_factor(pair.dense, s))
         if pair.bound is not None:
             _clip_to_relu_min(out, pair, s)
         spread.append(float(s.max()))
+    for stream in streams:
+        s = channel_scales(np.max([maxima[t] for t in stream.tensors], axis=0), cap, stream_alpha)
+        for node in stream.producers:
+            _scale_outputs(out, inits, shared, node, s)
+        for node, dense_reader in stream.readers:
+            _scale_init(out, inits, shared, node, 1, 1.0 / _input_factor(dense_reader, s))
+        spread.append(float(s.max()))
     dense_pairs = sum(p.dense for p in pairs)
     return out, {"pairs": len(pairs), "cap": cap, "max_scale": round(max(spread), 2),
                  **({"dense_pairs": dense_pairs, "dense_alpha": dense_alpha} if dense else {}),
+                 **({"streams": len(streams), "stream_tensors": sum(len(x.tensors) for x in streams),
+                     "stream_alpha": stream_alpha} if streams else {}),
                  "tensors": [p.activation.output[0] for p in pairs]}
+
+
+def _scale_outputs(model, inits: dict, shared: set, conv: onnx.NodeProto, s: np.ndarray) -> None:
+    """Multiply a Conv's output channel ``i`` (weight row and bias) by ``s_i``."""
+    _scale_init(model, inits, shared, conv, 1, s[:, None, None, None])
+    if len(conv.input) > 2 and conv.input[2]:
+        _scale_init(model, inits, shared, conv, 2, s)
 
 
 def _shared_initializers(model: onnx.ModelProto) -> set[str]:
