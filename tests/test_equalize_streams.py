@@ -96,3 +96,13 @@ def test_stream_equalization_lowers_the_int8_error(target):
 def test_mobilenet_style_blocks_without_residual_adds_have_no_stream():
     from test_equalize import mobile_block, projection_block
     assert eq.find_streams(mobile_block()) == [] and eq.find_streams(projection_block()) == []
+
+
+def test_an_add_that_broadcasts_a_narrower_writer_is_not_a_stream():
+    model = residual_stage()
+    for init in model.graph.initializer:  # proj2 writes 1 channel, broadcast over p1's 6 in the Add
+        if init.name in ("w3", "b3"):
+            value = numpy_helper.to_array(init)[:1]
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    assert eq.find_streams(model) == []
+    assert len(eq.find_streams(residual_stage())) == 1

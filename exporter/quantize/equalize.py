@@ -133,8 +133,8 @@ def _stream(graph: GraphIndex, tensors: set[str]) -> Stream | None:
             if slot != 0 or not (_dense(graph, node) or _depthwise(graph, node)):
                 return None
             readers.append((node, _dense(graph, node)))
-    if not producers or not readers:
-        return None
+    if not producers or not readers or len({graph.inits[p.input[1]].dims[0] for p in producers}) != 1:
+        return None  # (writers of different widths: an Add that broadcasts)
     return Stream(sorted(tensors), producers, readers)
 
 
