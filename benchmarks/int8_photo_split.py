@@ -32,7 +32,9 @@ from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize import tune  # noqa: E402
 from exporter.quantize.budget import mean_kl  # noqa: E402
 from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
+from exporter.onnx_graph import GraphIndex  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
+from exporter.quantize.placement import weight_axis  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402
 from exporter.quantize.samples import evenly_spaced  # noqa: E402
 
@@ -69,14 +71,18 @@ class BiasGraph(tune._Graph):
 
 
 def tuned(model, plan, ranges, bias, x_cal, scales: bool, biases: bool):
-    """(ranges, bias) after ``STEPS`` of end-to-end KL tuning of the chosen parameters."""
+    """(ranges, bias) after ``STEPS`` of end-to-end KL tuning of the chosen parameters; the
+    scales alone are the exporter's own lever (:func:`~exporter.quantize.tune.tune_ranges`)."""
+    if not biases:
+        return tune.tune_ranges(model, plan, ranges, x_cal, bias, steps=STEPS), bias
     qmodel = q8.build_qdq(model, plan, ranges, bias)
     sources = {t: plan.range_of.get(t, t) for t in plan.edges}
     graph = BiasGraph(qmodel, {f"{q8._safe(t)}_QuantizeLinear": s for t, s in sources.items()})
     keys = sorted(set(sources.values()))
     log_scale = {k: torch.zeros((), requires_grad=scales) for k in keys}
-    deltas = {n: torch.zeros(_channels(qmodel, n), requires_grad=True)
-              for n in plan.quantized} if biases else {}
+    index = GraphIndex(model)
+    deltas = {n: torch.zeros(index.weight(index.nodes[n]).shape[weight_axis(index.nodes[n])],
+                             requires_grad=True) for n in plan.quantized} if biases else {}
     x = np.asarray(evenly_spaced(x_cal, tune.MAX_SAMPLES), np.float32)
     x = np.concatenate([x, x[..., ::-1]])
     ref = torch.log_softmax(torch.from_numpy(q8.run(model, x)).double(), 1).float()
@@ -99,16 +105,6 @@ def tuned(model, plan, ranges, bias, x_cal, scales: bool, biases: bool):
     for n, d in deltas.items():
         out_bias[n] = np.asarray(bias.get(n, 0.0), np.float32) + d.detach().numpy()
     return out_ranges, out_bias
-
-
-def _channels(qmodel, name: str) -> int:
-    node = next(n for n in qmodel.graph.node if n.name == name)
-    inits = {t.name: t for t in qmodel.graph.initializer}
-    weight = node.input[1]
-    producer = next((n for n in qmodel.graph.node if weight in n.output), None)
-    source = producer.input[0] if producer is not None else weight
-    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-    return int(inits[source].dims[0] if node.op_type == "Conv" or trans_b else inits[source].dims[-1])
 
 
 def main(argv: list[str]) -> int:
