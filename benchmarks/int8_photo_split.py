@@ -11,7 +11,8 @@ Calibration: 64 crops (seed 0); judged on 200 (seed 1) and 400 (seed 7919) crops
 export's default levers (equalization with streams, output-error range search, bias correction);
 then, each alone or together, end-to-end tuning against the mean KL of the prediction of
 ``S`` the activation scales (the opt-in ``--range-tuning``) and ``B`` a bias delta per conv output
-channel (a prototype, Adam at 1e-4). Prints one line per variant.
+channel (a prototype, Adam at 1e-4); ``E`` is the opt-in exact weight rounding (``--weight-rounding
+exact``, bias corrected for its weights), ``ES`` the budget's lever retry. Prints one line per variant.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import exporter.data as data  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize import tune  # noqa: E402
+from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.budget import mean_kl  # noqa: E402
 from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.onnx_graph import GraphIndex  # noqa: E402
@@ -124,11 +126,22 @@ def main(argv: list[str]) -> int:
     plan = make_plan(model, TARGET)
     searched = search_ranges(model, plan, ranges, x_cal)
     bias = q8.bias_correction(model, plan, searched, x_cal)
+    exact: dict | None = None
     for variant in variants:
         t = time.time()
-        r, b = (searched, bias) if variant == "base" else \
-            tuned(model, plan, searched, bias, x_cal, "S" in variant, "B" in variant)
-        qdq = q8.build_qdq(model, plan, r, b)
+        weights, b0 = {}, bias
+        if "E" in variant:  # exact weight rounding, the bias corrected for those weights
+            if exact is None:
+                exact = round_weights(model, plan, searched, x_cal, mode="exact", seed=0)
+                exact_bias = q8.bias_correction(model, plan, searched, x_cal, weights=exact)
+            weights, b0 = exact, exact_bias
+        if "S" in variant and "B" not in variant:
+            r, b = tune.tune_ranges(model, plan, searched, x_cal, b0, weights, steps=STEPS), b0
+        elif "B" in variant:
+            r, b = tuned(model, plan, searched, b0, x_cal, "S" in variant, True)
+        else:
+            r, b = searched, b0
+        qdq = q8.build_qdq(model, plan, r, b, weights=weights)
         cells = []
         for k, x in judges.items():
             logits = q8.run(qdq, x)

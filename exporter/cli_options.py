@@ -120,10 +120,10 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range-tuning", action="store_true", default=None,
                         help="tune the INT8 activation ranges end to end against the prediction "
                              "(minutes; opt-in lever: benchmarks/INT8_TUNE.md) (default off)")
-    parser.add_argument("--no-lever-retry", dest="lever_retry", action="store_false", default=None,
-                        help="refuse at once when the INT8 budget is not met, instead of retrying "
-                             "once with --weight-rounding exact --range-tuning (the default when "
-                             "neither is given; minutes more)")
+    parser.add_argument("--lever-retry", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the INT8 budget is not met and no lever was chosen, retry once "
+                             "with --weight-rounding exact (minutes more; it was neutral on unseen "
+                             "photos: benchmarks/INT8_PHOTO_SPLIT.md) (default off)")
 
 
 def quant_options(args: argparse.Namespace) -> dict:

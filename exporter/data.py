@@ -163,10 +163,25 @@ def packaged_photos() -> list[tuple[str, Image.Image]]:
     return photos
 
 
-def iter_packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0):
+def split_photos(names: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """(calibration names, judging names): a seeded third of the photos (at least one) judges,
+    the rest calibrate, so the two sets never share a photo. Needs two or more names."""
+    if len(names) < 2:
+        raise CalibrationError(f"cannot split {len(names)} packaged photo(s) into calibration and "
+                               "judging photos", fix="pip install scikit-image matplotlib "
+                               "scikit-learn (they ship the photos), or pass --eval-images DIR")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    judge = set(order[:max(1, len(names) // 3)])
+    return [n for n in names if n not in judge], [n for n in names if n in judge]
+
+
+def iter_packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0,
+                        only: list[str] | None = None):
     """Yield ``(description, CHW array)`` for ``count`` deterministic random crops of the packaged
-    photos, one at a time (nothing accumulates)."""
+    photos (of the photos named in ``only`` when given), one at a time (nothing accumulates)."""
     photos = packaged_photos()
+    if only is not None:
+        photos = [(n, p) for n, p in photos if n in only]
     if not photos:
         raise CalibrationError("no packaged sample photos found",
                                fix="pip install scikit-image matplotlib (they ship natural photos)")

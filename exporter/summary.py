@@ -61,7 +61,7 @@ def _quant_lines(d: dict) -> list[str]:
     retry = d.get("lever_retry")
     if retry:
         lines.append(f"    retried: the default calibration missed the budget (best {retry['default_best']}); "
-                     f"met with the opt-in levers {retry['levers']} (+{retry['seconds']:.0f} s)")
+                     f"met with the opt-in lever {retry['levers']} (+{retry['seconds']:.0f} s)")
     lat = d.get("latency_cpu")
     if lat:
         lines.append(f"    latency (ONNX Runtime CPU, batch {lat['batch']}, {lat['threads']} threads): "

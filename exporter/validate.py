@@ -95,7 +95,7 @@ def lever_problems(quant: dict) -> list[tuple[str, str]]:
                          "pass --range-tuning (a plan: range_tuning = true), or leave it out"))
     if quant.get("lever_retry") not in (None, True, False):
         problems.append((f"lever retry must be true or false, got {quant['lever_retry']!r}",
-                         "pass --no-lever-retry (a plan: lever_retry = false), or leave it out"))
+                         "pass --lever-retry (a plan: lever_retry = true), or leave it out"))
     return problems
 
 

@@ -43,6 +43,8 @@ def test_int8_export_from_the_command_line(tmp_path):
     d = entry["details"]
     assert d["options"] == {"calibration": "packaged"}  # the request, and only the request
     assert "held out" not in d["calibration"]["source"] and "seed 7919" in d["measured_on"]
+    assert "photos the calibration never saw" in d["measured_on"]  # split by photo, and it says so
+    assert "6 of the 9 photos" in d["calibration"]["source"]
     m = d["measured"]
     assert m["samples"] == 200 and m["top1_agreement"] >= 0.95 and d["budget_met"]
     lo, hi = m["top1_agreement_ci95"]
@@ -72,38 +74,41 @@ def test_opt_in_levers_from_the_command_line(tmp_path):
         in proc.stdout
 
 
-RETRY_LINE = "retrying with the opt-in levers --weight-rounding exact --range-tuning"
+RETRY_LINE = "retrying with the opt-in lever --weight-rounding exact (--lever-retry"
 
 
-@pytest.mark.parametrize("extra, retried", [([], True), (["--no-lever-retry"], False),
-                                            (["--weight-rounding", "nearest"], False)])
-def test_refused_budget_is_retried_once_with_the_levers(tmp_path, extra, retried):
-    """Neither lever given: a budget the defaults miss is retried with both levers, and the log
-    and the error say so; --no-lever-retry, or a lever chosen, refuses at once (lenet5 reaches
-    0.990 either way, so an agreement of 1.0 is refused)."""
+@pytest.mark.parametrize("extra, retried", [([], False), (["--lever-retry"], True),
+                                            (["--no-lever-retry"], False),
+                                            (["--lever-retry", "--weight-rounding", "nearest"], False)])
+def test_refused_budget_is_retried_once_when_asked(tmp_path, extra, retried):
+    """Off by default; with --lever-retry and no lever given, a budget the defaults miss is retried
+    with exact rounding, and the log and the error say so; a lever chosen refuses at once
+    (lenet5 reaches 0.985 either way, so an agreement of 1.0 is refused)."""
     out = tmp_path / "out"
     proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
                 "--min-agreement", "1.0", *extra, "-o", str(out), cwd=tmp_path)
     assert proc.returncode == 6, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not list(tmp_path.rglob("*.int8.*.onnx"))
     error = proc.stderr[proc.stderr.index("error: "):]
-    assert (RETRY_LINE in proc.stderr) == retried and ("int8 tuning: step 160/160" in proc.stderr) == retried
+    assert (RETRY_LINE in proc.stderr) == retried
+    assert ("calibration: exact weight rounding" in proc.stderr) == retried
+    assert "int8 tuning" not in proc.stderr  # range tuning is never retried
     assert proc.stderr.count("int8 budget: ranking") == (2 if retried else 1)
-    assert ("with the opt-in levers --weight-rounding exact --range-tuning (retried after the default "
-            "calibration's best, 3 layer(s) out, 1 of them convs: top-1 agreement 0.990" in error) == retried
+    assert ("with the opt-in lever --weight-rounding exact (retried after the default "
+            "calibration's best, 3 layer(s) out, 1 of them convs: top-1 agreement 0.985" in error) == retried
     # the fix names the levers only where they were not tried
-    assert ("try the slower opt-in levers --weight-rounding exact --range-tuning," in error) != retried
+    assert ("try the slower opt-in lever --weight-rounding exact," in error) != retried
 
 
 def test_summary_says_when_the_levers_were_retried():
     from exporter.summary import _quant_lines
 
     details = {"int8_conv_fraction": 0.808, "int8_convs": 42, "convs": 52, "measured": {},
-               "lever_retry": {"levers": "--weight-rounding exact --range-tuning", "seconds": 512.4,
+               "lever_retry": {"levers": "--weight-rounding exact", "seconds": 512.4,
                                "default_best": "14 layer(s) out, 13 of them convs: top-1 agreement 0.935"}}
     assert ("    retried: the default calibration missed the budget (best 14 layer(s) out, 13 of them "
-            "convs: top-1 agreement 0.935); met with the opt-in levers --weight-rounding exact "
-            "--range-tuning (+512 s)") in _quant_lines(details)
+            "convs: top-1 agreement 0.935); met with the opt-in lever --weight-rounding exact "
+            "(+512 s)") in _quant_lines(details)
     assert not any("retried" in line for line in _quant_lines({**details, "lever_retry": None}))
 
 

@@ -187,8 +187,26 @@ def test_samples_live_on_disk_not_in_memory(tmp_path):
         cal_set, held = cal.load_split("packaged", SPEC, samples=20, holdout=10, scratch=scratch)
         assert isinstance(cal_set.array, np.memmap) and isinstance(held.array, np.memmap)
         assert len(cal_set) == 20 and len(held) == 10
-        assert not set(cal_set.paths) & set(held.paths)  # other crops judge
+        photo = lambda path: path.split("[")[0]  # noqa: E731
+        cal_photos, held_photos = {photo(p) for p in cal_set.paths}, {photo(p) for p in held.paths}
+        assert not cal_photos & held_photos  # other photos judge, never other crops of the same
+        assert len(cal_photos) == 6 and len(held_photos) == 3, (cal_photos, held_photos)
+        assert all(p in held.source for p in held_photos) and "never saw" in held.source
         assert sum(len(b) for b in cal_set.batches(8)) == 20
     finally:
         scratch.close()
     assert not scratch.path.exists()
+
+
+def test_split_photos_is_seeded_disjoint_and_needs_two():
+    from exporter.data import split_photos
+    from exporter.errors import CalibrationError
+
+    names = [f"p{i}" for i in range(9)]
+    cal_a, judge_a = split_photos(names, seed=0)
+    assert split_photos(names, seed=0) == (cal_a, judge_a)  # deterministic
+    assert len(judge_a) == 3 and sorted(cal_a + judge_a) == names and not set(cal_a) & set(judge_a)
+    assert any(split_photos(names, seed=s)[1] != judge_a for s in range(1, 5))  # the seed matters
+    assert split_photos(["a", "b"], seed=0)[1] in (["a"], ["b"])
+    with pytest.raises(CalibrationError, match="cannot split 1 packaged photo"):
+        split_photos(["a"], seed=0)

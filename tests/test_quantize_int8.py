@@ -207,12 +207,12 @@ def test_budget_loop_falls_back_layers(out_dir):
     assert f"keeping at most {int(0.05 * convs)} of the {convs} convs" in refused.value.message
     assert "--max-kept-fraction 0.05)" in refused.value.message
     assert "--max-kept-fraction 0.1," in refused.value.fix
-    assert "try the slower opt-in levers --weight-rounding exact --range-tuning," in refused.value.fix
+    assert "try the slower opt-in lever --weight-rounding exact," in refused.value.fix
     assert not list((out_dir / "b2").glob("*.onnx")) if (out_dir / "b2").exists() else True
 
 
 @pytest.mark.parametrize("rounding, tuning, named", [
-    ("nearest", False, "--weight-rounding exact --range-tuning"), ("gptq", False, "--range-tuning"),
+    ("nearest", False, "--weight-rounding exact"), ("gptq", False, ""),
     ("nearest", True, "--weight-rounding exact"), ("exact", True, "")])
 def test_refusal_names_only_the_levers_not_used(rounding, tuning, named):
     from exporter.quantize.levers import untried_levers

@@ -43,13 +43,13 @@ def test_zoo_plan_covers_every_recipe_at_its_reduced_size():
 def test_export_zoo_plan_verifies_without_latency_and_carries_int8_calibration():
     plan = plan_of("--zoo", "--models", "resnet1*,lenet5", "--precision", "int8", "--calibration",
                    "packaged", "--calibration-samples", "32", "--target", "cpu",
-                   "--weight-rounding", "exact", "--range-tuning", "--no-lever-retry",
+                   "--weight-rounding", "exact", "--range-tuning", "--lever-retry",
                    command="export")
     assert [name for _, name, _ in plan.models] == ["resnet101", "resnet152", "resnet18", "lenet5"]
     job = plan.jobs("out")[0]
     assert job.precision == "int8" and job.parity == {"latency": False, "samples": 8, "random": 4}
     assert job.quant == {"calibration": "packaged", "samples": 32, "target": "cpu",
-                         "weight_rounding": "exact", "range_tuning": True, "lever_retry": False}
+                         "weight_rounding": "exact", "range_tuning": True, "lever_retry": True}
 
 
 def test_opt_in_levers_in_a_plan_are_checked_up_front():

@@ -21,7 +21,7 @@ DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
 # quantize options of the ONNX Q/DQ path that a runtime's PT2E quantizer has no use for
 ONNX_ONLY_OPTIONS = {"method": "--calibration-method", "target": "--target",
                      "weight_rounding": "--weight-rounding", "range_tuning": "--range-tuning",
-                     "lever_retry": "--no-lever-retry"}
+                     "lever_retry": "--lever-retry"}
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
 
 

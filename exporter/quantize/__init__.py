@@ -43,7 +43,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
                    eval_samples: int = cal.DEFAULT_HOLDOUT, min_agreement: float | None = None,
                    bias_correction: bool | None = None, range_search: bool = True,
                    equalize: bool = True, weight_rounding: str | None = None,
-                   range_tuning: bool | None = None, lever_retry: bool = True,
+                   range_tuning: bool | None = None, lever_retry: bool = False,
                    max_kept_fraction: float = bud.MAX_KEPT_FRACTION,
                    force_kept: list[str] | None = None, budget: bool = True, seed: int = 0,
                    speed_guard: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -51,8 +51,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
     ``speed_guard``: the ``cpu`` budget refuses a model with layers kept that ONNX Runtime runs
     slower than FP32 (off for a runtime other than ONNX Runtime reading the Q/DQ graph).
     ``range_tuning``: tune the activation ranges end to end against the prediction's KL
-    (:mod:`.tune`; opt-in: benchmarks/INT8_TUNE.md). ``lever_retry``: when the budget refuses and
-    neither lever was chosen (both None), retry once with ``levers.RETRY_LEVERS``, and say so."""
+    (:mod:`.tune`; opt-in: benchmarks/INT8_TUNE.md). ``lever_retry`` (opt-in): when the budget refuses
+    and neither lever was chosen (both None), retry once with ``levers.RETRY_LEVERS``, and say so."""
     log = log or (lambda msg: None)
     fp32_onnx, out_dir = Path(fp32_onnx), Path(out_dir)
     if precision not in PRECISIONS:
@@ -152,12 +152,12 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if first_best is not None:
         t_retry = time.time()
         log(f"int8 budget: the default calibration's best was {first_best}; retrying with the "
-            f"opt-in levers {lv.RETRY_FLAGS} (minutes more; --no-lever-retry refuses instead)")
+            f"opt-in lever {lv.RETRY_FLAGS} (--lever-retry; minutes more)")
         try:
             calibrated, fitted = calibrate_and_fit(lv.RETRY_LEVERS, "")
         except bud.BudgetRefused as again:
             raise bud.BudgetRefused(
-                f"{again.message}, with the opt-in levers {lv.RETRY_FLAGS} (retried after the "
+                f"{again.message}, with the opt-in lever {lv.RETRY_FLAGS} (retried after the "
                 f"default calibration's best, {first_best})", fix=again.fix, best=again.best) from None
         retried = {"levers": lv.RETRY_FLAGS, "default_best": first_best,
                    "seconds": round(time.time() - t_retry, 1)}

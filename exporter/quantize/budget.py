@@ -263,7 +263,7 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
             best_convs: int | None = None) -> BudgetRefused:
     """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
-    opt-in accuracy levers not used."""
+    opt-in accuracy lever not used."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -276,7 +276,7 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         f"{best.describe()}",
         fix=f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
             f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
-            + (f"try the slower opt-in levers {untried}, " if untried else "")
+            + (f"try the slower opt-in lever {untried}, " if untried else "")
             + "or calibrate with more or "
             "closer-to-deployment data (--calibration DIR, --calibration-samples N)"
             + ("" if criterion.kind == "accuracy_drop" else

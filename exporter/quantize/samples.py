@@ -8,7 +8,7 @@ Selection from a folder: files are grouped by class subfolder (one group when th
 each group shuffled with the seed, and the groups interleaved round-robin; calibration takes the
 first samples of that order and the held-out (judging) set the next ones, so both sets are
 class-balanced and never share a file. An ``.npy`` is split by a seeded permutation; the
-``packaged`` photos give the held-out set from another crop seed.
+``packaged`` photos are split by photo (a seeded third judges), never by crop.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..data import IMAGE_SUFFIXES, build_transform, convert_mode, iter_packaged_crops
+from ..data import (IMAGE_SUFFIXES, build_transform, convert_mode, iter_packaged_crops,
+                    packaged_photos, split_photos)
 from ..errors import CalibrationError
 from ..recipes import InputSpec
 
@@ -225,15 +226,22 @@ def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
 
 def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
                   scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
-    def items(s: int, count: int):
-        for name, arr in iter_packaged_crops(spec, count, seed=s):
+    """Crops of the packaged photos; with a held-out set the photos are split (``split_photos``):
+    calibration crops come from two thirds of them, judging crops (another crop seed) from the
+    rest, so the budget is judged on photos the calibration never saw (INT8_PHOTO_SPLIT.md)."""
+    def items(s: int, count: int, only: list[str] | None):
+        for name, arr in iter_packaged_crops(spec, count, seed=s, only=only):
             yield name, (lambda a=arr: a)
 
-    arr, paths = _fill(scratch, spec, samples, items(seed, samples))
-    cal = SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths)
     if not holdout:
-        return cal, None
+        arr, paths = _fill(scratch, spec, samples, items(seed, samples, None))
+        return SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths), None
+    cal_photos, judge_photos = split_photos([n for n, _ in packaged_photos()], seed)
+    arr, paths = _fill(scratch, spec, samples, items(seed, samples, cal_photos))
+    cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {len(cal_photos)} of the "
+                    f"{len(cal_photos) + len(judge_photos)} photos)", "packaged", samples, paths=paths)
     held_seed = seed + HOLDOUT_SEED_OFFSET
-    arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout))
-    return cal, SampleSet(arr, f"packaged photos (seed {held_seed}, other crops than calibration)",
+    arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout, judge_photos))
+    return cal, SampleSet(arr, f"packaged photos (seed {held_seed}; crops of "
+                          f"{', '.join(judge_photos)}: photos the calibration never saw)",
                           "packaged", holdout, paths=paths)
