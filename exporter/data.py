@@ -5,6 +5,7 @@ torchvision transforms (resize shorter side -> center crop -> to tensor -> norma
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,15 +164,24 @@ def packaged_photos() -> list[tuple[str, Image.Image]]:
     return photos
 
 
-def split_photos(names: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """(calibration names, judging names): a seeded third of the photos (at least one) judges,
-    the rest calibrate, so the two sets never share a photo. Needs two or more names."""
-    if len(names) < 2:
-        raise CalibrationError(f"cannot split {len(names)} packaged photo(s) into calibration and "
-                               "judging photos", fix="pip install scikit-image matplotlib "
-                               "scikit-learn (they ship the photos), or pass --eval-images DIR")
-    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    judge = set(order[:max(1, len(names) // 3)])
+def photo_groups(photos: list[tuple[str, Image.Image]]) -> list[list[str]]:
+    """The photos' names grouped by identical pixels (scikit-image's ``cat`` is ``chelsea``)."""
+    groups: dict[str, list[str]] = {}
+    for name, photo in photos:
+        groups.setdefault(hashlib.sha1(np.asarray(photo).tobytes()).hexdigest(), []).append(name)
+    return list(groups.values())
+
+
+def split_photos(groups: list[list[str]], seed: int) -> tuple[list[str], list[str]]:
+    """(calibration names, judging names): a seeded third of the photo groups (at least one)
+    judges, the rest calibrate, so the two sets never share a photo. Needs two or more groups."""
+    if len(groups) < 2:
+        raise CalibrationError(f"cannot split {len(groups)} distinct packaged photo(s) into "
+                               "calibration and judging photos", fix="pip install scikit-image "
+                               "matplotlib scikit-learn (they ship the photos), or pass --eval-images DIR")
+    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    judge = {n for g in order[:max(1, round(len(groups) / 3))] for n in g}
+    names = [n for g in groups for n in g]
     return [n for n in names if n not in judge], [n for n in names if n in judge]
 
 

@@ -44,7 +44,8 @@ def test_int8_export_from_the_command_line(tmp_path):
     assert d["options"] == {"calibration": "packaged"}  # the request, and only the request
     assert "held out" not in d["calibration"]["source"] and "seed 7919" in d["measured_on"]
     assert "photos the calibration never saw" in d["measured_on"]  # split by photo, and it says so
-    assert "6 of the 9 photos" in d["calibration"]["source"]
+    judged = ("skimage:coffee", "skimage:rocket", "skimage:hubble_deep_field")  # seed 0's third
+    assert all(p in d["measured_on"] and p not in d["calibration"]["source"] for p in judged)
     m = d["measured"]
     assert m["samples"] == 200 and m["top1_agreement"] >= 0.95 and d["budget_met"]
     lo, hi = m["top1_agreement_ci95"]

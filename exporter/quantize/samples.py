@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..data import (IMAGE_SUFFIXES, build_transform, convert_mode, iter_packaged_crops,
-                    packaged_photos, split_photos)
+                    packaged_photos, photo_groups, split_photos)
 from ..errors import CalibrationError
 from ..recipes import InputSpec
 
@@ -228,7 +228,7 @@ def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
                   scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
     """Crops of the packaged photos; with a held-out set the photos are split (``split_photos``):
     calibration crops come from two thirds of them, judging crops (another crop seed) from the
-    rest, so the budget is judged on photos the calibration never saw (INT8_PHOTO_SPLIT.md)."""
+    rest (identical photos count as one), so the budget is judged on photos the calibration never saw (INT8_PHOTO_SPLIT.md)."""
     def items(s: int, count: int, only: list[str] | None):
         for name, arr in iter_packaged_crops(spec, count, seed=s, only=only):
             yield name, (lambda a=arr: a)
@@ -236,10 +236,10 @@ def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
     if not holdout:
         arr, paths = _fill(scratch, spec, samples, items(seed, samples, None))
         return SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths), None
-    cal_photos, judge_photos = split_photos([n for n, _ in packaged_photos()], seed)
+    cal_photos, judge_photos = split_photos(photo_groups(packaged_photos()), seed)
     arr, paths = _fill(scratch, spec, samples, items(seed, samples, cal_photos))
-    cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {len(cal_photos)} of the "
-                    f"{len(cal_photos) + len(judge_photos)} photos)", "packaged", samples, paths=paths)
+    cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {', '.join(cal_photos)})",
+                    "packaged", samples, paths=paths)
     held_seed = seed + HOLDOUT_SEED_OFFSET
     arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout, judge_photos))
     return cal, SampleSet(arr, f"packaged photos (seed {held_seed}; crops of "
