@@ -213,13 +213,13 @@ def iter_packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int 
                transform(crop).numpy().astype(np.float32))
 
 
-def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0) -> ImageBatch:
-    """``count`` deterministic random crops of the packaged photos, preprocessed for ``spec``.
-
-    Different ``seed`` (or ``offset``) values give disjoint-looking sets, so calibration and
-    evaluation can use different crops of the same photos.
+def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0,
+                   only: list[str] | None = None) -> ImageBatch:
+    """``count`` deterministic random crops of the packaged photos (those named in ``only`` when
+    given), preprocessed for ``spec``. Different ``seed`` (or ``offset``) values give other crops;
+    to judge on photos the calibration never saw, split the photos (:func:`split_photos`).
     """
-    crops = list(iter_packaged_crops(spec, count, seed, offset))
+    crops = list(iter_packaged_crops(spec, count, seed, offset, only))
     return ImageBatch(array=np.stack([a for _, a in crops]), paths=[n for n, _ in crops],
                       source=f"packaged photos (seed {seed})")
 
