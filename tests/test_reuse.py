@@ -10,7 +10,7 @@ import pytest
 from exporter.pipeline import ExportRequest, export
 from exporter.reuse import export_or_reuse
 
-INT8 = {"calibration": "packaged", "samples": 8, "method": "minmax"}
+INT8 = {"calibration": "packaged", "samples": 8, "method": "minmax", "min_agreement": 0.9}  # reuse, not accuracy
 
 
 @pytest.fixture()
