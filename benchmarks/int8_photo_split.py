@@ -12,7 +12,8 @@ export's default levers (equalization with streams, output-error range search, b
 then, each alone or together, end-to-end tuning against the mean KL of the prediction of
 ``S`` the activation scales (the opt-in ``--range-tuning``) and ``B`` a bias delta per conv output
 channel (a prototype, Adam at 1e-4); ``E`` is the opt-in exact weight rounding (``--weight-rounding
-exact``, bias corrected for its weights), ``ES`` the budget's lever retry. Prints one line per variant.
+exact``, bias corrected for its weights), ``ES`` the budget's old lever retry; ``hist``, ``noeq``,
+``nobc``, ``plain`` take the default levers away (:data:`ABLATIONS`). Prints one line per variant.
 """
 from __future__ import annotations
 
@@ -129,6 +130,11 @@ def main(argv: list[str]) -> int:
     exact: dict | None = None
     for variant in variants:
         t = time.time()
+        if variant in ABLATIONS:
+            qdq = ablated(p.fp32, x_cal, variant)
+            print(f"{TARGET} split {split} {variant}: " + judged(qdq, judges, refs)
+                  + f" ({time.time() - t:.0f} s)", flush=True)
+            continue
         weights, b0 = {}, bias
         if "E" in variant:  # exact weight rounding, the bias corrected for those weights
             if exact is None:
@@ -142,14 +148,36 @@ def main(argv: list[str]) -> int:
         else:
             r, b = searched, b0
         qdq = q8.build_qdq(model, plan, r, b, weights=weights)
-        cells = []
-        for k, x in judges.items():
-            logits = q8.run(qdq, x)
-            agree = float(np.mean(logits.argmax(1) == refs[k].argmax(1)))
-            cells.append(f"{k}: {agree:.3f} KL {mean_kl(refs[k], logits):.4f}")
-        print(f"{TARGET} split {split} {variant}: " + " | ".join(cells) + f" ({time.time() - t:.0f} s)",
-              flush=True)
+        print(f"{TARGET} split {split} {variant}: " + judged(qdq, judges, refs)
+              + f" ({time.time() - t:.0f} s)", flush=True)
     return 0
+
+
+# the default levers taken away one at a time: which of them hold on unseen photos
+ABLATIONS = {"hist": "no output-error range search (histogram MSE ranges)",
+             "noeq": "no equalization", "nobc": "no bias correction",
+             "plain": "histogram MSE ranges alone (no equalization, search or bias correction)"}
+
+
+def ablated(fp32, x_cal: np.ndarray, variant: str):
+    """The Q/DQ model of the default levers less the ones ``variant`` names (:data:`ABLATIONS`)."""
+    eq = variant not in ("noeq", "plain")
+    model = equalize(fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)[0] if eq else fp32
+    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    plan = make_plan(model, TARGET)
+    if variant not in ("hist", "plain"):
+        ranges = search_ranges(model, plan, ranges, x_cal)
+    bias = q8.bias_correction(model, plan, ranges, x_cal) if variant not in ("nobc", "plain") else {}
+    return q8.build_qdq(model, plan, ranges, bias)
+
+
+def judged(qdq, judges: dict, refs: dict) -> str:
+    cells = []
+    for k, x in judges.items():
+        logits = q8.run(qdq, x)
+        agree = float(np.mean(logits.argmax(1) == refs[k].argmax(1)))
+        cells.append(f"{k}: {agree:.3f} KL {mean_kl(refs[k], logits):.4f}")
+    return " | ".join(cells)
 
 
 if __name__ == "__main__":
