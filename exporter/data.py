@@ -186,12 +186,10 @@ def split_photos(groups: list[list[str]], seed: int) -> tuple[list[str], list[st
 
 
 def iter_packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0,
-                        only: list[str] | None = None):
-    """Yield ``(description, CHW array)`` for ``count`` deterministic random crops of the packaged
-    photos (of the photos named in ``only`` when given), one at a time (nothing accumulates)."""
-    photos = packaged_photos()
-    if only is not None:
-        photos = [(n, p) for n, p in photos if n in only]
+                        photos: list[tuple[str, Image.Image]] | None = None):
+    """Yield ``(description, CHW array)`` for ``count`` deterministic random crops of ``photos``
+    (default: all :func:`packaged_photos`), one at a time (nothing accumulates)."""
+    photos = packaged_photos() if photos is None else photos
     if not photos:
         raise CalibrationError("no packaged sample photos found",
                                fix="pip install scikit-image matplotlib (they ship natural photos)")
@@ -219,7 +217,8 @@ def packaged_crops(spec: InputSpec, count: int, seed: int = 0, offset: int = 0,
     given), preprocessed for ``spec``. Different ``seed`` (or ``offset``) values give other crops;
     to judge on photos the calibration never saw, split the photos (:func:`split_photos`).
     """
-    crops = list(iter_packaged_crops(spec, count, seed, offset, only))
+    photos = None if only is None else [(n, p) for n, p in packaged_photos() if n in only]
+    crops = list(iter_packaged_crops(spec, count, seed, offset, photos))
     return ImageBatch(array=np.stack([a for _, a in crops]), paths=[n for n, _ in crops],
                       source=f"packaged photos (seed {seed})")
 

@@ -228,15 +228,19 @@ def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
                   scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
     """Crops of the packaged photos; with a held-out set the photos are split (``split_photos``):
     calibration crops come from two thirds of them, judging crops (another crop seed) from the
-    rest (identical photos count as one), so the budget is judged on photos the calibration never saw (INT8_PHOTO_SPLIT.md)."""
-    def items(s: int, count: int, only: list[str] | None):
-        for name, arr in iter_packaged_crops(spec, count, seed=s, only=only):
+    rest (identical photos count as one), so the budget is judged on photos the calibration
+    never saw (INT8_PHOTO_SPLIT.md)."""
+    photos = packaged_photos()
+
+    def items(s: int, count: int, names: list[str] | None):
+        chosen = photos if names is None else [(n, p) for n, p in photos if n in names]
+        for name, arr in iter_packaged_crops(spec, count, seed=s, photos=chosen):
             yield name, (lambda a=arr: a)
 
     if not holdout:
         arr, paths = _fill(scratch, spec, samples, items(seed, samples, None))
         return SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths), None
-    cal_photos, judge_photos = split_photos(photo_groups(packaged_photos()), seed)
+    cal_photos, judge_photos = split_photos(photo_groups(photos), seed)
     arr, paths = _fill(scratch, spec, samples, items(seed, samples, cal_photos))
     cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {', '.join(cal_photos)})",
                     "packaged", samples, paths=paths)
