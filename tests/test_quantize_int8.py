@@ -211,13 +211,12 @@ def test_budget_loop_falls_back_layers(out_dir):
     assert not list((out_dir / "b2").glob("*.onnx")) if (out_dir / "b2").exists() else True
 
 
-@pytest.mark.parametrize("rounding, tuning, named", [
-    ("nearest", False, "--weight-rounding exact"), ("gptq", False, ""),
-    ("nearest", True, "--weight-rounding exact"), ("exact", True, "")])
-def test_refusal_names_only_the_levers_not_used(rounding, tuning, named):
+@pytest.mark.parametrize("rounding, named", [
+    ("nearest", "--weight-rounding exact"), ("gptq", ""), ("exact", "")])
+def test_refusal_names_only_the_levers_not_used(rounding, named):
     from exporter.quantize.levers import untried_levers
 
-    assert untried_levers(rounding, tuning) == named
+    assert untried_levers(rounding) == named
 
 
 def test_session_disables_weight_bias_quantization():

@@ -144,7 +144,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     levers = {"weight_rounding": weight_rounding or "nearest", "range_tuning": bool(range_tuning)}
     retried, first_best = None, None
     try:
-        calibrated, fitted = calibrate_and_fit(levers, lv.untried_levers(**levers))
+        calibrated, fitted = calibrate_and_fit(levers, lv.untried_levers(levers["weight_rounding"]))
     except bud.BudgetRefused as first:  # leaving the block frees the first try's frames
         if not (lever_retry and weight_rounding is None and range_tuning is None):
             raise

@@ -53,7 +53,7 @@ def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: 
     return Calibrated(ranges, weights, rounding, bias, tuned)
 
 
-def untried_levers(weight_rounding: str, range_tuning: bool) -> str:
+def untried_levers(weight_rounding: str) -> str:
     """The opt-in lever the budget's refusal may suggest when this export did not use it: exact
     rounding only (range tuning made the model worse on unseen photos: INT8_PHOTO_SPLIT.md)."""
     return "--weight-rounding exact" if weight_rounding == "nearest" else ""
