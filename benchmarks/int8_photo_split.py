@@ -45,14 +45,13 @@ from quant_helpers import real_mv2_protocol  # noqa: E402
 
 GROUP_A = {"skimage:astronaut", "skimage:coffee", "skimage:rocket", "skimage:hubble_deep_field",
            "sklearn:sample_0"}
-ALL_PHOTOS = data.packaged_photos
 TARGET, STEPS, BIAS_LR = "tensorrt", 160, 1e-4
 
 
-def use_photos(group: str) -> None:
-    """Make ``packaged_crops`` draw from one photo group ('all', 'A' or 'B')."""
-    data.packaged_photos = (ALL_PHOTOS if group == "all" else
-                            lambda: [(n, p) for n, p in ALL_PHOTOS() if (n in GROUP_A) == (group == "A")])
+def group_names(group: str) -> list[str] | None:
+    """The packaged photos of one group ('A' or 'B'); None (every photo) for 'all'."""
+    return None if group == "all" else [n for n, _ in data.packaged_photos()
+                                        if (n in GROUP_A) == (group == "A")]
 
 
 class BiasGraph(tune._Graph):
@@ -116,12 +115,11 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     p = real_mv2_protocol("int8split-")
     cal_group, judge_group = {"all": ("all", "all"), "A": ("A", "B"), "B": ("B", "A")}[split]
-    use_photos(judge_group)
-    judges = {"seed 1, n=200": data.packaged_crops(p.spec, 200, seed=1).array,
-              "seed 7919, n=400": data.packaged_crops(p.spec, 400, seed=7919).array}
+    judge = group_names(judge_group)
+    judges = {"seed 1, n=200": data.packaged_crops(p.spec, 200, seed=1, only=judge).array,
+              "seed 7919, n=400": data.packaged_crops(p.spec, 400, seed=7919, only=judge).array}
     refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
-    use_photos(cal_group)
-    x_cal = data.packaged_crops(p.spec, 64, seed=0).array
+    x_cal = data.packaged_crops(p.spec, 64, seed=0, only=group_names(cal_group)).array
     model, _ = equalize(p.fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
     ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
     plan = make_plan(model, TARGET)
