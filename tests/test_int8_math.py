@@ -214,3 +214,31 @@ def test_split_photos_is_seeded_disjoint_and_keeps_identical_photos_together():
     assert split_photos([["a"], ["b"]], seed=0)[1] in (["a"], ["b"])
     with pytest.raises(CalibrationError, match="cannot split 1 distinct packaged photo"):
         split_photos([["a", "a copy"]], seed=0)
+
+
+def test_coverage_gaps_name_the_tensors_judged_data_drive_past_the_calibration():
+    """The budget's refusal names quantized activations the judging samples drive past 1.5x the
+    calibration's largest |value| (brute force: every tensor's maxima from a full run)."""
+    from exporter.data import packaged_crops
+    from exporter.quantize.placement import ensure_node_names
+    from quant_helpers import fp32_onnx
+
+    path, spec = fp32_onnx(get_recipe("lenet5"), size=32)
+    model = onnx.load(str(path))
+    ensure_node_names(model)
+    x = packaged_crops(spec, 24, seed=0).array
+    x_cal = 0.3 * x  # dimmer calibration data: every range reached on x is larger
+    tensors = list(make_plan(model, "tensorrt").edges)
+    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    full = {part: q8.run(model, data, extra=tensors) for part, data in (("cal", x_cal), ("eval", x))}
+    brute = {part: {t: float(np.abs(v[t]).max()) for t in tensors} for part, v in full.items()}
+    assert bud.largest_values(model, x, tensors) == pytest.approx(brute["eval"], rel=1e-6)
+    gaps, sentence = bud.coverage_gaps(model, ranges, tensors, x_cal, x)
+    expected = {t for t in tensors if brute["eval"][t] > bud.COVERAGE_FACTOR * brute["cal"][t]}
+    assert expected and {g["tensor"] for g in gaps} == expected
+    ratios = [g["judged_max"] / g["calibration_max"] for g in gaps]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1.5
+    assert gaps[0]["calibrated_amax"] == pytest.approx(ranges[gaps[0]["tensor"]][2])
+    assert f"drive {len(gaps)} of the {len(tensors)} quantized activation(s)" in sentence
+    assert gaps[0]["tensor"] in sentence
+    assert bud.coverage_gaps(model, ranges, tensors, x, x) == ([], "")  # judged like calibrated

@@ -158,6 +158,45 @@ def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x:
     return sorted(scores, key=lambda s: -s[1])
 
 
+COVERAGE_FACTOR = 1.5  # judging samples past this many times the calibration's largest |value|
+
+
+def largest_values(model: onnx.ModelProto, x: np.ndarray, tensors: list[str]) -> dict[str, float]:
+    """{tensor: largest |value| over ``x``}, batch by batch (nothing kept but the maxima)."""
+    sess = q8.make_session(q8._with_outputs(model, tensors))
+    names = [o.name for o in sess.get_outputs()]
+    inp = sess.get_inputs()[0].name
+    batch = q8.fixed_batch(model) or 16
+    top = dict.fromkeys(tensors, 0.0)
+    for i in range(0, len(x) - len(x) % batch if q8.fixed_batch(model) else len(x), batch):
+        outs = sess.run(None, {inp: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})
+        for name, val in zip(names, outs):
+            if name in top:
+                top[name] = max(top[name], float(np.abs(val).max()) if val.size else 0.0)
+    return top
+
+
+def coverage_gaps(model: onnx.ModelProto, ranges: dict, tensors: list[str], x_cal: np.ndarray,
+                  x_eval: np.ndarray) -> tuple[list[dict], str]:
+    """Quantized tensors the judging samples drive past ``COVERAGE_FACTOR`` x the calibration
+    samples' largest |value| (worst first), and a sentence naming them ("" when none): such a
+    tensor is clipped on the judging data whatever layers the budget moves out of INT8."""
+    tensors = [t for t in tensors if t in ranges]
+    cal, judged = largest_values(model, x_cal, tensors), largest_values(model, x_eval, tensors)
+    gaps = sorted(({"tensor": t, "calibrated_amax": float(ranges[t][2]), "calibration_max": cal[t],
+                    "judged_max": judged[t]} for t in tensors
+                   if judged[t] > COVERAGE_FACTOR * max(cal[t], 1e-12)),
+                  key=lambda g: -g["judged_max"] / max(g["calibration_max"], 1e-12))
+    if not gaps:
+        return [], ""
+    w = gaps[0]
+    return gaps, (f"the judging samples drive {len(gaps)} of the {len(tensors)} quantized "
+                  f"activation(s) past {COVERAGE_FACTOR:g}x the largest value the calibration "
+                  f"samples reached (worst: {w['tensor']} reaches {w['judged_max']:.3g}, "
+                  f"calibration {w['calibration_max']:.3g}, calibrated range +-{w['calibrated_amax']:.3g}): "
+                  "the calibration data do not cover the data the model is judged on")
+
+
 def group_sizes(limit: int) -> list[int]:
     """Growing group sizes 1, 2, 3, 4, 6, 8, 11, 15, ... up to and including ``limit``."""
     sizes, k = [], 1
@@ -233,8 +272,10 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         return BudgetResult(model, base + ranked[:k], result, history, ranking,
                             timed[-1] if timed else None)
     best_kept = base + ranked[:k]
+    _, coverage = coverage_gaps(fp32, ranges, list(full_plan.edges), x_rank[:len(x_rank) // 2], x_eval)
     raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
-                  untried=untried, best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept))
+                  untried=untried, best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
+                  coverage=coverage)
 
 
 def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any, Measurement]],
@@ -260,10 +301,11 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
             fp16: str = "use --precision fp16", untried: str = "",
-            best_convs: int | None = None) -> BudgetRefused:
+            best_convs: int | None = None, coverage: str = "") -> BudgetRefused:
     """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
-    opt-in accuracy lever not used."""
+    opt-in accuracy lever not used; ``coverage`` (:func:`coverage_gaps`' sentence) puts the data
+    lever first."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -273,8 +315,10 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         f"the {runtime + ' ' if runtime else ''}INT8 accuracy budget ({criterion.describe()}) "
         f"cannot be met keeping at most {max_convs} of the {convs} convs {kept_as} "
         f"(--max-kept-fraction {fraction:g}): the best ({best_kept} layer(s) {short}) reached "
-        f"{best.describe()}",
-        fix=f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
+        f"{best.describe()}" + (f"; {coverage}" if coverage else ""),
+        fix=("calibrate with data like the judging data (--calibration DIR of deployment images), "
+             if coverage else "")
+            + f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
             f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
             + (f"try the slower opt-in lever {untried}, " if untried else "")
             + "or calibrate with more or "
