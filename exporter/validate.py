@@ -71,9 +71,14 @@ def check_model_options(request: Any) -> None:
         raise UsageError(f"--max-kept-fraction must be a fraction 0..1, got {kept}",
                          fix="e.g. --max-kept-fraction 0.5 (at most half the convs out of INT8)")
     calibration = quant.get("calibration")
-    if calibration and calibration != "packaged" and not Path(calibration).exists():
+    if calibration and str(calibration).startswith("packaged:"):
+        if not str(calibration).split(":", 1)[1].isdigit():
+            raise UsageError(f"--calibration {calibration}: the seed after 'packaged:' must be a "
+                             "non-negative integer", fix="use --calibration packaged or packaged:SEED, "
+                             "e.g. packaged:1")
+    elif calibration and calibration != "packaged" and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",
-                         fix="pass an image folder or an .npy of NCHW tensors")
+                         fix="pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
     levers = lever_problems(quant)
     if levers:
         raise UsageError(levers[0][0], fix=levers[0][1])

@@ -164,6 +164,24 @@ def test_accuracy_drop_without_labels_is_a_usage_error(tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_packaged_seed_picks_the_photo_split_from_the_command_line(tmp_path):
+    """``--calibration packaged:1`` (the split the README and the refusal point to) is accepted
+    and judges on seed 1's third of the photos; a seed that is not an integer is a usage error."""
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged:1",
+                "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    judged = ("skimage:astronaut", "skimage:chelsea", "skimage:cat", "matplotlib:grace_hopper")
+    assert all(p in d["measured_on"] and p not in d["calibration"]["source"] for p in judged)
+    assert "seed 1;" in d["calibration"]["source"] and d["measured"]["samples"] == 200
+    bad = tmp_path / "bad"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged:one",
+                "-o", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and "the seed after 'packaged:' must be" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not bad.exists()
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.1"])
 def test_max_kept_fraction_outside_0_1_is_a_usage_error(tmp_path, value):
     out = tmp_path / "out"
