@@ -59,7 +59,8 @@ def short(node: str) -> str:
 def main(argv: list[str]) -> int:
     seed = int(argv[0]) if argv else 1
     target = argv[1] if len(argv) > 1 else "tensorrt"
-    wanted = (argv[2] if len(argv) > 2 else "alone,loo,oracle-alone,oracle-loo").split(",")
+    wanted = [w for w in (argv[2] if len(argv) > 2 else "alone,loo,oracle-alone,oracle-loo").split(",")
+              if w != "none"]
     p = real_mv2_protocol("int8rank-")
     photos = data.packaged_photos()
     cal_names, judge_names = data.split_photos(data.photo_groups(photos), seed)
@@ -77,6 +78,12 @@ def main(argv: list[str]) -> int:
     candidates = [n for n in full.quantized if n not in base]
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     max_convs = int(np.floor(bud.MAX_KEPT_FRACTION * len([n for n in full.quantized if n in convs])))
+    gaps, _ = bud.coverage_gaps(model, ranges, list(full.edges), x_cal, judges["other n=400"])
+    print(f"  {len(gaps)} of {len(full.edges)} quantized activations: judging max > "
+          f"{bud.COVERAGE_FACTOR:g}x calibration max", flush=True)
+    for g in gaps[:6]:
+        print(f"    {g['tensor']}: judging max {g['judged_max']:.3f}, calibration max "
+              f"{g['calibration_max']:.3f}, calibrated amax {g['calibrated_amax']:.3f}", flush=True)
     x_rank = bud.sensitivity_inputs(x_cal)
     ref_rank = q8.run(model, x_rank)
     x_oracle, ref_oracle = judges["other n=400"], q8.run(model, judges["other n=400"])
