@@ -242,3 +242,14 @@ def test_coverage_gaps_name_the_tensors_judged_data_drive_past_the_calibration()
     assert f"drive {len(gaps)} of the {len(tensors)} quantized activation(s)" in sentence
     assert gaps[0]["tensor"] in sentence
     assert bud.coverage_gaps(model, ranges, tensors, x, x) == ([], "")  # judged like calibrated
+
+
+@pytest.mark.parametrize("coverage", ["", "the judging samples drive 3 of the 9 quantized activation(s) past"])
+def test_refusal_puts_the_data_first_when_the_judged_data_leave_the_calibrated_range(coverage):
+    criterion = bud.Criterion("agreement", 0.95)
+    best = bud.measure(np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 5], np.eye(4, dtype=np.float32)[[0, 1, 2, 0] * 5],
+                       None, criterion)
+    err = bud.refusal(criterion, best, 3, 2, 10, 0.25, coverage=coverage)
+    assert "top-1 agreement 0.750" in err.message and err.message.endswith(f"; {coverage}" if coverage else "n=20)")
+    assert err.fix.startswith("calibrate with data like the judging data") == bool(coverage)
+    assert ("closer-to-deployment" in err.fix) != bool(coverage)  # named once, first when it is the cause

@@ -321,8 +321,9 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
             + f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
             f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
             + (f"try the slower opt-in lever {untried}, " if untried else "")
-            + "or calibrate with more or "
-            "closer-to-deployment data (--calibration DIR, --calibration-samples N)"
+            + ("or calibrate with more of it (--calibration-samples N)" if coverage else
+               "or calibrate with more or closer-to-deployment data (--calibration DIR, "
+               "--calibration-samples N)")
             + ("" if criterion.kind == "accuracy_drop" else
                "; agreement on unlabelled crops flips on near-ties, so where labelled images exist "
                "judge by accuracy instead (--eval-images DIR with class subfolders named by class index)"),
