@@ -114,7 +114,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                 + f" (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
-                  + (":equalized" if equalized["pairs"] else "")
+                  + (f":equalized:cap{eq.CAP:g}" if equalized["pairs"] else "")
                   + (f":dense{equalized['dense_alpha']:g}" if equalized.get("dense_pairs") else "")
                   + (f":stream{equalized['stream_alpha']:g}" if equalized.get("streams") else "")}
     cache_path = out_dir / f"{name}.int8.calib.json"
