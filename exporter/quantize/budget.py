@@ -25,6 +25,7 @@ import onnx
 from ..errors import PrecisionError, UsageError
 from ..metrics import accuracy, compare_outputs
 from . import int8 as q8
+from .equalize import channel_maxima
 from .placement import plan as make_plan
 
 DEFAULT_DROP = 1.0
@@ -161,28 +162,14 @@ def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x:
 COVERAGE_FACTOR = 1.5  # judging samples past this many times the calibration's largest |value|
 
 
-def largest_values(model: onnx.ModelProto, x: np.ndarray, tensors: list[str]) -> dict[str, float]:
-    """{tensor: largest |value| over ``x``}, batch by batch (nothing kept but the maxima)."""
-    sess = q8.make_session(q8._with_outputs(model, tensors))
-    names = [o.name for o in sess.get_outputs()]
-    inp = sess.get_inputs()[0].name
-    batch = q8.fixed_batch(model) or 16
-    top = dict.fromkeys(tensors, 0.0)
-    for i in range(0, len(x) - len(x) % batch if q8.fixed_batch(model) else len(x), batch):
-        outs = sess.run(None, {inp: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})
-        for name, val in zip(names, outs):
-            if name in top:
-                top[name] = max(top[name], float(np.abs(val).max()) if val.size else 0.0)
-    return top
-
-
 def coverage_gaps(model: onnx.ModelProto, ranges: dict, tensors: list[str], x_cal: np.ndarray,
                   x_eval: np.ndarray) -> tuple[list[dict], str]:
     """Quantized tensors the judging samples drive past ``COVERAGE_FACTOR`` x the calibration
     samples' largest |value| (worst first), and a sentence naming them ("" when none): such a
     tensor is clipped on the judging data whatever layers the budget moves out of INT8."""
     tensors = [t for t in tensors if t in ranges]
-    cal, judged = largest_values(model, x_cal, tensors), largest_values(model, x_eval, tensors)
+    cal, judged = ({t: float(m.max()) for t, m in channel_maxima(model, tensors, x).items()}
+                   for x in (x_cal, x_eval))
     gaps = sorted(({"tensor": t, "calibrated_amax": float(ranges[t][2]), "calibration_max": cal[t],
                     "judged_max": judged[t]} for t in tensors
                    if judged[t] > COVERAGE_FACTOR * max(cal[t], 1e-12)),
@@ -272,7 +259,9 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         return BudgetResult(model, base + ranked[:k], result, history, ranking,
                             timed[-1] if timed else None)
     best_kept = base + ranked[:k]
-    _, coverage = coverage_gaps(fp32, ranges, list(full_plan.edges), x_rank[:len(x_rank) // 2], x_eval)
+    unflipped = x_rank[:len(x_rank) // 2]
+    unflipped = unflipped[:len(unflipped) - len(unflipped) % fixed] if fixed else unflipped
+    _, coverage = coverage_gaps(fp32, ranges, list(full_plan.edges), unflipped, x_eval)
     raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
                   untried=untried, best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
                   coverage=coverage)
