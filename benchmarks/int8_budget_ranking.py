@@ -28,16 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import exporter.data as data  # noqa: E402
 from exporter.quantize import budget as bud  # noqa: E402
-from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize import default_exclusions  # noqa: E402
-from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
-from exporter.quantize.range_search import search_ranges  # noqa: E402
 
-from quant_helpers import real_mv2_protocol  # noqa: E402
+from quant_helpers import default_levers, judged_line, photo_split, real_mv2_protocol  # noqa: E402
 
 
 def leave_one_out(model, target, ranges, bias, x, ref, candidates, base) -> list[tuple[str, float]]:
@@ -62,18 +57,10 @@ def main(argv: list[str]) -> int:
     wanted = [w for w in (argv[2] if len(argv) > 2 else "alone,loo,oracle-alone,oracle-loo").split(",")
               if w != "none"]
     p = real_mv2_protocol("int8rank-")
-    photos = data.packaged_photos()
-    cal_names, judge_names = data.split_photos(data.photo_groups(photos), seed)
-    x_cal = data.packaged_crops(p.spec, 64, seed=seed, only=cal_names).array
-    judges = {"budget n=200": data.packaged_crops(p.spec, 200, seed=seed + 7919, only=judge_names).array,
-              "other n=400": data.packaged_crops(p.spec, 400, seed=1, only=judge_names).array}
-    print(f"split {seed}, {target}: calibrate on {cal_names}, judge on {judge_names}", flush=True)
-    refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
-    model, _ = equalize(p.fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
-    base = default_exclusions(model, target)
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
-    ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x_cal)
-    bias = q8.bias_correction(model, make_plan(model, target), ranges, x_cal)
+    split = photo_split(p, seed)
+    x_cal, judges = split.x_cal, split.judges
+    print(f"split {seed}, {target}: calibrate on {split.cal_names}, judge on {split.judge_names}", flush=True)
+    model, base, ranges, bias = default_levers(p.fp32, target, x_cal)
     full = make_plan(model, target)
     candidates = [n for n in full.quantized if n not in base]
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
@@ -103,12 +90,7 @@ def main(argv: list[str]) -> int:
               flush=True)
         for k in sorted({0, k_cap} | {k for k in bud.group_sizes(len(ranked)) if k <= k_cap}):
             qdq = q8.build_qdq(model, make_plan(model, target, set(base) | set(ranked[:k])), ranges, bias)
-            cells = []
-            for key, x in judges.items():
-                logits = q8.run(qdq, x)
-                agree = float(np.mean(logits.argmax(1) == refs[key].argmax(1)))
-                cells.append(f"{key}: {agree:.3f} KL {bud.mean_kl(refs[key], logits):.4f}")
-            print(f"    {name} k={k:2d}: " + " | ".join(cells), flush=True)
+            print(f"    {name} k={k:2d}: " + judged_line(qdq, split), flush=True)
     return 0
 
 

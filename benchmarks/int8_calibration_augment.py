@@ -25,15 +25,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import exporter.data as data  # noqa: E402
-from exporter.quantize import budget as bud  # noqa: E402
-from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize import default_exclusions  # noqa: E402
-from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
-from exporter.quantize.range_search import search_ranges  # noqa: E402
 
-from quant_helpers import real_mv2_protocol  # noqa: E402
+from quant_helpers import default_levers, judged_line, photo_split, real_mv2_protocol  # noqa: E402
 
 
 def photometric(x: np.ndarray, spec, seed: int) -> np.ndarray:
@@ -54,11 +49,7 @@ def photometric(x: np.ndarray, spec, seed: int) -> np.ndarray:
 
 def fitted(fp32, target: str, x: np.ndarray):
     """The Q/DQ model of the export's default levers fitted on ``x``."""
-    model, _ = equalize(fp32, x, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
-    base = default_exclusions(model, target)
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x), "mse")
-    ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x)
-    bias = q8.bias_correction(model, make_plan(model, target), ranges, x)
+    model, base, ranges, bias = default_levers(fp32, target, x)
     return q8.build_qdq(model, make_plan(model, target, set(base)), ranges, bias)
 
 
@@ -66,26 +57,17 @@ def main(argv: list[str]) -> int:
     seeds = [int(s) for s in (argv[0] if argv else "0,1,2,3").split(",")]
     target = argv[1] if len(argv) > 1 else "tensorrt"
     p = real_mv2_protocol("int8aug-")
-    groups = data.photo_groups(data.packaged_photos())
     for seed in seeds:
-        cal_names, judge_names = data.split_photos(groups, seed)
-        x_cal = data.packaged_crops(p.spec, 64, seed=seed, only=cal_names).array
-        judges = {"budget n=200": data.packaged_crops(p.spec, 200, seed=seed + 7919, only=judge_names).array,
-                  "other n=400": data.packaged_crops(p.spec, 400, seed=1, only=judge_names).array}
-        refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
+        split = photo_split(p, seed)
+        x_cal = split.x_cal
         sets = {"base": x_cal,
                 "aug": np.concatenate([x_cal, photometric(x_cal, p.spec, seed)]),
-                "more": data.packaged_crops(p.spec, 128, seed=seed, only=cal_names).array}
+                "more": data.packaged_crops(p.spec, 128, seed=seed, only=split.cal_names).array}
         for name, x in sets.items():
             t = time.time()
-            qdq = fitted(p.fp32, target, x)
-            cells = []
-            for key, xj in judges.items():
-                logits = q8.run(qdq, xj)
-                agree = float(np.mean(logits.argmax(1) == refs[key].argmax(1)))
-                cells.append(f"{key}: {agree:.3f} KL {bud.mean_kl(refs[key], logits):.4f}")
-            print(f"split {seed} {target} {name} ({len(x)} samples): " + " | ".join(cells)
-                  + f" ({time.time() - t:.0f} s)", flush=True)
+            print(f"split {seed} {target} {name} ({len(x)} samples): "
+                  + judged_line(fitted(p.fp32, target, x), split) + f" ({time.time() - t:.0f} s)",
+                  flush=True)
     return 0
 
 

@@ -182,3 +182,57 @@ def onnx_model(nodes: list, inits: list, in_shape: list, out_shape: list):
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+@dataclass
+class PhotoSplit:
+    """The exporter's photo split ``seed`` of the packaged photos, as the budget benchmarks use it:
+    64 calibration crops, and the budget's 200 (seed + 7919) and 400 other (seed 1) judging crops
+    with their FP32 logits."""
+    cal_names: list
+    judge_names: list
+    x_cal: np.ndarray
+    judges: dict
+    refs: dict
+
+
+def photo_split(p: Protocol, seed: int, calibration: int = 64) -> PhotoSplit:
+    from exporter import data
+    from exporter.quantize import int8 as q8
+
+    cal_names, judge_names = data.split_photos(data.photo_groups(data.packaged_photos()), seed)
+    judges = {"budget n=200": data.packaged_crops(p.spec, 200, seed=seed + 7919, only=judge_names).array,
+              "other n=400": data.packaged_crops(p.spec, 400, seed=1, only=judge_names).array}
+    return PhotoSplit(cal_names, judge_names,
+                      data.packaged_crops(p.spec, calibration, seed=seed, only=cal_names).array,
+                      judges, {k: q8.run(p.fp32, x) for k, x in judges.items()})
+
+
+def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None):
+    """(equalized model, rule-kept layers, ranges, bias) of the export's default levers fitted on
+    ``x``: equalization (``cap``: its cap, default the export's), MSE ranges, output-error search,
+    bias correction."""
+    from exporter.quantize import calibration as cal, default_exclusions, int8 as q8
+    from exporter.quantize.equalize import CAP, DENSE_ALPHA, STREAM_ALPHA, equalize
+    from exporter.quantize.placement import plan as make_plan
+    from exporter.quantize.range_search import search_ranges
+
+    model, _ = equalize(fp32, x, cap=CAP if cap is None else cap, dense_alpha=DENSE_ALPHA,
+                        stream_alpha=STREAM_ALPHA)
+    base = default_exclusions(model, target)
+    ranges = cal.compute_ranges(cal.collect_statistics(model, x), "mse")
+    ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x)
+    return model, base, ranges, q8.bias_correction(model, make_plan(model, target), ranges, x)
+
+
+def judged_line(qdq, split: PhotoSplit) -> str:
+    """``budget n=200: 0.870 KL 0.0461 | other n=400: ...`` of a Q/DQ model on ``split``."""
+    from exporter.quantize import int8 as q8
+    from exporter.quantize.budget import mean_kl
+
+    cells = []
+    for key, x in split.judges.items():
+        logits = q8.run(qdq, x)
+        agree = float(np.mean(logits.argmax(1) == split.refs[key].argmax(1)))
+        cells.append(f"{key}: {agree:.3f} KL {mean_kl(split.refs[key], logits):.4f}")
+    return " | ".join(cells)
