@@ -12,6 +12,19 @@ from .errors import UsageError
 MAX_SEED = 2**32 - 1
 
 
+def packaged_seed(text: str, default: int) -> int | None:
+    """The crop seed ``--calibration packaged[:SEED]`` asks for (``default`` without one); None for
+    any other source. ValueError when the seed is not a non-negative integer."""
+    if text != "packaged" and not text.startswith("packaged:"):
+        return None
+    if ":" not in text:
+        return default
+    seed = text.split(":", 1)[1]
+    if not seed.isdigit():
+        raise ValueError(f"the seed after 'packaged:' must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def opset_range(exporter: str) -> tuple[int, int]:
     """ONNX opsets torch's ``exporter`` writes (read from torch, not hard-coded)."""
     from torch.onnx import _constants as c
@@ -71,12 +84,12 @@ def check_model_options(request: Any) -> None:
         raise UsageError(f"--max-kept-fraction must be a fraction 0..1, got {kept}",
                          fix="e.g. --max-kept-fraction 0.5 (at most half the convs out of INT8)")
     calibration = quant.get("calibration")
-    if calibration and str(calibration).startswith("packaged:"):
-        if not str(calibration).split(":", 1)[1].isdigit():
-            raise UsageError(f"--calibration {calibration}: the seed after 'packaged:' must be a "
-                             "non-negative integer", fix="use --calibration packaged or packaged:SEED, "
-                             "e.g. packaged:1")
-    elif calibration and calibration != "packaged" and not Path(calibration).exists():
+    try:
+        packaged = calibration is not None and packaged_seed(str(calibration), 0) is not None
+    except ValueError as err:
+        raise UsageError(f"--calibration {calibration}: {err}",
+                         fix="use --calibration packaged or packaged:SEED, e.g. packaged:1") from None
+    if calibration and not packaged and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",
                          fix="pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
     levers = lever_problems(quant)

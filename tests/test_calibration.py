@@ -10,10 +10,12 @@ import pytest
 from PIL import Image
 
 from exporter.data import preprocess
-from exporter.errors import CalibrationError, PrecisionError
+from exporter.errors import CalibrationError, PrecisionError, UsageError
 from exporter.quantize import quantize_stage
 from exporter.quantize.calibration import compute_ranges, load_calibration_data
 from exporter.recipes import get_recipe
+from exporter.pipeline import ExportRequest
+from exporter.validate import check_model_options, packaged_seed
 
 from quant_helpers import fp32_onnx
 
@@ -34,6 +36,22 @@ def test_missing_calibration_is_a_clear_error():
     with pytest.raises(CalibrationError, match="needs calibration data") as err:
         load_calibration_data(None, SPEC)
     assert "calibration/README.md" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["packaged:-1", "packaged:1.5", "packaged:", "packaged:one"])
+def test_packaged_seed_the_cli_refuses_is_refused_by_the_api_too(text):
+    with pytest.raises(CalibrationError, match="non-negative integer"):
+        load_calibration_data(text, SPEC, samples=4)
+    with pytest.raises(UsageError, match="non-negative integer"):
+        check_model_options(ExportRequest("lenet5", precision="int8", quant={"calibration": text}))
+
+
+def test_packaged_seed_picks_the_crops():
+    one, same, other = (load_calibration_data(t, SPEC, samples=4).array
+                        for t in ("packaged:3", "packaged:3", "packaged:4"))
+    assert np.array_equal(one, same) and np.abs(one - other).mean() > 0.05
+    assert packaged_seed("packaged", 7) == 7 and packaged_seed("packaged:12", 7) == 12
+    assert packaged_seed("packaged_photos", 7) is None and packaged_seed("/data/cal", 7) is None
 
 
 def test_empty_folder(tmp_path):

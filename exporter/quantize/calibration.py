@@ -26,6 +26,7 @@ import onnx
 from ..data import build_transform
 from ..errors import CalibrationError
 from ..recipes import InputSpec
+from ..validate import packaged_seed
 from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
@@ -86,12 +87,12 @@ def load_split(calibration: str | os.PathLike | None, spec: InputSpec, samples: 
                                fix="pass a positive count, e.g. --calibration-samples 256")
     scratch = scratch or Scratch()
     text = str(calibration)
-    if text == "packaged" or text.startswith("packaged:"):
-        try:
-            crop_seed = int(text.split(":", 1)[1]) if ":" in text else seed
-        except ValueError:
-            raise CalibrationError(f"'{text}': the seed after 'packaged:' must be an integer",
-                                   fix="use --calibration packaged or packaged:SEED") from None
+    try:
+        crop_seed = packaged_seed(text, seed)
+    except ValueError as err:
+        raise CalibrationError(f"'{text}': {err}",
+                               fix="use --calibration packaged or packaged:SEED") from None
+    if crop_seed is not None:
         cal, held = from_packaged(crop_seed, spec, samples, holdout, scratch)
     else:
         path = Path(calibration)
