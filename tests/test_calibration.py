@@ -38,7 +38,7 @@ def test_missing_calibration_is_a_clear_error():
     assert "calibration/README.md" in str(err.value)
 
 
-@pytest.mark.parametrize("text", ["packaged:-1", "packaged:1.5", "packaged:", "packaged:one"])
+@pytest.mark.parametrize("text", ["packaged:-1", "packaged:1.5", "packaged:", "packaged:one", "packaged:²"])
 def test_packaged_seed_the_cli_refuses_is_refused_by_the_api_too(text):
     with pytest.raises(CalibrationError, match="non-negative integer"):
         load_calibration_data(text, SPEC, samples=4)
