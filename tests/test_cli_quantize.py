@@ -241,6 +241,9 @@ def test_real_mobilenet_v2_int8_default_options(tmp_path, request):
     d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
     assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
     assert d["int8_conv_fraction"] >= 0.9, d["kept_fp16_layers"]
+    # the FP16 stem's ReLU6 output, read by the first depthwise conv, is zero-centred
+    assert d["zero_centred"] == ["/model/features/features.0/features.0.2/Clip_output_0"]
+    assert "+ 1 activation(s) zero-centred over 256 samples" in proc.stdout
 
 
 USER_MODEL = '''

@@ -1,14 +1,18 @@
 """Zero-centred int8 ReLU outputs (quantize/shift.py): which tensors qualify, the bias arithmetic
-that cancels the shift exactly, and the lower INT8 error; small ONNX graphs in ONNX Runtime."""
+and the explicit border that cancel the shift exactly, and the lower INT8 error; small ONNX graphs
+in ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
 
 from exporter.onnx_graph import GraphIndex
 from exporter.quantize import int8 as q8
+from exporter.quantize import default_exclusions
 from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.equalize import equalize
 from exporter.quantize.placement import plan as make_plan
 from exporter.quantize.shift import find_shifts
 from quant_helpers import onnx_model
@@ -45,20 +49,31 @@ def ranges_of(model):
     return compute_ranges(collect_statistics(model, images(32, 1)), "mse")
 
 
-def test_only_relu_outputs_read_by_an_int8_pointwise_conv_qualify():
+def test_which_relu_outputs_qualify():
     model = block()
     ranges = ranges_of(model)
-    found = find_shifts(GraphIndex(model), make_plan(model, "tensorrt"), ranges)
-    assert list(found) == ["r0"] and found["r0"].offset == ranges["r0"][2] / 2
-    # the reader kept out of int8, or an unsigned (cpu) placement: nothing to shift
-    assert find_shifts(GraphIndex(model), make_plan(model, "tensorrt", {PROJECT}), ranges) == {}
-    assert find_shifts(GraphIndex(model), make_plan(model, "cpu"), ranges) == {}
+
+    def found(kept=(), target="tensorrt", everywhere=False):
+        return find_shifts(GraphIndex(model), make_plan(model, target, set(kept)), ranges, everywhere)
+
+    # by default only outputs of layers kept out of int8 (they are float anyway): none here
+    assert found() == {}
+    # opt-in: also outputs read by a 1x1 conv; r1's padded reader has an int8 producer: never
+    assert list(found(everywhere=True)) == ["r0"] and found(everywhere=True)["r0"].offset == ranges["r0"][2] / 2
+    # the producer kept: r0 (1x1 reader), r1 (padded reader, its padding moved out)
+    assert list(found(kept={"conv0"})) == ["r0"] and found(kept={"conv0"})["r0"].pads is None
+    assert list(found(kept={PROJECT})) == ["r1"] and found(kept={PROJECT})["r1"].pads == [1, 1, 1, 1]
+    # a reader kept out of int8 (r0's), or an unsigned (cpu) placement: nothing to shift
+    assert found(kept={PROJECT, "conv2"}) == {} and list(found(kept={"conv0", PROJECT}, everywhere=True)) == ["r1"]
+    assert found(target="cpu", everywhere=True) == {} and found(kept={PROJECT}, target="cpu") == {}
 
 
 def test_shift_rewrites_bounds_scale_and_biases_with_the_int8_weight():
     model = block()
     ranges = ranges_of(model)
     qdq = q8.build_qdq(model, make_plan(model, "tensorrt"), ranges, shift=True)
+    assert q8.build_qdq(model, make_plan(model, "tensorrt"), ranges).SerializeToString() \
+        == q8.build_qdq(model, make_plan(model, "tensorrt"), ranges, shift=False).SerializeToString()
     g = GraphIndex(qdq)
     c = ranges["r0"][2] / 2
     clip = g.nodes["clip0"]
@@ -94,3 +109,92 @@ def test_shift_halves_the_activation_step_and_lowers_the_conv_error():
     kept = q8.build_qdq(model, make_plan(model, "tensorrt", {"conv0"}), ranges, shift=True)
     onnx.checker.check_model(kept)
     assert errors(kept)[1] < 0.95 * plain_out
+
+
+def test_padded_reader_gets_an_explicit_border_and_the_shift_cancels_exactly():
+    """Project kept in fp16: r1 is shifted by c, padded with -c (int8 level -127), and conv2 (no
+    padding now) computes exactly conv2(pad0(dequantized r1)) with its int8 weight."""
+    model, x = block(), images(16, 3)
+    ranges = ranges_of(model)
+    plan = make_plan(model, "tensorrt", {PROJECT})
+    qdq = q8.build_qdq(model, plan, ranges)
+    onnx.checker.check_model(qdq)
+    g = GraphIndex(qdq)
+    c = np.float32(ranges["r1"][2] / 2)
+    pad = next(n for n in qdq.graph.node if n.op_type == "Pad")
+    assert pad.output[0] == "r1" and float(g.const(pad.input[2])) == -c
+    assert g.const(pad.input[1]).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
+    conv2 = g.nodes["conv2"]
+    assert [list(a.ints) for a in conv2.attribute if a.name == "pads"] == [[0, 0, 0, 0]]
+    q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r1")
+    scale = float(g.const(q.input[1]))
+    assert np.isclose(scale, c / 127) and np.round(-c / scale) == -127
+    out = q8.run(qdq, x, extra=[pad.input[0], "y"])
+    shifted = out[pad.input[0]]  # r1 - c, before the border
+    assert shifted.min() >= -c - 1e-6
+    dq = np.clip(np.round(shifted / scale), -127, 127) * scale + c  # the int8 r1 conv2 reads
+    w2 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w2"))
+    wq, wscale = q8.quantize_weight(w2, 0)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(dq.astype(np.float32)),
+                                          torch.from_numpy(wq.astype(np.float32) * wscale[:, None, None, None]),
+                                          padding=1).numpy()
+    assert np.abs(out["y"] - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_padded_shift_halves_the_step_and_lowers_the_error():
+    model, x = block(), images(32, 2)
+    ranges = ranges_of(model)
+    plan = make_plan(model, "tensorrt", {PROJECT})
+    ref = q8.run(model, x)
+    plain = float(np.sqrt(((q8.run(q8.build_qdq(model, plan, ranges, shift=False), x) - ref) ** 2).mean()))
+    shifted = float(np.sqrt(((q8.run(q8.build_qdq(model, plan, ranges), x) - ref) ** 2).mean()))
+    assert shifted < 0.9 * plain, (plain, shifted)
+
+
+def stem_block(seed: int = 0) -> onnx.ModelProto:
+    """MobileNet's start: 3-channel stem -> ReLU6 -> padded depthwise -> ReLU6 -> 1x1 project."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * np.geomspace(0.02, 0.5, 8)[:, None, None, None]
+    inits = [numpy_helper.from_array(w0.astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "b0"),
+             numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32), "wd"),
+             numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), "bd"),
+             numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32), "wp"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"], name="clip0"),
+             helper.make_node("Conv", ["r0", "wd", "bd"], ["cd"], name="dw", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Clip", ["cd", "lo", "hi"], ["rd"], name="clipd"),
+             helper.make_node("Conv", ["rd", "wp"], ["y"], name=PROJECT)]
+    return onnx_model(nodes, inits, [None, 3, 10, 10], [None, 4, 5, 5])
+
+
+def test_the_equalized_stem_of_a_mobilenet_is_shifted_by_default():
+    """The stem (3 input channels) stays fp16 by TensorRT's rule; its equalized ReLU6 (Relu + a
+    redundant Min) feeding the padded depthwise conv is zero-centred: the Min goes, a Pad comes."""
+    fp32, x = stem_block(), images(32, 4)
+    model, record = equalize(fp32, images(32, 1))
+    assert record["pairs"] == 1
+    kept = set(default_exclusions(model, "tensorrt"))
+    assert kept == {"stem"}
+    ranges = compute_ranges(collect_statistics(model, images(32, 1)), "mse")
+    plan = make_plan(model, "tensorrt", kept)
+    shifts = find_shifts(GraphIndex(model), plan, ranges)
+    assert list(shifts) == ["r0"] and shifts["r0"].low is not None and shifts["r0"].pads == [1, 1, 1, 1]
+    plain, shifted = (q8.build_qdq(model, plan, ranges, shift=s) for s in (False, None))
+    onnx.checker.check_model(shifted)
+    assert [n.op_type for n in shifted.graph.node].count("Pad") == 1
+    assert "Min" not in [n.op_type for n in shifted.graph.node]
+    ref = q8.run(fp32, x, extra=["cd"])["cd"]
+
+    def errors(m):
+        """(rms rounding error of the quantized r0, rms error of the depthwise conv's output)"""
+        q_in = next(n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == "r0_q")
+        out = q8.run(m, x, extra=[q_in, "r0_dq", "cd"])
+        return (float(np.sqrt(((out["r0_dq"] - out[q_in]) ** 2).mean())),
+                float(np.sqrt(((out["cd"] - ref) ** 2).mean())))
+
+    (plain_act, plain_out), (shifted_act, shifted_out) = errors(plain), errors(shifted)
+    assert shifted_act < 0.6 * plain_act, (plain_act, shifted_act)
+    assert shifted_out < 0.95 * plain_out, (plain_out, shifted_out)

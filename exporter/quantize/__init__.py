@@ -27,6 +27,7 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
+from .shift import find_shifts
 from .samples import Scratch
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -182,6 +183,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "calibration": data.summary(), "samples_used": len(data),
         "skipped_files": len(data.skipped), "conversions": dict(data.conversions),
         "activations": "int8 symmetric, zero-point 0" if final_plan.signed else "uint8 asymmetric",
+        "zero_centred": sorted(find_shifts(Graph(model), final_plan, calibrated.ranges)),
         "weights": "int8 symmetric per-channel (axis 0 = output channels), zero-point 0",
         "bias": "float (not quantized)" if final_plan.signed else "int32 (input x weight scale)",
         "bias_correction": bias_correction, "range_search": searched,

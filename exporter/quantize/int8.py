@@ -210,11 +210,12 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool = False) -> onnx.ModelProto:
+              shift: bool | None = None) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
-    with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs read by 1x1 convs
-    in signed placements (:mod:`.shift`; off by default: no reliable gain measured). On ``cpu``
+    with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs in signed placements
+    (:mod:`.shift`): None (default) those of layers kept out of INT8, True also those read by 1x1
+    convs, False none. On ``cpu``
     the weights go through :func:`u8s8_safe` unless ``plan.u8s8_guard`` is off (to measure it)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
@@ -223,7 +224,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     g = model.graph
     new_nodes, new_inits = [], []
     act_dtype = TensorProto.INT8 if plan.signed else TensorProto.UINT8
-    shifts = find_shifts(graph, plan, ranges) if shift else {}
+    shifts = find_shifts(graph, plan, ranges, everywhere=bool(shift)) if shift is not False else {}
     shift_weights: dict[str, np.ndarray] = {}  # dequantized int8 weight of each shift's reader
     readers = {item.consumer.name for item in shifts.values()}
     for tensor, edges in plan.edges.items():
@@ -376,7 +377,8 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
     corrections do not double-count errors inherited from earlier layers.)
     """
-    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights)
+    # unshifted: the shadows read the FP32 tensors through the Q/DQ nodes
+    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights, shift=False)
     qgraph = Graph(qdq)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)

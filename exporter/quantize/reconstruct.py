@@ -167,7 +167,8 @@ def walk(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray, *,
     weights (ONNX layout) or None. ``ranges`` is updated in place by ``on_activation``'s answers.
     """
     data = evenly_spaced(data, max_samples)  # memory follows the batch: bound it
-    qdq = q8.build_qdq(fp32, plan, ranges, None, kept_dtype="fp32", weights=weights)  # kept layers: fp32 here
+    qdq = q8.build_qdq(fp32, plan, ranges, None, kept_dtype="fp32", weights=weights,
+                      shift=False)  # kept layers: fp32 here; torch_exec runs no Pad
     graph = Graph(fp32)
     inputs = {fp32.graph.input[0].name: torch.from_numpy(np.ascontiguousarray(data, np.float32))}
     ex_q, ex_f = Executor(qdq, inputs), Executor(fp32, dict(inputs))

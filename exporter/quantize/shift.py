@@ -1,23 +1,35 @@
-"""Zero-centred int8 for a ReLU/ReLU6 output read by a 1x1 conv (the ``tensorrt`` placement).
+"""Zero-centred int8 for a ReLU/ReLU6 output read by an int8 conv (the ``tensorrt`` placement).
 
 Symmetric int8 (zero-point 0, as TensorRT requires) spends half its levels on negative values a
-ReLU output never has: ``[0, R]`` gets 127 steps of ``R / 127``. When the tensor's only reader is
-an int8 1x1 conv without padding (MobileNet's projections, ResNet's bottleneck ``conv3``), the
-tensor can be moved down by ``c = R / 2`` and quantized as ``[-c, c]`` with steps of ``R / 254``:
+ReLU output never has: ``[0, R]`` gets 127 steps of ``R / 127``. The tensor can instead be moved
+down by ``c = R / 2`` and quantized as ``[-c, c]`` with steps of ``R / 254``:
 
 * the producing conv's bias loses ``c`` and the ReLU becomes ``Clip(-c, hi - c)`` (TensorRT fuses
   conv + clip as it fuses conv + relu);
-* the 1x1 conv's bias gains ``c * sum(W_q)`` over its inputs, with ``W_q`` its *int8* weights, so
-  the shift cancels exactly in the quantized conv (a 1x1 conv without padding reads no border
-  zeros that would not move); with the float weights instead, ``c * sum(W - W_q)`` would be a
-  constant error per output channel.
+* the reading conv's bias gains ``c * sum(W_q)`` over its inputs, with ``W_q`` its *int8* weights,
+  so the shift cancels exactly in the quantized conv; with the float weights instead,
+  ``c * sum(W - W_q)`` would be a constant error per output channel;
+* a reader with padding would read border zeros that did not move (``-c`` after the shift), so its
+  padding becomes an explicit ``Pad`` with value ``-c`` in front of the QuantizeLinear (``-c`` is
+  the int8 level -127 exactly) and the conv reads the padded tensor without padding of its own.
 
-Only the Q/DQ model changes; the FP32 graph is untouched. Off by default (``build_qdq(...,
-shift=True)`` turns it on): on real MobileNetV2 it halves each such tensor's step, yet the error at
-the 1x1 convs' outputs falls only 1-9 % (upstream error dominates there), and the network's mean
-KL against FP32 went 0.0661 -> 0.0729 after range search alone and 0.0639 -> 0.0588 after
-equalization and search (benchmarks/INT8_LEVERS.md). TensorRT's fusion of the shifted Clip is not
-verified on a GPU.
+Two scopes. By default (``build_qdq(..., shift=None)``) only tensors whose producer is kept out of
+INT8: that producer writes a float tensor anyway, so the Clip and the Pad cost one pass over it
+and no fusion is lost. On real MobileNetV2 that is the stem's output, read by the first depthwise
+conv: alone it is the largest INT8 error of the ``tensorrt`` placement, and zero-centring it
+lowered the held-out KL on the protocol and on every photo split (benchmarks/INT8_STEM_SHIFT.md).
+``shift=True`` also zero-centres the outputs of int8 producers read by 1x1 convs without padding
+(MobileNet's projections, ResNet's bottleneck ``conv3``): no reliable gain measured
+(benchmarks/INT8_LEVERS.md), so it stays opt-in; a padded reader of an int8 producer is never
+shifted (its Pad would stand between TensorRT's fused conv + Q). TensorRT's handling of the
+shifted Clip and the Pad is not verified on a GPU.
+
+After equalization a ReLU6 is ``Relu`` then a per-channel ``Min`` (:mod:`.equalize`); where the
+QuantizeLinear saturates below every bound of the ``Min`` (the case :func:`~.equalize.drop_redundant_min`
+removes), the ``Min`` is dropped and the ``Relu`` shifted like a ReLU6 with the smallest bound.
+
+The range search, the opt-in tuning and rounding, and bias correction fit on the unshifted graph
+(their torch walk has no Pad); the shift is applied when the model is built, from the range found.
 """
 from __future__ import annotations
 
@@ -25,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..onnx_graph import GraphIndex
 from .equalize import relu_bound
@@ -36,47 +48,80 @@ from .placement import Plan
 class Shift:
     tensor: str
     offset: float  # c: the tensor is quantized as value - c over [-c, c]
-    activation: onnx.NodeProto  # Relu or Clip(0, hi) producing the tensor
+    activation: onnx.NodeProto  # Relu or Clip(0, hi) producing the tensor (the Relu before a Min)
     producer: onnx.NodeProto  # the Conv before the activation
-    consumer: onnx.NodeProto  # the int8 1x1 Conv reading the tensor
+    consumer: onnx.NodeProto  # the int8 Conv reading the tensor
     channels: int  # the producer's output channels
+    bound: float | None = None  # the activation's upper bound (None: none)
+    low: onnx.NodeProto | None = None  # equalization's redundant Min after the Relu, dropped
+    pads: list[int] | None = None  # the consumer's padding, moved into an explicit Pad
 
 
-def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict) -> dict[str, Shift]:
-    """The plan's activation tensors that can be zero-centred (``plan.signed`` placements only)."""
+def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, everywhere: bool = False) -> dict[str, Shift]:
+    """The plan's activation tensors to zero-centre (``plan.signed`` placements only): those whose
+    producer is kept out of INT8, and with ``everywhere`` also those read by a 1x1 conv."""
     if not plan.signed:
         return {}
     quantized = set(plan.quantized)
     out = {}
     for tensor, edges in plan.edges.items():
-        if len(edges) != 1 or edges[0][1] != 0 or edges[0][0] not in quantized or tensor in graph.outputs:
+        if len(edges) != 1 or edges[0][1] != 0 or edges[0][0] not in quantized or tensor in graph.outputs \
+                or len(graph.consumers.get(tensor, [])) != 1:
             continue
-        act = graph.producer.get(tensor)
-        if act is None or relu_bound(graph, act) is False or len(graph.consumers.get(tensor, [])) != 1:
+        lo, _hi, amax = ranges.get(plan.range_of.get(tensor, tensor), (-1.0, 0.0, 0.0))
+        found = _activation(graph, tensor, amax)
+        if found is None or lo < 0 or amax <= 0:
             continue
+        act, bound, low = found
         producer = graph.producer.get(act.input[0])
-        if producer is None or producer.op_type != "Conv" or len(graph.consumers.get(act.input[0], [])) != 1 \
+        if producer is None or producer.op_type != "Conv" or producer.input[1] not in graph.inits \
+                or len(graph.consumers.get(act.input[0], [])) != 1 \
                 or (len(producer.input) > 2 and producer.input[2] and producer.input[2] not in graph.inits):
             continue
         consumer = graph.nodes[edges[0][0]]
-        lo, _hi, amax = ranges.get(plan.range_of.get(tensor, tensor), (-1.0, 0.0, 0.0))
-        if not _pointwise_conv(graph, consumer) or lo < 0 or amax <= 0:
+        pads = _conv_pads(graph, consumer)
+        float_fed = producer.name not in quantized
+        if pads is None or not (float_fed or (everywhere and not any(pads) and _kernel_1x1(graph, consumer))):
             continue
-        channels = graph.inits[producer.input[1]].dims[0] if producer.input[1] in graph.inits else 0
-        if channels:
-            out[tensor] = Shift(tensor, amax / 2.0, act, producer, consumer, channels)
+        out[tensor] = Shift(tensor, amax / 2.0, act, producer, consumer,
+                            graph.inits[producer.input[1]].dims[0], bound, low, pads if any(pads) else None)
     return out
 
 
-def _pointwise_conv(graph: GraphIndex, node: onnx.NodeProto) -> bool:
-    """A Conv with a constant 1x1 kernel, no padding, unit dilation: a per-pixel matrix product."""
-    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in graph.inits:
-        return False
+def _activation(graph: GraphIndex, tensor: str, amax: float):
+    """(Relu/Clip node, upper bound, redundant Min or None) writing ``tensor``, or None."""
+    act = graph.producer.get(tensor)
+    if act is None:
+        return None
+    bound = relu_bound(graph, act)
+    if bound is not False:
+        return act, bound, None
+    if act.op_type != "Min" or not act.name.endswith("_eq_Min"):
+        return None
+    relu, limits = graph.producer.get(act.input[0]), graph.const(act.input[1])
+    if relu is None or relu.op_type != "Relu" or limits is None or float(limits.min()) < amax \
+            or len(graph.consumers.get(relu.output[0], [])) != 1:
+        return None  # the Min clips below the quantizer's ceiling: it is not redundant
+    return relu, float(limits.min()), act
+
+
+def _conv_pads(graph: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
+    """A 2-D Conv's explicit pads (zeros: none) when it has a constant weight and unit dilation;
+    None for anything else (auto_pad SAME, other ranks, a computed weight)."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in graph.inits \
+            or len(graph.inits[node.input[1]].dims) != 4:
+        return None
     attrs = {a.name: a for a in node.attribute}
-    kernel = list(graph.inits[node.input[1]].dims[2:])
-    pads = list(attrs["pads"].ints) if "pads" in attrs else []
-    auto_pad = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
-    return all(k == 1 for k in kernel) and not any(pads) and auto_pad in ("NOTSET", "VALID")
+    if attrs.get("auto_pad") is not None and attrs["auto_pad"].s.decode() not in ("NOTSET", "VALID"):
+        return None
+    if "dilations" in attrs and any(d != 1 for d in attrs["dilations"].ints):
+        return None
+    pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+    return pads if len(pads) == 4 else None
+
+
+def _kernel_1x1(graph: GraphIndex, node: onnx.NodeProto) -> bool:
+    return all(k == 1 for k in graph.inits[node.input[1]].dims[2:])
 
 
 def apply_shift(model: onnx.ModelProto, graph: GraphIndex, shift: Shift,
@@ -91,21 +136,41 @@ def apply_shift(model: onnx.ModelProto, graph: GraphIndex, shift: Shift,
     bias = _bias(graph, prod, shift.channels, new_inits)
     _add_init(graph, new_inits, (bias - c).astype(np.float32), f"{base}_producer_bias")
     _set_input(prod, 2, f"{base}_producer_bias")
-    hi = relu_bound(graph, shift.activation)
     act = shift.activation
     _add_init(graph, new_inits, np.array(-c, np.float32), f"{base}_lo")
     inputs = [act.input[0], f"{base}_lo"]
-    if hi is not None:
-        _add_init(graph, new_inits, np.array(hi - c, np.float32), f"{base}_hi")
+    if shift.bound is not None:
+        _add_init(graph, new_inits, np.array(shift.bound - c, np.float32), f"{base}_hi")
         inputs.append(f"{base}_hi")
     act.op_type = "Clip"
     del act.input[:]
     act.input.extend(inputs)
+    if shift.low is not None:  # the Clip writes what the redundant Min wrote
+        act.output[0] = shift.low.output[0]
+        model.graph.node.remove(shift.low)
+    if shift.pads is not None:
+        _explicit_pad(model, graph, shift, act, base, new_inits)
     cons = shift.consumer
     gain = c * consumer_weight.reshape(consumer_weight.shape[0], -1).sum(axis=1)
     bias = _bias(graph, cons, consumer_weight.shape[0], new_inits)
     _add_init(graph, new_inits, (bias + gain).astype(np.float32), f"{base}_consumer_bias")
     _set_input(cons, 2, f"{base}_consumer_bias")
+
+
+def _explicit_pad(model: onnx.ModelProto, graph: GraphIndex, shift: Shift, act: onnx.NodeProto,
+                  base: str, new_inits: list) -> None:
+    """The consumer's border as a ``Pad`` of value ``-c`` between the activation and its
+    QuantizeLinear (which reads ``shift.tensor``); the consumer loses its own padding."""
+    top, left, bottom, right = shift.pads
+    _add_init(graph, new_inits, np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), f"{base}_pads")
+    _add_init(graph, new_inits, np.array(-shift.offset, np.float32), f"{base}_pad_value")
+    act.output[0] = f"{base}_unpadded"
+    model.graph.node.append(helper.make_node("Pad", [f"{base}_unpadded", f"{base}_pads", f"{base}_pad_value"],
+                                             [shift.tensor], name=f"{base}_Pad", mode="constant"))
+    for attr in shift.consumer.attribute:
+        if attr.name == "pads":
+            del attr.ints[:]
+            attr.ints.extend([0, 0, 0, 0])
 
 
 def _add_init(graph: GraphIndex, new_inits: list, value: np.ndarray, name: str) -> None:

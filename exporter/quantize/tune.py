@@ -86,7 +86,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     log = log or (lambda _m: None)
     steps = steps or STEPS
     t0 = time.time()
-    qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights)
+    qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights, shift=False)  # torch_exec: no Pad
     sources = {t: plan.range_of.get(t, t) for t in plan.edges}
     tunable = {f"{q8._safe(t)}_QuantizeLinear": src for t, src in sources.items()}
     graph = _Graph(qmodel, tunable)
