@@ -27,8 +27,8 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
-from .shift import find_shifts
 from .samples import Scratch
+from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256

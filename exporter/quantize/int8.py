@@ -215,8 +215,8 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs in signed placements
     (:mod:`.shift`): None (default) those of layers kept out of INT8, True also those read by 1x1
-    convs, False none. On ``cpu``
-    the weights go through :func:`u8s8_safe` unless ``plan.u8s8_guard`` is off (to measure it)."""
+    convs, False none. On ``cpu`` the weights go through :func:`u8s8_safe` unless
+    ``plan.u8s8_guard`` is off (to measure it)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
