@@ -14,7 +14,7 @@ from exporter.quantize import default_exclusions
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.equalize import equalize
 from exporter.quantize.placement import plan as make_plan
-from exporter.quantize.shift import find_shifts
+from exporter.quantize.shift import centred_key, find_shifts
 from quant_helpers import onnx_model
 
 PROJECT = "project"
@@ -53,27 +53,29 @@ def test_which_relu_outputs_qualify():
     model = block()
     ranges = ranges_of(model)
 
-    def found(kept=(), target="tensorrt", everywhere=False):
-        return find_shifts(GraphIndex(model), make_plan(model, target, set(kept)), ranges, everywhere)
+    def found(kept=(), target="tensorrt", scope="all"):
+        return find_shifts(GraphIndex(model), make_plan(model, target, set(kept)), ranges, scope)
 
-    # by default only outputs of layers kept out of int8 (they are float anyway): none here
-    assert found() == {}
-    # opt-in: also outputs read by a 1x1 conv; r1's padded reader has an int8 producer: never
-    assert list(found(everywhere=True)) == ["r0"] and found(everywhere=True)["r0"].offset == ranges["r0"][2] / 2
+    # all int8: r0 (int8 producer, 1x1 reader); r1's padded reader has an int8 producer: never
+    assert list(found()) == ["r0"] and found()["r0"].offset == ranges["r0"][2] / 2
     # the producer kept: r0 (1x1 reader), r1 (padded reader, its padding moved out)
     assert list(found(kept={"conv0"})) == ["r0"] and found(kept={"conv0"})["r0"].pads is None
     assert list(found(kept={PROJECT})) == ["r1"] and found(kept={PROJECT})["r1"].pads == [1, 1, 1, 1]
     # a reader kept out of int8 (r0's), or an unsigned (cpu) placement: nothing to shift
-    assert found(kept={PROJECT, "conv2"}) == {} and list(found(kept={"conv0", PROJECT}, everywhere=True)) == ["r1"]
-    assert found(target="cpu", everywhere=True) == {} and found(kept={PROJECT}, target="cpu") == {}
+    assert found(kept={PROJECT, "conv2"}) == {} and list(found(kept={"conv0", PROJECT})) == ["r1"]
+    assert found(target="cpu") == {} and found(kept={PROJECT}, target="cpu") == {}
+    # what some choice of kept layers could zero-centre (bias correction's candidates): both
+    assert sorted(found(scope="any")) == ["r0", "r1"] and found(target="cpu", scope="any") == {}
+    # the producers kept out of int8 only
+    assert found(scope="kept") == {} and list(found(kept={PROJECT}, scope="kept")) == ["r1"]
 
 
 def test_shift_rewrites_bounds_scale_and_biases_with_the_int8_weight():
     model = block()
     ranges = ranges_of(model)
-    qdq = q8.build_qdq(model, make_plan(model, "tensorrt"), ranges, shift=True)
-    assert q8.build_qdq(model, make_plan(model, "tensorrt"), ranges).SerializeToString() \
-        == q8.build_qdq(model, make_plan(model, "tensorrt"), ranges, shift=False).SerializeToString()
+    qdq = q8.build_qdq(model, make_plan(model, "tensorrt"), ranges)  # the default: shift=True
+    assert qdq.SerializeToString() == q8.build_qdq(model, make_plan(model, "tensorrt"), ranges,
+                                                   shift=True).SerializeToString()
     g = GraphIndex(qdq)
     c = ranges["r0"][2] / 2
     clip = g.nodes["clip0"]
@@ -101,12 +103,12 @@ def test_shift_halves_the_activation_step_and_lowers_the_conv_error():
         act = float(np.sqrt(((out["r0_dq"] - out["r0"]) ** 2).mean()))
         return act, float(np.sqrt(((out["c1"] - ref) ** 2).mean()))
 
-    plain_act, plain_out = errors(q8.build_qdq(model, plan, ranges))
-    shifted_act, shifted_out = errors(q8.build_qdq(model, plan, ranges, shift=True))
+    plain_act, plain_out = errors(q8.build_qdq(model, plan, ranges, shift=False))
+    shifted_act, shifted_out = errors(q8.build_qdq(model, plan, ranges))
     assert shifted_act < 0.6 * plain_act, (plain_act, shifted_act)
     assert shifted_out < 0.95 * plain_out, (plain_out, shifted_out)
     # the producer kept in fp16: its shifted bias is converted with it and the graph still runs
-    kept = q8.build_qdq(model, make_plan(model, "tensorrt", {"conv0"}), ranges, shift=True)
+    kept = q8.build_qdq(model, make_plan(model, "tensorrt", {"conv0"}), ranges)
     onnx.checker.check_model(kept)
     assert errors(kept)[1] < 0.95 * plain_out
 
@@ -181,20 +183,60 @@ def test_the_equalized_stem_of_a_mobilenet_is_shifted_by_default():
     ranges = compute_ranges(collect_statistics(model, images(32, 1)), "mse")
     plan = make_plan(model, "tensorrt", kept)
     shifts = find_shifts(GraphIndex(model), plan, ranges)
-    assert list(shifts) == ["r0"] and shifts["r0"].low is not None and shifts["r0"].pads == [1, 1, 1, 1]
-    plain, shifted = (q8.build_qdq(model, plan, ranges, shift=s) for s in (False, None))
+    assert sorted(shifts) == ["r0", "rd"] and shifts["r0"].low is not None and shifts["r0"].pads == [1, 1, 1, 1]
+    assert shifts["rd"].pads is None  # the depthwise output, read by the 1x1 project: no border
+    plain, shifted = (q8.build_qdq(model, plan, ranges, shift=s) for s in (False, True))
     onnx.checker.check_model(shifted)
     assert [n.op_type for n in shifted.graph.node].count("Pad") == 1
     assert "Min" not in [n.op_type for n in shifted.graph.node]
     ref = q8.run(fp32, x, extra=["cd"])["cd"]
 
-    def errors(m):
-        """(rms rounding error of the quantized r0, rms error of the depthwise conv's output)"""
+    def errors(m, moved=0.0):
+        """(rms rounding error of the quantized r0, rms error of the depthwise conv's output;
+        ``moved``: how far that output itself was moved down, rd being zero-centred too)"""
         q_in = next(n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear" and n.output[0] == "r0_q")
         out = q8.run(m, x, extra=[q_in, "r0_dq", "cd"])
         return (float(np.sqrt(((out["r0_dq"] - out[q_in]) ** 2).mean())),
-                float(np.sqrt(((out["cd"] - ref) ** 2).mean())))
+                float(np.sqrt(((out["cd"] + moved - ref) ** 2).mean())))
 
-    (plain_act, plain_out), (shifted_act, shifted_out) = errors(plain), errors(shifted)
+    (plain_act, plain_out), (shifted_act, shifted_out) = errors(plain), errors(shifted, shifts["rd"].offset)
     assert shifted_act < 0.6 * plain_act, (plain_act, shifted_act)
     assert shifted_out < 0.95 * plain_out, (plain_out, shifted_out)
+
+
+def _fake_quant(x: np.ndarray, scale: float, lo: int = -128, hi: int = 127) -> np.ndarray:
+    return np.clip(np.round(x / scale), lo, hi) * scale
+
+
+def test_bias_correction_fits_the_zero_centred_quantizer_too():
+    """r0 (read by the 1x1 project) gets two deltas: for the plain int8 quantizer (step R/127) and
+    for the zero-centred one (step R/254); each equals the mean per-channel output error of the
+    project conv reading r0 through that quantizer (torch reference), and the default build adds
+    the zero-centred one on top of the shift's own c * sum(W_q)."""
+    model, x = block(), images(32, 5)
+    ranges = ranges_of(model)
+    plan = make_plan(model, "tensorrt")
+    deltas = q8.bias_correction(model, plan, ranges, x)
+    assert sorted(deltas) == sorted(["conv0", PROJECT, "conv2", centred_key(PROJECT), centred_key("conv2")])
+    r0 = q8.run(model, x, extra=["r0"])["r0"]
+    w1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w1")).copy()
+    wq, wscale = q8.quantize_weight(w1, 0)
+    w1q = torch.from_numpy(wq.astype(np.float32) * wscale[:, None, None, None])
+    amax = ranges["r0"][2]
+    c = np.float32(amax / 2)
+    plain_in = _fake_quant(r0, np.float32(amax / 127))
+    centred_in = _fake_quant(r0 - c, c / np.float32(127)) + c
+    conv = lambda inp, w: torch.nn.functional.conv2d(torch.from_numpy(inp.astype(np.float32)), w).double()
+    for key, inp in [(PROJECT, plain_in), (centred_key(PROJECT), centred_in)]:
+        expected = (conv(r0, torch.from_numpy(w1)) - conv(inp, w1q)).mean(dim=(0, 2, 3)).numpy()
+        np.testing.assert_allclose(deltas[key], expected, rtol=1e-3, atol=1e-5)
+    assert np.abs(deltas[PROJECT] - deltas[centred_key(PROJECT)]).max() > 1e-4  # they differ
+    built = GraphIndex(q8.build_qdq(model, plan, ranges, deltas))
+    b1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "b1"))
+    gain = c * w1q.numpy().sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(built.const(built.nodes[PROJECT].input[2]),
+                               b1 + gain + deltas[centred_key(PROJECT)], rtol=1e-5, atol=1e-6)
+    unshifted = GraphIndex(q8.build_qdq(model, plan, ranges, deltas, shift=False))
+    np.testing.assert_allclose(unshifted.const(unshifted.nodes[PROJECT].input[2]), b1 + deltas[PROJECT],
+                               rtol=1e-5, atol=1e-6)
+

@@ -33,7 +33,7 @@ METHODS = ("minmax", "entropy", "percentile", "mse")
 PERCENTILE = 99.99
 BINS = 2048
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # elements per tensor and batch that enter a histogram (min/max always see every element); the
 # stride is a prime, so it does not alias with channel or row lengths
 HIST_ELEMENTS = 1 << 18

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION, conv_group
 from .placement import Graph, Plan, weight_axis
 from .equalize import drop_redundant_min, restore_float_pairs
-from .shift import apply_shift, find_shifts
+from .shift import add_centred_copies, apply_shift, centred_key, find_shifts
 
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
@@ -210,13 +210,13 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool | None = None) -> onnx.ModelProto:
+              shift: bool | str = True) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs in signed placements
-    (:mod:`.shift`): None (default) those of layers kept out of INT8, True also those read by 1x1
-    convs, False none. On ``cpu`` the weights go through :func:`u8s8_safe` unless
-    ``plan.u8s8_guard`` is off (to measure it)."""
+    (:mod:`.shift`; True: scope ``all``, False: none, or a ``shift.SCOPES`` name), and a reader of a zero-centred tensor takes the bias delta fitted
+    for it (``shift.centred_key``) where ``bias_delta`` has one. On ``cpu`` the weights go through
+    :func:`u8s8_safe` unless ``plan.u8s8_guard`` is off (to measure it)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -224,7 +224,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     g = model.graph
     new_nodes, new_inits = [], []
     act_dtype = TensorProto.INT8 if plan.signed else TensorProto.UINT8
-    shifts = find_shifts(graph, plan, ranges, everywhere=bool(shift)) if shift is not False else {}
+    shifts = find_shifts(graph, plan, ranges, "all" if shift is True else shift) if shift else {}
     shift_weights: dict[str, np.ndarray] = {}  # dequantized int8 weight of each shift's reader
     readers = {item.consumer.name for item in shifts.values()}
     for tensor, edges in plan.edges.items():
@@ -264,8 +264,10 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
                                                                f"{base}_w_zp"], [f"{base}_w_dq"],
                                           name=f"{base}_w_DequantizeLinear", axis=axis))
         node.input[1] = f"{base}_w_dq"
-        if name in bias_delta:
-            _set_bias(graph, node, np.asarray(bias_delta[name], np.float32), new_inits, len(scale))
+        delta = bias_delta.get(centred_key(name)) if name in readers else None
+        delta = bias_delta.get(name) if delta is None else delta
+        if delta is not None:
+            _set_bias(graph, node, np.asarray(delta, np.float32), new_inits, len(scale))
         if not plan.signed and len(node.input) > 2 and node.input[2]:
             # cpu placement: int32 bias (scale = input scale x weight scale) so ORT's selectors
             # fuse DQ -> Conv/Gemm -> Q into QLinearConv / QGemm
@@ -369,15 +371,17 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 
 def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
-                    kept_dtype: str | None = None, weights: dict | None = None) -> dict:
+                    kept_dtype: str | None = None, weights: dict | None = None, shift: bool = True) -> dict:
     """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
 
     One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
     through the int8 weight; the difference of the per-channel means of the FP32 output and the
     shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
-    corrections do not double-count errors inherited from earlier layers.)
+    corrections do not double-count errors inherited from earlier layers.) With ``shift``, a layer
+    whose input some placement zero-centres (:func:`.shift.find_shifts`, scope ``any``) gets a
+    second shadow reading the zero-centred quantizer, and a second delta under
+    ``shift.centred_key(layer)``: the two quantizers round differently, so their mean errors differ.
     """
-    # unshifted: the shadows read the FP32 tensors through the Q/DQ nodes
     qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights, shift=False)
     qgraph = Graph(qdq)
     model = onnx.ModelProto()
@@ -386,18 +390,24 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     have = {t.name for t in g.initializer}
     g.initializer.extend(t for t in qdq.graph.initializer if t.name not in have)
     g.node.extend(n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    centred = find_shifts(Graph(fp32), plan, ranges, "any") if shift else {}
+    centred_inputs = add_centred_copies(model, centred)
+    readers = {item.consumer.name: centred_inputs[t] for t, item in centred.items()}
     pairs = {}
     for name in plan.quantized:
         qnode = qgraph.nodes[name]
-        shadow = onnx.NodeProto()
-        shadow.CopyFrom(qnode)
-        shadow.name = f"{name}_shadow"
-        del shadow.output[:]
-        shadow.output.append(f"{_safe(name)}_shadow_out")
-        g.node.append(shadow)
-        pairs[name] = (qnode.output[0], shadow.output[0])
+        for key, source in [(name, None)] + ([(centred_key(name), readers[name])] if name in readers else []):
+            shadow = onnx.NodeProto()
+            shadow.CopyFrom(qnode)
+            shadow.name = f"{_safe(key)}_shadow"
+            if source is not None:
+                shadow.input[0] = source
+            del shadow.output[:]
+            shadow.output.append(f"{_safe(key)}_shadow_out")
+            g.node.append(shadow)
+            pairs[key] = (qnode.output[0], shadow.output[0])
     _toposort(g)
-    names = [t for pair in pairs.values() for t in pair]
+    names = sorted({t for pair in pairs.values() for t in pair})
     sums: dict[str, np.ndarray] = {}
     count = 0
     sess = make_session(_with_outputs(model, names), basic=True)
@@ -413,8 +423,8 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
                 spatial = int(np.prod([val.shape[a] for a in axes[1:]])) if val.ndim > 2 else 1
                 sums[name] = sums.get(name, 0.0) + per_channel / spatial
         count += len(x)
-    return {name: ((sums[ref] - sums[sh]) / count).astype(np.float32)
-            for name, (ref, sh) in pairs.items()}
+    return {key: ((sums[ref] - sums[sh]) / count).astype(np.float32)
+            for key, (ref, sh) in pairs.items()}
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

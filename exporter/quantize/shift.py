@@ -13,23 +13,24 @@ down by ``c = R / 2`` and quantized as ``[-c, c]`` with steps of ``R / 254``:
   padding becomes an explicit ``Pad`` with value ``-c`` in front of the QuantizeLinear (``-c`` is
   the int8 level -127 exactly) and the conv reads the padded tensor without padding of its own.
 
-Two scopes. By default (``build_qdq(..., shift=None)``) only tensors whose producer is kept out of
-INT8: that producer writes a float tensor anyway, so the Clip and the Pad cost one pass over it
-and no fusion is lost. On real MobileNetV2 that is the stem's output, read by the first depthwise
-conv: alone it is the largest INT8 error of the ``tensorrt`` placement, and zero-centring it
-lowered the held-out KL on the protocol and on every photo split (benchmarks/INT8_STEM_SHIFT.md).
-``shift=True`` also zero-centres the outputs of int8 producers read by 1x1 convs without padding
-(MobileNet's projections, ResNet's bottleneck ``conv3``): no reliable gain measured
-(benchmarks/INT8_LEVERS.md), so it stays opt-in; a padded reader of an int8 producer is never
-shifted (its Pad would stand between TensorRT's fused conv + Q). TensorRT's handling of the
-shifted Clip and the Pad is not verified on a GPU.
+Which tensors (``build_qdq(..., shift=True)``, the default): those whose producer is kept out of
+INT8 (that producer writes a float tensor anyway, so the Clip and the Pad cost one pass over it and
+no fusion is lost; on real MobileNetV2 the stem's output, read by the first depthwise conv), and
+the outputs of int8 producers read by 1x1 convs without padding (MobileNet's depthwise outputs
+read by the projections, ResNet's bottleneck ``conv3``): no Pad there, and TensorRT still fuses
+conv + clip + Q. A padded reader of an int8 producer is never shifted (its Pad would stand
+between TensorRT's fused conv + Q). The two quantizers round differently, so their mean errors
+differ: bias correction fits a reader's delta for both (:func:`add_centred_copies`) and the build
+takes the one for the quantizer it uses. Measured: benchmarks/INT8_ZERO_CENTRE.md (the stem
+alone: INT8_STEM_SHIFT.md). TensorRT's handling of the shifted Clip and the Pad is not verified on
+a GPU.
 
 After equalization a ReLU6 is ``Relu`` then a per-channel ``Min`` (:mod:`.equalize`); where the
 QuantizeLinear saturates below every bound of the ``Min`` (the case :func:`~.equalize.drop_redundant_min`
 removes), the ``Min`` is dropped and the ``Relu`` shifted like a ReLU6 with the smallest bound.
 
-The range search, the opt-in tuning and rounding, and bias correction fit on the unshifted graph
-(their torch walk has no Pad); the shift is applied when the model is built, from the range found.
+The range search and the opt-in tuning and rounding fit on the unshifted graph (their torch walk
+has no Pad); the shift is applied when the model is built, from the range found.
 """
 from __future__ import annotations
 
@@ -57,9 +58,17 @@ class Shift:
     pads: list[int] | None = None  # the consumer's padding, moved into an explicit Pad
 
 
-def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, everywhere: bool = False) -> dict[str, Shift]:
-    """The plan's activation tensors to zero-centre (``plan.signed`` placements only): those whose
-    producer is kept out of INT8, and with ``everywhere`` also those read by a 1x1 conv."""
+SCOPES = ("all", "kept", "any")
+
+
+def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, scope: str = "all") -> dict[str, Shift]:
+    """The plan's activation tensors to zero-centre (``plan.signed`` placements only). ``all``:
+    those whose producer is kept out of INT8, and those of int8 producers read by a 1x1 conv
+    without padding; ``kept``: the first kind only (the default before 2026-12-05, to measure);
+    ``any``: every tensor some choice of kept layers could zero-centre (bias correction fits both
+    quantizers for those on the all-INT8 plan)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown shift scope {scope!r}; use one of {SCOPES}")
     if not plan.signed:
         return {}
     quantized = set(plan.quantized)
@@ -81,10 +90,47 @@ def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, everywhere: bool = 
         consumer = graph.nodes[edges[0][0]]
         pads = _conv_pads(graph, consumer)
         float_fed = producer.name not in quantized
-        if pads is None or not (float_fed or (everywhere and not any(pads) and _kernel_1x1(graph, consumer))):
+        one_by_one = scope == "all" and not any(pads) and _kernel_1x1(graph, consumer)
+        if pads is None or not (scope == "any" or float_fed or one_by_one):
             continue
         out[tensor] = Shift(tensor, amax / 2.0, act, producer, consumer,
                             graph.inits[producer.input[1]].dims[0], bound, low, pads if any(pads) else None)
+    return out
+
+
+CENTRED = "|zero-centred"  # bias_correction's key suffix: the delta for a zero-centred input
+
+
+def centred_key(layer: str) -> str:
+    """Where :func:`~.int8.bias_correction` puts ``layer``'s delta for a zero-centred input."""
+    return layer + CENTRED
+
+
+def add_centred_copies(model: onnx.ModelProto, shifts: dict[str, Shift]) -> dict[str, str]:
+    """Beside each shifted tensor's QuantizeLinear (in a model built with ``shift=False``), the
+    zero-centred quantizer in the unshifted domain: ``Sub(c) -> Q(c/127) -> DQ -> Add(c)``, which
+    is what the shifted model's reader sees, without rewriting the producer and the reader.
+    Returns {tensor: name of the copy's output}."""
+    from .int8 import _safe
+
+    out = {}
+    quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor, item in shifts.items():
+        base = _safe(tensor)
+        source = quantizers[f"{base}_q"].input[0]  # the tensor, or the Relu before a dropped Min
+        c = np.float32(item.offset)
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array(c, np.float32), f"{base}_centre"),
+            numpy_helper.from_array(np.array(c / np.float32(127.0), np.float32), f"{base}_centred_scale"),
+            helper.make_tensor(f"{base}_centred_zp", onnx.TensorProto.INT8, [], [0])])
+        q, s, z = f"{base}_centred_q", f"{base}_centred_scale", f"{base}_centred_zp"
+        model.graph.node.extend([
+            helper.make_node("Sub", [source, f"{base}_centre"], [f"{base}_centred"], name=f"{base}_centred_Sub"),
+            helper.make_node("QuantizeLinear", [f"{base}_centred", s, z], [q], name=f"{base}_centred_Q"),
+            helper.make_node("DequantizeLinear", [q, s, z], [f"{base}_centred_dq"], name=f"{base}_centred_DQ"),
+            helper.make_node("Add", [f"{base}_centred_dq", f"{base}_centre"], [f"{base}_centred_in"],
+                             name=f"{base}_centred_Add")])
+        out[tensor] = f"{base}_centred_in"
     return out
 
 
