@@ -214,9 +214,10 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs in signed placements
-    (:mod:`.shift`; True: scope ``all``, False: none, or a ``shift.SCOPES`` name), and a reader of a zero-centred tensor takes the bias delta fitted
-    for it (``shift.centred_key``) where ``bias_delta`` has one. On ``cpu`` the weights go through
-    :func:`u8s8_safe` unless ``plan.u8s8_guard`` is off (to measure it)."""
+    (:mod:`.shift`; True: scope ``all``, False: none, or a ``shift.SCOPES`` name), and a reader of
+    a zero-centred tensor takes the bias delta fitted for it (``shift.centred_key``) where
+    ``bias_delta`` has one. On ``cpu`` the weights go through :func:`u8s8_safe` unless
+    ``plan.u8s8_guard`` is off (to measure it)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -231,7 +232,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         src = plan.range_of.get(tensor, tensor)
         scale, zp = _scale_zp(ranges[src], plan.signed)
         if tensor in shifts:
-            scale = shifts[tensor].offset / 127.0
+            scale = shifts[tensor].scale
         base = _safe(tensor)
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
                       helper.make_tensor(f"{base}_zp", act_dtype, [], [zp])]

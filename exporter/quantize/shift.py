@@ -22,7 +22,7 @@ conv + clip + Q. A padded reader of an int8 producer is never shifted (its Pad w
 between TensorRT's fused conv + Q). The two quantizers round differently, so their mean errors
 differ: bias correction fits a reader's delta for both (:func:`add_centred_copies`) and the build
 takes the one for the quantizer it uses. Measured: benchmarks/INT8_ZERO_CENTRE.md (the stem
-alone: INT8_STEM_SHIFT.md). TensorRT's handling of the shifted Clip and the Pad is not verified on
+alone: its ``stem`` rows). TensorRT's handling of the shifted Clip and the Pad is not verified on
 a GPU.
 
 After equalization a ReLU6 is ``Relu`` then a per-channel ``Min`` (:mod:`.equalize`); where the
@@ -56,6 +56,11 @@ class Shift:
     bound: float | None = None  # the activation's upper bound (None: none)
     low: onnx.NodeProto | None = None  # equalization's redundant Min after the Relu, dropped
     pads: list[int] | None = None  # the consumer's padding, moved into an explicit Pad
+
+    @property
+    def scale(self) -> np.float32:
+        """The zero-centred quantizer's step: ``c / 127`` (the build's and bias correction's)."""
+        return np.float32(self.offset / 127.0)
 
 
 SCOPES = ("all", "kept", "any")
@@ -121,7 +126,7 @@ def add_centred_copies(model: onnx.ModelProto, shifts: dict[str, Shift]) -> dict
         c = np.float32(item.offset)
         model.graph.initializer.extend([
             numpy_helper.from_array(np.array(c, np.float32), f"{base}_centre"),
-            numpy_helper.from_array(np.array(c / np.float32(127.0), np.float32), f"{base}_centred_scale"),
+            numpy_helper.from_array(np.array(item.scale, np.float32), f"{base}_centred_scale"),
             helper.make_tensor(f"{base}_centred_zp", onnx.TensorProto.INT8, [], [0])])
         q, s, z = f"{base}_centred_q", f"{base}_centred_scale", f"{base}_centred_zp"
         model.graph.node.extend([
