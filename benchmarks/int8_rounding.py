@@ -34,23 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 
-from quant_helpers import default_levers, photo_split, real_mv2_protocol  # noqa: E402
+from quant_helpers import (agreement_cell, default_levers, photo_split, protocol_judges,  # noqa: E402
+                           real_mv2_protocol)
 
 ROUNDINGS = ("nearest", "exact", "gptq")
-
-
-def cell(ref: np.ndarray, logits: np.ndarray, base: np.ndarray | None) -> str:
-    hits = logits.argmax(1) == ref.argmax(1)
-    lo, hi = wilson_interval(int(hits.sum()), len(ref))
-    paired = "" if base is None else f", +{int((hits & ~base).sum())}/-{int((base & ~hits).sum())}"
-    return f"{hits.mean():.3f} ({lo:.3f}-{hi:.3f}), KL {mean_kl(ref, logits):.4f}{paired}"
 
 
 def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> list[str]:
@@ -61,6 +53,7 @@ def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> 
     rows, nearest_hits = [], {}
     for how in ROUNDINGS:
         t0 = time.time()
+        # bias refitted for nearest too (default_levers' own is the same): `s` times each row alike
         weights = {} if how == "nearest" else round_weights(model, plan, ranges, x_cal, mode=how)
         bias = q8.bias_correction(model, full, ranges, x_cal, weights=weights)
         qdq = q8.build_qdq(model, plan, ranges, bias, weights=weights)
@@ -68,7 +61,7 @@ def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> 
         cells = []
         for key, (x, ref) in judges.items():
             logits = q8.run(qdq, x)
-            cells.append(cell(ref, logits, nearest_hits.get(key)))
+            cells.append(agreement_cell(ref, logits, nearest_hits.get(key)))
             if how == "nearest":
                 nearest_hits[key] = logits.argmax(1) == ref.argmax(1)
         rows.append(f"| {label} | {target} | {how} | " + " | ".join(cells) + f" | {len(weights)} | {seconds:.0f} |")
@@ -81,9 +74,7 @@ def run_target(target: str, splits: list[int]) -> tuple[list[str], list[str]]:
 
     torch.set_num_threads(1)
     p = real_mv2_protocol(f"int8rounding-{target}-")
-    x_big = packaged_crops(p.spec, 1000, seed=2).array
-    protocol = rows_for(target, p.fp32, p.x_cal, {"n=200": (p.x_judge, q8.run(p.fp32, p.x_judge)),
-                                                 "n=1000": (x_big, q8.run(p.fp32, x_big))}, "same photos")
+    protocol = rows_for(target, p.fp32, p.x_cal, protocol_judges(p), "same photos")
     rows = []
     for seed in splits:
         split = photo_split(p, seed)

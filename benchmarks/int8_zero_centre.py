@@ -37,39 +37,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exporter.data import packaged_crops  # noqa: E402
 from exporter.onnx_graph import GraphIndex  # noqa: E402
 from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.shift import find_shifts  # noqa: E402
 
-from quant_helpers import default_levers, photo_split, real_mv2_protocol  # noqa: E402
+from quant_helpers import agreement_cell, default_levers, photo_split, protocol_judges, real_mv2_protocol  # noqa: E402
 
 # name: (build_qdq's shift, bias correction fitted for the zero-centred quantizers too)
 VARIANTS = {"off": (False, False), "stem": ("kept", False), "all, plain bc": (True, False),
             "all (default)": (True, True)}
 
 
-def cell(ref: np.ndarray, logits: np.ndarray) -> str:
-    hits = int(np.sum(logits.argmax(1) == ref.argmax(1)))
-    lo, hi = wilson_interval(hits, len(ref))
-    return f"{hits / len(ref):.3f} ({lo:.3f}-{hi:.3f}), KL {mean_kl(ref, logits):.4f}"
-
-
 def rows_for(fp32, x_cal: np.ndarray, judges: dict[str, tuple[np.ndarray, np.ndarray]], label: str) -> list[str]:
     """One table row per variant: ``| label | variant | judge cells... | zero-centred | Pads |``."""
-    model, base, ranges, _ = default_levers(fp32, "tensorrt", x_cal)
+    model, base, ranges, bias = default_levers(fp32, "tensorrt", x_cal)  # bias: fitted for both quantizers
     plan = make_plan(model, "tensorrt", set(base))
     full = make_plan(model, "tensorrt")  # bias correction's plan, as the export fits it
-    fitted = {aware: q8.bias_correction(model, full, ranges, x_cal, shift=aware) for aware in (False, True)}
+    fitted = {True: bias, False: q8.bias_correction(model, full, ranges, x_cal, shift=False)}
     rows = []
     for name, (shift, aware) in VARIANTS.items():
         qdq = q8.build_qdq(model, plan, ranges, fitted[aware], shift=shift)
         centred = len(find_shifts(GraphIndex(model), plan, ranges, "all" if shift is True else shift)) if shift else 0
         pads = sum(n.op_type == "Pad" for n in qdq.graph.node)
-        cells = [cell(ref, q8.run(qdq, x)) for x, ref in judges.values()]
+        cells = [agreement_cell(ref, q8.run(qdq, x)) for x, ref in judges.values()]
         rows.append(f"| {label} | {name} | " + " | ".join(cells) + f" | {centred} | {pads} |")
         print(rows[-1], flush=True)
     return rows
@@ -82,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     p = real_mv2_protocol("int8centre-")
-    x_big = packaged_crops(p.spec, 1000, seed=2).array
-    protocol = rows_for(p.fp32, p.x_cal, {"n=200": (p.x_judge, q8.run(p.fp32, p.x_judge)),
-                                          "n=1000": (x_big, q8.run(p.fp32, x_big))}, "same photos")
+    protocol = rows_for(p.fp32, p.x_cal, protocol_judges(p), "same photos")
     splits = []
     for seed in [int(s) for s in args.splits.split(",") if s]:
         split = photo_split(p, seed)

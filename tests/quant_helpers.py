@@ -225,6 +225,28 @@ def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None):
     return model, base, ranges, q8.bias_correction(model, make_plan(model, target), ranges, x)
 
 
+def protocol_judges(p: Protocol) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The protocol's judging sets with their FP32 logits: its 200 crops (seed 1) and 1000 other
+    crops (seed 2) of the same photos."""
+    from exporter.data import packaged_crops
+    from exporter.quantize import int8 as q8
+
+    big = packaged_crops(p.spec, 1000, seed=2).array
+    return {"n=200": (p.x_judge, q8.run(p.fp32, p.x_judge)), "n=1000": (big, q8.run(p.fp32, big))}
+
+
+def agreement_cell(ref: np.ndarray, logits: np.ndarray, base_hits: np.ndarray | None = None) -> str:
+    """``0.915 (0.896-0.931), KL 0.0187``: top-1 agreement with its Wilson 95 % interval and the mean
+    KL; with ``base_hits`` (another model's per-sample agreement on the same inputs) also
+    ``, +a/-b``: samples that now agree / no longer agree."""
+    from exporter.quantize.budget import mean_kl, wilson_interval
+
+    hits = logits.argmax(1) == ref.argmax(1)
+    lo, hi = wilson_interval(int(hits.sum()), len(ref))
+    paired = "" if base_hits is None else f", +{int((hits & ~base_hits).sum())}/-{int((base_hits & ~hits).sum())}"
+    return f"{hits.mean():.3f} ({lo:.3f}-{hi:.3f}), KL {mean_kl(ref, logits):.4f}{paired}"
+
+
 def judged_line(qdq, split: PhotoSplit) -> str:
     """``budget n=200: 0.870 KL 0.0461 | other n=400: ...`` of a Q/DQ model on ``split``."""
     from exporter.quantize import int8 as q8
