@@ -208,10 +208,12 @@ def photo_split(p: Protocol, seed: int, calibration: int = 64) -> PhotoSplit:
                       judges, {k: q8.run(p.fp32, x) for k, x in judges.items()})
 
 
-def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None):
+def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None,
+                   symmetric_high: bool = False):
     """(equalized model, rule-kept layers, ranges, bias) of the export's default levers fitted on
     ``x``: equalization (``cap``: its cap, default the export's), MSE ranges, output-error search,
-    bias correction."""
+    bias correction. ``symmetric_high``: a non-negative tensor's high is its symmetric amax, as
+    before 2026-12-05 (benchmarks/int8_unsigned_range.py)."""
     from exporter.quantize import calibration as cal, default_exclusions, int8 as q8
     from exporter.quantize.equalize import CAP, DENSE_ALPHA, STREAM_ALPHA, equalize
     from exporter.quantize.placement import plan as make_plan
@@ -221,6 +223,8 @@ def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None):
                         stream_alpha=STREAM_ALPHA)
     base = default_exclusions(model, target)
     ranges = cal.compute_ranges(cal.collect_statistics(model, x), "mse")
+    if symmetric_high:
+        ranges = {k: (lo, amax, amax) if lo >= 0 else (lo, hi, amax) for k, (lo, hi, amax) in ranges.items()}
     ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x)
     return model, base, ranges, q8.bias_correction(model, make_plan(model, target), ranges, x)
 

@@ -41,6 +41,31 @@ def test_mse_threshold_matches_brute_force(dist):
     assert chosen < top  # clipping the tail pays off for every one of these distributions
 
 
+def test_unsigned_high_matches_brute_force_and_clips_less_than_amax():
+    """A never-negative tensor's ``high`` is chosen for the quantizer that spends all its levels on
+    [0, high] (uint8 on ``cpu``, zero-centred int8 on ``tensorrt``), ``amax`` for symmetric int8."""
+    x = np.maximum(np.random.default_rng(3).laplace(size=200_000), 0).astype(np.float32)
+    top = float(x.max())
+    width = top / cal.BINS
+    idx = np.minimum((x / width).astype(np.int64), cal.BINS - 1)
+    pos = np.bincount(idx[x != 0], minlength=cal.BINS).astype(np.float64)
+    stats = {"tensors": {"r": {"min": 0.0, "max": top, "pos": cal._sparse(pos),
+                               "neg": cal._sparse(np.zeros(cal.BINS))}}}
+    low, high, amax = cal.compute_ranges(stats, "mse")["r"]
+
+    def centred(v, a):  # [0, a] in 254 steps: zero-centred int8 (-127..127 around a / 2)
+        step = a / cal.UNSIGNED_STEPS
+        return np.clip(np.round(v / step), 0, cal.UNSIGNED_STEPS) * step
+
+    grid = np.linspace(top / 256, top, 256)
+    errors = [float(np.mean((x - centred(x, a)) ** 2)) for a in grid]
+    assert low == 0.0 and amax == pytest.approx(cal._mse(pos, width), rel=1e-9)
+    assert float(np.mean((x - centred(x, high)) ** 2)) <= 1.02 * min(errors), (high, grid[np.argmin(errors)])
+    # twice the steps: the optimum clips less, and the symmetric amax would cost this quantizer more
+    assert 1.05 * amax < high < top
+    assert float(np.mean((x - centred(x, amax)) ** 2)) > 1.05 * min(errors)
+
+
 def test_percentile_and_minmax_thresholds():
     x = np.concatenate([np.linspace(0, 1, 99_990), np.full(10, 50.0)]).astype(np.float32)
     width = 50.0 / cal.BINS

@@ -57,7 +57,10 @@ def test_which_relu_outputs_qualify():
         return find_shifts(GraphIndex(model), make_plan(model, target, set(kept)), ranges, scope)
 
     # all int8: r0 (int8 producer, 1x1 reader); r1's padded reader has an int8 producer: never
-    assert list(found()) == ["r0"] and found()["r0"].offset == ranges["r0"][2] / 2
+    # c is half the range's high: chosen for the zero-centred quantizer's 254 steps, above the
+    # symmetric amax (127 steps) that clips more
+    assert list(found()) == ["r0"] and found()["r0"].offset == ranges["r0"][1] / 2
+    assert ranges["r0"][1] > ranges["r0"][2]
     # the producer kept: r0 (1x1 reader), r1 (padded reader, its padding moved out)
     assert list(found(kept={"conv0"})) == ["r0"] and found(kept={"conv0"})["r0"].pads is None
     assert list(found(kept={PROJECT})) == ["r1"] and found(kept={PROJECT})["r1"].pads == [1, 1, 1, 1]
@@ -77,7 +80,7 @@ def test_shift_rewrites_bounds_scale_and_biases_with_the_int8_weight():
     assert qdq.SerializeToString() == q8.build_qdq(model, make_plan(model, "tensorrt"), ranges,
                                                    shift=True).SerializeToString()
     g = GraphIndex(qdq)
-    c = ranges["r0"][2] / 2
+    c = ranges["r0"][1] / 2  # half the range's high
     clip = g.nodes["clip0"]
     assert [float(g.const(t)) for t in clip.input[1:]] == [np.float32(-c), np.float32(6 - c)]
     q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r0")
@@ -122,7 +125,7 @@ def test_padded_reader_gets_an_explicit_border_and_the_shift_cancels_exactly():
     qdq = q8.build_qdq(model, plan, ranges)
     onnx.checker.check_model(qdq)
     g = GraphIndex(qdq)
-    c = np.float32(ranges["r1"][2] / 2)
+    c = np.float32(ranges["r1"][1] / 2)
     pad = next(n for n in qdq.graph.node if n.op_type == "Pad")
     assert pad.output[0] == "r1" and float(g.const(pad.input[2])) == -c
     assert g.const(pad.input[1]).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
@@ -222,8 +225,7 @@ def test_bias_correction_fits_the_zero_centred_quantizer_too():
     w1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w1")).copy()
     wq, wscale = q8.quantize_weight(w1, 0)
     w1q = torch.from_numpy(wq.astype(np.float32) * wscale[:, None, None, None])
-    amax = ranges["r0"][2]
-    c = np.float32(amax / 2)
+    amax, c = ranges["r0"][2], np.float32(ranges["r0"][1] / 2)
     plain_in = _fake_quant(r0, np.float32(amax / 127))
     centred_in = _fake_quant(r0 - c, c / np.float32(127)) + c
     conv = lambda inp, w: torch.nn.functional.conv2d(torch.from_numpy(inp.astype(np.float32)), w).double()

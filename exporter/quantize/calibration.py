@@ -10,6 +10,13 @@ activation tensor, pass 2 builds 2048-bin histograms of its positive and negativ
 methods: ``minmax`` (max |x|), ``percentile`` (99.99th percentile of |x|), ``entropy`` (TensorRT's
 KL-divergence threshold search on the |x| histogram), and ``mse`` (the amax minimising the expected
 squared int8 error, clipping plus rounding).
+
+A range is ``(low, high, amax)``: ``amax`` for a symmetric int8 quantizer (127 steps on each side
+of zero), ``low``/``high`` for one that spends all its levels on ``[low, high]``: ONNX Runtime's
+uint8 (``cpu``) and the zero-centred int8 of a ReLU output (``tensorrt``, :mod:`.shift`), both
+about 255 levels. With ``mse``, a tensor that is never negative gets its own ``high``, the one that
+minimises the error of that quantizer: about twice as many steps over the same values clip less
+(benchmarks/INT8_UNSIGNED_RANGE.md); before 2026-12-05 both used the symmetric ``amax``.
 """
 from __future__ import annotations
 
@@ -32,8 +39,9 @@ from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
 METHODS = ("minmax", "entropy", "percentile", "mse")
 PERCENTILE = 99.99
 BINS = 2048
+UNSIGNED_STEPS = 254  # steps of a quantizer spending its levels on [0, high] (int8 zero-centred: -127..127)
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: mse ranges of non-negative tensors have their own high
 # elements per tensor and batch that enter a histogram (min/max always see every element); the
 # stride is a prime, so it does not alias with channel or row lengths
 HIST_ELEMENTS = 1 << 18
@@ -305,6 +313,8 @@ def compute_ranges(stats: dict, method: str) -> dict[str, tuple[float, float, fl
         elif method == "mse":
             amax = _mse(pos + neg, width)
             up, down = min(hi, amax), max(lo, -amax)
+            if lo >= 0:  # all levels on [0, high]: uint8, or int8 zero-centred (2 x 127 steps)
+                up = min(hi, _mse(pos, width, levels=UNSIGNED_STEPS))
         else:
             amax = _entropy(pos + neg, width)
             up, down = min(hi, amax), max(lo, -amax)

@@ -2,7 +2,9 @@
 
 Symmetric int8 (zero-point 0, as TensorRT requires) spends half its levels on negative values a
 ReLU output never has: ``[0, R]`` gets 127 steps of ``R / 127``. The tensor can instead be moved
-down by ``c = R / 2`` and quantized as ``[-c, c]`` with steps of ``R / 254``:
+down by ``c = R / 2`` and quantized as ``[-c, c]`` with steps of ``R / 254``. ``R`` is the range's
+``high`` (:mod:`.calibration`: with ``mse``, chosen for these 254 steps, so it clips less than the
+symmetric ``amax`` does):
 
 * the producing conv's bias loses ``c`` and the ReLU becomes ``Clip(-c, hi - c)`` (TensorRT fuses
   conv + clip as it fuses conv + relu);
@@ -82,11 +84,14 @@ def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, scope: str = "all")
         if len(edges) != 1 or edges[0][1] != 0 or edges[0][0] not in quantized or tensor in graph.outputs \
                 or len(graph.consumers.get(tensor, [])) != 1:
             continue
-        lo, _hi, amax = ranges.get(plan.range_of.get(tensor, tensor), (-1.0, 0.0, 0.0))
+        lo, hi, amax = ranges.get(plan.range_of.get(tensor, tensor), (-1.0, 0.0, 0.0))
         found = _activation(graph, tensor, amax)
         if found is None or lo < 0 or amax <= 0:
             continue
         act, bound, low = found
+        ceiling = min(hi, bound) if bound is not None else hi  # the range's high, below any Min dropped
+        if ceiling <= 0:
+            continue
         producer = graph.producer.get(act.input[0])
         if producer is None or producer.op_type != "Conv" or producer.input[1] not in graph.inits \
                 or len(graph.consumers.get(act.input[0], [])) != 1 \
@@ -98,7 +103,7 @@ def find_shifts(graph: GraphIndex, plan: Plan, ranges: dict, scope: str = "all")
         one_by_one = scope == "all" and not any(pads) and _kernel_1x1(graph, consumer)
         if pads is None or not (scope == "any" or float_fed or one_by_one):
             continue
-        out[tensor] = Shift(tensor, amax / 2.0, act, producer, consumer,
+        out[tensor] = Shift(tensor, ceiling / 2.0, act, producer, consumer,
                             graph.inits[producer.input[1]].dims[0], bound, low, pads if any(pads) else None)
     return out
 
