@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,8 @@ from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 
-from quant_helpers import (agreement_cell, default_levers, photo_split, protocol_judges,  # noqa: E402
-                           real_mv2_protocol)
+from quant_helpers import (agreement_cells, default_levers, protocol_and_split_rows,  # noqa: E402
+                           real_mv2_protocol, rows_per_target_in_parallel)
 
 ROUNDINGS = ("nearest", "exact", "gptq")
 
@@ -58,12 +58,7 @@ def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> 
         bias = q8.bias_correction(model, full, ranges, x_cal, weights=weights)
         qdq = q8.build_qdq(model, plan, ranges, bias, weights=weights)
         seconds = time.time() - t0
-        cells = []
-        for key, (x, ref) in judges.items():
-            logits = q8.run(qdq, x)
-            cells.append(agreement_cell(ref, logits, nearest_hits.get(key)))
-            if how == "nearest":
-                nearest_hits[key] = logits.argmax(1) == ref.argmax(1)
+        cells = agreement_cells(qdq, judges, nearest_hits)  # nearest is judged first
         rows.append(f"| {label} | {target} | {how} | " + " | ".join(cells) + f" | {len(weights)} | {seconds:.0f} |")
         print(rows[-1], flush=True)
     return rows
@@ -74,13 +69,7 @@ def run_target(target: str, splits: list[int]) -> tuple[list[str], list[str]]:
 
     torch.set_num_threads(1)
     p = real_mv2_protocol(f"int8rounding-{target}-")
-    protocol = rows_for(target, p.fp32, p.x_cal, protocol_judges(p), "same photos")
-    rows = []
-    for seed in splits:
-        split = photo_split(p, seed)
-        rows += rows_for(target, p.fp32, split.x_cal,
-                         {k: (x, split.refs[k]) for k, x in split.judges.items()}, f"split {seed}")
-    return protocol, rows
+    return protocol_and_split_rows(p, partial(rows_for, target, p.fp32), splits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     splits = [int(s) for s in args.splits.split(",") if s]
     targets = args.targets.split(",")
-    with ProcessPoolExecutor(len(targets)) as pool:
-        results = list(pool.map(run_target, targets, [splits] * len(targets)))
-    write(args.out, [r for res in results for r in res[0]], [r for res in results for r in res[1]],
-          time.time() - t0)
+    write(args.out, *rows_per_target_in_parallel(run_target, targets, splits), time.time() - t0)
     return 0
 
 

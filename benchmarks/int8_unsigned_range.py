@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 
-from quant_helpers import (agreement_cell, default_levers, photo_split, protocol_judges,  # noqa: E402
-                           real_mv2_protocol)
+from quant_helpers import (agreement_cells, default_levers, protocol_and_split_rows,  # noqa: E402
+                           real_mv2_protocol, rows_per_target_in_parallel)
 
 # name: (default_levers' symmetric_high, build_qdq's shift scope)
 VARIANTS = {"amax": (True, "all"), "own high (default)": (False, "all"),
@@ -60,11 +60,7 @@ def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> 
         model, rule_kept, ranges, bias = fitted[symmetric_high]
         qdq = q8.build_qdq(model, make_plan(model, target, set(rule_kept)), ranges, bias, shift=scope)
         seconds = time.time() - t0
-        cells = []
-        for key, (x, ref) in judges.items():
-            logits = q8.run(qdq, x)
-            cells.append(agreement_cell(ref, logits, base_hits.get(key)))
-            base_hits.setdefault(key, logits.argmax(1) == ref.argmax(1))
+        cells = agreement_cells(qdq, judges, base_hits)
         rows.append(f"| {label} | {target} | {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
         print(rows[-1], flush=True)
     return rows
@@ -75,13 +71,7 @@ def run_target(target: str, splits: list[int]) -> tuple[list[str], list[str]]:
 
     torch.set_num_threads(1)
     p = real_mv2_protocol(f"int8high-{target}-")
-    protocol = rows_for(target, p.fp32, p.x_cal, protocol_judges(p), "same photos")
-    rows = []
-    for seed in splits:
-        split = photo_split(p, seed)
-        rows += rows_for(target, p.fp32, split.x_cal,
-                         {k: (x, split.refs[k]) for k, x in split.judges.items()}, f"split {seed}")
-    return protocol, rows
+    return protocol_and_split_rows(p, partial(rows_for, target, p.fp32), splits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     splits = [int(s) for s in args.splits.split(",") if s]
     targets = args.targets.split(",")
-    with ProcessPoolExecutor(len(targets)) as pool:
-        results = list(pool.map(run_target, targets, [splits] * len(targets)))
-    write(args.out, [r for res in results for r in res[0]], [r for res in results for r in res[1]],
-          time.time() - t0)
+    write(args.out, *rows_per_target_in_parallel(run_target, targets, splits), time.time() - t0)
     return 0
 
 

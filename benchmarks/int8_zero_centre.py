@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.shift import find_shifts  # noqa: E402
 
-from quant_helpers import agreement_cell, default_levers, photo_split, protocol_judges, real_mv2_protocol  # noqa: E402
+from quant_helpers import agreement_cell, default_levers, protocol_and_split_rows, real_mv2_protocol  # noqa: E402
 
 # name: (build_qdq's shift, bias correction fitted for the zero-centred quantizers too)
 VARIANTS = {"off": (False, False), "stem": ("kept", False), "all, plain bc": (True, False),
@@ -74,12 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     p = real_mv2_protocol("int8centre-")
-    protocol = rows_for(p.fp32, p.x_cal, protocol_judges(p), "same photos")
-    splits = []
-    for seed in [int(s) for s in args.splits.split(",") if s]:
-        split = photo_split(p, seed)
-        judges = {k: (x, split.refs[k]) for k, x in split.judges.items()}
-        splits += rows_for(p.fp32, split.x_cal, judges, f"split {seed}")
+    protocol, splits = protocol_and_split_rows(p, partial(rows_for, p.fp32),
+                                               [int(s) for s in args.splits.split(",") if s])
     write(args.out, protocol, splits, time.time() - t0)
     return 0
 

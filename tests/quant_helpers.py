@@ -251,6 +251,41 @@ def agreement_cell(ref: np.ndarray, logits: np.ndarray, base_hits: np.ndarray | 
     return f"{hits.mean():.3f} ({lo:.3f}-{hi:.3f}), KL {mean_kl(ref, logits):.4f}{paired}"
 
 
+def agreement_cells(qdq, judges: dict[str, tuple[np.ndarray, np.ndarray]], base_hits: dict) -> list[str]:
+    """One :func:`agreement_cell` per judging set (``{key: (inputs, FP32 logits)}``). The first model
+    judged with a ``base_hits`` dict fills it; later ones are paired against that model."""
+    from exporter.quantize import int8 as q8
+
+    cells = []
+    for key, (x, ref) in judges.items():
+        logits = q8.run(qdq, x)
+        cells.append(agreement_cell(ref, logits, base_hits.get(key)))
+        base_hits.setdefault(key, logits.argmax(1) == ref.argmax(1))
+    return cells
+
+
+def protocol_and_split_rows(p: Protocol, rows, splits: list[int]) -> tuple[list[str], list[str]]:
+    """``rows(x_cal, judges, label)`` on the protocol (``same photos``: its calibration crops and
+    :func:`protocol_judges`), then on each photo split (``split N``); (protocol rows, split rows)."""
+    protocol = rows(p.x_cal, protocol_judges(p), "same photos")
+    split_rows = []
+    for seed in splits:
+        split = photo_split(p, seed)
+        split_rows += rows(split.x_cal, {k: (x, split.refs[k]) for k, x in split.judges.items()},
+                           f"split {seed}")
+    return protocol, split_rows
+
+
+def rows_per_target_in_parallel(run_target, targets: list[str], splits: list[int]) -> tuple[list[str], list[str]]:
+    """``run_target(target, splits) -> (protocol rows, split rows)``, each target in its own process;
+    both lists concatenated in ``targets`` order."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(targets)) as pool:
+        results = list(pool.map(run_target, targets, [splits] * len(targets)))
+    return [r for res in results for r in res[0]], [r for res in results for r in res[1]]
+
+
 def judged_line(qdq, split: PhotoSplit) -> str:
     """``budget n=200: 0.870 KL 0.0461 | other n=400: ...`` of a Q/DQ model on ``split``."""
     from exporter.quantize import int8 as q8
