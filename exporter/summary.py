@@ -47,7 +47,8 @@ def _quant_lines(d: dict) -> list[str]:
         f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%); "
         f"kept in {precision}: {len(by_rule)} by rule, {len(by_budget)} by the budget"
         + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else "")
-        + (f", {len(d['float_out_layers'])} read in float by a kept layer" if d.get("float_out_layers") else ""),
+        + (f", {len(d['float_out_layers'])} run in float (a kept layer reads their output)"
+           if d.get("float_out_layers") else ""),
         f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
         f"{shown}; judged on {d.get('measured_on')}",
         f"    calibration: {d.get('method')}"
@@ -68,7 +69,18 @@ def _quant_lines(d: dict) -> list[str]:
         lines.append(f"    latency (ONNX Runtime CPU, batch {lat['batch']}, {lat['threads']} threads): "
                      f"INT8 {lat['int8_ms']:.2f} ms vs FP32 {lat['fp32_ms']:.2f} ms = "
                      f"{lat['speedup']:.2f}x")
+        if lat["speedup"] < 1.0:
+            lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}))
     return lines
+
+
+def slower_warning(speedup: float, float_readers: dict) -> str:
+    """The summary's line for a ``cpu`` INT8 model that runs slower than FP32."""
+    ops = ", ".join(f"{op} x{n}" for op, n in list(float_readers.items())[:4])
+    why = (f": ONNX Runtime runs {sum(float_readers.values())} op(s) of it in float between "
+           f"DequantizeLinear and QuantizeLinear ({ops})" if float_readers else "")
+    return (f"    WARNING: this INT8 model runs slower than FP32 on this CPU ({speedup:.2f}x){why}; "
+            "deploy the FP32 ONNX on this CPU, or the --target tensorrt INT8 model on a GPU")
 
 
 def weights_line(info: dict) -> str:

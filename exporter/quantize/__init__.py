@@ -26,7 +26,7 @@ from . import calibration as cal
 from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
-from .placement import TARGETS, Graph, ensure_node_names, linear_nodes, plan as make_plan
+from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
 from .samples import Scratch
 from .shift import find_shifts
 
@@ -194,6 +194,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "int8_conv_fraction": round(len(int8_convs) / max(len(convs), 1), 4),
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
         "float_out_layers": final_plan.float_out,
+        "float_readers": float_readers(model, final_plan) if target == "cpu" else {},
         "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
         "kept_layers_precision": q8.kept_precision(target),
         "criterion": criterion.describe(), "budget_met": measurement.ok,

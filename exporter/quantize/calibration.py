@@ -41,7 +41,7 @@ PERCENTILE = 99.99
 BINS = 2048
 UNSIGNED_STEPS = 254  # steps of a quantizer spending its levels on [0, high] (int8 zero-centred: -127..127)
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
-CACHE_VERSION = 4  # 4: mse ranges of non-negative tensors have their own high
+CACHE_VERSION = 5  # 4: mse ranges of non-negative tensors have their own high; 5: cpu's conv outputs read by float ops
 # elements per tensor and batch that enter a histogram (min/max always see every element); the
 # stride is a prime, so it does not alias with channel or row lengths
 HIST_ELEMENTS = 1 << 18
@@ -215,9 +215,11 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
 
 
 def activation_tensors(model: onnx.ModelProto) -> list[str]:
-    """Float activations either placement can quantize: the inputs of Conv/Gemm, Add, pooling and
-    shape-only ops (not, e.g., conv outputs that only feed an activation function)."""
-    from .placement import CPU_INT8_OPS, LINEAR_OPS, PASSTHROUGH_OPS, Graph
+    """Float activations either placement can quantize: the inputs of Conv/Gemm, Add, Concat, Mul,
+    pooling and shape-only ops, and what those ops (but shape-only ones) write through a ReLU
+    (``cpu`` quantizes it where a float op like HardSwish reads it); not a conv output that only
+    feeds a ReLU."""
+    from .placement import CPU_INT8_OPS, LINEAR_OPS, PASSTHROUGH_OPS, Graph, fused_output
 
     graph = Graph(model)
     ops = set(LINEAR_OPS) | set(CPU_INT8_OPS) | set(PASSTHROUGH_OPS)
@@ -225,6 +227,10 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         if node.op_type in ops:
             names += [t for t in node.input if graph.is_activation(t) and t not in names]
+    for node in model.graph.node:
+        tensor = fused_output(graph, node) if node.op_type in ops and node.op_type not in PASSTHROUGH_OPS else None
+        if tensor and tensor not in names and tensor not in graph.outputs:
+            names.append(tensor)
     return names
 
 

@@ -16,10 +16,15 @@ whose output feeds only the quantized consumer.
 weights and reads its input in float, so keeping it removes its input's activation error too,
 which is most of the error on real MobileNetV2: benchmarks/INT8_ERROR_BUDGET.md):
   * uint8 asymmetric activations, int8 symmetric per-channel weights (the U8S8 path of MLAS).
-  * every input of Conv / Gemm / Add / GlobalAveragePool is quantized, so each op's output is also
-    a quantized tensor: ORT fuses DQ -> op -> Q into QLinearConv / QLinearAdd / QGemm and folds a
-    Clip/Relu followed by Q into the Q. Shape-only ops (Flatten, Reshape, MaxPool) reuse their input's
-    scale so ORT can drop the DQ/Q around them. The graph output stays float.
+  * every input of Conv / Gemm / Add / Mul / Concat / (Global)AveragePool is quantized, so each
+    op's output is also a quantized tensor: ORT fuses DQ -> op -> Q into QLinearConv / QLinearAdd /
+    QLinearConcat / QGemm ... and folds a Clip/Relu followed by Q into the Q. Shape-only ops
+    (Flatten, Reshape, MaxPool, Transpose, Slice) reuse their input's scale so ORT can drop the
+    DQ/Q around them. The graph output stays float.
+  * such an op whose output a float op reads (HardSwish, a BatchNormalization after a Concat) still
+    writes it behind a Q, so it fuses; the float op runs between a DQ and a Q (``float_readers``).
+    Before 2026-12-05 the op ran in float instead: GoogLeNet's INT8 model ran 36 of its 57 convs
+    in float and slower than FP32 (benchmarks/CPU_ZOO_FUSION.md).
   * a conv whose output a kept layer reads in float cannot fuse into QLinearConv (ORT needs every
     reader behind a Q): it runs float anyway, so it keeps its FP32 weight (``float_out``) instead of
     an int8 weight ORT would dequantize on every run; its input stays quantized.
@@ -35,8 +40,8 @@ from ..onnx_graph import GraphIndex
 
 TARGETS = ("tensorrt", "cpu")
 LINEAR_OPS = ("Conv", "Gemm")
-CPU_INT8_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool")
-PASSTHROUGH_OPS = ("Flatten", "Reshape", "MaxPool")
+CPU_INT8_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", "AveragePool", "Concat", "Mul")
+PASSTHROUGH_OPS = ("Flatten", "Reshape", "MaxPool", "Transpose", "Slice")
 ACTIVATION_OPS = ("Relu", "Clip")
 
 
@@ -131,9 +136,8 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
     # its weight error, and the budget could not converge (cpu ladder in INT8_ERROR_BUDGET.md)
     for node in graph.model.graph.node:
         if node.name in int8_nodes:
-            add(node.input[0], node, 0)
-            if node.op_type == "Add":
-                add(node.input[1], node, 1)
+            for slot in range(len(node.input) if node.op_type in ("Add", "Concat", "Mul") else 1):
+                add(node.input[slot], node, slot)
     # shape-only ops between two quantized tensors: quantize their input with their output's range
     changed = True
     while changed:
@@ -144,9 +148,70 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
                 add(node.input[0], node, 0)
                 range_of[node.output[0]] = node.input[0]
                 changed = True
+    # an int8 op read by a float op (HardSwish, BatchNormalization, ...) writes its output behind a
+    # Q that reader reads through a DQ, so the op still fuses (not where a kept layer reads it)
+    for node in graph.model.graph.node:
+        if node.name not in int8_nodes:
+            continue
+        tensor = fused_output(graph, node)
+        readers = graph.consumers.get(tensor, [])
+        if readers and tensor not in graph.outputs \
+                and not any(r.op_type in LINEAR_OPS and (r.name, s) not in edges.get(tensor, [])
+                            for r, s in readers) \
+                and not _reaches_kept(graph, tensor, edges, set(kept)):
+            for reader, slot in readers:
+                add(tensor, reader, slot)
     float_out = [n for n in quantized if demote and not _fuses(graph, graph.nodes[n], edges)]
     quantized = [n for n in quantized if n not in float_out]
     return Plan(target, quantized, kept, dict(edges), range_of, signed=False, float_out=float_out)
+
+
+# readers of a Q/DQ'd tensor that ONNX Runtime's CPU provider runs on the int8 data (QLinear* kernels,
+# or Q/DQ dropped around a data-movement op); any other reader runs in float between a DQ and a Q
+CPU_FUSED_READERS = CPU_INT8_OPS + PASSTHROUGH_OPS + ("Sigmoid", "Split", "Gather")
+
+
+def float_readers(model: onnx.ModelProto, p: Plan) -> dict[str, int]:
+    """Op type -> how many ops read a ``cpu`` plan's Q/DQ'd tensors in float (between a DQ and a Q):
+    what costs an INT8 model time ONNX Runtime does not save (HardSwish, BatchNormalization, ...)."""
+    graph = Graph(model)
+    found: dict[str, int] = defaultdict(int)
+    for node_name in {name for edges in p.edges.values() for name, _ in edges}:
+        op = graph.nodes[node_name].op_type
+        if op not in CPU_FUSED_READERS and node_name not in p.kept:
+            found[op] += 1
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
+
+
+def fused_output(graph: Graph, node: onnx.NodeProto) -> str:
+    """The tensor a Conv's QLinearConv would write: its output through a single-reader Relu/Clip/Min
+    chain (ORT folds those into the Q)."""
+    tensor = node.output[0]
+    while True:
+        readers = graph.consumers.get(tensor, [])
+        if len(readers) != 1 or readers[0][0].op_type not in ACTIVATION_OPS + ("Min",) \
+                or tensor in graph.outputs:
+            return tensor
+        tensor = readers[0][0].output[0]
+
+
+def _reaches_kept(graph: Graph, tensor: str, edges: dict, kept: set[str]) -> bool:
+    """Whether a layer kept out of int8 reads ``tensor``, or reads it through float ops, without a
+    Q/DQ between (a kept layer reads its input in float)."""
+    todo, seen = [tensor], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        quantized_reads = set(edges.get(t, []))
+        for reader, slot in graph.consumers.get(t, []):
+            if (reader.name, slot) in quantized_reads:
+                continue
+            if reader.name in kept:
+                return True
+            todo += list(reader.output)
+    return False
 
 
 def _fuses(graph: Graph, node: onnx.NodeProto, edges: dict) -> bool:
@@ -154,16 +219,11 @@ def _fuses(graph: Graph, node: onnx.NodeProto, edges: dict) -> bool:
     single-reader Relu/Clip/Min chain, is read only behind a Q (Gemm: QGemm may output float)."""
     if node.op_type != "Conv":
         return True
-    tensor = node.output[0]
-    while True:
-        readers = graph.consumers.get(tensor, [])
-        if len(readers) == 1 and readers[0][0].op_type in ACTIVATION_OPS + ("Min",) \
-                and tensor not in graph.outputs:
-            tensor = readers[0][0].output[0]
-            continue
-        quantized_reads = set(edges.get(tensor, []))
-        return bool(readers) and tensor not in graph.outputs \
-            and all((reader.name, slot) in quantized_reads for reader, slot in readers)
+    tensor = fused_output(graph, node)
+    readers = graph.consumers.get(tensor, [])
+    quantized_reads = set(edges.get(tensor, []))
+    return bool(readers) and tensor not in graph.outputs \
+        and all((reader.name, slot) in quantized_reads for reader, slot in readers)
 
 
 def _fused_input(graph: Graph, add: onnx.NodeProto, quantized: set[str]) -> int | None:
