@@ -295,3 +295,24 @@ def test_user_model_with_real_weights_int8(tmp_path, request):
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
     assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
+
+
+@pytest.mark.parametrize("model, float_ops", [("googlenet", {}),
+                                              ("mobilenet_v3_small", {"HardSwish": 19, "HardSigmoid": 9})])
+def test_cpu_int8_of_concat_and_hardswish_models_from_the_command_line(tmp_path, model, float_ops):
+    """``--target cpu`` on GoogLeNet (Concat) and MobileNetV3 (HardSwish, SE's Mul): every conv is
+    counted INT8 (none left in float for a float reader), the manifest names the ops that still run
+    in float between DQ and Q, and the summary prints the latency line, with a WARNING naming
+    those ops exactly when its timing finds the INT8 model slower than FP32."""
+    out = tmp_path / "out"
+    proc = _cli("export", model, "--precision", "int8", "--target", "cpu", "--calibration", "packaged",
+                "--calibration-samples", "16", "--eval-samples", "32", "--min-agreement", "0.5",
+                "--input-size", "64" if model == "googlenet" else "96", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["int8_convs"] == d["convs"] and d["float_out_layers"] == [] and d["kept_fp16_layers"] == []
+    assert d["float_readers"] == float_ops
+    slower = d["latency_cpu"]["speedup"] < 1.0
+    assert ("WARNING: this INT8 model runs slower than FP32" in proc.stdout) == slower
+    if slower and float_ops:
+        assert "HardSwish x19, HardSigmoid x9" in proc.stdout
