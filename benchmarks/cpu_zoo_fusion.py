@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "median of rounds; speed-up over FP32 in brackets.", "",
         "| model | FP32 ms | before: QLinearConv | before: float ops | before: ms | now: QLinearConv "
         "| now: float ops | now: ms |",
-        "|---|---|---|---|---|---|---|---|", *rows, ""]
+        "|---|---|---|---|---|---|---|---|", *rows, "", ""]
     args.out.write_text("\n".join(text))
     print(f"wrote {args.out}")
     return 0
