@@ -8,8 +8,8 @@ fuse into ONNX Runtime's QLinearConv, so it ran in float between a DQ and a Q. T
 ``placement.py`` is loaded from git at ``--baseline``; both plans go through today's
 ``build_qdq`` with the same ranges. Per model: the convs ONNX Runtime runs as QLinearConv (after
 its graph optimizations), the ops the plan leaves in float between DQ and Q
-(``placement.float_readers``), and batch-1 latency on 2 threads (median of 50 runs per round,
-rounds interleaved, median of rounds). Seeded random weights: latency does not depend on the
+(``placement.float_readers``), and batch-1 latency on 2 threads (``exporter.latency.benchmark``,
+the export summary's timing: p50 of 50 runs per round, rounds interleaved). Seeded random weights: latency does not depend on the
 weight values, and no accuracy is claimed here (the budget judges that per export).
 """
 from __future__ import annotations
@@ -29,12 +29,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.data import packaged_crops  # noqa: E402
+from exporter.latency import benchmark  # noqa: E402
 from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize import placement  # noqa: E402
 from exporter.quantize.calibration import collect_statistics, compute_ranges  # noqa: E402
 from exporter.recipes import all_recipes  # noqa: E402
 
+from int8_cpu_profile import session  # noqa: E402
 from quant_helpers import fp32_onnx  # noqa: E402
 
 MODELS = ("googlenet", "densenet121", "shufflenet_v2_x1_0", "shufflenet_v1", "efficientnet_b0",
@@ -54,37 +56,18 @@ def baseline_placement(commit: str):
     return module
 
 
-def session(model: onnx.ModelProto, optimized: Path | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 3
-    if optimized is not None:
-        so.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=q8.DISABLED_ORT_OPTIMIZERS)
-
-
 def qlinear_convs(model: onnx.ModelProto, work: Path) -> int:
-    session(model, work / "opt.onnx")
+    session(model, threads=2, optimized=work / "opt.onnx")
     return sum(n.op_type == "QLinearConv" for n in onnx.load(str(work / "opt.onnx")).graph.node)
 
 
-def timed_ms(sessions: dict, x: np.ndarray, runs: int, rounds: int) -> dict[str, float]:
-    per: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for key, sess in sessions.items():
-            name = sess.get_inputs()[0].name
-            for _ in range(5):
-                sess.run(None, {name: x})
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                sess.run(None, {name: x})
-                times.append(time.perf_counter() - t)
-            per[key].append(float(np.median(times)) * 1e3)
-    return {k: float(np.median(v)) for k, v in per.items()}
+def timed_ms(models: dict[str, onnx.ModelProto], x: np.ndarray, runs: int, rounds: int) -> dict[str, float]:
+    """p50 batch latency of each model, interleaved in rounds (the export summary's timing)."""
+    sessions = {key: q8.make_session(m, threads=2) for key, m in models.items()}
+    runners = {key: (lambda arr, s=sess: s.run(None, {s.get_inputs()[0].name: arr}))
+               for key, sess in sessions.items()}
+    stats = benchmark(runners, {len(x): x}, warmup=5, runs=runs * rounds, rounds=rounds, retries=0)
+    return {key: stats[key][len(x)].p50_ms for key in models}
 
 
 def row(name: str, old, work: Path, runs: int, rounds: int) -> str:
@@ -102,7 +85,7 @@ def row(name: str, old, work: Path, runs: int, rounds: int) -> str:
         readers = placement.float_readers(model, plan)
         shown = ", ".join(f"{op} x{n}" for op, n in readers.items()) or "none"
         cells.append(f"{qlinear_convs(models[label], work)}/{convs} | {shown}")
-    ms = timed_ms({k: session(m) for k, m in models.items()}, x[:1], runs, rounds)
+    ms = timed_ms(models, x[:1], runs, rounds)
     line = (f"| {name} | {ms['fp32']:.2f} | {cells[0]} | {ms['before']:.2f} ({ms['fp32'] / ms['before']:.2f}x) "
             f"| {cells[1]} | {ms['now']:.2f} ({ms['fp32'] / ms['now']:.2f}x) |")
     print(line, flush=True)
@@ -133,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "Seeded random weights at the recipe's input size (latency does not depend on weight values; "
         "no accuracy is claimed). QLinearConv: convs ONNX Runtime runs in int8 after its graph "
         "optimizations, of all convs. Float ops: ops the plan leaves between a DQ and a Q. Latency: "
-        f"batch 1, 2 threads, median of {args.runs} runs per round, {args.rounds} interleaved rounds, "
-        "median of rounds; speed-up over FP32 in brackets.", "",
+        f"batch 1, 2 threads, `exporter.latency.benchmark` (the export summary's timing): p50 of "
+        f"{args.runs} runs per round x {args.rounds} interleaved rounds; speed-up over FP32 in brackets.", "",
         "| model | FP32 ms | before: QLinearConv | before: float ops | before: ms | now: QLinearConv "
         "| now: float ops | now: ms |",
         "|---|---|---|---|---|---|---|---|", *rows, "", ""]
