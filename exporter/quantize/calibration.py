@@ -228,7 +228,7 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
         if node.op_type in ops:
             names += [t for t in node.input if graph.is_activation(t) and t not in names]
     for node in model.graph.node:
-        tensor = fused_output(graph, node) if node.op_type in ops and node.op_type not in PASSTHROUGH_OPS else None
+        tensor = fused_output(graph, node) if node.op_type in CPU_INT8_OPS else None  # (Conv/Gemm among them)
         if tensor and tensor not in names and tensor not in graph.outputs:
             names.append(tensor)
     return names

@@ -150,6 +150,7 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
                 changed = True
     # an int8 op read by a float op (HardSwish, BatchNormalization, ...) writes its output behind a
     # Q that reader reads through a DQ, so the op still fuses (not where a kept layer reads it)
+    kept_set = set(kept)
     for node in graph.model.graph.node:
         if node.name not in int8_nodes:
             continue
@@ -158,7 +159,7 @@ def plan(model: onnx.ModelProto, target: str, exclude: set[str] | frozenset = fr
         if readers and tensor not in graph.outputs \
                 and not any(r.op_type in LINEAR_OPS and (r.name, s) not in edges.get(tensor, [])
                             for r, s in readers) \
-                and not _reaches_kept(graph, tensor, edges, set(kept)):
+                and not _reaches_kept(graph, tensor, edges, kept_set):
             for reader, slot in readers:
                 add(tensor, reader, slot)
     float_out = [n for n in quantized if demote and not _fuses(graph, graph.nodes[n], edges)]
@@ -178,14 +179,14 @@ def float_readers(model: onnx.ModelProto, p: Plan) -> dict[str, int]:
     found: dict[str, int] = defaultdict(int)
     for node_name in {name for edges in p.edges.values() for name, _ in edges}:
         op = graph.nodes[node_name].op_type
-        if op not in CPU_FUSED_READERS and node_name not in p.kept:
+        if op not in CPU_FUSED_READERS:
             found[op] += 1
     return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def fused_output(graph: Graph, node: onnx.NodeProto) -> str:
-    """The tensor a Conv's QLinearConv would write: its output through a single-reader Relu/Clip/Min
-    chain (ORT folds those into the Q)."""
+    """The tensor an op's fused int8 kernel (QLinearConv, QLinearAdd, ...) would write: its output
+    through a single-reader Relu/Clip/Min chain (ORT folds those into the Q)."""
     tensor = node.output[0]
     while True:
         readers = graph.consumers.get(tensor, [])
