@@ -47,6 +47,8 @@ def _quant_lines(d: dict) -> list[str]:
         f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%); "
         f"kept in {precision}: {len(by_rule)} by rule, {len(by_budget)} by the budget"
         + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else "")
+        + (f"; {len(d['kept_fp32_layers'])} of them in fp32 (beyond fp16's range)"
+           if d.get("kept_fp32_layers") else "")
         + (f", {len(d['float_out_layers'])} run in float (a kept layer reads their output)"
            if d.get("float_out_layers") else ""),
         f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "

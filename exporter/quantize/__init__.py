@@ -197,6 +197,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "float_readers": float_readers(model, final_plan) if target == "cpu" else {},
         "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
         "kept_layers_precision": q8.kept_precision(target),
+        "kept_fp32_layers": {n: why for n, why in calibrated.fp32_layers.items() if n in kept},
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
         "budget_history": history, "sensitivity_top": [[n, round(s, 5)] for n, s in ranking[:10]],
@@ -227,7 +228,7 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
     ranges, bias, weights = calibrated.ranges, calibrated.bias, calibrated.weights
     if not budget:
         qmodel = q8.build_qdq(model, make_plan(model, target, set(kept_base)), ranges, bias,
-                              weights=weights)
+                              weights=weights, fp32_layers=calibrated.fp32_layers)
         return _Fitted(qmodel, kept_base, bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval),
                                                       labels, criterion), [], [], None)
     speed = (lambda m: _cpu_latency(fp32_model, m, spec, batch)) \
@@ -235,7 +236,7 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
     result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
                             bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
                             force_kept=kept_base, log=log, weights=weights, speed=speed,
-                            untried=untried)
+                            untried=untried, fp32_layers=calibrated.fp32_layers)
     return _Fitted(result.model, result.kept, result.measurement, result.history,
                    result.sensitivity, result.latency)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import onnx
@@ -138,7 +138,7 @@ def sensitivity_inputs(calibration: np.ndarray, count: int = SENSITIVITY_SAMPLES
 def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x: np.ndarray,
                 ref: np.ndarray, candidates: list[str], always_kept: set[str] = frozenset(),
                 log: Callable[[str], None] = lambda _m: None,
-                weights: dict | None = None) -> list[tuple[str, float]]:
+                weights: dict | None = None, fp32_layers: Collection[str] = ()) -> list[tuple[str, float]]:
     """[(layer, KL with only that layer in INT8)], most sensitive (highest KL) first.
 
     "Only that layer": its int8 weight and the Q/DQ of its input. The ``cpu`` placement quantizes
@@ -152,7 +152,7 @@ def sensitivity(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x:
         if target == "cpu":
             alone.edges = {t: [e for e in es if e[0] == name] for t, es in alone.edges.items()}
             alone.edges = {t: es for t, es in alone.edges.items() if es}
-        model = q8.build_qdq(fp32, alone, ranges, bias, weights=weights)
+        model = q8.build_qdq(fp32, alone, ranges, bias, weights=weights, fp32_layers=fp32_layers)
         scores.append((name, mean_kl(ref, q8.run(model, x))))
         if i % 10 == 0 or i == len(candidates):
             log(f"int8 budget: sensitivity {i}/{len(candidates)} layers")
@@ -209,7 +209,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                log: Callable[[str], None] = lambda _m: None,
                weights: dict | None = None,
                speed: Callable[[onnx.ModelProto], dict] | None = None,
-               untried: str = "") -> BudgetResult:
+               untried: str = "", fp32_layers: Collection[str] = ()) -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
     weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
@@ -226,7 +226,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
 
     def attempt(kept_now: list[str]) -> tuple[onnx.ModelProto, Measurement]:
         model = q8.build_qdq(fp32, make_plan(fp32, target, set(kept_now)), ranges, bias,
-                             weights=weights)
+                             weights=weights, fp32_layers=fp32_layers)
         result = measure(ref, q8.run(model, x_eval), labels, criterion)
         history.append({"kept": len(kept_now), "added": kept_now[len(base):][-1:] or None,
                         **{k: v for k, v in result.metrics.items() if k != "samples"}})
@@ -251,7 +251,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         x_rank = x_rank[:len(x_rank) - len(x_rank) % fixed]
     ref_rank = q8.run(fp32, x_rank)
     ranking = sensitivity(fp32, target, ranges, bias, x_rank, ref_rank,
-                          [n for n in full_plan.quantized if n not in base], set(base), log, weights)
+                          [n for n in full_plan.quantized if n not in base], set(base), log, weights,
+                          fp32_layers)
     ranked = [n for n, _ in ranking]
     cap = _largest_prefix(fp32, base, ranked, max_kept)  # the cap itself is the last group tried
     k, model, result, met = climb(ranked, cap, lambda prefix: attempt(base + prefix), result)

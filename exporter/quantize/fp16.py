@@ -16,6 +16,8 @@ ALWAYS_FP32 = ["Softmax", "LogSoftmax", "Exp", "Pow", "ReduceSum", "ReduceMean",
                "ReduceL2", "ReduceLogSumExp", "LayerNormalization", "InstanceNormalization",
                "Range", "Resize", "TopK", "NonMaxSuppression", "RandomNormalLike"]
 MAX_FP16_MAGNITUDE = 8192.0
+FP16_MAX = 65504.0  # the largest finite fp16 value
+FP16_PROBE_SAMPLES = 32  # calibration samples the INT8 export's kept-layer range check runs
 
 
 def large_magnitude_nodes(model: onnx.ModelProto, x: np.ndarray,
@@ -31,6 +33,42 @@ def large_magnitude_nodes(model: onnx.ModelProto, x: np.ndarray,
                 and float(np.abs(val).max()) > limit:
             flagged.append(outputs[name])
     return flagged
+
+
+def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarray,
+                       samples: int = FP16_PROBE_SAMPLES) -> dict[str, str]:
+    """Layers of ``layers`` (Conv/Gemm names) that cannot run in fp16 -> why: a weight or bias
+    beyond fp16's range, or an input or output past ``MAX_FP16_MAGNITUDE`` on the first
+    ``samples`` of ``data`` (streamed by batch)."""
+    from onnx import numpy_helper
+
+    from .equalize import channel_maxima
+    from .int8 import fixed_batch
+
+    nodes = {n.name: n for n in model.graph.node if n.name in set(layers)}
+    inits = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    unsafe: dict[str, str] = {}
+    for name, node in nodes.items():
+        params = [numpy_helper.to_array(inits[t]) for t in node.input[1:] if t in inits]
+        top = max((float(np.abs(p).max()) for p in params if p.size), default=0.0)
+        if top > FP16_MAX:
+            unsafe[name] = f"a weight or bias of {top:.3g} is beyond fp16's range ({FP16_MAX:g})"
+    probed = [n for n in nodes if n not in unsafe]
+    tensors = list(dict.fromkeys(t for n in probed for t in (nodes[n].input[0], nodes[n].output[0])
+                                 if t not in graph_inputs))
+    count = min(samples, len(data))
+    count -= count % (fixed_batch(model) or 1)
+    if tensors and count:
+        top = {t: float(m.max()) for t, m in channel_maxima(model, tensors, data[:count]).items()}
+        for n in probed:
+            node = nodes[n]
+            worst = max(top.get(node.input[0], 0.0), top.get(node.output[0], 0.0))
+            if worst > MAX_FP16_MAGNITUDE:
+                side = "input" if top.get(node.input[0], 0.0) >= top.get(node.output[0], 0.0) else "output"
+                unsafe[n] = (f"|{side}| reaches {worst:.3g} on calibration samples "
+                             f"(fp16 holds {MAX_FP16_MAGNITUDE:g} safely, {FP16_MAX:g} at most)")
+    return unsafe
 
 
 def convert_fp16(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict]:

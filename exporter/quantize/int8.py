@@ -10,7 +10,8 @@ need edge-level control. Conventions follow what TensorRT and ORT accept:
   through a ``DequantizeLinear`` with ``axis``; on ``cpu`` no neighbouring pair may saturate ORT's
   non-VNNI kernels (:func:`u8s8_safe`); biases stay float (``tensorrt``) or int32 (``cpu``);
 * layers kept out of int8 run in fp16 for TensorRT: ``Cast -> Conv(fp16 weights) -> Cast`` (graph
-  I/O fp32); for the ``cpu`` target they stay fp32 (ORT CPU has no fast fp16 conv: measured, fp16
+  I/O fp32), but a layer fp16 cannot hold (its weights or activations past fp16's range) stays
+  fp32; for the ``cpu`` target they stay fp32 (ORT CPU has no fast fp16 conv: measured, fp16
   fallback layers cost more than int8 saves).
 
 Bias correction: the mean per-channel output of every int8 Conv/Gemm over the calibration data
@@ -23,7 +24,10 @@ made here disables it by name (``disabled_optimizers``).
 """
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
+from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -37,14 +41,20 @@ from .shift import add_centred_copies, apply_shift, centred_key, find_shifts
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
 
-def make_session(model, basic: bool = False, threads: int | None = 1):
-    """ORT CPU session (file path, bytes or ModelProto) with the unsafe pass disabled."""
+def make_session(model, basic: bool = False, threads: int | None = 1,
+                 optimized: str | Path | None = None, profile: str | Path | None = None):
+    """ORT CPU session (file path, bytes or ModelProto) with the unsafe pass disabled; it writes
+    its optimized graph to ``optimized`` and profiles runs to ``profile``* when given."""
     import onnxruntime as ort
 
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
+    if profile is not None:
+        so.enable_profiling, so.profile_file_prefix = True, str(profile)
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -53,6 +63,15 @@ def make_session(model, basic: bool = False, threads: int | None = 1):
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
                                 providers=["CPUExecutionProvider"],
                                 disabled_optimizers=DISABLED_ORT_OPTIMIZERS)
+
+
+def optimized_graph(model) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU provider runs after its optimizations (QLinearConv where it
+    fused a DQ -> Conv -> Q, ...), from a :func:`make_session` of ``model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        make_session(model, optimized=path)
+        return onnx.load(str(path))
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
@@ -210,14 +229,15 @@ def kept_precision(target: str) -> str:
 
 def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict | None = None,
               kept_dtype: str | None = None, weights: dict | None = None,
-              shift: bool | str = True) -> onnx.ModelProto:
+              shift: bool | str = True, fp32_layers: Collection[str] = ()) -> onnx.ModelProto:
     """The Q/DQ model for ``plan``; ``bias_delta`` maps node name -> amount added to its bias;
     ``weights`` maps node name -> int8 weight (e.g. AdaRound's) used instead of round-to-nearest,
     with :func:`quantize_weight`'s scales; ``shift`` zero-centres ReLU outputs in signed placements
     (:mod:`.shift`; True: scope ``all``, False: none, or a ``shift.SCOPES`` name), and a reader of
     a zero-centred tensor takes the bias delta fitted for it (``shift.centred_key``) where
     ``bias_delta`` has one. On ``cpu`` the weights go through :func:`u8s8_safe` unless
-    ``plan.u8s8_guard`` is off (to measure it)."""
+    ``plan.u8s8_guard`` is off (to measure it). Kept layers named in ``fp32_layers`` stay fp32
+    where ``kept_dtype`` is fp16 (:func:`.fp16.fp16_unsafe_layers`: fp16 cannot hold them)."""
     kept_dtype = kept_dtype or kept_precision(plan.target)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
@@ -288,7 +308,8 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         apply_shift(model, graph, item, shift_weights[item.consumer.name], new_inits)
     if kept_dtype == "fp16":
         for name in plan.kept:
-            _to_fp16(graph, graph.nodes[name], new_nodes, new_inits)
+            if name not in fp32_layers:
+                _to_fp16(graph, graph.nodes[name], new_nodes, new_inits)
     g.initializer.extend(new_inits)
     g.node.extend(new_nodes)
     drop_redundant_min(model)

@@ -8,7 +8,7 @@ there (benchmarks/INT8_PHOTO_SPLIT.md), so the retry is off by default.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,12 +22,14 @@ RETRY_FLAGS = f"--weight-rounding {RETRY_LEVERS['weight_rounding']}"  # as typed
 
 @dataclass
 class Calibrated:
-    """What the levers chose: ranges, int8 weights (empty: round-to-nearest), bias deltas."""
+    """What the levers chose: ranges, int8 weights (empty: round-to-nearest), bias deltas; and the
+    layers that stay fp32 where kept out of int8 on a fp16 target (name -> why)."""
     ranges: dict
     weights: dict
     rounding: str
     bias: dict
     tuned: dict | str | None
+    fp32_layers: dict = field(default_factory=dict)
 
 
 def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: dict, *,
@@ -35,6 +37,7 @@ def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: 
                  log) -> Calibrated:
     """Weight rounding, then bias correction (cached per target and rounding: the bias follows
     the weights), then range tuning, on top of ``ranges``; ``ranges`` itself is not changed."""
+    fp32_layers = fp16_unsafe(model, target, data.array, log)
     weights, rounding = rounded_weights(model, target, excluded, ranges, data, weight_rounding, seed, log)
     bias: dict = {}
     if bias_correction:
@@ -49,8 +52,22 @@ def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: 
             bias = {k: np.asarray(v, np.float32) for k, v in stored.items()}
     tuned = None
     if range_tuning:
-        ranges, tuned = tuned_ranges(model, target, excluded, ranges, bias, weights, data, seed, log)
-    return Calibrated(ranges, weights, rounding, bias, tuned)
+        ranges, tuned = tuned_ranges(model, target, excluded, ranges, bias, weights, data, seed, log,
+                                     fp32_layers)
+    return Calibrated(ranges, weights, rounding, bias, tuned, fp32_layers)
+
+
+def fp16_unsafe(model, target: str, data, log) -> dict[str, str]:
+    """Layers that stay fp32 where the target keeps layers out of int8 in fp16 (none elsewhere)."""
+    if q8.kept_precision(target) != "fp16":
+        return {}
+    from .fp16 import fp16_unsafe_layers
+
+    unsafe = fp16_unsafe_layers(model, make_plan(model, target).quantized, data)
+    if unsafe:
+        log(f"calibration: {len(unsafe)} layer(s) beyond fp16's range stay fp32 if kept out of int8 "
+            f"(e.g. {next(iter(unsafe))}: {next(iter(unsafe.values()))})")
+    return unsafe
 
 
 def untried_levers(weight_rounding: str) -> str:
@@ -79,7 +96,7 @@ def searched_ranges(model, target: str, excluded: set, ranges: dict, data, cache
 
 
 def tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, weights: dict, data,
-                 seed: int, log) -> tuple[dict, dict | str]:
+                 seed: int, log, fp32_layers: dict | None = None) -> tuple[dict, dict | str]:
     """(ranges, report) after the end-to-end tuning (:mod:`.tune`); a graph the torch walk cannot
     run keeps its ranges, and the report says why."""
     from .tune import tune_ranges
@@ -88,7 +105,7 @@ def tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, we
     report: dict = {}
     try:
         tuned = tune_ranges(model, make_plan(model, target, excluded), ranges, data.array, bias,
-                            weights, seed=seed, log=log, report=report)
+                            weights, seed=seed, log=log, report=report, fp32_layers=fp32_layers or {})
     except PrecisionError as err:
         log(f"calibration: range tuning skipped ({err.message}); ranges kept")
         return ranges, f"skipped: {err.message}"

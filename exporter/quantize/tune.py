@@ -78,15 +78,18 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
                 bias: dict | None = None, weights: dict | None = None, *, steps: int | None = None,
                 batch: int = BATCH, lr: float = LEARNING_RATE, seed: int = 0,
-                log: Callable[[str], None] | None = None, report: dict | None = None) -> dict:
+                log: Callable[[str], None] | None = None, report: dict | None = None,
+                fp32_layers: dict | None = None) -> dict:
     """``ranges`` with each quantized activation's range scaled by a factor tuned end to end
     (mean KL of the prediction on ``data``, at most ``MAX_SAMPLES`` of it, and its flips; each
     step's gradient is accumulated ``MICRO_BATCH`` samples at a time). Tensors the plan does not
-    quantize are returned as given."""
+    quantize are returned as given. ``fp32_layers``: kept layers fp16 cannot hold (see
+    :func:`.int8.build_qdq`)."""
     log = log or (lambda _m: None)
     steps = steps or STEPS
     t0 = time.time()
-    qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights, shift=False)  # torch_exec: no Pad
+    qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights, shift=False,  # torch_exec: no Pad
+                          fp32_layers=fp32_layers or ())
     sources = {t: plan.range_of.get(t, t) for t in plan.edges}
     tunable = {f"{q8._safe(t)}_QuantizeLinear": src for t, src in sources.items()}
     graph = _Graph(qmodel, tunable)
