@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import quantize_stage  # noqa: E402
-from exporter.quantize.int8 import DISABLED_ORT_OPTIMIZERS, run  # noqa: E402
+from exporter.quantize.int8 import make_session, run  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
@@ -77,24 +77,10 @@ def depthwise_u8(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def session(model: onnx.ModelProto, threads: int, profile: Path | None = None,
-            optimized: Path | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-    if profile is not None:
-        so.enable_profiling, so.profile_file_prefix = True, str(profile)
-    if optimized is not None:
-        so.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=DISABLED_ORT_OPTIMIZERS)
-
-
 def latencies(models: dict[str, onnx.ModelProto], x: np.ndarray, runs: int, rounds: int,
               threads: int) -> dict[str, list[float]]:
     """{name: per-round median ms}, the models interleaved round by round."""
-    sessions = {k: session(m, threads) for k, m in models.items()}
+    sessions = {k: make_session(m, threads=threads) for k, m in models.items()}
     out: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, s in sessions.items():
@@ -112,7 +98,7 @@ def latencies(models: dict[str, onnx.ModelProto], x: np.ndarray, runs: int, roun
 def profile(model: onnx.ModelProto, x: np.ndarray, runs: int, threads: int, work: Path,
             tag: str) -> tuple[dict[str, float], dict[str, int]]:
     """({kind: microseconds per run}, {kind: nodes}) from ONNX Runtime's profile of ``runs`` runs."""
-    s = session(model, threads, work / tag, work / f"{tag}.opt.onnx")
+    s = make_session(model, threads=threads, optimized=work / f"{tag}.opt.onnx", profile=work / tag)
     for _ in range(runs):
         s.run(None, {"input": x})
     events = json.loads(Path(s.end_profiling()).read_text())

@@ -18,19 +18,7 @@ from quant_helpers import PIP_HINT, fp32_onnx, real_weights_path, zoo_recipe
 RECIPES = all_recipes()
 
 
-def _ort_ops(model: onnx.ModelProto, tmp_path) -> list[onnx.NodeProto]:
-    """The nodes ONNX Runtime runs after its graph optimizations."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=q8.DISABLED_ORT_OPTIMIZERS)
-    return list(onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-
-
-def test_producer_read_in_float_keeps_fp32_weight_and_every_int8_conv_fuses(tmp_path):
+def test_producer_read_in_float_keeps_fp32_weight_and_every_int8_conv_fuses():
     """Keeping a depthwise conv leaves its expansion conv's output read in float: ORT cannot fuse
     that conv into QLinearConv, so the plan runs it with its FP32 weight (no per-run weight
     dequantize) and counts it out of INT8; every conv the plan calls int8 is a QLinearConv."""
@@ -50,11 +38,12 @@ def test_producer_read_in_float_keeps_fp32_weight_and_every_int8_conv_fuses(tmp_
     by_name = {n.name: n for n in qmodel.graph.node}
     inits = {t.name for t in qmodel.graph.initializer}
     assert by_name[expand].input[1] in inits  # its FP32 weight, not a DequantizeLinear output
-    ops = _ort_ops(qmodel, tmp_path)
+    optimized = q8.optimized_graph(qmodel)
+    ops = list(optimized.graph.node)
     assert sum(n.op_type == "QLinearConv" for n in ops) == \
         sum(1 for n in plan.quantized if by_name[n].op_type == "Conv") == 50
     # no weight is dequantized at run time: every DequantizeLinear left reads an activation
-    runtime_inits = {t.name for t in onnx.load(str(tmp_path / "opt.onnx")).graph.initializer}
+    runtime_inits = {t.name for t in optimized.graph.initializer}
     assert not [n.name for n in ops if n.op_type == "DequantizeLinear" and n.input[0] in runtime_inits]
 
 
@@ -101,7 +90,7 @@ def test_cpu_budget_refuses_a_model_slower_than_fp32(speedup):
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_every_int8_conv_of_the_zoo_fuses_on_cpu(name, request, tmp_path):
+def test_every_int8_conv_of_the_zoo_fuses_on_cpu(name, request):
     """Concat (GoogLeNet, DenseNet, ShuffleNet), Slice/Transpose (ShuffleNet's channel split and
     shuffle), SiLU's Sigmoid x Mul (EfficientNet) and HardSwish (MobileNetV3): with nothing kept,
     no conv of the ``cpu`` plan is left in float, and ONNX Runtime runs each as a QLinearConv
@@ -118,7 +107,7 @@ def test_every_int8_conv_of_the_zoo_fuses_on_cpu(name, request, tmp_path):
     assert plan.float_out == [] and set(convs) <= set(plan.quantized)
     x = packaged_crops(spec, 4, seed=0).array
     qmodel = q8.build_qdq(model, plan, compute_ranges(collect_statistics(model, x), "minmax"))
-    ops = [n.op_type for n in _ort_ops(qmodel, tmp_path)]
+    ops = [n.op_type for n in q8.optimized_graph(qmodel).graph.node]
     assert ops.count("QLinearConv") == len(convs)  # (ORT may rewrite a BatchNormalization as a Conv)
     readers = float_readers(model, plan)
     hard_swish = sum(n.op_type == "HardSwish" for n in model.graph.node)
