@@ -89,3 +89,31 @@ def test_fp16_real_weights_parity(tmp_path):
     cmp = compare_outputs(run(onnx.load(str(path)), x), run(onnx.load(str(tmp_path / entry["file"])), x))
     tol = recipe.tolerance("fp16")
     assert cmp["rel_max_abs"] <= tol.rel_max_abs and cmp["top1_agreement"] >= tol.min_top1_agreement, cmp
+
+
+def test_onnx_runtime_cpu_runs_the_fp16_graph_in_fp32_arithmetic(tmp_path):
+    """ONNX Runtime CPU computes our FP16 ONNX as fp16 weights with fp32 arithmetic (it drops the
+    Cast pairs around ops it has no fp16 kernel for): its logits are eager ``.half().float()``'s,
+    not true fp16's (benchmarks/FP16_CPU_FIDELITY.md). The CPU parity row of FP16 reads that way."""
+    import copy
+
+    import torch
+
+    from exporter.builders import build_model
+    from exporter.prepare import prepare_for_deploy
+
+    weights = real_weights_path()
+    if weights is None:
+        pytest.skip(f"real MobileNetV2 weights missing: {PIP_HINT}")
+    recipe = RECIPES["mobilenet_v2"]
+    path, spec = fp32_onnx(recipe, size=96, real_weights=True)
+    entry = quantize_stage(path, tmp_path, recipe, spec, "fp16")
+    x = packaged_crops(spec, 16, seed=5).array
+    ort16 = run(onnx.load(str(tmp_path / entry["file"])), x)
+    deploy, _ = prepare_for_deploy(build_model(recipe, checkpoint=weights)[0], recipe)
+    with torch.no_grad():
+        rounded = copy.deepcopy(deploy).eval().half().float()(torch.from_numpy(x)).numpy()
+        true16 = copy.deepcopy(deploy).eval().half()(torch.from_numpy(x).half()).float().numpy()
+    scale = np.abs(rounded).max()
+    assert np.abs(ort16 - rounded).max() < 1e-4 * scale  # fp32 arithmetic on fp16 weights
+    assert np.abs(ort16 - true16).max() > 10 * np.abs(ort16 - rounded).max()  # not fp16 arithmetic
