@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from exporter.backends.onnxruntime import (PROVIDERS, OnnxRuntimeRunner, ProviderFallbackError,
-                                           check_provider, provider_chain)
+from exporter.backends.onnxruntime import (FP16_ON_X86_CPU_NOTE, PROVIDERS, OnnxRuntimeRunner,
+                                           ProviderFallbackError, _x86, check_provider, provider_chain)
 from exporter.cli import main
 
 
@@ -137,3 +137,17 @@ def test_tensorrt_provider_cache_is_per_onnxruntime_version(tmp_path, monkeypatc
     path = default_trt_cache_dir()
     assert path.parent == tmp_path / "zoo-exporter" / "ort-tensorrt"
     assert path.name.startswith(f"ort-{ort.__version__}-") and "/" not in path.name
+
+
+@pytest.mark.skipif(not _x86(), reason="the note is about ONNX Runtime's x86 CPU kernels")
+def test_cpu_row_of_an_fp16_graph_says_it_measures_fp16_weights(lenet, tmp_path):
+    """An fp16 graph (or an INT8 graph with fp16 parts) on the x86 CPU provider says its row is
+    fp16 weights with fp32 arithmetic; an fp32 graph says nothing of the kind."""
+    from exporter.quantize import quantize_stage
+    from exporter.recipes import get_recipe
+
+    fp32, recipe = lenet.directory / "lenet5.onnx", get_recipe("lenet5")
+    fp16 = quantize_stage(fp32, tmp_path, recipe, recipe.input, "fp16")
+    runner = OnnxRuntimeRunner(tmp_path / fp16["file"], precision="fp16")
+    assert runner.provider == "CPUExecutionProvider" and FP16_ON_X86_CPU_NOTE in runner.notes
+    assert FP16_ON_X86_CPU_NOTE not in OnnxRuntimeRunner(fp32).notes

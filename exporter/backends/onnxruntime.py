@@ -75,6 +75,18 @@ def is_fp16_mixed_qdq(path: str | Path) -> bool:
     return any(v.type.tensor_type.elem_type == fp16 for v in values)
 
 
+FP16_ON_X86_CPU_NOTE = ("ONNX Runtime's CPU provider has no fp16 Conv kernel on x86: it runs the "
+                        "fp16 convs in fp32 and drops their Cast pairs, so this row measures fp16 "
+                        "weights, not fp16 arithmetic, and cannot show an fp16 overflow "
+                        "(benchmarks/FP16_CPU_FIDELITY.md)")
+
+
+def _x86() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
 def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in _ort().get_available_providers()
 
@@ -184,7 +196,8 @@ class OnnxRuntimeRunner:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         disabled = list(disabled_optimizers or [])
-        if WEIGHT_BIAS_QUANTIZATION not in disabled and is_fp16_mixed_qdq(self.path):
+        fp16_mixed = is_fp16_mixed_qdq(self.path)
+        if WEIGHT_BIAS_QUANTIZATION not in disabled and fp16_mixed:
             disabled.append(WEIGHT_BIAS_QUANTIZATION)
             self.notes.append(f"fp16-mixed Q/DQ graph: ORT optimizer {WEIGHT_BIAS_QUANTIZATION} disabled")
         self.disabled_optimizers = disabled
@@ -214,6 +227,8 @@ class OnnxRuntimeRunner:
                         "error; or --allow-provider-fallback")
             self.notes.append(message)
         self.device = self._check_gpu_options(device, precision)
+        if self.provider == "CPUExecutionProvider" and (precision == "fp16" or fp16_mixed) and _x86():
+            self.notes.append(FP16_ON_X86_CPU_NOTE)
         short = {"CPUExecutionProvider": "", "CUDAExecutionProvider": " (ort-cuda)",
                  "TensorrtExecutionProvider": " (ort-tensorrt)"}.get(self.provider, f" ({self.provider})")
         self.name = name or f"onnx {precision}{short}"
