@@ -134,9 +134,12 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
 
+    fp32_layers = lv.fp16_unsafe(model, target, data.array, log)  # model and data only: once
+
     def calibrate_and_fit(levers: dict, untried: str) -> tuple[lv.Calibrated, _Fitted]:
         calibrated = lv.apply_levers(model, target, set(rule_kept), ranges, data, cached,
-                                     bias_correction=bias_correction, seed=seed, log=log, **levers)
+                                     bias_correction=bias_correction, seed=seed, log=log,
+                                     fp32_layers=fp32_layers, **levers)
         return calibrated, _fit(model, fp32_model, target, calibrated, x_eval, labels, criterion,
                                 data, kept_base, spec, batch, budget=budget,
                                 max_kept_fraction=max_kept_fraction, speed_guard=speed_guard,

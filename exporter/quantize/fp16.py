@@ -45,7 +45,8 @@ def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarr
     from .equalize import channel_maxima
     from .int8 import fixed_batch
 
-    nodes = {n.name: n for n in model.graph.node if n.name in set(layers)}
+    wanted = set(layers)
+    nodes = {n.name: n for n in model.graph.node if n.name in wanted}
     inits = {t.name: t for t in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input}
     unsafe: dict[str, str] = {}
@@ -62,10 +63,9 @@ def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarr
     if tensors and count:
         top = {t: float(m.max()) for t, m in channel_maxima(model, tensors, data[:count]).items()}
         for n in probed:
-            node = nodes[n]
-            worst = max(top.get(node.input[0], 0.0), top.get(node.output[0], 0.0))
-            if worst > MAX_FP16_MAGNITUDE:
-                side = "input" if top.get(node.input[0], 0.0) >= top.get(node.output[0], 0.0) else "output"
+            inp, out = top.get(nodes[n].input[0], 0.0), top.get(nodes[n].output[0], 0.0)
+            if max(inp, out) > MAX_FP16_MAGNITUDE:
+                side, worst = ("input", inp) if inp >= out else ("output", out)
                 unsafe[n] = (f"|{side}| reaches {worst:.3g} on calibration samples "
                              f"(fp16 holds {MAX_FP16_MAGNITUDE:g} safely, {FP16_MAX:g} at most)")
     return unsafe

@@ -8,6 +8,7 @@ there (benchmarks/INT8_PHOTO_SPLIT.md), so the retry is off by default.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,10 +35,11 @@ class Calibrated:
 
 def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: dict, *,
                  weight_rounding: str, range_tuning: bool, bias_correction: bool, seed: int,
-                 log) -> Calibrated:
+                 log, fp32_layers: dict | None = None) -> Calibrated:
     """Weight rounding, then bias correction (cached per target and rounding: the bias follows
-    the weights), then range tuning, on top of ``ranges``; ``ranges`` itself is not changed."""
-    fp32_layers = fp16_unsafe(model, target, data.array, log)
+    the weights), then range tuning, on top of ``ranges``; ``ranges`` itself is not changed.
+    ``fp32_layers`` (:func:`fp16_unsafe`'s) is carried into the result and the tuned model."""
+    fp32_layers = fp32_layers or {}
     weights, rounding = rounded_weights(model, target, excluded, ranges, data, weight_rounding, seed, log)
     bias: dict = {}
     if bias_correction:
@@ -96,7 +98,7 @@ def searched_ranges(model, target: str, excluded: set, ranges: dict, data, cache
 
 
 def tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, weights: dict, data,
-                 seed: int, log, fp32_layers: dict | None = None) -> tuple[dict, dict | str]:
+                 seed: int, log, fp32_layers: Collection[str] = ()) -> tuple[dict, dict | str]:
     """(ranges, report) after the end-to-end tuning (:mod:`.tune`); a graph the torch walk cannot
     run keeps its ranges, and the report says why."""
     from .tune import tune_ranges
@@ -105,7 +107,7 @@ def tuned_ranges(model, target: str, excluded: set, ranges: dict, bias: dict, we
     report: dict = {}
     try:
         tuned = tune_ranges(model, make_plan(model, target, excluded), ranges, data.array, bias,
-                            weights, seed=seed, log=log, report=report, fp32_layers=fp32_layers or {})
+                            weights, seed=seed, log=log, report=report, fp32_layers=fp32_layers)
     except PrecisionError as err:
         log(f"calibration: range tuning skipped ({err.message}); ranges kept")
         return ranges, f"skipped: {err.message}"

@@ -14,7 +14,7 @@ are recomputed for the new input scales.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import onnx
@@ -79,7 +79,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
                 bias: dict | None = None, weights: dict | None = None, *, steps: int | None = None,
                 batch: int = BATCH, lr: float = LEARNING_RATE, seed: int = 0,
                 log: Callable[[str], None] | None = None, report: dict | None = None,
-                fp32_layers: dict | None = None) -> dict:
+                fp32_layers: Collection[str] = ()) -> dict:
     """``ranges`` with each quantized activation's range scaled by a factor tuned end to end
     (mean KL of the prediction on ``data``, at most ``MAX_SAMPLES`` of it, and its flips; each
     step's gradient is accumulated ``MICRO_BATCH`` samples at a time). Tensors the plan does not
@@ -89,7 +89,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     steps = steps or STEPS
     t0 = time.time()
     qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights, shift=False,  # torch_exec: no Pad
-                          fp32_layers=fp32_layers or ())
+                          fp32_layers=fp32_layers)
     sources = {t: plan.range_of.get(t, t) for t in plan.edges}
     tunable = {f"{q8._safe(t)}_QuantizeLinear": src for t, src in sources.items()}
     graph = _Graph(qmodel, tunable)
