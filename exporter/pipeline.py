@@ -191,6 +191,7 @@ def verify_stage(directory: Path, artifacts: list[dict[str, Any]], reference: nn
     return [{"file": r.file, "format": r.format, "precision": r.precision, "runtime": r.runtime,
              "provider": r.provider, "samples": sum(len(s) for s in inputs), **r.summary,
              "agreement_on": r.agreement_on, "status": r.status, "error": r.error,
+             "agreement_judged_by_budget": r.agreement_judged_by_budget,
              "breach": [b.detail for b in r.breaches], "by_size": by_size(r.metrics, spec.size)}
             for r in report.artifacts]
 

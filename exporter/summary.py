@@ -145,6 +145,8 @@ def export_summary(result) -> str:
         lines.append(f"  parity vs eager [{row['file']} on {row['provider']}, {row['samples']} inputs]: "
                      f"rel max-abs {row['rel_max_abs']:.2e}, cosine {row['cosine']:.6f}, "
                      f"top-1 {row['top1_agreement']:.3f}, top-5 {row['top5_agreement']:.3f} -> {status}")
+        if row.get("agreement_judged_by_budget"):
+            lines.append(f"    top-1 judged by the INT8 budget: {row['agreement_judged_by_budget']}")
         for size, s in (row.get("by_size") or {}).items():
             lines.append(f"    at {size}: rel max-abs {s['rel_max_abs']:.2e}, max-abs "
                          f"{s['max_abs']:.2e}, top-1 {s['top1_agreement']:.3f}")

@@ -49,6 +49,7 @@ def test_int8_export_from_the_command_line(tmp_path):
     assert all(p in d["measured_on"] and p not in d["calibration"]["source"] for p in judged)
     m = d["measured"]
     assert m["samples"] == 200 and m["top1_agreement"] >= 0.95 and d["budget_met"]
+    assert d["measured_held_out"] is True
     lo, hi = m["top1_agreement_ci95"]
     assert lo <= m["top1_agreement"] <= hi and hi - lo < 0.1
     assert "95% CI" in proc.stdout and "judged on" in proc.stdout

@@ -36,7 +36,8 @@ from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as_input_sets,
                      build_inputs, per_sample_rel_error, run_chunked)
-from .results import OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance
+from .results import (OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance,
+                      defer_agreement_to_budget)
 
 __all__ = ["ArtifactResult", "Breach", "DEFAULT_RANDOM", "DEFAULT_SAMPLES", "EagerOutputs", "InputSet",
            "OUTPUT_NAME", "ParityReport", "build_inputs", "by_size", "check_tolerance", "machine_info",
@@ -47,7 +48,7 @@ DEFAULT_BATCH_SIZES = (1, 8)
 
 # --------------------------------------------------------------------------------------- metrics
 def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
-               outs: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, float]], dict[str, float], str]:
+               outs: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, float]], dict[str, float], str, int]:
     per_set = {s.name: compare_outputs(refs[s.name], outs[s.name]) for s in sets}
     agree_sets = [s for s in sets if s.real] or list(sets)
     ref = np.concatenate([refs[s.name] for s in agree_sets])
@@ -63,7 +64,7 @@ def _summarize(sets: Sequence[InputSet], refs: dict[str, np.ndarray],
         "top5_agreement": agree["top5_agreement"],
     }
     on = " + ".join(f"{len(s)} {s.name}" for s in agree_sets)
-    return per_set, summary, on
+    return per_set, summary, on, len(ref)
 
 
 def by_size(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> dict[str, dict[str, float]]:
@@ -313,7 +314,8 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
             limit = getattr(runner, "max_batch", None)
             mine = sets if graph_input.dynamic_size and file not in extra else static_sets
             outs = {s.name: run_chunked(runner, s.array, runner_batch, limit) for s in mine}
-            result.metrics, result.summary, result.agreement_on = _summarize(mine, refs, outs)
+            result.metrics, result.summary, result.agreement_on, result.agreement_samples = \
+                _summarize(mine, refs, outs)
             result.notes.extend(size_notes(result.metrics, spec.size))
         except Exception as err:  # noqa: BLE001
             result.status, result.error = "error", f"{type(err).__name__}: {err}"
@@ -328,6 +330,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
                                 for v in per_sample_rel_error(refs[s.name], outs[s.name])]
         result.breaches.extend(check_tolerance(result, result.tolerance))
         result.status = "breach" if result.breaches else "ok"
+        defer_agreement_to_budget(result, entry.get("details") or {})
         live[file] = runner
 
     if latency and batch_sizes:
