@@ -13,7 +13,8 @@ then, each alone or together, end-to-end tuning against the mean KL of the predi
 ``S`` the activation scales (the opt-in ``--range-tuning``) and ``B`` a bias delta per conv output
 channel (a prototype, Adam at 1e-4); ``E`` is the opt-in exact weight rounding (``--weight-rounding
 exact``, bias corrected for its weights), ``ES`` the budget's old lever retry; ``hist``, ``noeq``,
-``nobc``, ``plain`` take the default levers away (:data:`ABLATIONS`). Prints one line per variant.
+``nobc``, ``plain`` take the default levers away (:data:`ABLATIONS`); ``minmax``, ``floor1.25``,
+``scale1.25`` widen the ranges (:data:`WIDENED`). Prints one line per variant.
 """
 from __future__ import annotations
 
@@ -128,6 +129,12 @@ def main(argv: list[str]) -> int:
     exact: dict | None = None
     for variant in variants:
         t = time.time()
+        if variant in WIDENED:
+            r = widened(model, x_cal, searched, variant)
+            qdq = q8.build_qdq(model, plan, r, q8.bias_correction(model, plan, r, x_cal))
+            print(f"{TARGET} split {split} {variant}: " + judged(qdq, judges, refs)
+                  + f" ({time.time() - t:.0f} s)", flush=True)
+            continue
         if variant in ABLATIONS:
             qdq = ablated(p.fp32, x_cal, variant)
             print(f"{TARGET} split {split} {variant}: " + judged(qdq, judges, refs)
@@ -167,6 +174,29 @@ def ablated(fp32, x_cal: np.ndarray, variant: str):
         ranges = search_ranges(model, plan, ranges, x_cal)
     bias = q8.bias_correction(model, plan, ranges, x_cal) if variant not in ("nobc", "plain") else {}
     return q8.build_qdq(model, plan, ranges, bias)
+
+
+# wider activation ranges than the default search's: do unseen photos want less clipping?
+WIDENED = {"minmax": "the calibration min/max (no clipping of anything calibration saw)",
+           "floor1.25": "the searched ranges, never below 1.25x the calibration min/max",
+           "scale1.25": "the searched ranges x 1.25"}
+
+
+def widened(model, x_cal: np.ndarray, searched: dict, variant: str) -> dict:
+    """The searched ranges widened as ``variant`` says (:data:`WIDENED`); bias corrected after."""
+    minmax = cal.compute_ranges(cal.collect_statistics(model, x_cal), "minmax")
+    if variant == "minmax":
+        return minmax
+    factor = 1.25
+    out = {}
+    for k, (lo, hi, amax) in searched.items():
+        if variant == "scale1.25":
+            out[k] = (lo * factor if lo < 0 else lo, hi * factor, amax * factor)
+        else:
+            mlo, mhi, mamax = minmax[k]
+            out[k] = (min(lo, factor * mlo) if lo < 0 else lo, max(hi, factor * mhi),
+                      max(amax, factor * mamax))
+    return out
 
 
 def judged(qdq, judges: dict, refs: dict) -> str:
