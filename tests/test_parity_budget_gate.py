@@ -12,23 +12,25 @@ import pytest
 
 from exporter.metrics import compare_outputs
 from exporter.parity.results import ArtifactResult, check_tolerance, defer_agreement_to_budget
-from exporter.quantize.budget import Criterion, measure
+from exporter.quantize.budget import Criterion, binomial_tail, measure
 from exporter.recipes import DEFAULT_TOLERANCES as TOLERANCES
 
 from quant_helpers import skip_unless_slow
 
 
-def _gated(flips: int, noise: float = 0.0) -> ArtifactResult:
-    """An int8 row on 8 inputs whose candidate logits change the top class of ``flips`` of them
-    (and add ``noise``), breaches from the int8 tolerance."""
+def _gated(flips: int, offset: float = 0.0, n: int = 8) -> ArtifactResult:
+    """An int8 row on ``n`` inputs whose candidate logits change the top class of ``flips`` of
+    them (and add ``offset`` to every logit: no class changes, the cosine falls), breaches from
+    the int8 tolerance."""
     rng = np.random.default_rng(0)
-    ref = rng.standard_normal((8, 1000)).astype(np.float32)
-    cand = ref + noise * rng.standard_normal(ref.shape).astype(np.float32)
+    ref = rng.standard_normal((n, 1000)).astype(np.float32)
+    cand = ref.copy()
     for i in range(flips):
         cand[i, (ref[i].argmax() + 1) % 1000] = ref[i].max() + 0.5
+    cand += np.float32(offset)
     result = ArtifactResult(file="m.int8.cpu.onnx", format="onnx", precision="int8",
-                            tolerance=TOLERANCES["int8"], agreement_on="8 photos",
-                            agreement_samples=8, summary=compare_outputs(ref, cand))
+                            tolerance=TOLERANCES["int8"], agreement_on=f"{n} photos",
+                            agreement_samples=n, summary=compare_outputs(ref, cand))
     result.breaches = check_tolerance(result, result.tolerance)
     result.status = "breach" if result.breaches else "ok"
     return result
@@ -54,6 +56,7 @@ def test_a_met_budget_on_more_samples_judges_agreement():
     assert result.breaches == [] and result.status == "ok"
     note = result.agreement_judged_by_budget
     assert "0.750 on 8 photos" in note and "200 held-out samples" in note and "0.970" in note
+    assert "6 of 8, a 9% chance" in note  # at the budget's lower bound, 0.936
     assert note in result.notes and result.to_dict()["agreement_judged_by_budget"] == note
 
 
@@ -70,8 +73,28 @@ def test_the_gate_stands_without_a_stronger_judgment(details):
     assert result.agreement_judged_by_budget == ""
 
 
+def test_an_agreement_clearly_below_the_budgets_stays_a_breach():
+    """24 of 32 is a 0.07% chance at the budget's lower bound (0.936 of 0.970): other data."""
+    result = _gated(flips=8, n=32)
+    defer_agreement_to_budget(result, _budget(200, 194))
+    assert [b.metric for b in result.breaches] == ["top1_agreement"] and result.status == "breach"
+    assert result.agreement_judged_by_budget == ""
+
+
+def test_binomial_tail_against_brute_force():
+    from itertools import product
+
+    n, p = 8, 0.9
+    for k in range(n + 1):
+        brute = sum(p ** sum(o) * (1 - p) ** (n - sum(o)) for o in product((0, 1), repeat=n)
+                    if sum(o) <= k)
+        assert binomial_tail(k, n, p) == pytest.approx(brute, rel=1e-9, abs=1e-15)
+    assert binomial_tail(6, 8, 0.0) == 1.0 and binomial_tail(7, 8, 1.0) == 0.0
+    assert binomial_tail(8, 8, 1.0) == 1.0 and binomial_tail(100, 5000, 0.9) < 1e-300  # no overflow
+
+
 def test_other_breaches_still_gate():
-    result = _gated(flips=2, noise=3.0)  # cosine far below 0.9 as well
+    result = _gated(flips=2, offset=1.0)  # cosine about 0.7, below 0.9 as well
     assert {b.metric for b in result.breaches} >= {"top1_agreement", "cosine"}
     defer_agreement_to_budget(result, _budget(200, 194))
     assert "top1_agreement" not in {b.metric for b in result.breaches}

@@ -211,23 +211,33 @@ def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
     return out
 
 
+CONSISTENT_AT = 0.01  # a one-sided binomial test: below this, the data differ from the budget's
+
+
 def defer_agreement_to_budget(result: ArtifactResult, details: dict[str, Any]) -> None:
     """An INT8 artifact whose accuracy budget was met on more held-out samples than this run
-    judges top-1 agreement on: the budget's judgment stands and the gate's agreement breach
-    becomes a note (a few photos flip on near-ties; the budget's set is larger and has an
-    interval). The other checks (error, cosine, finite outputs) still gate."""
-    from ..quantize.budget import Measurement
+    judges top-1 agreement on, and whose agreement here is plausible at the budget's (at least
+    ``CONSISTENT_AT`` likely at the lower end of the budget's 95% interval): the budget's
+    judgment stands and the gate's agreement breach becomes a note (a few photos flip on
+    near-ties). An agreement here that the budget's cannot explain (other data than it was
+    judged on) stays a breach, as do the other checks (error, cosine, finite outputs)."""
+    from ..quantize.budget import Measurement, binomial_tail
 
     measured = details.get("measured") or {}
-    samples = int(measured.get("samples", 0))
+    samples, n = int(measured.get("samples", 0)), result.agreement_samples
     gate = [b for b in result.breaches if b.metric == "top1_agreement"]
-    if not (gate and details.get("budget_met") and details.get("measured_held_out")
-            and samples > result.agreement_samples):
+    if not (gate and n and details.get("budget_met") and details.get("measured_held_out")
+            and samples > n):
+        return
+    agreed = round(result.summary["top1_agreement"] * n)
+    chance = binomial_tail(agreed, n, measured["top1_agreement_ci95"][0])
+    if chance < CONSISTENT_AT:
         return
     result.breaches = [b for b in result.breaches if b.metric != "top1_agreement"]
     result.agreement_judged_by_budget = (
-        f"{gate[0].detail}, but the INT8 accuracy budget judged this artifact on {samples} "
-        f"held-out samples and met it ({details.get('criterion')}: "
-        f"{Measurement(measured, True).describe()}); the judgment on more samples stands")
+        f"{gate[0].detail} ({agreed} of {n}, a {chance:.0%} chance at the budget's lower bound), "
+        f"but the INT8 accuracy budget judged this artifact on {samples} held-out samples and "
+        f"met it ({details.get('criterion')}: {Measurement(measured, True).describe()}); the "
+        "judgment on more samples stands")
     result.notes.append(result.agreement_judged_by_budget)
     result.status = "breach" if result.breaches else "ok"

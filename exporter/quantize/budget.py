@@ -58,6 +58,17 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def binomial_tail(successes: int, n: int, p: float) -> float:
+    """P(X <= successes) for X ~ Binomial(n, p): how surprising so few successes are at rate p."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return float(successes >= n)
+    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * math.log(p) + (n - k) * math.log1p(-p) for k in range(0, int(successes) + 1)]
+    return min(1.0, sum(math.exp(v) for v in logs))
+
+
 @dataclass
 class Criterion:
     kind: str  # "accuracy_drop" | "agreement"
