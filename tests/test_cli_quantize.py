@@ -103,6 +103,22 @@ def test_refused_budget_is_retried_once_when_asked(tmp_path, extra, retried):
     assert ("try the slower opt-in lever --weight-rounding exact," in error) != retried
 
 
+@pytest.mark.parametrize("target, instead, not_instead", [
+    ("tensorrt", "use --precision fp16,", "--precision fp32"),
+    ("cpu", "deploy FP32 (--precision fp32: ONNX Runtime's x86 CPU runs FP16 graphs in fp32 "
+            "arithmetic, slower than FP32)", "--precision fp16")])
+def test_refused_budget_suggests_what_the_placements_runtime_runs_instead(tmp_path, target,
+                                                                           instead, not_instead):
+    """A refusal's first alternative to INT8: FP16 for TensorRT; FP32 for ONNX Runtime's CPU,
+    which computes an FP16 graph in fp32 (benchmarks/FP16_CPU_FIDELITY.md)."""
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--min-agreement", "1.0", "--target", target, "-o", str(tmp_path / "out"),
+                cwd=tmp_path)
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    fix = proc.stderr[proc.stderr.index("fix: "):]
+    assert instead in fix and not_instead not in fix
+
+
 def test_summary_says_when_the_levers_were_retried():
     from exporter.summary import _quant_lines
 

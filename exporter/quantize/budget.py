@@ -57,6 +57,13 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
 
+# what a refused budget suggests instead of INT8, per placement: FP16 where the runtime computes
+# in it (TensorRT); ONNX Runtime's x86 CPU runs an FP16 graph in fp32 arithmetic with Casts,
+# 0.76x FP32's speed on MobileNetV2 (benchmarks/FP16_CPU_FIDELITY.md)
+INSTEAD_OF_INT8 = {"tensorrt": "use --precision fp16",
+                   "cpu": "deploy FP32 (--precision fp32: ONNX Runtime's x86 CPU runs FP16 graphs "
+                          "in fp32 arithmetic, slower than FP32)"}
+
 
 def binomial_tail(successes: int, n: int, p: float) -> float:
     """P(X <= successes) for X ~ Binomial(n, p): how surprising so few successes are at rate p."""
@@ -275,7 +282,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     unflipped = unflipped[:len(unflipped) - len(unflipped) % fixed] if fixed else unflipped
     _, coverage = coverage_gaps(fp32, ranges, list(full_plan.edges), unflipped, x_eval)
     raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
-                  untried=untried, best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
+                  fp16=INSTEAD_OF_INT8[target], untried=untried,
+                  best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
                   coverage=coverage)
 
 
