@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exporter.data import packaged_crops
 from exporter.metrics import compare_outputs
 from exporter.quantize import calibration as cal
-from exporter.quantize.fp16 import FP16_MAX, MAX_FP16_MAGNITUDE, fp16_unsafe_layers
+from exporter.quantize.fp16 import (FP16_MAX, MAX_FP16_MAGNITUDE, fp16_unsafe_layers,
+                                    large_magnitude_nodes)
 from exporter.quantize.int8 import build_qdq, run
 from exporter.quantize.placement import plan as make_plan
 from exporter.recipes import InputSpec
@@ -114,6 +116,24 @@ def test_fp16_unsafe_layers_names_weights_and_activations_past_the_limits():
     fits = fp16_unsafe_layers(_three_convs(6e4, 1.0), ["A"], x)  # the bias fits fp16, the output not
     assert "|output| reaches 6e+04" in fits["A"], fits
     assert fp16_unsafe_layers(model, ["B", "C"], x[:0]) == {}  # no data: weights only
+
+
+def test_tensor_maxima_streams_the_largest_magnitude_of_float_tensors():
+    """One helper for the fp16 checks and the budget's coverage: the max |value| of each tensor
+    over every batch (brute force: the whole set at once); integer tensors are left out."""
+    x = np.random.default_rng(2).uniform(-1, 1, (20, 3, 8, 8)).astype(np.float32)
+    model = _three_convs(bias=3e4, gain=1.0)
+    model.graph.node.append(helper.make_node("Shape", ["C"], ["shape_C"], name="shape"))
+    model.graph.output.append(helper.make_tensor_value_info("shape_C", TensorProto.INT64, None))
+    whole = run(model, x, batch=len(x), extra=["A", "B", "RB", "C"])
+    top = cal.tensor_maxima(model, ["A", "B", "RB", "C", "shape_C"], x, batch=3)
+    assert sorted(top) == ["A", "B", "C", "RB"]  # the int64 shape is not a magnitude
+    for t in ("A", "B", "RB", "C"):
+        assert top[t] == pytest.approx(float(np.abs(whole[t]).max()), rel=1e-6), t  # batch 3 vs 20
+    assert top["A"] > 2.9e4 and top["RB"] <= top["B"]
+    # the FP16 export's check reads it: A's output (bias 3e4) passes 8192, no other node does
+    assert large_magnitude_nodes(model, x) == ["A"]
+    assert sorted(large_magnitude_nodes(model, x, limit=0.5 * top["C"])) == ["A", "B", "C", "relu_B"]
 
 
 def test_build_qdq_keeps_named_layers_fp32_where_fp16_overflows():

@@ -25,7 +25,7 @@ import onnx
 from ..errors import PrecisionError, UsageError
 from ..metrics import accuracy, compare_outputs
 from . import int8 as q8
-from .equalize import channel_maxima
+from .calibration import tensor_maxima
 from .placement import plan as make_plan
 
 DEFAULT_DROP = 1.0
@@ -186,8 +186,7 @@ def coverage_gaps(model: onnx.ModelProto, ranges: dict, tensors: list[str], x_ca
     samples' largest |value| (worst first), and a sentence naming them ("" when none): such a
     tensor is clipped on the judging data whatever layers the budget moves out of INT8."""
     tensors = [t for t in tensors if t in ranges]
-    cal, judged = ({t: float(m.max()) for t, m in channel_maxima(model, tensors, x).items()}
-                   for x in (x_cal, x_eval))
+    cal, judged = (tensor_maxima(model, tensors, x) for x in (x_cal, x_eval))
     gaps = sorted(({"tensor": t, "calibrated_amax": float(ranges[t][2]), "calibration_max": cal[t],
                     "judged_max": judged[t]} for t in tensors
                    if judged[t] > COVERAGE_FACTOR * max(cal[t], 1e-12)),

@@ -234,6 +234,24 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def tensor_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
+                  batch: int = 8) -> dict[str, float]:
+    """Largest |value| of each named floating-point tensor over ``data``, streamed by batch (a
+    fixed-batch model in its own batch size); integer and empty tensors are left out."""
+    from .int8 import fixed_batch
+
+    batch = fixed_batch(model) or batch
+    sess = _session_with_outputs(model, tensors)
+    input_name = sess.get_inputs()[0].name
+    top: dict[str, float] = {}
+    for i in range(0, len(data), batch):
+        x = np.ascontiguousarray(data[i:i + batch], dtype=np.float32)
+        for name, val in zip(tensors, sess.run(tensors, {input_name: x})):
+            if np.issubdtype(val.dtype, np.floating) and val.size:
+                top[name] = max(top.get(name, 0.0), float(np.abs(val).max()))
+    return top
+
+
 def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
                        log: Callable[[str], None] | None = None) -> dict:
     """Two streaming passes over ``data`` (an array or memmap): min/max, then |x| histograms of

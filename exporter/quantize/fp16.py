@@ -23,16 +23,11 @@ FP16_PROBE_SAMPLES = 32  # calibration samples the INT8 export's kept-layer rang
 def large_magnitude_nodes(model: onnx.ModelProto, x: np.ndarray,
                           limit: float = MAX_FP16_MAGNITUDE) -> list[str]:
     """Names of nodes whose FP32 output magnitude exceeds ``limit`` on ``x``."""
-    from .int8 import run
+    from .calibration import tensor_maxima
 
     outputs = {o: n.name for n in model.graph.node for o in n.output if n.op_type != "Constant"}
-    vals = run(model, x, batch=max(1, len(x)), extra=list(outputs), basic=True)
-    flagged = []
-    for name, val in vals.items():
-        if name in outputs and np.issubdtype(val.dtype, np.floating) and val.size \
-                and float(np.abs(val).max()) > limit:
-            flagged.append(outputs[name])
-    return flagged
+    top = tensor_maxima(model, list(outputs), x) if len(x) else {}
+    return list(dict.fromkeys(outputs[t] for t, m in top.items() if m > limit))
 
 
 def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarray,
@@ -42,7 +37,7 @@ def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarr
     ``samples`` of ``data`` (streamed by batch)."""
     from onnx import numpy_helper
 
-    from .equalize import channel_maxima
+    from .calibration import tensor_maxima
     from .int8 import fixed_batch
 
     wanted = set(layers)
@@ -61,7 +56,7 @@ def fp16_unsafe_layers(model: onnx.ModelProto, layers: list[str], data: np.ndarr
     count = min(samples, len(data))
     count -= count % (fixed_batch(model) or 1)
     if tensors and count:
-        top = {t: float(m.max()) for t, m in channel_maxima(model, tensors, data[:count]).items()}
+        top = tensor_maxima(model, tensors, data[:count])
         for n in probed:
             inp, out = top.get(nodes[n].input[0], 0.0), top.get(nodes[n].output[0], 0.0)
             if max(inp, out) > MAX_FP16_MAGNITUDE:
