@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.builders import build_model  # noqa: E402
-from exporter.parity import machine_info  # noqa: E402
+from exporter.parity import _cpuinfo_field, machine_info  # noqa: E402
 from exporter.prepare import prepare_for_deploy  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
@@ -59,27 +59,18 @@ def row(what: str, ref: np.ndarray, logits: np.ndarray) -> str:
 
 def cpu_fp16_flags() -> set[str]:
     """The x86 fp16 extensions this CPU has (F16C converts only; AVX-512 FP16 computes)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return {f for f in flags if f in ("f16c", "avx512_fp16", "avx512fp16")}
+    return set(_cpuinfo_field("flags").split()) & {"f16c", "avx512_fp16", "avx512fp16"}
 
 
 def cpu_latency(models: dict[str, object], shape: tuple[int, ...]) -> dict[str, float]:
-    """Median batch-1 latency (ms) of each ONNX model on ONNX Runtime CPU, interleaved rounds."""
-    import onnxruntime as ort
-
+    """Median batch-1 latency (ms) of each ONNX model on ONNX Runtime CPU (the exporter's own
+    session: all graph optimizations, 2 threads), interleaved rounds."""
     from exporter.latency import benchmark
 
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     runners = {}
     for key, model in models.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        sess = ort.InferenceSession(model.SerializeToString(), options,
-                                    providers=["CPUExecutionProvider"])
+        sess = q8.make_session(model, threads=2)
         name = sess.get_inputs()[0].name
         runners[key] = lambda arr, s=sess, n=name: s.run(None, {n: arr})
     stats = benchmark(runners, {1: x}, warmup=10, runs=300, rounds=5, threads=2)
