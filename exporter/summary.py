@@ -29,8 +29,8 @@ def _tuning(record: dict | str | None) -> str:
 
 def _quant_lines(d: dict) -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
-    if "int8_conv_fraction" not in d:
-        return []
+    if "int8_conv_fraction" not in d:  # a PT2E artifact (ExecuTorch, LiteRT): its budget's caveat
+        return [f"    WARNING: {d['budget_warning']}"] if d.get("budget_warning") else []
     m = d.get("measured", {})
     shown = f"top-1 agreement {m.get('top1_agreement', float('nan')):.3f}"
     if m.get("top1_agreement_ci95"):
@@ -62,6 +62,8 @@ def _quant_lines(d: dict) -> list[str]:
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
         f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
     ]
+    if d.get("budget_warning"):
+        lines.append(f"    WARNING: {d['budget_warning']}")
     retry = d.get("lever_retry")
     if retry:
         lines.append(f"    retried: the default calibration missed the budget (best {retry['default_best']}); "

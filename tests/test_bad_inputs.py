@@ -72,6 +72,19 @@ def _checkpoint(kind: str):
     return make
 
 
+def _images(folder: str, count: int):
+    """``count`` distinct small PNGs in ws/folder."""
+    def make(ws: Path, _export: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        (ws / folder).mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(ws / folder / f"{i}.png")
+    return make
+
+
 def _onnx_external_outside(ws: Path, _export: Path) -> None:
     from onnx import TensorProto, helper
 
@@ -198,6 +211,10 @@ CASES = [
     ("lint-missing", None, ["lint", "nope.onnx"], USAGE, ["no such ONNX file"]),
     # bad input: models, checkpoints, files, manifests (exit 4)
     ("unknown-model", None, ["export", "lenet6"], INPUT, ["unknown model 'lenet6'"]),
+    ("eval-images-are-calibration", _images("imgs", 24), E + ["--precision", "int8", "--calibration",
+                                                               "imgs", "--eval-images", "imgs"],
+     INPUT, ["24 of the 24 sample(s) the INT8 budget judges on are identical to calibration"]),
+
     ("unknown-torchvision", None, ["export", "torchvision:resnet1"], INPUT, ["not a torchvision"]),
     ("model-file-missing", None, ["export", "missing.py:make"], INPUT, ["does not exist"]),
     ("model-file-is-dir", _write("pkg.py/x", ""), ["export", "pkg.py:make"], INPUT, ["is a directory"]),

@@ -49,7 +49,7 @@ def test_int8_export_from_the_command_line(tmp_path):
     assert all(p in d["measured_on"] and p not in d["calibration"]["source"] for p in judged)
     m = d["measured"]
     assert m["samples"] == 200 and m["top1_agreement"] >= 0.95 and d["budget_met"]
-    assert d["measured_held_out"] is True
+    assert d["measured_held_out"] is True and d["budget_warning"] == ""  # 200 samples: a margin
     lo, hi = m["top1_agreement_ci95"]
     assert lo <= m["top1_agreement"] <= hi and hi - lo < 0.1
     assert "95% CI" in proc.stdout and "judged on" in proc.stdout
@@ -171,6 +171,58 @@ def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
     assert d["measured"]["samples"] == 32 and "split deterministically" in d["measured_on"]
     # class folders named by index give labels: the budget is an accuracy drop, judged held out
     assert d["criterion"].startswith("top-1 accuracy drop") and "fp32_top1" in d["measured"]
+
+
+def test_budget_never_judges_on_calibration_images(tmp_path):
+    """--eval-images that holds calibration images (the same folder, or one copied file) is
+    refused before any calibration work, and nothing is written."""
+    images = tmp_path / "images"
+    _class_folder(images, classes=4, per_class=6)
+    other = tmp_path / "other"
+    _class_folder(other, classes=1, per_class=1)  # the generator restarts: 0/0.png is images/0/0.png
+    rng = np.random.default_rng(1)
+    for i in range(1, 20):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(other / "0" / f"n{i}.png")
+    for judged, shared in ((images, "24 of the 24"), (other, "1 of the 20")):
+        out = tmp_path / f"out-{judged.name}"
+        proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
+                    "--eval-images", str(judged), "--min-agreement", "0.5", "-o", str(out), cwd=tmp_path)
+        assert proc.returncode == 4, proc.stderr[-2000:]
+        assert f"{shared} sample(s) the INT8 budget judges on are identical to calibration" in proc.stderr
+        assert "fix: pass --eval-images a folder that holds none of the calibration images" in proc.stderr
+        assert "computing ranges" not in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
+def test_too_few_eval_images_names_eval_images_not_calibration(tmp_path):
+    images, few = tmp_path / "images", tmp_path / "few"
+    _class_folder(images, classes=4, per_class=6)
+    rng = np.random.default_rng(2)
+    few.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(few / f"{i}.png")
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
+                "--eval-images", str(few), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"only 3 usable held-out (--eval-images) sample(s) in '{few}'" in proc.stderr
+    assert "lower --calibration-samples" not in proc.stderr and "computing ranges" not in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_budget_on_too_few_samples_warns(tmp_path):
+    """Five judged samples: one changed prediction is 20 points, more than the 5 a 0.95 budget
+    allows; the export goes on (the user asked for it) and says what the verdict is worth."""
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--calibration-samples", "32", "--eval-samples", "5", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = _entry(json.loads((out / "manifest.json").read_text()), "int8")["details"]
+    assert d["measured"]["samples"] == 5
+    assert "judged on only 5 sample(s): one changed prediction moves the top-1 agreement by " \
+           "20.0 points, more than the 5.0 it allows" in d["budget_warning"]
+    assert "judge on at least 20" in d["budget_warning"]
+    assert f"WARNING: {d['budget_warning']}" in proc.stdout
 
 
 def test_accuracy_drop_without_labels_is_a_usage_error(tmp_path):

@@ -179,6 +179,38 @@ def _folder(root, classes: dict[str, int]) -> None:
             Image.fromarray(np.full((40, 40, 3), (i * 7) % 255, np.uint8)).save(root / cls / f"{i:03d}.png")
 
 
+@pytest.mark.parametrize("kind,threshold,n,warns", [
+    ("agreement", 0.95, 19, True), ("agreement", 0.95, 20, False), ("agreement", 0.99, 99, True),
+    ("agreement", 1.0, 3, False), ("accuracy_drop", 1.0, 99, True), ("accuracy_drop", 1.0, 100, False),
+    ("accuracy_drop", 5.0, 19, True), ("accuracy_drop", 0.0, 10, False)])
+def test_coarse_warning_when_one_prediction_exceeds_the_margin(kind, threshold, n, warns):
+    text = bud.Criterion(kind, threshold).coarse_warning(n)
+    assert bool(text) == warns, text
+    if warns:
+        assert f"only {n} sample(s)" in text and f"{100 / n:.1f} points" in text
+
+
+def test_shared_samples_finds_identical_rows_by_content():
+    from exporter.quantize.samples import SampleSet, require_disjoint, shared_samples
+
+    rng = np.random.default_rng(0)
+    cal_arr = rng.standard_normal((10, 1, 8, 8)).astype(np.float32)
+    calib = SampleSet(cal_arr, "folder", "folder", 10, paths=[f"c{i}.png" for i in range(10)])
+    judged = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    assert shared_samples(calib, judged) == []
+    require_disjoint(calib, judged, None, eval_given=True)  # disjoint: no error
+    judged[2], judged[5] = cal_arr[7], cal_arr[0]
+    near = judged.copy()
+    assert shared_samples(calib, judged, [f"j{i}.png" for i in range(6)]) == [("j2.png", "c7.png"),
+                                                                             ("j5.png", "c0.png")]
+    near[2] += 1e-6
+    near[5] += 1e-6  # one float step away is another image
+    assert shared_samples(calib, near) == []
+    with pytest.raises(cal.CalibrationError, match="2 of the 6 sample") as err:
+        require_disjoint(calib, judged, None, eval_given=False)
+    assert "remove the duplicates from 'folder'" in err.value.fix
+
+
 def test_sampling_is_class_balanced_seeded_and_disjoint(tmp_path):
     _folder(tmp_path, {f"{c}": 10 for c in range(20)})  # 20 classes x 10 images, sorted order
     cal_set, held = cal.load_split(tmp_path, SPEC, samples=40, holdout=60, seed=0)

@@ -53,7 +53,8 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     budget is never judged on the data the ranges came from.
     """
     from ..quantize.budget import Criterion
-    from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_split
+    from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
+    from ..quantize.samples import require_disjoint
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
@@ -61,15 +62,17 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     if eval_data is None:
         data, held = load_split(quant.get("calibration"), ctx.spec, samples,
                                 int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
+        require_disjoint(data, held.array, held.paths, eval_given=False)
         labels = _integer_labels(held)
         criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
         return (np.asarray(data.array), np.asarray(held.array), labels,
                 f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on)",
                 data, criterion)
-    held = load_calibration_data(eval_data, ctx.spec, int(quant.get("eval_samples") or 10**6))
+    held = load_judging(eval_data, ctx.spec, int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
     labels = _integer_labels(held)
     criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
     data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
+    require_disjoint(data, held.array, held.paths, eval_given=True)
     return (np.asarray(data.array), np.asarray(held.array), labels,
             f"{held.source} ({len(held)} samples)", data, criterion)
 

@@ -27,7 +27,7 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
-from .samples import Scratch
+from .samples import Scratch, require_disjoint
 from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -100,6 +100,9 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         log(f"calibration: converted {count} image(s) {note}")
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
+    # the judging set before any calibration work: a bad --eval-images fails in seconds
+    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
+    criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
@@ -131,8 +134,6 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     searched = None
     if range_search:
         ranges, searched = lv.searched_ranges(model, target, set(rule_kept), ranges, data, cached, log)
-    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
-    criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
 
     fp32_layers = lv.fp16_unsafe(model, target, data.array, log)  # model and data only: once
 
@@ -203,6 +204,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "kept_fp32_layers": {n: why for n, why in calibrated.fp32_layers.items() if n in kept},
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
+        "budget_warning": criterion.coarse_warning(int(measurement.metrics.get("samples", 0))),
         "measured_held_out": eval_data is not None or held is not None,
         "budget_history": history, "sensitivity_top": [[n, round(s, 5)] for n, s in ranking[:10]],
         "latency_cpu": latency,
@@ -293,21 +295,24 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if eval_data is None:
         if held is None:  # budget off and nothing given: report on the calibration data, say so
             return data.array, None, f"calibration data ({len(data)} samples, not held out)"
+        require_disjoint(data, held.array, held.paths, eval_given=False)
         return held.array, _integer_labels(held.class_names, held.labels), \
             f"{held.source}: {len(held)} samples, split deterministically from the calibration source"
-    labels, source = None, "eval_data"
+    labels, source, paths = None, "eval_data", None
     if isinstance(eval_data, np.ndarray):
         x = eval_data
     elif hasattr(eval_data, "array"):
         x, labels = eval_data.array, getattr(eval_data, "labels", None)
         source = getattr(eval_data, "source", "") or source
+        paths = getattr(eval_data, "paths", None)
         names = getattr(eval_data, "class_names", [])
         if labels is not None:
             labels = _integer_labels(names, labels) if names else labels
     else:
-        loaded, _ = cal.load_split(eval_data, spec, eval_samples, 0, batch=batch, scratch=scratch)
-        x, source = loaded.array, loaded.source
+        loaded = cal.load_judging(eval_data, spec, eval_samples, batch=batch, scratch=scratch)
+        x, source, paths = loaded.array, loaded.source, loaded.paths
         labels = _integer_labels(loaded.class_names, loaded.labels)
+    require_disjoint(data, x, paths, eval_given=True)
     if batch:
         keep = len(x) - len(x) % batch
         x = x[:keep]

@@ -99,6 +99,19 @@ class Criterion:
             return f"top-1 accuracy drop <= {self.threshold:g} points"
         return f"top-1 agreement with FP32 >= {self.threshold:.3f}"
 
+    def coarse_warning(self, samples: int) -> str:
+        """Why a verdict on ``samples`` says little, when one changed prediction alone moves the
+        metric past the budget's margin (it then passes only if none changes); "" otherwise."""
+        margin = self.threshold if self.kind == "accuracy_drop" else 100.0 * (1.0 - self.threshold)
+        step = 100.0 / max(samples, 1)
+        if margin <= 1e-9 or step <= margin + 1e-9:
+            return ""
+        metric = "top-1 accuracy" if self.kind == "accuracy_drop" else "top-1 agreement"
+        return (f"the INT8 budget was judged on only {samples} sample(s): one changed prediction moves "
+                f"the {metric} by {step:.1f} points, more than the {margin:.1f} it allows, so it "
+                f"passes only if none changes; judge on at least {math.ceil(100.0 / margin - 1e-9)} "
+                "(--eval-samples N, or --eval-images DIR)")
+
 
 @dataclass
 class Measurement:

@@ -75,16 +75,18 @@ def in_memory(split: tuple[SampleSet, SampleSet | None]) -> tuple[SampleSet, Sam
 
 def load_split(calibration: str | os.PathLike | None, spec: InputSpec, samples: int = 256,
                holdout: int = 0, batch: int | None = None, seed: int = 0,
-               scratch: Scratch | None = None) -> tuple[SampleSet, SampleSet | None]:
+               scratch: Scratch | None = None,
+               role: str = "calibration") -> tuple[SampleSet, SampleSet | None]:
     """(calibration set, held-out set or None) from one source, disjoint and class-balanced.
 
     ``holdout`` > 0 splits the source (see ``samples.split_sizes``); errors are
     :class:`CalibrationError` with a fix. The arrays live in ``scratch`` (a memmap per set).
+    ``role`` "judging" reads ``--eval-images`` (the errors name it, not the calibration).
     """
     if _PRELOADED and calibration is not None:
         shared = _PRELOADED.get(preload_key(calibration, spec, samples, holdout, seed))
         if shared is not None:
-            return _checked(*in_memory(shared), samples, batch)
+            return _checked(*in_memory(shared), samples, batch, role)
     if calibration is None or str(calibration) == "":
         raise CalibrationError(
             "--precision int8 needs calibration data",
@@ -110,27 +112,39 @@ def load_split(calibration: str | os.PathLike | None, spec: InputSpec, samples: 
             cal, held = from_npy(path, spec, samples, holdout, seed, scratch,
                                  lambda arr: _check_npy(arr, path, spec))
         elif not path.exists():
-            raise CalibrationError(f"calibration data '{path}' does not exist",
+            raise CalibrationError(f"{_LABEL[role]} '{path}' does not exist",
                                    fix="pass an existing image folder or .npy file")
         else:
-            raise CalibrationError(f"calibration data '{path}' is neither a folder nor an .npy file",
+            raise CalibrationError(f"{_LABEL[role]} '{path}' is neither a folder nor an .npy file",
                                    fix="put the images in a folder and pass the folder")
-    return _checked(cal, held, samples, batch)
+    return _checked(cal, held, samples, batch, role)
 
 
-def _checked(cal: SampleSet, held: SampleSet | None, samples: int,
-             batch: int | None) -> tuple[SampleSet, SampleSet | None]:
+def load_judging(eval_data: str | os.PathLike, spec: InputSpec, samples: int,
+                 batch: int | None = None, scratch: Scratch | None = None) -> SampleSet:
+    """The ``--eval-images`` set the INT8 budget is judged on (``samples`` of it, class-balanced)."""
+    return load_split(eval_data, spec, samples, 0, batch, scratch=scratch, role="judging")[0]
+
+
+_LABEL = {"calibration": "calibration data", "judging": "--eval-images"}
+_LOW_FIX = {"calibration": "add more images, or lower --calibration-samples",
+            "judging": "add images to that folder, or leave --eval-images out: the budget then judges "
+                       "on a deterministic split of the calibration source"}
+
+
+def _checked(cal: SampleSet, held: SampleSet | None, samples: int, batch: int | None,
+             role: str = "calibration") -> tuple[SampleSet, SampleSet | None]:
     """Enough samples, and whole batches of a fixed-batch model."""
     need = min(samples, MIN_SAMPLES)
+    what = "calibration" if role == "calibration" else "held-out (--eval-images)"
     if len(cal) < need:
         raise CalibrationError(
-            f"only {len(cal)} usable calibration sample(s) in '{cal.source}' "
-            f"({len(cal.skipped)} file(s) skipped), need at least {need}",
-            fix="add more images, or lower --calibration-samples")
+            f"only {len(cal)} usable {what} sample(s) in '{cal.source}' "
+            f"({len(cal.skipped)} file(s) skipped), need at least {need}", fix=_LOW_FIX[role])
     if batch:
         if len(cal) < batch:
             raise CalibrationError(
-                f"{len(cal)} calibration sample(s) is fewer than the model's fixed batch {batch}",
+                f"{len(cal)} {what} sample(s) is fewer than the model's fixed batch {batch}",
                 fix=f"provide at least {batch} images (or export with a dynamic batch)")
         cal.trim_to_batch(batch)
         if held is not None:

@@ -135,6 +135,42 @@ def balanced_order(root: Path, seed: int) -> tuple[list[Path], list[int] | None,
     return order, labels, subdirs if labelled else []
 
 
+def row_digests(array: np.ndarray, batch: int = 64) -> list[bytes]:
+    """A digest of each preprocessed sample (row) of ``array``, read by batch."""
+    out: list[bytes] = []
+    for i in range(0, len(array), batch):
+        chunk = np.ascontiguousarray(array[i:i + batch], dtype=np.float32)
+        out += [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in chunk]
+    return out
+
+
+def shared_samples(calibration: SampleSet, judged: np.ndarray,
+                   judged_paths: list[str] | None = None) -> list[tuple[str, str]]:
+    """(judging sample, calibration sample) pairs identical after preprocessing, by name where
+    known (the same file twice, a copy, or an overlapping folder)."""
+    seen = dict(zip(row_digests(calibration.array), calibration.paths or
+                    [f"calibration sample {i}" for i in range(len(calibration))]))
+    names = judged_paths or [f"judging sample {i}" for i in range(len(judged))]
+    return [(names[i], seen[d]) for i, d in enumerate(row_digests(judged)) if d in seen]
+
+
+def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: list[str] | None,
+                     eval_given: bool) -> None:
+    """Raise :class:`CalibrationError` when the budget would judge on samples it calibrated on."""
+    shared = shared_samples(calibration, judged, judged_paths)
+    if not shared:
+        return
+    first, match = shared[0]
+    same = "" if first == match else f" = '{match}'"
+    fix = ("pass --eval-images a folder that holds none of the calibration images, or leave "
+           "--eval-images out: the budget then judges on a deterministic split of the calibration "
+           "source") if eval_given else f"remove the duplicates from '{calibration.source}'"
+    raise CalibrationError(
+        f"{len(shared)} of the {len(judged)} sample(s) the INT8 budget judges on are identical to "
+        f"calibration samples (e.g. '{first}'{same}): the budget would judge INT8 on the data its "
+        "ranges were fitted to", fix=fix)
+
+
 def evenly_spaced(data: np.ndarray, count: int) -> np.ndarray:
     """At most ``count`` rows of ``data``, evenly spaced over it (a memory bound that keeps the
     class balance of a balanced order); ``data`` itself when it has no more."""
