@@ -126,15 +126,25 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
                              "photos: benchmarks/INT8_PHOTO_SPLIT.md) (default off)")
 
 
+_QUANT_NAMES = {"calibration": "calibration", "calibration_method": "method",
+                "calibration_samples": "samples", "target": "target",
+                "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
+                "max_kept_fraction": "max_kept_fraction", "eval_images": "eval_data",
+                "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
+                "range_tuning": "range_tuning", "lever_retry": "lever_retry"}
+
+
 def quant_options(args: argparse.Namespace) -> dict:
-    names = {"calibration": "calibration", "calibration_method": "method",
-             "calibration_samples": "samples", "target": "target",
-             "max_accuracy_drop": "max_accuracy_drop", "min_agreement": "min_agreement",
-             "max_kept_fraction": "max_kept_fraction", "eval_images": "eval_data",
-             "eval_samples": "eval_samples", "weight_rounding": "weight_rounding",
-             "range_tuning": "range_tuning", "lever_retry": "lever_retry"}
-    return {dest: getattr(args, src) for src, dest in names.items()
-            if getattr(args, src, None) is not None}
+    """The INT8 options the user gave (only those), by the names the quantize stage takes; a
+    UsageError when they were given to a run that makes no INT8 (they would do nothing)."""
+    given = {src: getattr(args, src) for src in _QUANT_NAMES if getattr(args, src, None) is not None}
+    precision = getattr(args, "precision", "fp32")
+    if given and precision != "int8":
+        flags = ["--" + src.replace("_", "-") for src in given]
+        raise UsageError(f"{', '.join(flags)} only change{'s' if len(flags) == 1 else ''} an INT8 "
+                         f"export, and this one is --precision {precision}",
+                         fix=f"add --precision int8, or drop {' '.join(flags)}")
+    return {_QUANT_NAMES[src]: value for src, value in given.items()}
 
 
 def parse_formats(text: str) -> tuple[str, ...]:

@@ -95,8 +95,8 @@ def zoo_plan_data(args, command: str) -> dict[str, Any]:
     for key in ("seed", "weights", "batch", "opset", "exporter", "simplifier"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
+    quant = quant_options(args)  # INT8 options on another precision are a usage error
     if data["precisions"] == ["int8"]:
-        quant = quant_options(args)
         data["calibration"] = {plan_key: quant[dest] for plan_key, dest in CALIBRATION_KEYS.items()
                                if dest in quant}
     if command == "export":  # the export's verify stage: outputs only, 8 photos + 4 random

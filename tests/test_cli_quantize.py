@@ -225,6 +225,22 @@ def test_budget_on_too_few_samples_warns(tmp_path):
     assert f"WARNING: {d['budget_warning']}" in proc.stdout
 
 
+@pytest.mark.parametrize("args,flags", [
+    (["--precision", "fp16", "--calibration", "packaged"], "--calibration only changes"),
+    (["--target", "cpu", "--eval-samples", "50"], "--target, --eval-samples only change"),
+    (["--zoo", "--reduced", "--precision", "fp16", "--min-agreement", "0.9"], "--min-agreement only")])
+def test_int8_options_without_int8_are_a_usage_error(tmp_path, args, flags):
+    """INT8 options on an FP32/FP16 run would do nothing: refused, not ignored."""
+    out = tmp_path / "out"
+    model = [] if "--zoo" in args else ["lenet5"]
+    proc = _cli("export", *model, *args, "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    precision = args[args.index("--precision") + 1] if "--precision" in args else "fp32"
+    assert f"{flags}" in proc.stderr and f"this one is --precision {precision}" in proc.stderr
+    assert "fix: add --precision int8, or drop --" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_accuracy_drop_without_labels_is_a_usage_error(tmp_path):
     out = tmp_path / "out"
     proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
