@@ -74,6 +74,11 @@ def _validate(args) -> tuple[int, int, int]:
         raise UsageError("--calibration quantizes during export; an --onnx file is built as it is",
                          fix="quantize with `exporter export MODEL --precision int8 --calibration DIR`"
                              " and build its .int8.tensorrt.onnx, or drop --onnx")
+    if getattr(args, "target", None) == "cpu":
+        raise UsageError("--target cpu places INT8 Q/DQ for ONNX Runtime's CPU; a TensorRT engine is "
+                         "built from the tensorrt placement",
+                         fix="drop --target (tensorrt is the default), or export the CPU model with "
+                             "`exporter export MODEL --precision int8 --target cpu`")
     if args.workspace <= 0:
         raise UsageError(f"--workspace must be a positive number of MiB, got {args.workspace}")
     return _batches(args)
