@@ -210,6 +210,19 @@ def test_too_few_eval_images_names_eval_images_not_calibration(tmp_path):
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_eval_class_folders_beyond_the_model_outputs_are_refused(tmp_path):
+    """Class subfolder '11' for LeNet-5's 10 outputs would be scored wrong on every image."""
+    held = tmp_path / "held"
+    _class_folder(held, classes=12, per_class=2)  # classes 0..11
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--calibration-samples", "32", "--eval-images", str(held), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "have class subfolder(s) 10, 11, classes the model does not have (its output has 10: 0..9)" \
+        in proc.stderr
+    assert "computing ranges" not in proc.stderr and "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_budget_on_too_few_samples_warns(tmp_path):
     """Five judged samples: one changed prediction is 20 points, more than the 5 a 0.95 budget
     allows; the export goes on (the user asked for it) and says what the verdict is worth."""

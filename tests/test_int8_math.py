@@ -190,6 +190,15 @@ def test_coarse_warning_when_one_prediction_exceeds_the_margin(kind, threshold, 
         assert f"only {n} sample(s)" in text and f"{100 / n:.1f} points" in text
 
 
+def test_check_labels_refuses_classes_beyond_the_outputs_only():
+    bud.check_labels(None, 10, "x")  # no labels: agreement, nothing to check
+    bud.check_labels(np.array([0, 9, 3]), 10, "x")
+    bud.check_labels(np.array([0, 12]), 0, "x")  # class count not static: not checked here
+    with pytest.raises(cal.CalibrationError, match=r"subfolder\(s\) 10, 12, classes the model") as err:
+        bud.check_labels(np.array([0, 12, 10, 12]), 10, "held")
+    assert "(0..9)" in err.value.fix
+
+
 def test_shared_samples_finds_identical_rows_by_content():
     from exporter.quantize.samples import SampleSet, require_disjoint, shared_samples
 

@@ -183,9 +183,10 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
     most sensitive layers (ranked on ``x_rank``) in float, in growing groups of at most
     ``max_kept_fraction`` of the convs (``quantize.budget.climb``), else its
     :class:`PrecisionError`. ``build(graph) -> (built, runner)``."""
-    from ..quantize.budget import climb, largest_prefix, measure, refusal
+    from ..quantize.budget import check_labels, climb, largest_prefix, measure, refusal
 
     ref = fp32(held)
+    check_labels(labels, int(ref.shape[-1]), "held out")
     layers = quantized_layers(graph)
     names = {n.name: layer_name(n) for n in layers}
     convs = sum(is_conv(n) for n in layers)

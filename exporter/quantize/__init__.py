@@ -102,6 +102,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     # the judging set before any calibration work: a bad --eval-images fails in seconds
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
+    bud.check_labels(labels, _output_classes(model), eval_source)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
@@ -321,6 +322,12 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
         raise CalibrationError("the evaluation set is empty",
                                fix="pass --eval-images DIR with at least one image per batch")
     return x, labels, f"{source} ({len(x)} samples)"
+
+
+def _output_classes(model: onnx.ModelProto) -> int:
+    """The static size of the first output's last axis (the class count), 0 when not static."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else 0
 
 
 def _integer_labels(class_names: list[str], labels: np.ndarray | None) -> np.ndarray | None:

@@ -113,6 +113,21 @@ class Criterion:
                 "(--eval-samples N, or --eval-images DIR)")
 
 
+def check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
+    """Labels (class subfolders named by index) all name one of the model's ``classes`` outputs."""
+    if labels is None or not classes or int(labels.max()) < classes:
+        return
+    bad = sorted({int(v) for v in labels if v >= classes})
+    from ..errors import CalibrationError
+
+    raise CalibrationError(
+        f"the images the INT8 budget judges on ({source}) have class subfolder(s) "
+        f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}, classes the model does "
+        f"not have (its output has {classes}: 0..{classes - 1}); accuracy judged on them would be wrong",
+        fix=f"name each class subfolder by the model's class index (0..{classes - 1}), or judge by "
+            "agreement with FP32: put the images in a folder without class subfolders")
+
+
 @dataclass
 class Measurement:
     metrics: dict
