@@ -200,24 +200,33 @@ def test_check_labels_refuses_classes_beyond_the_outputs_only():
 
 
 def test_shared_samples_finds_identical_rows_by_content():
-    from exporter.quantize.samples import SampleSet, require_disjoint, shared_samples
+    from exporter.quantize.samples import SampleSet, drop_calibration_copies, require_disjoint, shared_samples
 
     rng = np.random.default_rng(0)
     cal_arr = rng.standard_normal((10, 1, 8, 8)).astype(np.float32)
     calib = SampleSet(cal_arr, "folder", "folder", 10, paths=[f"c{i}.png" for i in range(10)])
     judged = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
     assert shared_samples(calib, judged) == []
-    require_disjoint(calib, judged, None, eval_given=True)  # disjoint: no error
+    require_disjoint(calib, judged, None)  # disjoint: no error
     judged[2], judged[5] = cal_arr[7], cal_arr[0]
     near = judged.copy()
-    assert shared_samples(calib, judged, [f"j{i}.png" for i in range(6)]) == [("j2.png", "c7.png"),
-                                                                             ("j5.png", "c0.png")]
+    names = [f"j{i}.png" for i in range(6)]
+    assert shared_samples(calib, judged, names) == [("j2.png", "c7.png"), ("j5.png", "c0.png")]
     near[2] += 1e-6
     near[5] += 1e-6  # one float step away is another image
     assert shared_samples(calib, near) == []
     with pytest.raises(cal.CalibrationError, match="2 of the 6 sample") as err:
-        require_disjoint(calib, judged, None, eval_given=False)
-    assert "remove the duplicates from 'folder'" in err.value.fix
+        require_disjoint(calib, judged, names)
+    assert "'j2.png' = 'c7.png'" in err.value.message and "leave --eval-images out" in err.value.fix
+    # a split's held-out copies of calibration files are left out, labels and names with them
+    held = SampleSet(judged.copy(), "folder", "folder", 6, labels=np.arange(6), paths=names)
+    assert drop_calibration_copies(calib, held) == 2
+    assert held.paths == ["j0.png", "j1.png", "j3.png", "j4.png"] and list(held.labels) == [0, 1, 3, 4]
+    assert np.array_equal(held.array, judged[[0, 1, 3, 4]])
+    assert drop_calibration_copies(calib, held) == 0
+    copies = SampleSet(cal_arr[:3].copy(), "folder", "folder", 3, paths=["a", "b", "c"])
+    with pytest.raises(cal.CalibrationError, match="every one of the 3 held-out"):
+        drop_calibration_copies(calib, copies)
 
 
 def test_sampling_is_class_balanced_seeded_and_disjoint(tmp_path):

@@ -54,7 +54,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     """
     from ..quantize.budget import Criterion
     from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
-    from ..quantize.samples import require_disjoint
+    from ..quantize.samples import drop_calibration_copies, require_disjoint
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
@@ -62,17 +62,18 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     if eval_data is None:
         data, held = load_split(quant.get("calibration"), ctx.spec, samples,
                                 int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
-        require_disjoint(data, held.array, held.paths, eval_given=False)
+        copies = drop_calibration_copies(data, held)
         labels = _integer_labels(held)
         criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
         return (np.asarray(data.array), np.asarray(held.array), labels,
-                f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on)",
+                f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on"
+                + (f"; {copies} copies of calibration images left out)" if copies else ")"),
                 data, criterion)
     held = load_judging(eval_data, ctx.spec, int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
     labels = _integer_labels(held)
     criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
     data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
-    require_disjoint(data, held.array, held.paths, eval_given=True)
+    require_disjoint(data, held.array, held.paths)
     return (np.asarray(data.array), np.asarray(held.array), labels,
             f"{held.source} ({len(held)} samples)", data, criterion)
 

@@ -27,7 +27,7 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
-from .samples import Scratch, require_disjoint
+from .samples import Scratch, drop_calibration_copies, require_disjoint
 from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -296,9 +296,11 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if eval_data is None:
         if held is None:  # budget off and nothing given: report on the calibration data, say so
             return data.array, None, f"calibration data ({len(data)} samples, not held out)"
-        require_disjoint(data, held.array, held.paths, eval_given=False)
+        copies = drop_calibration_copies(data, held)
+        held.trim_to_batch(batch)
         return held.array, _integer_labels(held.class_names, held.labels), \
-            f"{held.source}: {len(held)} samples, split deterministically from the calibration source"
+            f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
+            + (f" ({copies} copies of calibration images left out)" if copies else "")
     labels, source, paths = None, "eval_data", None
     if isinstance(eval_data, np.ndarray):
         x = eval_data
@@ -313,7 +315,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
         loaded = cal.load_judging(eval_data, spec, eval_samples, batch=batch, scratch=scratch)
         x, source, paths = loaded.array, loaded.source, loaded.paths
         labels = _integer_labels(loaded.class_names, loaded.labels)
-    require_disjoint(data, x, paths, eval_given=True)
+    require_disjoint(data, x, paths)
     if batch:
         keep = len(x) - len(x) % batch
         x = x[:keep]

@@ -154,21 +154,40 @@ def shared_samples(calibration: SampleSet, judged: np.ndarray,
     return [(names[i], seen[d]) for i, d in enumerate(row_digests(judged)) if d in seen]
 
 
-def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: list[str] | None,
-                     eval_given: bool) -> None:
-    """Raise :class:`CalibrationError` when the budget would judge on samples it calibrated on."""
+def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: list[str] | None) -> None:
+    """Raise :class:`CalibrationError` when ``--eval-images`` holds calibration samples (the user
+    chose both sets, so the exporter does not pick for them)."""
     shared = shared_samples(calibration, judged, judged_paths)
     if not shared:
         return
     first, match = shared[0]
     same = "" if first == match else f" = '{match}'"
-    fix = ("pass --eval-images a folder that holds none of the calibration images, or leave "
-           "--eval-images out: the budget then judges on a deterministic split of the calibration "
-           "source") if eval_given else f"remove the duplicates from '{calibration.source}'"
     raise CalibrationError(
         f"{len(shared)} of the {len(judged)} sample(s) the INT8 budget judges on are identical to "
         f"calibration samples (e.g. '{first}'{same}): the budget would judge INT8 on the data its "
-        "ranges were fitted to", fix=fix)
+        "ranges were fitted to",
+        fix="pass --eval-images a folder that holds none of the calibration images, or leave "
+            "--eval-images out: the budget then judges on a deterministic split of the calibration "
+            "source")
+
+
+def drop_calibration_copies(calibration: SampleSet, held: SampleSet) -> int:
+    """Leave out of the split's held-out set the samples identical to a calibration sample (a
+    file the source holds twice); how many. An error when none would be left."""
+    seen = set(row_digests(calibration.array))
+    keep = [i for i, d in enumerate(row_digests(held.array)) if d not in seen]
+    if len(keep) == len(held):
+        return 0
+    if not keep:
+        raise CalibrationError(
+            f"every one of the {len(held)} held-out sample(s) of '{held.source}' is identical to a "
+            "calibration sample", fix=f"remove the duplicate files from '{held.source}'")
+    copies = len(held) - len(keep)
+    held.array = np.asarray(held.array[keep])
+    held.paths = [held.paths[i] for i in keep] if held.paths else []
+    if held.labels is not None:
+        held.labels = held.labels[keep]
+    return copies
 
 
 def evenly_spaced(data: np.ndarray, count: int) -> np.ndarray:
