@@ -65,28 +65,33 @@ def _real_budget_case():
     return model, ranges, x, bud.Criterion("agreement", a0 + 1.0 / len(x)), calib
 
 
-@pytest.mark.parametrize("speedup", [0.8, 1.4])
-def test_cpu_budget_refuses_a_model_slower_than_fp32(speedup):
+@pytest.mark.parametrize("timings", [[0.8, 0.9, 1.0], [1.4], [1.0, 1.3]])
+def test_cpu_budget_refuses_a_model_slower_than_fp32(timings):
+    """Refused only when every timing (up to SPEED_TRIES) is under MIN_SPEEDUP; one slow timing
+    of a shared machine is timed again, and the fastest is what the summary reports."""
     model, ranges, x, criterion, calib = _real_budget_case()
     timed = []
 
     def speed(candidate):
+        speedup = timings[min(len(timed), len(timings) - 1)]
         timed.append(candidate)
         return {"batch": 1, "fp32_ms": 5.0, "int8_ms": round(5.0 / speedup, 3), "speedup": speedup}
 
     def fit():
         return bud.fit_budget(model, "cpu", ranges, {}, x, None, criterion,
                               bud.sensitivity_inputs(calib), max_kept_fraction=0.5, speed=speed)
-    if speedup < bud.MIN_SPEEDUP:
-        with pytest.raises(PrecisionError, match=f"runs at {speedup:.2f}x FP32") as refused:
+    if max(timings) < bud.MIN_SPEEDUP:
+        with pytest.raises(PrecisionError, match="runs at 1.00x FP32") as refused:
             fit()
+        assert "the best of 3 timings: 0.80x, 0.90x, 1.00x" in refused.value.message
         assert "is met with" in refused.value.message and "--precision fp32" in refused.value.fix
-        assert len(timed) == 1  # refused at the first model that met the budget: more is slower
+        assert len(timed) == bud.SPEED_TRIES  # refused at the first model that met the budget
         return
     result = fit()
-    assert result.measurement.ok and len(timed) == 1
-    assert result.history[-1]["int8_vs_fp32"] == speedup and len(result.kept) >= 1
-    assert result.latency["speedup"] == speedup  # the summary reports this timing, not a second one
+    assert result.measurement.ok and len(timed) == len(timings)
+    assert result.history[-1]["int8_vs_fp32"] == timings[-1] and len(result.kept) >= 1
+    assert result.latency["speedup"] == timings[-1]  # the summary reports this timing, not another
+    assert result.latency["speedups"] == timings
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

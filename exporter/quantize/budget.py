@@ -44,6 +44,9 @@ MAX_KEPT_FRACTION = 0.25
 # cpu: a budget model with kept layers must run at least this much faster than FP32 as measured
 # (a margin for the timing's noise: one model timed 1.05x in the loop ran 0.95x in the benchmark)
 MIN_SPEEDUP = 1.1
+# a model under MIN_SPEEDUP is timed again, up to this many times in all, before it is refused: on
+# a shared 2-core machine one timing of the same model ranged 1.08-1.59x FP32 (p50 of 60 runs)
+SPEED_TRIES = 3
 SENSITIVITY_SAMPLES = 128  # calibration samples (x2 with flips) the ranking is measured on
 
 
@@ -278,10 +281,13 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
         log(f"int8 budget: {len(kept_now)} layer(s) out of int8 -> {result.describe()} "
             f"[{'met' if result.ok else 'not met'}: {criterion.describe()}]")
         if result.ok and speed is not None and len(kept_now) > len(base):
-            latency = speed(model)
+            latency = best_speed(speed, model)
             timed.append(latency)
             history[-1]["int8_vs_fp32"] = latency["speedup"]
-            log(f"int8 budget: {len(kept_now)} layer(s) out of int8 run at {latency['speedup']:.2f}x FP32")
+            log(f"int8 budget: {len(kept_now)} layer(s) out of int8 run at {latency['speedup']:.2f}x FP32"
+                + (f" (best of {len(latency['speedups'])} timings: "
+                   f"{', '.join(f'{v:.2f}x' for v in latency['speedups'])})"
+                   if len(latency["speedups"]) > 1 else ""))
             if latency["speedup"] < MIN_SPEEDUP:
                 raise too_slow(criterion, result, len(kept_now), latency)
         return model, result
@@ -366,17 +372,36 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         best=f"{best_kept} layer(s) {short}: {best.describe()}")
 
 
+def best_speed(speed: Callable[[onnx.ModelProto], dict], model: onnx.ModelProto,
+               tries: int = SPEED_TRIES) -> dict:
+    """``speed(model)``, timed again while under ``MIN_SPEEDUP`` (up to ``tries`` in all): a
+    refusal must not rest on one slow moment of a shared machine. The fastest timing is kept;
+    ``speedups`` lists every one."""
+    timings: list[dict] = []
+    while len(timings) < max(1, tries):
+        timings.append(speed(model))
+        if timings[-1]["speedup"] >= MIN_SPEEDUP:
+            break
+    best = max(timings, key=lambda t: t["speedup"])
+    return {**best, "speedups": [t["speedup"] for t in timings]}
+
+
 def too_slow(criterion: Criterion, met: Measurement, kept: int, latency: dict) -> BudgetRefused:
     """The ``cpu`` budget met, but by a model slower than FP32: INT8 would defeat its purpose."""
     return BudgetRefused(
         f"the INT8 accuracy budget ({criterion.describe()}) is met with {kept} layer(s) kept in "
         f"FP32 ({met.describe()}), but that model runs at {latency['speedup']:.2f}x FP32 on ONNX "
         f"Runtime CPU ({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms, batch "
-        f"{latency['batch']}): each float layer between int8 ones costs layout conversions and "
+        f"{latency['batch']}{_timings(latency)}): each float layer between int8 ones costs layout conversions and "
         "Q/DQ, more than INT8 saves",
         fix="deploy FP32 (--precision fp32) on this CPU, loosen the budget with --min-agreement A "
             "or --max-accuracy-drop N, or calibrate with closer-to-deployment data (--calibration DIR)",
         best=f"{kept} layer(s) kept in FP32: {met.describe()} at {latency['speedup']:.2f}x FP32")
+
+
+def _timings(latency: dict) -> str:
+    seen = latency.get("speedups") or []
+    return f"; the best of {len(seen)} timings: {', '.join(f'{v:.2f}x' for v in seen)}" if len(seen) > 1 else ""
 
 
 def largest_prefix(ranked: list[str], is_conv: Callable[[str], bool], max_convs: int,
