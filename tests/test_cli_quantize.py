@@ -223,6 +223,22 @@ def test_eval_class_folders_beyond_the_model_outputs_are_refused(tmp_path):
     assert "computing ranges" not in proc.stderr and "Traceback" not in proc.stderr and not out.exists()
 
 
+def test_fixed_batch_split_never_falls_back_to_judging_the_calibration(tmp_path):
+    """40 images at --batch 16: 30 calibrate (16 after whole batches), 10 are held out, and no
+    whole batch of them is left; the budget used to judge on the calibration samples instead."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--batch", "16", "--precision", "int8", "--calibration", str(images),
+                "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "no whole batch of 16 samples is left to judge the INT8 budget on" in proc.stderr
+    assert "not held out" not in proc.stdout and "Traceback" not in proc.stderr and not out.exists()
+
+
 def test_budget_on_too_few_samples_warns(tmp_path):
     """Five judged samples: one changed prediction is 20 points, more than the 5 a 0.95 budget
     allows; the export goes on (the user asked for it) and says what the verdict is worth."""

@@ -101,7 +101,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     # the judging set before any calibration work: a bad --eval-images fails in seconds
-    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch)
+    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch,
+                                            budget)
     bud.check_labels(labels, _output_classes(model), eval_source)
     criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
     fp32_model = model
@@ -291,13 +292,19 @@ def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec
 
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,
-              scratch: Scratch):
+              scratch: Scratch, budget: bool = True):
     """(inputs, labels or None, description) the budget is judged on: never the calibration set."""
     if eval_data is None:
-        if held is None:  # budget off and nothing given: report on the calibration data, say so
+        if held is None and not budget:  # nothing to judge: report on the calibration data, say so
             return data.array, None, f"calibration data ({len(data)} samples, not held out)"
-        copies = drop_calibration_copies(data, held)
-        held.trim_to_batch(batch)
+        copies = drop_calibration_copies(data, held) if held is not None else 0
+        if held is not None:
+            held.trim_to_batch(batch)
+        if held is None or not len(held):  # a fixed batch larger than what the split held out
+            raise CalibrationError(
+                f"no whole batch of {batch} samples is left to judge the INT8 budget on, held out "
+                f"from '{data.source}' ({len(data)} calibrate)",
+                fix="add images to the calibration source, or pass --eval-images DIR")
         return held.array, _integer_labels(held.class_names, held.labels), \
             f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
             + (f" ({copies} copies of calibration images left out)" if copies else "")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection
 import numpy as np
 import onnx
 
-from ..errors import PrecisionError, UsageError
+from ..errors import CalibrationError, PrecisionError, UsageError
 from ..metrics import accuracy, compare_outputs
 from . import int8 as q8
 from .calibration import tensor_maxima
@@ -121,8 +121,6 @@ def check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
     if labels is None or not classes or int(labels.max()) < classes:
         return
     bad = sorted({int(v) for v in labels if v >= classes})
-    from ..errors import CalibrationError
-
     raise CalibrationError(
         f"the images the INT8 budget judges on ({source}) have class subfolder(s) "
         f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}, classes the model does "
