@@ -72,13 +72,16 @@ def _quant_lines(d: dict) -> list[str]:
     if lat:
         lines.append(f"    latency (ONNX Runtime CPU, batch {lat['batch']}, {lat['threads']} threads): "
                      f"INT8 {lat['int8_ms']:.2f} ms vs FP32 {lat['fp32_ms']:.2f} ms = "
-                     f"{lat['speedup']:.2f}x"
-                     + (f" (the best of {len(lat['speedups'])} timings: "
-                        f"{', '.join(f'{v:.2f}x' for v in lat['speedups'])})"
-                        if len(lat.get("speedups") or []) > 1 else ""))
+                     f"{lat['speedup']:.2f}x" + (f" ({timings_note(lat)})" if timings_note(lat) else ""))
         if lat["speedup"] < 1.0:
             lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}))
     return lines
+
+
+def timings_note(latency: dict) -> str:
+    """"the best of N timings: ..." when the ``cpu`` speed guard timed a model more than once."""
+    seen = latency.get("speedups") or []
+    return f"the best of {len(seen)} timings: {', '.join(f'{v:.2f}x' for v in seen)}" if len(seen) > 1 else ""
 
 
 def slower_warning(speedup: float, float_readers: dict) -> str:

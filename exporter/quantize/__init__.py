@@ -297,8 +297,9 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if eval_data is None:
         if held is None and not budget:  # nothing to judge: report on the calibration data, say so
             return data.array, None, f"calibration data ({len(data)} samples, not held out)"
-        copies = drop_calibration_copies(data, held) if held is not None else 0
+        copies = 0
         if held is not None:
+            copies = drop_calibration_copies(data, held)
             held.trim_to_batch(batch)
         if held is None or not len(held):  # a fixed batch larger than what the split held out
             raise CalibrationError(

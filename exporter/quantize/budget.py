@@ -24,6 +24,7 @@ import onnx
 
 from ..errors import CalibrationError, PrecisionError, UsageError
 from ..metrics import accuracy, compare_outputs
+from ..summary import timings_note
 from . import int8 as q8
 from .calibration import tensor_maxima
 from .placement import plan as make_plan
@@ -282,10 +283,9 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
             latency = best_speed(speed, model)
             timed.append(latency)
             history[-1]["int8_vs_fp32"] = latency["speedup"]
+            note = timings_note(latency)
             log(f"int8 budget: {len(kept_now)} layer(s) out of int8 run at {latency['speedup']:.2f}x FP32"
-                + (f" (best of {len(latency['speedups'])} timings: "
-                   f"{', '.join(f'{v:.2f}x' for v in latency['speedups'])})"
-                   if len(latency["speedups"]) > 1 else ""))
+                + (f" ({note})" if note else ""))
             if latency["speedup"] < MIN_SPEEDUP:
                 raise too_slow(criterion, result, len(kept_now), latency)
         return model, result
@@ -390,16 +390,11 @@ def too_slow(criterion: Criterion, met: Measurement, kept: int, latency: dict) -
         f"the INT8 accuracy budget ({criterion.describe()}) is met with {kept} layer(s) kept in "
         f"FP32 ({met.describe()}), but that model runs at {latency['speedup']:.2f}x FP32 on ONNX "
         f"Runtime CPU ({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms, batch "
-        f"{latency['batch']}{_timings(latency)}): each float layer between int8 ones costs layout conversions and "
+        f"{latency['batch']}{'; ' + timings_note(latency) if timings_note(latency) else ''}): each float layer between int8 ones costs layout conversions and "
         "Q/DQ, more than INT8 saves",
         fix="deploy FP32 (--precision fp32) on this CPU, loosen the budget with --min-agreement A "
             "or --max-accuracy-drop N, or calibrate with closer-to-deployment data (--calibration DIR)",
         best=f"{kept} layer(s) kept in FP32: {met.describe()} at {latency['speedup']:.2f}x FP32")
-
-
-def _timings(latency: dict) -> str:
-    seen = latency.get("speedups") or []
-    return f"; the best of {len(seen)} timings: {', '.join(f'{v:.2f}x' for v in seen)}" if len(seen) > 1 else ""
 
 
 def largest_prefix(ranked: list[str], is_conv: Callable[[str], bool], max_convs: int,

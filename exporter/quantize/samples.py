@@ -144,14 +144,19 @@ def row_digests(array: np.ndarray, batch: int = 64) -> list[bytes]:
     return out
 
 
+def _shared_rows(calibration: np.ndarray, judged: np.ndarray) -> list[tuple[int, int]]:
+    """(judged row, calibration row) index pairs identical after preprocessing."""
+    seen = {d: i for i, d in enumerate(row_digests(calibration))}
+    return [(j, seen[d]) for j, d in enumerate(row_digests(judged)) if d in seen]
+
+
 def shared_samples(calibration: SampleSet, judged: np.ndarray,
                    judged_paths: list[str] | None = None) -> list[tuple[str, str]]:
     """(judging sample, calibration sample) pairs identical after preprocessing, by name where
     known (the same file twice, a copy, or an overlapping folder)."""
-    seen = dict(zip(row_digests(calibration.array), calibration.paths or
-                    [f"calibration sample {i}" for i in range(len(calibration))]))
+    cal_names = calibration.paths or [f"calibration sample {i}" for i in range(len(calibration))]
     names = judged_paths or [f"judging sample {i}" for i in range(len(judged))]
-    return [(names[i], seen[d]) for i, d in enumerate(row_digests(judged)) if d in seen]
+    return [(names[j], cal_names[c]) for j, c in _shared_rows(calibration.array, judged)]
 
 
 def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: list[str] | None) -> None:
@@ -174,20 +179,19 @@ def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: l
 def drop_calibration_copies(calibration: SampleSet, held: SampleSet) -> int:
     """Leave out of the split's held-out set the samples identical to a calibration sample (a
     file the source holds twice); how many. An error when none would be left."""
-    seen = set(row_digests(calibration.array))
-    keep = [i for i, d in enumerate(row_digests(held.array)) if d not in seen]
-    if len(keep) == len(held):
+    shared = {j for j, _ in _shared_rows(calibration.array, held.array)}
+    if not shared:
         return 0
+    keep = [i for i in range(len(held)) if i not in shared]
     if not keep:
         raise CalibrationError(
             f"every one of the {len(held)} held-out sample(s) of '{held.source}' is identical to a "
             "calibration sample", fix=f"remove the duplicate files from '{held.source}'")
-    copies = len(held) - len(keep)
     held.array = np.asarray(held.array[keep])
     held.paths = [held.paths[i] for i in keep] if held.paths else []
     if held.labels is not None:
         held.labels = held.labels[keep]
-    return copies
+    return len(shared)
 
 
 def evenly_spaced(data: np.ndarray, count: int) -> np.ndarray:
