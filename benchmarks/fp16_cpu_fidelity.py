@@ -36,7 +36,7 @@ from exporter.builders import build_model  # noqa: E402
 from exporter.parity import _cpuinfo_field, machine_info  # noqa: E402
 from exporter.prepare import prepare_for_deploy  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.fp16 import convert_fp16  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 

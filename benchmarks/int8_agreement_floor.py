@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.quantize import int8 as q8, quantize_stage  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.fp16 import convert_fp16  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 

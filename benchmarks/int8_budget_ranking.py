@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.quantize import budget as bud  # noqa: E402
+from exporter.quantize import judging  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 
@@ -40,7 +41,7 @@ def leave_one_out(model, target, ranges, bias, x, ref, candidates, base) -> list
     scores = []
     for name in candidates:
         qdq = q8.build_qdq(model, make_plan(model, target, set(base) | {name}), ranges, bias)
-        scores.append((name, bud.mean_kl(ref, q8.run(qdq, x))))
+        scores.append((name, judging.mean_kl(ref, q8.run(qdq, x))))
     return sorted(scores, key=lambda s: s[1])
 
 

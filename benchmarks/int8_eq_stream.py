@@ -29,7 +29,7 @@ from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 from exporter.quantize.range_search import search_ranges  # noqa: E402

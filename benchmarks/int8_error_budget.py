@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.quantize import budget as bud  # noqa: E402
+from exporter.quantize import judging  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
@@ -52,7 +53,7 @@ class Judge:
 
     def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
         logits = q8.run(model, self.x)
-        return float((logits.argmax(1) == self.ref.argmax(1)).mean()), bud.mean_kl(self.ref, logits)
+        return float((logits.argmax(1) == self.ref.argmax(1)).mean()), judging.mean_kl(self.ref, logits)
 
 
 def decompose(target: str, fp32, x_cal, judge: Judge) -> list[str]:

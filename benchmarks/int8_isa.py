@@ -80,7 +80,7 @@ def nncf_models(work: Path, p) -> dict[str, str]:
 
 def score(ref: np.ndarray, out: np.ndarray) -> list[float]:
     """[top-1 agreement, mean KL] of logits ``out`` against the FP32 ``ref``."""
-    from exporter.quantize.budget import mean_kl
+    from exporter.quantize.judging import mean_kl
 
     return [float(np.mean(out.argmax(1) == ref.argmax(1))), mean_kl(ref, out)]
 

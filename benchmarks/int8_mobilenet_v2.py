@@ -39,7 +39,7 @@ from exporter.errors import PrecisionError  # noqa: E402
 from exporter.metrics import compare_outputs  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import quantize_stage  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.int8 import make_session, run  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.metrics import compare_outputs  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import quantize_stage  # noqa: E402
-from exporter.quantize.budget import mean_kl, wilson_interval  # noqa: E402
+from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402

@@ -34,7 +34,7 @@ from exporter.quantize import calibration as cal  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize import tune  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
-from exporter.quantize.budget import mean_kl  # noqa: E402
+from exporter.quantize.judging import mean_kl  # noqa: E402
 from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
 from exporter.onnx_graph import GraphIndex  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402

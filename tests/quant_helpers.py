@@ -243,7 +243,7 @@ def agreement_cell(ref: np.ndarray, logits: np.ndarray, base_hits: np.ndarray | 
     """``0.915 (0.896-0.931), KL 0.0187``: top-1 agreement with its Wilson 95 % interval and the mean
     KL; with ``base_hits`` (another model's per-sample agreement on the same inputs) also
     ``, +a/-b``: samples that now agree / no longer agree."""
-    from exporter.quantize.budget import mean_kl, wilson_interval
+    from exporter.quantize.judging import mean_kl, wilson_interval
 
     hits = logits.argmax(1) == ref.argmax(1)
     lo, hi = wilson_interval(int(hits.sum()), len(ref))
@@ -289,7 +289,7 @@ def rows_per_target_in_parallel(run_target, targets: list[str], splits: list[int
 def judged_line(qdq, split: PhotoSplit) -> str:
     """``budget n=200: 0.870 KL 0.0461 | other n=400: ...`` of a Q/DQ model on ``split``."""
     from exporter.quantize import int8 as q8
-    from exporter.quantize.budget import mean_kl
+    from exporter.quantize.judging import mean_kl
 
     cells = []
     for key, x in split.judges.items():

@@ -8,6 +8,7 @@ import pytest
 from exporter.data import packaged_crops
 from exporter.errors import PrecisionError
 from exporter.quantize import budget as bud
+from exporter.quantize import judging
 from exporter.quantize import int8 as q8
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import ensure_node_names, plan as make_plan
@@ -58,11 +59,11 @@ def _real_budget_case():
     x = packaged_crops(spec, 24, seed=4).array
     ranges = compute_ranges(collect_statistics(model, calib), "minmax")
     ref = q8.run(model, x)
-    a0 = bud.measure(ref, q8.run(q8.build_qdq(model, make_plan(model, "cpu"), ranges), x), None,
-                     bud.Criterion("agreement", 1.0)).metrics["top1_agreement"]
+    a0 = judging.measure(ref, q8.run(q8.build_qdq(model, make_plan(model, "cpu"), ranges), x), None,
+                     judging.Criterion("agreement", 1.0)).metrics["top1_agreement"]
     if a0 >= 1.0:
         pytest.skip("all-INT8 already agrees on every sample at this size")
-    return model, ranges, x, bud.Criterion("agreement", a0 + 1.0 / len(x)), calib
+    return model, ranges, x, judging.Criterion("agreement", a0 + 1.0 / len(x)), calib
 
 
 @pytest.mark.parametrize("timings", [[0.8, 0.9, 1.0], [1.4], [1.0, 1.3]])

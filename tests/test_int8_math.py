@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from exporter.quantize import budget as bud
+from exporter.quantize import judging
 from exporter.quantize import calibration as cal
 from exporter.quantize import int8 as q8
 from exporter.quantize.placement import plan as make_plan
@@ -132,7 +133,7 @@ def test_bias_correction_matches_numpy_reference():
 @pytest.mark.parametrize("k,n,lo,hi", [(190, 200, 0.9104, 0.9726), (200, 200, 0.9812, 1.0),
                                        (0, 10, 0.0, 0.2775), (50, 100, 0.4038, 0.5962)])
 def test_wilson_interval_known_values(k, n, lo, hi):
-    got = bud.wilson_interval(k, n)
+    got = judging.wilson_interval(k, n)
     assert got == pytest.approx((lo, hi), abs=2e-4)
 
 
@@ -159,14 +160,14 @@ def test_refusal_names_its_numbers_and_the_levers(kind, threshold, points_to_lab
     """The refused budget says the cap, the best reached, and the way out; an agreement budget
     also points to labelled judging images (agreement on near-ties is what usually fails)."""
     metrics = {"top1_agreement": 0.925, "top1_agreement_ci95": (0.88, 0.954), "samples": 200}
-    err = bud.refusal(bud.Criterion(kind, threshold), bud.Measurement(metrics, False), 11, 13, 52, 0.25)
+    err = bud.refusal(judging.Criterion(kind, threshold), judging.Measurement(metrics, False), 11, 13, 52, 0.25)
     assert "at most 13 of the 52 convs" in err.message and "best (11 layer(s) out)" in err.message
     assert "0.925 (95% CI 0.880-0.954, n=200)" in err.message
     assert "--max-kept-fraction 0.5" in err.fix
     assert ("--eval-images DIR with class subfolders" in err.fix) == points_to_labels
     assert ("--min-agreement" in err.fix) == (kind == "agreement")
     # the cap counts convs; a kept classifier Gemm makes the layer count differ, and it says so
-    err = bud.refusal(bud.Criterion(kind, threshold), bud.Measurement(metrics, False), 14, 13, 52,
+    err = bud.refusal(judging.Criterion(kind, threshold), judging.Measurement(metrics, False), 14, 13, 52,
                       0.25, best_convs=13)
     assert "at most 13 of the 52 convs" in err.message
     assert "best (14 layer(s) out, 13 of them convs)" in err.message
@@ -184,18 +185,18 @@ def _folder(root, classes: dict[str, int]) -> None:
     ("agreement", 1.0, 3, False), ("accuracy_drop", 1.0, 99, True), ("accuracy_drop", 1.0, 100, False),
     ("accuracy_drop", 5.0, 19, True), ("accuracy_drop", 0.0, 10, False)])
 def test_coarse_warning_when_one_prediction_exceeds_the_margin(kind, threshold, n, warns):
-    text = bud.Criterion(kind, threshold).coarse_warning(n)
+    text = judging.Criterion(kind, threshold).coarse_warning(n)
     assert bool(text) == warns, text
     if warns:
         assert f"only {n} sample(s)" in text and f"{100 / n:.1f} points" in text
 
 
 def test_check_labels_refuses_classes_beyond_the_outputs_only():
-    bud.check_labels(None, 10, "x")  # no labels: agreement, nothing to check
-    bud.check_labels(np.array([0, 9, 3]), 10, "x")
-    bud.check_labels(np.array([0, 12]), 0, "x")  # class count not static: not checked here
+    judging.check_labels(None, 10, "x")  # no labels: agreement, nothing to check
+    judging.check_labels(np.array([0, 9, 3]), 10, "x")
+    judging.check_labels(np.array([0, 12]), 0, "x")  # class count not static: not checked here
     with pytest.raises(cal.CalibrationError, match=r"subfolder\(s\) 10, 12, classes the model") as err:
-        bud.check_labels(np.array([0, 12, 10, 12]), 10, "held")
+        judging.check_labels(np.array([0, 12, 10, 12]), 10, "held")
     assert "(0..9)" in err.value.fix
 
 
@@ -323,8 +324,8 @@ def test_coverage_gaps_name_the_tensors_judged_data_drive_past_the_calibration()
 
 @pytest.mark.parametrize("coverage", ["", "the judging samples drive 3 of the 9 quantized activation(s) past"])
 def test_refusal_puts_the_data_first_when_the_judged_data_leave_the_calibrated_range(coverage):
-    criterion = bud.Criterion("agreement", 0.95)
-    best = bud.measure(np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 5], np.eye(4, dtype=np.float32)[[0, 1, 2, 0] * 5],
+    criterion = judging.Criterion("agreement", 0.95)
+    best = judging.measure(np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 5], np.eye(4, dtype=np.float32)[[0, 1, 2, 0] * 5],
                        None, criterion)
     err = bud.refusal(criterion, best, 3, 2, 10, 0.25, coverage=coverage)
     assert "top-1 agreement 0.750" in err.message and err.message.endswith(f"; {coverage}" if coverage else "n=20)")

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.metrics import compare_outputs
 from exporter.parity.results import ArtifactResult, check_tolerance, defer_agreement_to_budget
-from exporter.quantize.budget import Criterion, binomial_tail, measure
+from exporter.quantize.judging import Criterion, binomial_tail, measure
 from exporter.recipes import DEFAULT_TOLERANCES as TOLERANCES
 
 from quant_helpers import skip_unless_slow

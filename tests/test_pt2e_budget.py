@@ -52,7 +52,7 @@ def _kl(net, graph, x):
     import torch
 
     from exporter.backends.pt2e_budget import run_graph
-    from exporter.quantize.budget import mean_kl
+    from exporter.quantize.judging import mean_kl
 
     with torch.no_grad():
         return mean_kl(net(torch.from_numpy(x)).numpy(), run_graph(graph, x))
@@ -99,7 +99,7 @@ def test_fit_keeps_the_ranked_layer_and_the_pte_is_fully_delegated(quantized, tm
 
     from exporter.backends import pt2e_budget as pb
     from exporter.backends.executorch import _build_int8
-    from exporter.quantize.budget import Criterion, measure
+    from exporter.quantize.judging import Criterion, measure
 
     net, graph, calibration, held = quantized
     example = torch.from_numpy(held[:1])
@@ -134,7 +134,7 @@ def test_fit_refuses_with_the_best_it_reached(quantized, tmp_path):
     from exporter.backends import pt2e_budget as pb
     from exporter.backends.executorch import _build_int8
     from exporter.errors import PrecisionError
-    from exporter.quantize.budget import Criterion
+    from exporter.quantize.judging import Criterion
 
     net, graph, calibration, held = quantized
     example = torch.from_numpy(held[:1])

@@ -10,6 +10,7 @@ from exporter.data import packaged_crops
 from exporter.errors import PrecisionError
 from exporter.metrics import compare_outputs
 from exporter.quantize import budget as bud
+from exporter.quantize import judging
 from exporter.quantize import int8 as q8
 from exporter.quantize import quantize_stage
 from exporter.quantize.calibration import collect_statistics, compute_ranges
@@ -240,6 +241,6 @@ def test_cpu_kept_layer_reads_float_input_and_is_ranked_alone():
     alone = make_plan(model, "cpu", set(full.quantized) - {name}, demote=False)
     alone.edges = {t: [e for e in es if e[0] == name] for t, es in alone.edges.items()}
     alone.edges = {t: es for t, es in alone.edges.items() if es}
-    assert scores[name] == pytest.approx(bud.mean_kl(ref, q8.run(q8.build_qdq(model, alone, ranges), x)))
+    assert scores[name] == pytest.approx(judging.mean_kl(ref, q8.run(q8.build_qdq(model, alone, ranges), x)))
     everything = make_plan(model, "cpu", set(full.quantized) - {name}, demote=False)  # old, noisy
-    assert scores[name] < bud.mean_kl(ref, q8.run(q8.build_qdq(model, everything, ranges), x))
+    assert scores[name] < judging.mean_kl(ref, q8.run(q8.build_qdq(model, everything, ranges), x))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exporter.quantize import int8 as q8
-from exporter.quantize.budget import mean_kl
+from exporter.quantize.judging import mean_kl
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from exporter.quantize.tune import _Graph, tune_ranges

@@ -52,7 +52,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     calibrated on: ``quantize.calibration.load_split``, the ONNX INT8 path's split, so the
     budget is never judged on the data the ranges came from.
     """
-    from ..quantize.budget import Criterion
+    from ..quantize.judging import Criterion
     from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
     from ..quantize.samples import drop_calibration_copies, require_disjoint
 

@@ -148,7 +148,7 @@ def run_graph(graph, x: np.ndarray) -> np.ndarray:
 def sensitivity(graph, x: np.ndarray, ref: np.ndarray, log: Callable[[str], None]
                 ) -> list[tuple[str, float]]:
     """[(layer graph name, KL with only that layer quantized)], most sensitive first."""
-    from ..quantize.budget import mean_kl
+    from ..quantize.judging import mean_kl
 
     layers = quantized_layers(graph)
     scores = []
@@ -183,7 +183,8 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
     most sensitive layers (ranked on ``x_rank``) in float, in growing groups of at most
     ``max_kept_fraction`` of the convs (``quantize.budget.climb``), else its
     :class:`PrecisionError`. ``build(graph) -> (built, runner)``."""
-    from ..quantize.budget import check_labels, climb, largest_prefix, measure, refusal
+    from ..quantize.budget import climb, largest_prefix, refusal
+    from ..quantize.judging import check_labels, measure
 
     ref = fp32(held)
     check_labels(labels, int(ref.shape[-1]), "held out")

@@ -221,7 +221,7 @@ def defer_agreement_to_budget(result: ArtifactResult, details: dict[str, Any]) -
     judgment stands and the gate's agreement breach becomes a note (a few photos flip on
     near-ties). An agreement here that the budget's cannot explain (other data than it was
     judged on) stays a breach, as do the other checks (error, cosine, finite outputs)."""
-    from ..quantize.budget import Measurement, binomial_tail
+    from ..quantize.judging import Measurement, binomial_tail
 
     measured = details.get("measured") or {}
     samples, n = int(measured.get("samples", 0)), result.agreement_samples

@@ -22,6 +22,7 @@ from ..errors import CalibrationError, PrecisionError, UsageError
 from ..onnx_graph import conv_group
 from ..recipes import InputSpec
 from . import budget as bud
+from . import judging
 from . import calibration as cal
 from . import equalize as eq
 from . import int8 as q8
@@ -103,8 +104,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     # the judging set before any calibration work: a bad --eval-images fails in seconds
     x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch,
                                             budget)
-    bud.check_labels(labels, _output_classes(model), eval_source)
-    criterion = bud.Criterion.make(labels, max_accuracy_drop, min_agreement)
+    judging.check_labels(labels, _output_classes(model), eval_source)
+    criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
@@ -223,7 +224,7 @@ class _Fitted:
     """The model a budget loop chose, what it kept out of INT8, and what it measured."""
     model: onnx.ModelProto
     kept: list[str]
-    measurement: bud.Measurement
+    measurement: judging.Measurement
     history: list[dict]
     ranking: list
     latency: dict | None
@@ -237,7 +238,7 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
     if not budget:
         qmodel = q8.build_qdq(model, make_plan(model, target, set(kept_base)), ranges, bias,
                               weights=weights, fp32_layers=calibrated.fp32_layers)
-        return _Fitted(qmodel, kept_base, bud.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval),
+        return _Fitted(qmodel, kept_base, judging.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval),
                                                       labels, criterion), [], [], None)
     speed = (lambda m: _cpu_latency(fp32_model, m, spec, batch)) \
         if target == "cpu" and speed_guard else None

@@ -1,0 +1,134 @@
+"""Judging INT8 against FP32: the budget's criterion, its measurement of a candidate on the held-out
+samples (top-1 agreement with its Wilson interval, accuracy drop where labels exist, mean KL), and
+the checks on the judging labels."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CalibrationError, UsageError
+from ..metrics import accuracy, compare_outputs
+
+DEFAULT_DROP = 1.0
+DEFAULT_AGREEMENT = 0.95
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for z=1.96)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def binomial_tail(successes: int, n: int, p: float) -> float:
+    """P(X <= successes) for X ~ Binomial(n, p): how surprising so few successes are at rate p."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return float(successes >= n)
+    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * math.log(p) + (n - k) * math.log1p(-p) for k in range(0, int(successes) + 1)]
+    return min(1.0, sum(math.exp(v) for v in logs))
+
+
+@dataclass
+class Criterion:
+    kind: str  # "accuracy_drop" | "agreement"
+    threshold: float  # max drop in points, or min agreement
+
+    @classmethod
+    def make(cls, labels: np.ndarray | None, max_accuracy_drop: float | None,
+             min_agreement: float | None = None) -> "Criterion":
+        if labels is not None:
+            return cls("accuracy_drop", DEFAULT_DROP if max_accuracy_drop is None else max_accuracy_drop)
+        if max_accuracy_drop is not None and min_agreement is None:
+            raise UsageError(
+                f"--max-accuracy-drop {max_accuracy_drop:g} needs labelled held-out images, and the "
+                "judging set has no labels",
+                fix="pass --eval-images DIR with class subfolders named by class index (0..999), or "
+                    "judge by agreement with FP32: --min-agreement 0.95")
+        return cls("agreement", DEFAULT_AGREEMENT if min_agreement is None else min_agreement)
+
+    def describe(self) -> str:
+        if self.kind == "accuracy_drop":
+            return f"top-1 accuracy drop <= {self.threshold:g} points"
+        return f"top-1 agreement with FP32 >= {self.threshold:.3f}"
+
+    def coarse_warning(self, samples: int) -> str:
+        """Why a verdict on ``samples`` says little, when one changed prediction alone moves the
+        metric past the budget's margin (it then passes only if none changes); "" otherwise."""
+        margin = self.threshold if self.kind == "accuracy_drop" else 100.0 * (1.0 - self.threshold)
+        step = 100.0 / max(samples, 1)
+        if margin <= 1e-9 or step <= margin + 1e-9:
+            return ""
+        metric = "top-1 accuracy" if self.kind == "accuracy_drop" else "top-1 agreement"
+        return (f"the INT8 budget was judged on only {samples} sample(s): one changed prediction moves "
+                f"the {metric} by {step:.1f} points, more than the {margin:.1f} it allows, so it "
+                f"passes only if none changes; judge on at least {math.ceil(100.0 / margin - 1e-9)} "
+                "(--eval-samples N, or --eval-images DIR)")
+
+
+def check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
+    """Labels (class subfolders named by index) all name one of the model's ``classes`` outputs."""
+    if labels is None or not classes or int(labels.max()) < classes:
+        return
+    bad = sorted({int(v) for v in labels if v >= classes})
+    raise CalibrationError(
+        f"the images the INT8 budget judges on ({source}) have class subfolder(s) "
+        f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}, classes the model does "
+        f"not have (its output has {classes}: 0..{classes - 1}); accuracy judged on them would be wrong",
+        fix=f"name each class subfolder by the model's class index (0..{classes - 1}), or judge by "
+            "agreement with FP32: put the images in a folder without class subfolders")
+
+
+@dataclass
+class Measurement:
+    metrics: dict
+    ok: bool
+
+    def score(self) -> float:
+        m = self.metrics
+        return -m["accuracy_drop_points"] if "accuracy_drop_points" in m else m["top1_agreement"]
+
+    def describe(self) -> str:
+        m = self.metrics
+        lo, hi = m["top1_agreement_ci95"]
+        text = f"top-1 agreement {m['top1_agreement']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n={m['samples']})"
+        if "accuracy_drop_points" in m:
+            text += f", accuracy {m['int8_top1']:.3f} vs FP32 {m['fp32_top1']:.3f}"
+        return text
+
+
+def measure(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray | None,
+            criterion: Criterion) -> Measurement:
+    cmp = compare_outputs(ref_logits, logits)
+    n = int(len(logits))
+    agree = cmp["top1_agreement"]
+    lo, hi = wilson_interval(round(agree * n), n)
+    metrics = {"top1_agreement": agree, "top1_agreement_ci95": [round(lo, 4), round(hi, 4)],
+               "top5_agreement": cmp["top5_agreement"], "cosine_min": cmp["cosine"],
+               "kl_mean": mean_kl(ref_logits, logits), "samples": n}
+    if labels is not None:
+        fp, iq = accuracy(ref_logits, labels)["top1"], accuracy(logits, labels)["top1"]
+        metrics.update(fp32_top1=fp, int8_top1=iq, accuracy_drop_points=100.0 * (fp - iq))
+        ok = metrics["accuracy_drop_points"] <= criterion.threshold + 1e-9
+    else:
+        ok = agree >= criterion.threshold - 1e-9
+    return Measurement(metrics, ok)
+
+
+def mean_kl(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Mean KL(softmax(ref) || softmax(cand)) over the batch."""
+    ref = ref.astype(np.float64)
+    cand = cand.astype(np.float64)
+    lp = ref - ref.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq = cand - cand.max(1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
