@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import WEIGHT_ROUNDING
-from .errors import UsageError
+from .errors import CalibrationError, UsageError
 
 MAX_SEED = 2**32 - 1
 
@@ -95,6 +95,9 @@ def check_model_options(request: Any) -> None:
     levers = lever_problems(quant)
     if levers:
         raise UsageError(levers[0][0], fix=levers[0][1])
+    overlap = data_overlap(quant)
+    if overlap:
+        raise CalibrationError(overlap[0], fix=overlap[1])
     if quant.get("max_accuracy_drop") is not None and not 0 <= quant["max_accuracy_drop"] <= 100:
         raise UsageError(f"--max-accuracy-drop must be 0..100 points, got {quant['max_accuracy_drop']}",
                          fix="e.g. --max-accuracy-drop 1")
@@ -115,6 +118,30 @@ def lever_problems(quant: dict) -> list[tuple[str, str]]:
         problems.append((f"lever retry must be true or false, got {quant['lever_retry']!r}",
                          "pass --lever-retry (a plan: lever_retry = true), or leave it out"))
     return problems
+
+
+def data_overlap(quant: dict) -> tuple[str, str] | None:
+    """(what, fix) when ``--eval-images`` is the calibration folder or file, lies inside it or holds
+    it: the budget would judge on the images it calibrated on. Found from the paths alone, before
+    anything is read (the quantize stage also compares the samples themselves, which catches a
+    copied file)."""
+    calibration, judged = quant.get("calibration"), quant.get("eval_data")
+    if not calibration or not judged or packaged_seed(str(calibration), 0) is not None:
+        return None
+    cal, ev = Path(calibration).resolve(), Path(judged).resolve()
+    if cal == ev:
+        relation = "is the --calibration source"
+    elif cal in ev.parents:
+        relation = f"lies inside the --calibration folder '{calibration}'"
+    elif ev in cal.parents:
+        relation = f"holds the --calibration source '{calibration}'"
+    else:
+        return None
+    return (f"--eval-images '{judged}' {relation}: the INT8 budget would judge INT8 on the images "
+            "its ranges were fitted to",
+            "pass --eval-images a folder that holds none of the calibration images, or leave "
+            "it out: the budget then judges on a deterministic "
+            "split of the calibration source")
 
 
 def check_parity_options(args: Any) -> None:

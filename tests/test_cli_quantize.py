@@ -174,8 +174,9 @@ def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
 
 
 def test_budget_never_judges_on_calibration_images(tmp_path):
-    """--eval-images that holds calibration images (the same folder, or one copied file) is
-    refused before any calibration work, and nothing is written."""
+    """--eval-images that holds calibration images is refused before any calibration work, and
+    nothing is written: the same folder, one inside or holding it (from the paths), or a folder
+    with one copied file (from the samples' contents)."""
     images = tmp_path / "images"
     _class_folder(images, classes=4, per_class=6)
     other = tmp_path / "other"
@@ -183,15 +184,39 @@ def test_budget_never_judges_on_calibration_images(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(1, 20):
         Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(other / "0" / f"n{i}.png")
-    for judged, shared in ((images, "24 of the 24"), (other, "1 of the 20")):
-        out = tmp_path / f"out-{judged.name}"
-        proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
+    cases = ((images, images, f"--eval-images '{images}' is the --calibration source"),
+             (images, images / "2", f"lies inside the --calibration folder '{images}'"),
+             (images / "2", images, f"holds the --calibration source '{images / '2'}'"),
+             (images, other, "1 of the 20 sample(s) the INT8 budget judges on are identical to calibration"))
+    for i, (calibration, judged, needle) in enumerate(cases):
+        out = tmp_path / f"out-{i}"
+        proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(calibration),
                     "--eval-images", str(judged), "--min-agreement", "0.5", "-o", str(out), cwd=tmp_path)
         assert proc.returncode == 4, proc.stderr[-2000:]
-        assert f"{shared} sample(s) the INT8 budget judges on are identical to calibration" in proc.stderr
+        assert needle in proc.stderr
         assert "fix: pass --eval-images a folder that holds none of the calibration images" in proc.stderr
         assert "computing ranges" not in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists()
+
+
+def test_zoo_and_plans_refuse_overlapping_eval_images_before_any_job(tmp_path):
+    """--zoo and matrix plans are checked before any job runs: eval images inside the calibration
+    folder would judge the budget on calibration images in every job."""
+    from exporter.errors import PlanError
+    from exporter.matrix.plan import parse_plan
+
+    images = tmp_path / "imgs"
+    _class_folder(images, classes=2, per_class=4)
+    out = tmp_path / "zoo"
+    proc = _cli("export", "--zoo", "--models", "lenet5", "--precision", "int8", "--calibration",
+                str(images), "--eval-images", str(images / "1"), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"--eval-images '{images / '1'}' lies inside the --calibration folder" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    base = {"models": ["lenet5"], "formats": ["onnx"], "precisions": ["int8"]}
+    with pytest.raises(PlanError, match="holds the --calibration source"):
+        parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images)}})
+    parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images / "1")}})
 
 
 def test_too_few_eval_images_names_eval_images_not_calibration(tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExporterError, PlanError
-from ..validate import lever_problems
+from ..validate import data_overlap, lever_problems
 
 TOP_KEYS = {"models", "formats", "precisions", "reduced", "input_size", "seed", "weights", "batch",
             "opset", "exporter", "simplifier", "calibration", "parity", "resources"}
@@ -214,7 +214,9 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>") -> Plan:
     if "int8" in precisions and not quant.get("calibration"):
         problems.append("int8 needs calibration data (fix: add [calibration] data = \"packaged\", an "
                         "image folder or an .npy of preprocessed tensors)")
-    problems += [f"[calibration] {what} (fix: {fix})" for what, fix in lever_problems(quant)]
+    overlap = data_overlap(quant)
+    problems += [f"[calibration] {what} (fix: {fix})"
+                 for what, fix in lever_problems(quant) + ([overlap] if overlap else [])]
     parity = _table(data, "parity", PARITY_KEYS, problems)
     resources = _table(data, "resources", RESOURCE_KEYS, problems)
     if problems:
