@@ -6,6 +6,7 @@ torchvision transforms (resize shorter side -> center crop -> to tensor -> norma
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CalibrationError
+from .image_folder import scan_images
 from .recipes import InputSpec
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def build_transform(spec: InputSpec):
@@ -45,7 +45,7 @@ def convert_mode(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, str 
             top = max(float(pixels.max(initial=0)), 1.0)
         image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         note += f" (high bit depth scaled to 8 bits, /{top:g})"
-    if image.mode in ("RGBA", "LA", "P") and spec.color_mode == "RGB":
+    if image.mode in ("RGBA", "LA", "P", "PA") and spec.color_mode in ("RGB", "L"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)  # alpha composited onto white
@@ -70,61 +70,60 @@ class ImageBatch:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     conversions: dict[str, int] = field(default_factory=dict)  # "RGBA->RGB" -> count
     source: str = ""
+    unlabelled: str = ""  # why the folder's subfolders gave no labels (image_folder.FolderScan)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
 
-def _list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+def read_image(path: Path, spec: InputSpec, transform) -> tuple[np.ndarray | None, str | None, str]:
+    """(CHW float32 array, conversion note, "") of one image file, or (None, None, why not)."""
+    try:
+        with warnings.catch_warnings():  # a large photo is read; one past the bomb limit is skipped
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img, note = convert_mode(img, spec)
+                return transform(img).numpy().astype(np.float32), note, ""
+    except Image.DecompressionBombError as err:
+        return None, None, f"over Pillow's decompression-bomb limit: {err}"
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        return None, None, f"unreadable: {err}"
 
 
-def load_image_folder(root: str | Path, spec: InputSpec, limit: int | None = None) -> ImageBatch:
-    """Read an image folder; class subfolders (``root/<class>/img.jpg``) become labels.
+def load_image_folder(root: str | Path, spec: InputSpec, limit: int | None = None,
+                      seed: int = 0) -> ImageBatch:
+    """Read an image folder (:mod:`exporter.image_folder`: class subfolders named by class index
+    give labels), up to ``limit`` images in seeded class-balanced order.
 
     Unreadable or non-image files are skipped and listed in ``skipped``; mode conversions are
     counted in ``conversions``. Raises :class:`CalibrationError` when nothing usable is found.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise CalibrationError(f"image folder '{root}' does not exist",
-                               fix="pass a directory of images (optionally one subfolder per class)")
-    files = _list_images(root)
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir())
-    labelled = bool(subdirs) and all(f.parent != root for f in files)
-    arrays, labels, paths, skipped, conversions = [], [], [], [], {}
+    scan = scan_images(root)
+    arrays, labels, paths, skipped, conversions = [], [], [], list(scan.skipped), {}
     transform = build_transform(spec)
-    for path in files:
+    for path in scan.balanced(seed):
         if limit is not None and len(arrays) >= limit:
             break
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append((str(path), "not an image file extension"))
+        arr, note, why = read_image(path, spec, transform)
+        if arr is None:
+            skipped.append((str(path), why))
             continue
-        try:
-            with Image.open(path) as img:
-                img.load()
-                img, note = convert_mode(img, spec)
-                arrays.append(transform(img).numpy().astype(np.float32))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            skipped.append((str(path), f"unreadable: {err}"))
-            continue
-        except Image.DecompressionBombError as err:
-            skipped.append((str(path), f"over Pillow's decompression-bomb limit: {err}"))
-            continue
+        arrays.append(arr)
         if note:
             conversions[note] = conversions.get(note, 0) + 1
         paths.append(str(path))
-        if labelled:
-            labels.append(subdirs.index(path.relative_to(root).parts[0]))
+        labels.append(scan.label(path))
     if not arrays:
         raise CalibrationError(
-            f"no usable images in '{root}' ({len(files)} files, {len(skipped)} skipped)",
+            f"no usable images in '{scan.root}' ({len(scan.files)} image file(s), "
+            f"{len(skipped)} file(s) skipped)",
             fix="point at a folder of .jpg/.png images; see calibration/README.md",
         )
     return ImageBatch(
-        array=np.stack(arrays), labels=np.array(labels) if labelled else None,
-        class_names=subdirs if labelled else [], paths=paths, skipped=skipped,
-        conversions=conversions, source=str(root),
+        array=np.stack(arrays), labels=np.array(labels) if scan.labelled else None,
+        class_names=scan.class_names, paths=paths, skipped=skipped,
+        conversions=conversions, source=str(scan.root), unlabelled=scan.unlabelled,
     )
 
 

@@ -170,7 +170,8 @@ def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRe
                     nodes_after=info["nodes_exported"])
         if props:
             write_onnx_metadata(path, props)
-    info["deploy_check"] = check_deploy_form(path, expected_bn, strict=True).to_dict()
+    # the file is checked in the staging folder; the manifest names it as it lands (beside it)
+    info["deploy_check"] = {**check_deploy_form(path, expected_bn, strict=True).to_dict(), "path": path.name}
     return info
 
 
@@ -210,7 +211,7 @@ def export(request: ExportRequest) -> ExportResult:
     from .artifacts import check_free_space, check_output_location, claim_output_dir
     from .builders import resolve_model
     from .graph_input import check_graph_input, check_dynamic_size, wrap
-    from .validate import check_model_options
+    from .validate import check_model_options, check_output_outside_data
 
     start = time.perf_counter()
     from .recipes import override_tolerances
@@ -227,6 +228,7 @@ def export(request: ExportRequest) -> ExportResult:
                              mean=request.mean, std=request.std, num_classes=request.num_classes)
     directory = Path(request.output or Path("artifacts") / named.name)
     check_output_location(directory)
+    check_output_outside_data(directory, request.quant or {})
     claim_output_dir(directory, named.name)
     request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)

@@ -89,6 +89,12 @@ def check_model_options(request: Any) -> None:
     except ValueError as err:
         raise UsageError(f"--calibration {calibration}: {err}",
                          fix="use --calibration packaged or packaged:SEED, e.g. packaged:1") from None
+    for flag, value in (("--calibration", calibration), ("--eval-images", quant.get("eval_data"))):
+        if isinstance(value, str) and value == "packaged" and Path(value).exists():
+            raise UsageError(f"{flag} packaged names the photos installed packages ship, and a "
+                             f"'packaged' {'folder' if Path(value).is_dir() else 'file'} exists here too",
+                             fix=f"pass {flag} ./packaged for yours, or {flag} packaged:0 for the "
+                                 "shipped photos")
     if calibration and not packaged and not Path(calibration).exists():
         raise UsageError(f"--calibration {calibration} does not exist",
                          fix="pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
@@ -118,6 +124,17 @@ def lever_problems(quant: dict) -> list[tuple[str, str]]:
         problems.append((f"lever retry must be true or false, got {quant['lever_retry']!r}",
                          "pass --lever-retry (a plan: lever_retry = true), or leave it out"))
     return problems
+
+
+def check_output_outside_data(output: Path, quant: dict) -> None:
+    """The export's folder must not lie inside an image folder it reads: it would read its own
+    artifacts (and staging files) as images, differently on every run."""
+    for flag, data in (("--calibration", quant.get("calibration")), ("--eval-images", quant.get("eval_data"))):
+        if isinstance(data, (str, Path)) and Path(data).is_dir() \
+                and Path(data).resolve() in (Path(output).resolve(), *Path(output).resolve().parents):
+            raise UsageError(f"the output folder '{output}' lies inside the {flag} folder '{data}': "
+                             "the export would read its own artifacts as images",
+                             fix=f"write the export outside '{data}' (-o DIR)")
 
 
 def data_overlap(quant: dict) -> tuple[str, str] | None:

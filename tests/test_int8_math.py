@@ -13,7 +13,8 @@ from exporter.quantize import judging
 from exporter.quantize import calibration as cal
 from exporter.quantize import int8 as q8
 from exporter.quantize.placement import plan as make_plan
-from exporter.quantize.samples import Scratch, balanced_order, split_sizes
+from exporter.image_folder import scan_images
+from exporter.quantize.samples import Scratch, split_sizes
 from exporter.recipes import get_recipe
 
 SPEC = get_recipe("mobilenet_v2").input.with_size(32)
@@ -253,8 +254,10 @@ def test_split_keeps_a_quarter_for_judging():
 def test_balanced_order_without_classes(tmp_path):
     for i in range(5):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.png")
-    order, labels, classes = balanced_order(tmp_path, seed=3)
-    assert labels is None and classes == [] and sorted(order) == sorted(tmp_path.glob("*.png"))
+    scan = scan_images(tmp_path)
+    order = scan.balanced(seed=3)
+    assert not scan.labelled and scan.class_names == [] and scan.unlabelled == ""
+    assert sorted(order) == sorted(tmp_path.glob("*.png")) and order != sorted(order)
 
 
 def test_samples_live_on_disk_not_in_memory(tmp_path):

@@ -344,12 +344,12 @@ def test_labelled_image_folder_gives_accuracy(mv3, tmp_path):
 
     photos = packaged_photos()[:4]
     for i, (_, img) in enumerate(photos):
-        folder = tmp_path / "imgs" / f"class{i % 2}"
+        folder = tmp_path / "imgs" / ("281" if i % 2 else "207")  # class indices, by name
         folder.mkdir(parents=True, exist_ok=True)
         img.resize((96, 96)).save(folder / f"{i}.png")
-    (tmp_path / "imgs" / "class0" / "notes.txt").write_text("not an image")
+    (tmp_path / "imgs" / "207" / "notes.txt").write_text("not an image")
     inputs = build_inputs(mv3.spec, images=tmp_path / "imgs", samples=10, random=1)
-    assert inputs[0].name == "images" and inputs[0].labels is not None
+    assert inputs[0].name == "images" and sorted(inputs[0].labels.tolist()) == [207, 207, 281, 281]
     report = run_parity(mv3.directory, mv3.reference, mv3.spec, mv3.recipe, inputs, latency=False)
     assert set(report.eager.accuracy) == {"images"}
     for art in report.artifacts:

@@ -54,7 +54,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     """
     from ..quantize.judging import Criterion
     from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
-    from ..quantize.samples import drop_calibration_copies, require_disjoint
+    from ..quantize.samples import drop_calibration_copies, judging_notes, require_disjoint, require_held
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
@@ -62,28 +62,24 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     if eval_data is None:
         data, held = load_split(quant.get("calibration"), ctx.spec, samples,
                                 int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
+        require_held(held, data)
         copies = drop_calibration_copies(data, held)
-        labels = _integer_labels(held)
-        criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+        labels = held.labels
+        criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"),
+                                   held.unlabelled)
         return (np.asarray(data.array), np.asarray(held.array), labels,
                 f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on"
-                + (f"; {copies} copies of calibration images left out)" if copies else ")"),
+                + (f"; {copies} copies of calibration images left out" if copies else "")
+                + judging_notes(held) + ")",
                 data, criterion)
     held = load_judging(eval_data, ctx.spec, int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
-    labels = _integer_labels(held)
-    criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"))
+    labels = held.labels
+    criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"),
+                               held.unlabelled)
     data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
     require_disjoint(data, held.array, held.paths)
     return (np.asarray(data.array), np.asarray(held.array), labels,
-            f"{held.source} ({len(held)} samples)", data, criterion)
-
-
-def _integer_labels(samples) -> np.ndarray | None:
-    """Class indices of a folder whose class subfolders are named by index ('0', '207', ...)."""
-    names = list(getattr(samples, "class_names", []) or [])
-    if samples.labels is None or not names or not all(n.isdigit() for n in names):
-        return None
-    return np.array([int(names[i]) for i in samples.labels])
+            f"{held.source} ({len(held)} samples{judging_notes(held)})", data, criterion)
 
 
 def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: int = 32,

@@ -37,6 +37,7 @@ class InputSet:
     def from_batch(cls, name: str, batch: ImageBatch) -> "InputSet":
         notes = [f"{len(batch.skipped)} file(s) skipped"] if batch.skipped else []
         notes += [f"{count} converted {what}" for what, count in batch.conversions.items()]
+        notes += [f"no labels: {batch.unlabelled}"] if batch.unlabelled else []
         return cls(name, batch.array, batch.labels, list(batch.class_names), batch.source, True, notes)
 
 
@@ -63,7 +64,8 @@ def _sets_at(spec: InputSpec, images, samples: int, random: int, seed: int,
     sets: list[InputSet] = []
     if images is not None:
         sets.append(InputSet.from_batch("images" + suffix,
-                                        load_image_folder(images, spec, limit=samples or None)))
+                                        load_image_folder(images, spec, limit=samples or None,
+                                                          seed=seed)))
     elif samples:
         sets.append(InputSet.from_batch("photos" + suffix, packaged_crops(spec, samples, seed=seed + 1000)))
     if random:

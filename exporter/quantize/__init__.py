@@ -28,7 +28,7 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
-from .samples import Scratch, drop_calibration_copies, require_disjoint
+from .samples import Scratch, drop_calibration_copies, judging_notes, require_disjoint, require_held
 from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -102,10 +102,10 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     # the judging set before any calibration work: a bad --eval-images fails in seconds
-    x_eval, labels, eval_source = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch,
-                                            budget)
+    x_eval, labels, eval_source, unlabelled = _eval_set(eval_data, held, data, spec, batch,
+                                                        eval_samples, scratch, budget)
     judging.check_labels(labels, _output_classes(model), eval_source)
-    criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement)
+    criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement, unlabelled)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
@@ -294,36 +294,31 @@ def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,
               scratch: Scratch, budget: bool = True):
-    """(inputs, labels or None, description) the budget is judged on: never the calibration set."""
+    """(inputs, labels or None, description, why a folder gave no labels) the budget is judged on:
+    never the calibration set."""
     if eval_data is None:
         if held is None and not budget:  # nothing to judge: report on the calibration data, say so
-            return data.array, None, f"calibration data ({len(data)} samples, not held out)"
+            return data.array, None, f"calibration data ({len(data)} samples, not held out)", ""
         copies = 0
         if held is not None:
             copies = drop_calibration_copies(data, held)
             held.trim_to_batch(batch)
-        if held is None or not len(held):  # a fixed batch larger than what the split held out
-            raise CalibrationError(
-                f"no whole batch of {batch} samples is left to judge the INT8 budget on, held out "
-                f"from '{data.source}' ({len(data)} calibrate)",
-                fix="add images to the calibration source, or pass --eval-images DIR")
-        return held.array, _integer_labels(held.class_names, held.labels), \
+        require_held(held, data, batch)
+        return held.array, held.labels, \
             f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
-            + (f" ({copies} copies of calibration images left out)" if copies else "")
-    labels, source, paths = None, "eval_data", None
+            + (f" ({copies} copies of calibration images left out)" if copies else "") \
+            + judging_notes(held), held.unlabelled
+    labels, source, paths, notes, unlabelled = None, "eval_data", None, "", ""
     if isinstance(eval_data, np.ndarray):
         x = eval_data
     elif hasattr(eval_data, "array"):
         x, labels = eval_data.array, getattr(eval_data, "labels", None)
         source = getattr(eval_data, "source", "") or source
         paths = getattr(eval_data, "paths", None)
-        names = getattr(eval_data, "class_names", [])
-        if labels is not None:
-            labels = _integer_labels(names, labels) if names else labels
     else:
         loaded = cal.load_judging(eval_data, spec, eval_samples, batch=batch, scratch=scratch)
-        x, source, paths = loaded.array, loaded.source, loaded.paths
-        labels = _integer_labels(loaded.class_names, loaded.labels)
+        x, source, paths, labels = loaded.array, loaded.source, loaded.paths, loaded.labels
+        notes, unlabelled = judging_notes(loaded), loaded.unlabelled
     require_disjoint(data, x, paths)
     if batch:
         keep = len(x) - len(x) % batch
@@ -332,20 +327,13 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if len(x) == 0:
         raise CalibrationError("the evaluation set is empty",
                                fix="pass --eval-images DIR with at least one image per batch")
-    return x, labels, f"{source} ({len(x)} samples)"
+    return x, labels, f"{source} ({len(x)} samples{notes})", unlabelled
 
 
 def _output_classes(model: onnx.ModelProto) -> int:
     """The static size of the first output's last axis (the class count), 0 when not static."""
     dims = model.graph.output[0].type.tensor_type.shape.dim
     return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else 0
-
-
-def _integer_labels(class_names: list[str], labels: np.ndarray | None) -> np.ndarray | None:
-    """Class subfolders named by class index ('0', '207', ...) give labels; other names don't."""
-    if labels is None or not class_names or not all(n.isdigit() for n in class_names):
-        return None
-    return np.array([int(class_names[i]) for i in labels])
 
 
 def _fp16(model: onnx.ModelProto, out_dir: Path, name: str, recipe, spec: InputSpec) -> dict:

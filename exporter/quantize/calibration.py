@@ -1,7 +1,8 @@
 """Calibration: read the data (through ``exporter.data`` only), collect activation ranges, cache them.
 
 Data sources (``calibration=``):
-  * a directory of images (class subfolders allowed) -> ``exporter.data.load_image_folder``;
+  * a directory of images (class subfolders allowed) -> ``samples.from_folder`` (scanned by
+    ``exporter.image_folder``, read by ``exporter.data.read_image``);
   * an ``.npy`` file of already preprocessed NCHW float32 tensors (checked against the spec);
   * ``packaged`` or ``packaged:SEED`` -> ``exporter.data.packaged_crops`` (the default set).
 
@@ -107,7 +108,8 @@ def load_split(calibration: str | os.PathLike | None, spec: InputSpec, samples: 
     else:
         path = Path(calibration)
         if path.is_dir():
-            cal, held = from_folder(path, spec, samples, holdout, seed, scratch)
+            cal, held = from_folder(path, spec, samples, holdout, seed, scratch,
+                                    role="--calibration folder" if role == "calibration" else "--eval-images folder")
         elif path.suffix.lower() == ".npy" and path.is_file():
             cal, held = from_npy(path, spec, samples, holdout, seed, scratch,
                                  lambda arr: _check_npy(arr, path, spec))
@@ -138,9 +140,12 @@ def _checked(cal: SampleSet, held: SampleSet | None, samples: int, batch: int | 
     need = min(samples, MIN_SAMPLES)
     what = "calibration" if role == "calibration" else "held-out (--eval-images)"
     if len(cal) < need:
+        held_out = f" after holding out {len(held)} to judge the INT8 budget" if held is not None else ""
         raise CalibrationError(
-            f"only {len(cal)} usable {what} sample(s) in '{cal.source}' "
-            f"({len(cal.skipped)} file(s) skipped), need at least {need}", fix=_LOW_FIX[role])
+            f"only {len(cal)} usable {what} sample(s) in '{cal.source}'{held_out} "
+            f"({len(cal.skipped)} file(s) skipped), need at least {need}",
+            fix=_LOW_FIX[role] + (", or pass --eval-images DIR so that all of them calibrate"
+                                  if held_out else ""))
     if batch:
         if len(cal) < batch:
             raise CalibrationError(

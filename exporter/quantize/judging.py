@@ -44,15 +44,17 @@ class Criterion:
 
     @classmethod
     def make(cls, labels: np.ndarray | None, max_accuracy_drop: float | None,
-             min_agreement: float | None = None) -> "Criterion":
+             min_agreement: float | None = None, unlabelled: str = "") -> "Criterion":
+        """``unlabelled``: why the judging folder's subfolders gave no labels (said if that refuses)."""
         if labels is not None:
             return cls("accuracy_drop", DEFAULT_DROP if max_accuracy_drop is None else max_accuracy_drop)
         if max_accuracy_drop is not None and min_agreement is None:
             raise UsageError(
                 f"--max-accuracy-drop {max_accuracy_drop:g} needs labelled held-out images, and the "
-                "judging set has no labels",
-                fix="pass --eval-images DIR with class subfolders named by class index (0..999), or "
-                    "judge by agreement with FP32: --min-agreement 0.95")
+                f"judging set has no labels{f' ({unlabelled})' if unlabelled else ''}",
+                fix="pass --eval-images DIR whose images all lie in class subfolders named by the "
+                    "model's class index (0, 1, ...), or judge by agreement with FP32: "
+                    "--min-agreement 0.95")
         return cls("agreement", DEFAULT_AGREEMENT if min_agreement is None else min_agreement)
 
     def describe(self) -> str:

@@ -4,10 +4,10 @@ Samples go through ``exporter.data``'s one preprocessing path and are written to
 memmap in a scratch directory, so every later pass (statistics, bias correction, sensitivity,
 judging) reads slices from disk: peak memory does not grow with the sample count.
 
-Selection from a folder: files are grouped by class subfolder (one group when there are none),
-each group shuffled with the seed, and the groups interleaved round-robin; calibration takes the
-first samples of that order and the held-out (judging) set the next ones, so both sets are
-class-balanced and never share a file. An ``.npy`` is split by a seeded permutation; the
+Selection from a folder (:mod:`exporter.image_folder`): files are grouped by subfolder (one group
+when there are none), each group shuffled with the seed, and the groups interleaved round-robin;
+the usable images of that order are read once, calibration takes the first of them and the
+held-out (judging) set the rest, so both sets are class-balanced and never share a file. An ``.npy`` is split by a seeded permutation; the
 ``packaged`` photos are split by photo (a seeded third judges), never by crop.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..data import (IMAGE_SUFFIXES, build_transform, convert_mode, iter_packaged_crops,
-                    packaged_photos, photo_groups, split_photos)
+from ..data import (build_transform, iter_packaged_crops, packaged_photos, photo_groups, read_image,
+                    split_photos)
 from ..errors import CalibrationError
+from ..image_folder import scan_images
 from ..recipes import InputSpec
 
 HOLDOUT_SEED_OFFSET = 7919  # packaged:S judges on crops of seed S + this (never S+1: benchmarks use it)
@@ -43,6 +43,7 @@ class SampleSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     conversions: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
+    unlabelled: str = ""  # why a folder's subfolders gave no labels (image_folder.FolderScan)
     _sha: str | None = None
 
     def __len__(self) -> int:
@@ -118,23 +119,6 @@ def _fill(scratch: Scratch, spec: InputSpec, count: int,
     return out[:len(paths)], paths
 
 
-def balanced_order(root: Path, seed: int) -> tuple[list[Path], list[int] | None, list[str]]:
-    """(files in class-balanced seeded order, their class indices or None, class names)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    labelled = bool(subdirs) and all(f.parent != root for f in files)
-    groups: dict[str, list[Path]] = {}
-    for f in files:
-        groups.setdefault(f.relative_to(root).parts[0] if labelled else "", []).append(f)
-    rng = np.random.default_rng(seed)
-    shuffled = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(groups.items())]
-    order: list[Path] = []
-    for i in range(max((len(g) for g in shuffled), default=0)):
-        order += [g[i] for g in shuffled if i < len(g)]
-    labels = [subdirs.index(p.relative_to(root).parts[0]) for p in order] if labelled else None
-    return order, labels, subdirs if labelled else []
-
-
 def row_digests(array: np.ndarray, batch: int = 64) -> list[bytes]:
     """A digest of each preprocessed sample (row) of ``array``, read by batch."""
     out: list[bytes] = []
@@ -176,6 +160,25 @@ def require_disjoint(calibration: SampleSet, judged: np.ndarray, judged_paths: l
             "source")
 
 
+def require_held(held: SampleSet | None, calibration: SampleSet, batch: int | None = None) -> None:
+    """:class:`CalibrationError` when a split left nothing (no whole batch) to judge on."""
+    if held is not None and len(held):
+        return
+    whole = f"whole batch of {batch} samples" if batch else "sample"
+    raise CalibrationError(
+        f"no {whole} is left to judge the INT8 budget on, held out from '{calibration.source}': "
+        f"its {len(calibration)} usable sample(s) all calibrate",
+        fix="add images to the calibration source, lower --calibration-samples, or pass "
+            "--eval-images DIR")
+
+
+def judging_notes(samples: SampleSet) -> str:
+    """What a judging set's summary adds: files of its folder skipped, subfolders not used as labels."""
+    skipped = len(samples.skipped)
+    return ((f"; {skipped} file(s) of the folder skipped" if skipped else "")
+            + (f"; no labels, so judged by agreement: {samples.unlabelled}" if samples.unlabelled else ""))
+
+
 def drop_calibration_copies(calibration: SampleSet, held: SampleSet) -> int:
     """Leave out of the split's held-out set the samples identical to a calibration sample (a
     file the source holds twice); how many. An error when none would be left."""
@@ -211,50 +214,47 @@ def split_sizes(available: int, samples: int, holdout: int) -> tuple[int, int]:
 
 
 def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
-                scratch: Scratch) -> tuple[SampleSet, SampleSet | None]:
-    order, labels, classes = balanced_order(root, seed)
+                scratch: Scratch, role: str = "--calibration folder") -> tuple[SampleSet, SampleSet | None]:
+    """The first ``samples`` usable images of the folder's balanced order calibrate, up to
+    ``holdout`` more are held out; split on the usable images (``split_sizes``), so files that
+    are skipped never shrink the held-out share."""
+    scan = scan_images(root, role)
     transform = build_transform(spec)
-    skipped: list[tuple[str, str]] = []
-    conversions: dict[str, int] = {}
-    label_of = dict(zip(map(str, order), labels)) if labels is not None else {}
+    skipped = list(scan.skipped)
+    notes: dict[str, str] = {}
 
     def reader(path: Path) -> Callable[[], np.ndarray | None]:
         def read() -> np.ndarray | None:
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append((str(path), "not an image file extension"))
-                return None
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                    img, note = convert_mode(img, spec)
-                    arr = transform(img).numpy().astype(np.float32)
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-                skipped.append((str(path), f"unreadable: {err}"))
-                return None
-            if note:
-                conversions[note] = conversions.get(note, 0) + 1
+            arr, note, why = read_image(path, spec, transform)
+            if arr is None:
+                skipped.append((str(path), why))
+            elif note:
+                notes[str(path)] = note
             return arr
         return read
 
-    n_cal, n_eval = split_sizes(len(order), samples, holdout)
-    items = iter([(str(p), reader(p)) for p in order])
-    cal_arr, cal_paths = _fill(scratch, spec, n_cal, items)
-    if not cal_paths:
-        raise CalibrationError(f"no usable images in '{root}' ({len(order)} files, "
-                               f"{len(skipped)} skipped)",
+    arr, paths = _fill(scratch, spec, samples + holdout,
+                       ((str(p), reader(p)) for p in scan.balanced(seed)))
+    if not paths:
+        raise CalibrationError(f"no usable images in '{root}' ({len(scan.files)} image file(s), "
+                               f"{len(skipped)} file(s) skipped)",
                                fix="point at a folder of .jpg/.png images; see calibration/README.md")
+    n_cal, n_eval = split_sizes(len(paths), samples, holdout)
+    labels = np.array([scan.label(Path(p)) for p in paths]) if scan.labelled else None
 
-    def labels_for(paths: list[str]) -> np.ndarray | None:
-        return np.array([label_of[p] for p in paths]) if labels is not None else None
+    def part(start: int, stop: int, source: str, requested: int) -> SampleSet:
+        conversions: dict[str, int] = {}
+        for p in paths[start:stop]:
+            if p in notes:
+                conversions[notes[p]] = conversions.get(notes[p], 0) + 1
+        return SampleSet(arr[start:stop], source, "folder", requested,
+                         labels[start:stop] if labels is not None else None, scan.class_names,
+                         paths[start:stop], skipped, conversions, unlabelled=scan.unlabelled)
 
-    cal = SampleSet(cal_arr, str(root), "folder", samples, labels_for(cal_paths), classes, cal_paths,
-                    skipped, conversions)
+    cal = part(0, n_cal, str(root), samples)
     if not n_eval:
         return cal, None
-    held_arr, held_paths = _fill(scratch, spec, n_eval, items)
-    held = SampleSet(held_arr, f"{root} (held out from calibration)", "folder", holdout,
-                     labels_for(held_paths), classes, held_paths, skipped, conversions)
-    return cal, held if len(held) else None
+    return cal, part(n_cal, n_cal + n_eval, f"{root} (held out from calibration)", holdout)
 
 
 def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,

@@ -1,0 +1,195 @@
+"""Image folders as calibration, the INT8 budget and parity all read them (exporter.image_folder):
+which files count, which class each is (its folder's name, never its position), the read order,
+and a split sized on the images that could be read. The CLI cases run as users run them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exporter.data import load_image_folder
+from exporter.errors import CalibrationError
+from exporter.image_folder import scan_images
+from exporter.quantize.calibration import load_split
+from exporter.recipes import get_recipe
+
+EXPORTER = [sys.executable, "-m", "exporter"]
+
+
+def _images(folder: Path, count: int, seed: int, size: int = 36) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"{seed}-{i}.png")
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_labels_are_the_folder_names_not_their_positions(tmp_path):
+    for name, seed in (("2", 0), ("10", 1), ("0007", 2)):
+        _images(tmp_path / name, 3, seed)
+    scan = scan_images(tmp_path)
+    assert scan.labelled and scan.class_names == ["2", "0007", "10"]  # by index, not by string
+    assert sorted({scan.label(p) for p in scan.files}) == [2, 7, 10]
+    batch = load_image_folder(tmp_path, get_recipe("lenet5").input)
+    assert sorted(batch.labels.tolist()) == [2, 2, 2, 7, 7, 7, 10, 10, 10]
+    by_file = {Path(p).parent.name: int(lab) for p, lab in zip(batch.paths, batch.labels)}
+    assert by_file == {"2": 2, "10": 10, "0007": 7}
+
+
+def test_stray_files_hidden_and_empty_folders_do_not_turn_labels_off(tmp_path):
+    _images(tmp_path / "0", 2, 0)
+    _images(tmp_path / "1", 2, 1)
+    _images(tmp_path / ".thumbs", 1, 2)  # hidden: left out, not a class, no crash
+    _images(tmp_path / "__MACOSX" / "0", 1, 3)
+    (tmp_path / "misc").mkdir()  # empty: not a class
+    (tmp_path / "README.txt").write_text("labels: folder = class index\n")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    scan = scan_images(tmp_path)
+    assert scan.labelled and scan.class_names == ["0", "1"] and len(scan.files) == 4
+    assert [Path(p).name for p, _ in scan.skipped] == ["README.txt"]
+
+
+@pytest.mark.parametrize("layout, reason", [
+    ({"cat": 2, "dog": 2}, "subfolder(s) 'cat', 'dog'"),
+    ({"0": 2, "²": 2}, "subfolder(s) '²'"),  # str.isdigit() admits it, int() does not
+    ({"0": 2, "1": 2, "": 2}, "2 image(s) lie directly in"),
+])
+def test_folders_that_are_not_class_indices_give_no_labels_and_say_why(tmp_path, layout, reason):
+    for seed, (name, count) in enumerate(layout.items()):
+        _images(tmp_path / name if name else tmp_path, count, seed)
+    scan = scan_images(tmp_path)
+    assert not scan.labelled and reason in scan.unlabelled and scan.class_names == []
+    assert scan.label(scan.files[0]) is None
+    groups = sorted(set(scan.groups))  # still balanced over the folders
+    assert groups == sorted(layout)
+
+
+def test_symlinked_folders_are_followed_once_and_broken_links_skipped(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    _images(root / "0", 2, 0)
+    _images(elsewhere, 3, 1)
+    (root / "1").symlink_to(elsewhere, target_is_directory=True)
+    (root / "0" / "loop").symlink_to(root, target_is_directory=True)  # a loop ends
+    (root / "0" / "gone.png").symlink_to(tmp_path / "missing.png")
+    scan = scan_images(root)
+    assert scan.labelled and scan.class_names == ["0", "1"]
+    assert sorted(scan.groups) == ["0", "0", "1", "1", "1"]
+    assert [(Path(p).name, why) for p, why in scan.skipped] == [
+        ("gone.png", "not a readable file (a broken link?)")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 folder anyway")
+def test_unreadable_folders(tmp_path):
+    _images(tmp_path / "0", 2, 0)
+    _images(tmp_path / "1", 2, 1)
+    (tmp_path / "1").chmod(0)
+    try:
+        scan = scan_images(tmp_path)
+        assert len(scan.files) == 2 and "unreadable folder" in scan.skipped[0][1]
+        with pytest.raises(CalibrationError, match="cannot read the image folder"):
+            scan_images(tmp_path / "1")
+    finally:
+        (tmp_path / "1").chmod(0o755)
+
+
+def test_balanced_order_is_seeded_round_robin(tmp_path):
+    for name, count in (("0", 5), ("1", 2), ("2", 3)):
+        _images(tmp_path / name, count, int(name))
+    scan = scan_images(tmp_path)
+    order = scan.balanced(seed=4)
+    assert [p.parent.name for p in order] == ["0", "1", "2", "0", "1", "2", "0", "2", "0", "0"]
+    assert order == scan.balanced(seed=4) and order != scan.balanced(seed=5)
+    assert sorted(order) == scan.files
+
+
+def test_split_is_sized_on_the_images_that_could_be_read(tmp_path):
+    """Unreadable files and non-images never shrink the held-out quarter."""
+    _images(tmp_path, 40, 0)
+    for i in range(4):
+        (tmp_path / f"bad{i}.png").write_bytes(b"not a png")
+        (tmp_path / f"notes{i}.txt").write_text("x")
+    cal, held = load_split(tmp_path, get_recipe("lenet5").input, samples=256, holdout=200)
+    assert (len(cal), len(held)) == (30, 10)
+    assert len(cal.skipped) == 8 and not set(cal.paths) & set(held.paths)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXPORTER, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_parity_and_the_int8_budget_read_the_same_labels(tmp_path):
+    """Images filed under the class FP32 predicts for them: accuracy 1.0 for both the export's
+    budget and parity (parity used to label by folder position, and scored 0)."""
+    import onnxruntime as ort
+
+    from exporter.data import preprocess
+
+    proc = _cli("export", "lenet5", "-o", str(tmp_path / "fp32"), "--no-verify", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    session = ort.InferenceSession(str(tmp_path / "fp32" / "lenet5.onnx"))
+    spec = get_recipe("lenet5").input
+    pool = _images(tmp_path / "pool", 24, 7, size=32)
+    x = np.stack([preprocess(Image.open(p), spec) for p in pool])
+    predicted = session.run(None, {session.get_inputs()[0].name: x})[0].argmax(1)
+    folder = tmp_path / "filed"
+    for path, cls in zip(pool, predicted):
+        (folder / str(int(cls))).mkdir(parents=True, exist_ok=True)
+        path.rename(folder / str(int(cls)) / path.name)
+    names = sorted(p.name for p in folder.iterdir())
+    assert any(str(i) != n for i, n in enumerate(sorted(names, key=int))), names  # positions differ
+
+    proc = _cli("parity", "lenet5", "--images", str(folder), "--samples", "24", "--random", "1",
+                "--no-latency", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)["reports"][0]
+    assert report["eager"]["accuracy"]["images"]["top1"] == pytest.approx(1.0)
+
+    out = tmp_path / "int8"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+                "--eval-images", str(folder), "--max-accuracy-drop", "100", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    details = next(a for a in manifest["artifacts"] if a["precision"] == "int8")["details"]
+    assert details["criterion"].startswith("top-1 accuracy drop")
+    assert details["measured"]["fp32_top1"] == pytest.approx(1.0) and details["measured"]["samples"] == 24
+
+
+def test_output_inside_the_image_folder_is_refused(tmp_path):
+    """The export would read its own artifacts (and staging files) as calibration images."""
+    _images(tmp_path / "imgs", 20, 0)
+    before = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    for out in ("imgs/artifacts", "imgs"):
+        proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "imgs", "-o", out,
+                    cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"the output folder '{out}' lies inside the --calibration folder 'imgs'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == before
+
+
+def test_a_split_with_nothing_left_to_judge_says_so(tmp_path):
+    _images(tmp_path / "one", 1, 0)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "one",
+                "--calibration-samples", "1", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "no sample is left to judge the INT8 budget on, held out from 'one'" in proc.stderr
+    assert "batch None" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_packaged_folder_here_does_not_silently_lose_to_the_shipped_photos(tmp_path):
+    _images(tmp_path / "packaged", 20, 0)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "-o", "out",
+                cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "a 'packaged' folder exists here too" in proc.stderr
+    assert "--calibration ./packaged for yours, or --calibration packaged:0" in proc.stderr
+    assert not (tmp_path / "out").exists()
