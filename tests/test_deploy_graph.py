@@ -76,6 +76,7 @@ def test_correct_model_exports_in_deploy_form(name, tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     check = manifest["export"]["deploy_check"]
     assert check["ok"] and check["bn_nodes"] == 0 and check["outputs"] == ["logits"]
+    assert check["path"] == "net_make.onnx"  # the artifact, not the staging folder it was checked in
     assert all(not row["breach"] for row in manifest["parity"])
     graph = onnx.load(str(tmp_path / "out" / "net_make.onnx")).graph
     assert not [n for n in graph.node if n.op_type == "BatchNormalization"]

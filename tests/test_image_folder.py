@@ -193,3 +193,14 @@ def test_a_packaged_folder_here_does_not_silently_lose_to_the_shipped_photos(tmp
     assert "a 'packaged' folder exists here too" in proc.stderr
     assert "--calibration ./packaged for yours, or --calibration packaged:0" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_transparent_pixels_are_white_for_grey_and_colour_recipes(tmp_path, mode):
+    """Alpha is composited onto white for both colour modes (a grey recipe used to read 0)."""
+    from exporter.data import convert_mode
+
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0)).convert(mode)
+    for recipe in ("lenet5", "mobilenet_v2"):
+        converted, note = convert_mode(image, get_recipe(recipe).input)
+        assert np.asarray(converted).min() == 255 and "alpha on white" in note, (recipe, mode)
