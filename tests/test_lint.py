@@ -254,3 +254,18 @@ def test_lint_path_reads_the_manifest(tiny, tmp_path):
     assert [r.ok for r in reports] == [True, False]
     assert [r.precision for r in reports] == ["fp32", "fp16"]
     assert lint_path(tmp_path / "tiny.onnx")[0].ok
+
+
+def test_a_stale_recorded_shape_is_an_error(tmp_path):
+    """A value_info shape that contradicts the graph (what a rewrite that pads a tensor leaves
+    behind when it forgets the record) fails onnx's strict checker: lint says so."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    graph = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["p"]),
+                               helper.make_node("Relu", ["p"], ["y"])], "g", [x], [y], [pads])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert not [f for f in lint_onnx(model).errors if f.check == "onnx-valid"]
+    model.graph.value_info.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 2, 4, 4]))
+    found = [f for f in lint_onnx(model).errors if f.check == "onnx-valid"]
+    assert len(found) == 1 and "Inferred shape and existing shape differ" in found[0].message

@@ -4,6 +4,7 @@ TensorRT needs a CUDA device even to parse an ONNX file, so everything an engine
 that *can* be checked without one is checked here, from the graph alone:
 
 - ``opset``: the default-domain opset is in the range the TensorRT ONNX parser accepts;
+- ``onnx-valid``: onnx's checker with strict shape inference accepts the graph (no stale shapes);
 - ``op-support``: every node is in the onnx-tensorrt operator table (``trt_ops.json``);
 - ``static-shape``: graph inputs have fixed dimensions except the batch axis (dim 0);
 - ``qdq-*``: explicit-quantization invariants for strongly typed INT8 engines (int8 zero-points
@@ -22,7 +23,7 @@ import onnx
 import onnx.external_data_helper
 
 from ..errors import UsageError
-from .checks import _check_ops, _check_opset, _check_static_shapes
+from .checks import _check_ops, _check_opset, _check_static_shapes, _check_valid
 from .findings import ERROR, WARNING, Finding, LintError, LintReport, trt_op_table
 from .graph import _Graph, detect_precision
 from .qdq import _check_fp16_io, _check_qdq
@@ -53,6 +54,7 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
                        f"--precision {detected}")
     g = _Graph(model)
     _check_opset(model, report)
+    _check_valid(model, report)
     _check_ops(model, report)
     _check_static_shapes(model, report)
     _check_qdq(g, report)

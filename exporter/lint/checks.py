@@ -20,6 +20,20 @@ def _check_opset(model: onnx.ModelProto, report: LintReport) -> None:
                        f"with onnx.version_converter.convert_version(model, 17)")
 
 
+def _check_valid(model: onnx.ModelProto, report: LintReport) -> None:
+    """onnx's strict shape inference: a recorded shape that contradicts the graph (a stale
+    ``value_info``) is an error ONNX Runtime warns on and TensorRT's parser may trip on."""
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        report.add(ERROR, "onnx-valid", "", f"onnx's shape inference rejects the graph: {first[:300]}",
+                   fix="drop or correct the stale value_info shapes (onnx.shape_inference.infer_shapes "
+                       "on a copy without value_info shows the right ones), or re-export")
+    except Exception:  # noqa: BLE001 - an op or opset the inference does not know: other checks say so
+        return
+
+
 def _check_ops(model: onnx.ModelProto, report: LintReport) -> None:
     table = trt_op_table()
     supported, unsupported = set(table["supported"]), set(table["unsupported"])

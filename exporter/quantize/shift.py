@@ -221,6 +221,11 @@ def _explicit_pad(model: onnx.ModelProto, graph: GraphIndex, shift: Shift, act: 
     _add_init(graph, new_inits, np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), f"{base}_pads")
     _add_init(graph, new_inits, np.array(-shift.offset, np.float32), f"{base}_pad_value")
     act.output[0] = f"{base}_unpadded"
+    # the tensor is now padded: a shape recorded for it (the unpadded one) would be stale, and
+    # onnx's checker and ONNX Runtime reject or warn on the mismatch
+    stale = [v for v in model.graph.value_info if v.name == shift.tensor]
+    for info in stale:
+        model.graph.value_info.remove(info)
     model.graph.node.append(helper.make_node("Pad", [f"{base}_unpadded", f"{base}_pads", f"{base}_pad_value"],
                                              [shift.tensor], name=f"{base}_Pad", mode="constant"))
     for attr in shift.consumer.attribute:
