@@ -29,19 +29,15 @@ def _tuning(record: dict | str | None) -> str:
 
 def _quant_lines(d: dict) -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
-    if "int8_conv_fraction" not in d:  # a PT2E artifact (ExecuTorch, LiteRT): its budget's caveat
-        return [f"    WARNING: {d['budget_warning']}"] if d.get("budget_warning") else []
-    m = d.get("measured", {})
-    shown = f"top-1 agreement {m.get('top1_agreement', float('nan')):.3f}"
-    if m.get("top1_agreement_ci95"):
-        lo, hi = m["top1_agreement_ci95"]
-        shown += f" (95% CI {lo:.3f}-{hi:.3f}, n={m.get('samples')})"
-    if "accuracy_drop_points" in m:
-        shown += f", top-1 {m['int8_top1']:.3f} vs FP32 {m['fp32_top1']:.3f}"
+    if "quantize" in d:  # OpenVINO: the IR of our Q/DQ ONNX, whose facts it keeps
+        return ["    (the Q/DQ ONNX this IR was converted from, cpu placement; its latency is ONNX "
+                "Runtime's, not OpenVINO's)"] + _quant_lines(d["quantize"])
+    if "int8_conv_fraction" not in d:  # a PT2E artifact (ExecuTorch, LiteRT)
+        return _pt2e_lines(d)
+    cache = d.get("calibration_cache", {})
     kept = d.get("kept_fp16_layers", [])
     by_rule = [n for n in kept if n in d.get("kept_by_rule", {})]
     by_budget = [n for n in kept if n not in by_rule]
-    cache = d.get("calibration_cache", {})
     precision = d.get("kept_layers_precision", "fp16")
     lines = [
         f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%); "
@@ -51,8 +47,7 @@ def _quant_lines(d: dict) -> list[str]:
            if d.get("kept_fp32_layers") else "")
         + (f", {len(d['float_out_layers'])} run in float (a kept layer reads their output)"
            if d.get("float_out_layers") else ""),
-        f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
-        f"{shown}; judged on {d.get('measured_on')}",
+        _budget_line(d),
         f"    calibration: {d.get('method')}"
         + (f" + {d['range_search']}" if d.get("range_search") else "")
         + _rounding(d.get("weight_rounding"))
@@ -75,6 +70,37 @@ def _quant_lines(d: dict) -> list[str]:
                      f"{lat['speedup']:.2f}x" + (f" ({timings_note(lat)})" if timings_note(lat) else ""))
         if lat["speedup"] < 1.0:
             lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}))
+    return lines
+
+
+def _budget_line(d: dict) -> str:
+    m = d.get("measured", {})
+    shown = f"top-1 agreement {m.get('top1_agreement', float('nan')):.3f}"
+    if m.get("top1_agreement_ci95"):
+        lo, hi = m["top1_agreement_ci95"]
+        shown += f" (95% CI {lo:.3f}-{hi:.3f}, n={m.get('samples')})"
+    if "accuracy_drop_points" in m:
+        shown += f", top-1 {m['int8_top1']:.3f} vs FP32 {m['fp32_top1']:.3f}"
+    return (f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
+            f"{shown}; judged on {d.get('measured_on')}")
+
+
+def _pt2e_lines(d: dict) -> list[str]:
+    """A PT2E artifact's INT8 facts: its quantizer, the layers kept in float, the budget."""
+    if "criterion" not in d:
+        return []
+    kept = d.get("kept_float") or []
+    cal = d.get("calibration") or {}
+    lines = [f"    int8: {d.get('quantizer')}; kept in float by the budget: {len(kept)}"
+             + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else ""),
+             _budget_line(d),
+             f"    calibration: {cal.get('used')} samples from {cal.get('source')}, "
+             f"{cal.get('skipped', 0)} file(s) skipped"]
+    if d.get("options_not_used"):
+        lines.append(f"    not used by this runtime's INT8: {', '.join(d['options_not_used'])} "
+                     "(options of the ONNX and OpenVINO INT8 path)")
+    if d.get("budget_warning"):
+        lines.append(f"    WARNING: {d['budget_warning']}")
     return lines
 
 

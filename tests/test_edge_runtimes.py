@@ -141,6 +141,9 @@ def test_openvino_int8_is_our_qdq_read_by_openvino(tmp_path):
     assert int8["details"]["quantize"]["int8_convs"] >= 1
     assert int8["details"]["options"]["calibration"] == "packaged"
     assert "lenet5.int8.openvino.xml on CPU int8 kernels + f32" in proc.stdout
+    # the summary gives the INT8 facts as for the ONNX it was converted from, and says so
+    assert "(the Q/DQ ONNX this IR was converted from, cpu placement" in proc.stdout
+    assert "    int8: 3/3 convs INT8 (100.0%)" in proc.stdout and "    budget: top-1 agreement" in proc.stdout
     assert (out / "lenet5.int8.calib.json").is_file()  # the next export re-uses the ranges
 
 

@@ -177,8 +177,9 @@ def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
     out = tmp_path / "lenet5"
     proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
                    "packaged", "--calibration-samples", "32", "--min-agreement", "0.5",
-                   "--calibration-method", "entropy", "--output", str(out))
+                   "--calibration-method", "entropy", "--output", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["ok"]  # one JSON document: the converter's prints stay off stdout
     entry = _entry(_manifest(out), fmt, "int8")
     details = entry["details"]
     # an option of the ONNX Q/DQ path is said not to apply, in the log and the manifest
@@ -209,6 +210,18 @@ def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt
     assert (f"the {fmt} INT8 accuracy budget (top-1 agreement with FP32 >= 1.000) cannot be met "
             "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0.25)") in proc.stderr
     assert "--max-kept-fraction 0.5" in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", PT2E_INT8)
+def test_int8_summary_says_what_the_budget_measured(tmp_path, fmt):
+    proc = run_cli("export", "lenet5", "--format", fmt, "--precision", "int8", "--calibration",
+                   "packaged", "--calibration-samples", "32", "--min-agreement", "0.5",
+                   "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "    budget: top-1 agreement with FP32 >= 0.500 -> met: top-1 agreement" in proc.stdout
+    assert "judged on packaged photos (seed 7919" in proc.stdout and "kept in float by the budget: 0" in proc.stdout
+    assert "    calibration: 32 samples from packaged photos" in proc.stdout
+    assert "[START]" not in proc.stdout  # a converter's progress lines are not the summary
 
 
 MOBILE_FAMILIES = ["mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",

@@ -1,8 +1,13 @@
 """The runner interface every artifact backend implements, and the format -> runner registry."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -29,3 +34,24 @@ def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu",
     from .registry import load
 
     return load(artifact["format"]).make_runner(artifact, Path(directory), device, **options)
+
+
+@contextlib.contextmanager
+def converter_output_hidden() -> Iterator[io.StringIO]:
+    """A converter's own prints (Python's ``sys.stdout`` and the process's file descriptor 1,
+    where native code writes) kept off stdout, which ``--json`` reserves for its one document;
+    what was printed is in the yielded buffer."""
+    text = io.StringIO()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as native:
+        try:
+            os.dup2(native.fileno(), 1)
+            with contextlib.redirect_stdout(text):
+                yield text
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            native.seek(0)
+            text.write(native.read().decode(errors="replace"))

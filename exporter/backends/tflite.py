@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ExporterError, PrecisionError
 from . import pt2e
+from .base import converter_output_hidden
 from .registry import get, package_versions, require_module
 
 FORMAT = "tflite"
@@ -48,19 +49,20 @@ def export(ctx) -> list[dict[str, Any]]:
     details: dict[str, Any] = {"batch": batch, "layout": "NCHW (the converter transposes inside "
                                "the graph; the runner feeds NCHW as for every artifact)"}
     try:
-        if ctx.precision == "int8":
-            from litert_torch.quantize import pt2e_quantizer
+        with converter_output_hidden():  # its progress lines would break --json's one document
+            if ctx.precision == "int8":
+                from litert_torch.quantize import pt2e_quantizer
 
-            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-            runner, quantized = pt2e.int8_within_budget(
-                ctx, FORMAT, quantizer,
-                lambda graph: _build_int8(converter, quantizer, graph, example, path),
-                fuse_clamps=False)  # measured: no gain here (pt2e)
-        else:
-            model = converter.convert(ctx.deploy.eval(), (example,))
-            model.export(str(path))
-            runner = LiteRTRunner(path, precision=ctx.precision)
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+                runner, quantized = pt2e.int8_within_budget(
+                    ctx, FORMAT, quantizer,
+                    lambda graph: _build_int8(converter, quantizer, graph, example, path),
+                    fuse_clamps=False)  # measured: no gain here (pt2e)
+            else:
+                model = converter.convert(ctx.deploy.eval(), (example,))
+                model.export(str(path))
+                runner = LiteRTRunner(path, precision=ctx.precision)
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as err:  # noqa: BLE001 - every converter failure becomes one typed error
