@@ -219,6 +219,10 @@ def export(request: ExportRequest) -> ExportResult:
     options = check_graph_input(request, request.formats)  # usage, before any environment check
     formats = _parse_formats(request.formats, request.precision)
     check_model_options(request)  # before any model is built or any file written
+    from .backends import registry
+
+    for fmt in formats:
+        registry.check_request(fmt, request)
     if request.precision == "int8" and not request.quant.get("calibration"):
         raise UsageError("INT8 needs calibration images and none were given",
                          fix=f"pass --calibration DIR (an image folder, class subfolders allowed, or "

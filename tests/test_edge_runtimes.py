@@ -152,6 +152,8 @@ def test_openvino_int8_is_our_qdq_read_by_openvino(tmp_path):
      "not available on this machine"),
     (["--format", "openvino", "--precision", "int8", "--calibration", "packaged", "--target",
       "tensorrt"], 2, "uses the cpu Q/DQ placement"),
+    (["--format", "onnx,openvino", "--precision", "int8", "--calibration", "packaged", "--target",
+      "tensorrt"], 2, "uses the cpu Q/DQ placement"),  # refused before the ONNX INT8 is made
     (["--format", "coreml", "--precision", "int8", "--calibration", "packaged"], 2,
      "not produced by --format coreml"),
 ])
@@ -161,7 +163,7 @@ def test_refused_requests_exit_with_one_line_and_no_artifacts(tmp_path, args, co
     proc = run_cli("export", "lenet5", *args, "--output", str(out))
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr and "fix:" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "calibration:" not in proc.stderr  # before any work
     assert not out.exists()
 
 

@@ -153,10 +153,25 @@ def test_missing_extra_is_one_line_naming_the_extra(tmp_path, fmt):
     (site / "sitecustomize.py").write_text(BLOCKER.format(hidden=hidden))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "out"
-    proc = run_cli("export", "lenet5", "--format", fmt, "--output", str(out), env=env)
+    int8 = ["--precision", "int8", "--calibration", "packaged"] if "int8" in BACKENDS[fmt].precisions else []
+    proc = run_cli("export", "lenet5", "--format", f"onnx,{fmt}", *int8, "--output", str(out), env=env)
     assert proc.returncode == 5, (proc.returncode, proc.stderr[-2000:])
     assert f"pip install 'zoo-exporter[{BACKENDS[fmt].extra}]'" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+    assert "load: " not in proc.stderr and "calibration:" not in proc.stderr  # before any work
+
+
+@pytest.mark.parametrize("fmt", [p for p in MOBILE if p.values[0] == "tflite"])
+def test_a_missing_dependency_of_the_converter_is_named(tmp_path, fmt):
+    """litert-torch installed but its interpreter package (ai-edge-litert) not: the error names
+    the package that is missing, not the one that imports it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(hidden={"ai_edge_litert"}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    proc = run_cli("export", "lenet5", "--format", fmt, "--output", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert "needs the 'ai_edge_litert' package" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_tflite_fp16_is_refused_not_written_as_fp32(tmp_path):

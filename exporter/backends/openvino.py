@@ -85,18 +85,24 @@ def export(ctx) -> list[dict[str, Any]]:
     return entries
 
 
+def check_request(request) -> None:
+    """INT8 IR is the cpu Q/DQ placement: another --target is refused before any export work."""
+    target = (request.quant or {}).get("target") or "cpu"
+    if request.precision == "int8" and target != "cpu":
+        raise UsageError(f"--format openvino --precision int8 uses the cpu Q/DQ placement; "
+                         f"--target {target} was asked",
+                         fix="drop --target (or pass --target cpu) for OpenVINO; export the "
+                             f"{target} placement with a separate `--format onnx --target {target}`")
+
+
 def _int8(ctx, ov) -> dict[str, Any]:
     """Our Q/DQ ONNX (cpu placement, same calibration options and budget as the ONNX path) -> IR."""
     from ..pipeline import quant_options_record
     from ..quantize import quantize_stage
 
     quant = dict(ctx.request.quant)
-    target = quant.pop("target", None) or "cpu"
-    if target != "cpu":
-        raise UsageError(f"--format openvino --precision int8 uses the cpu Q/DQ placement; "
-                         f"--target {target} was asked",
-                         fix="drop --target (or pass --target cpu) for OpenVINO; export the "
-                             f"{target} placement with a separate `--format onnx --target {target}`")
+    quant.pop("target", None)
+    check_request(ctx.request)
     cache = f"{ctx.stem}.int8.calib.json"
     with tempfile.TemporaryDirectory(prefix="zoo-exporter-openvino-") as scratch:
         scratch = Path(scratch)

@@ -81,10 +81,11 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
             requires=("coremltools",)),
     Backend("executorch", "exporter.backends.executorch",
             "ExecuTorch .pte (XNNPACK delegate), run by executorch.runtime", extra="executorch",
-            precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao")),
+            precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao"),
+            requires=("executorch", "torchao")),
     Backend("tflite", "exporter.backends.tflite", "LiteRT .tflite (litert-torch), run by the "
             "LiteRT Interpreter", extra="litert", precisions=("fp32", "int8"),
-            packages=("litert-torch", "ai-edge-litert")),
+            packages=("litert-torch", "ai-edge-litert"), requires=("litert_torch", "ai_edge_litert")),
 )}
 
 
@@ -146,8 +147,10 @@ def require_module(backend: Backend, package: str) -> ModuleType:
     try:
         return importlib.import_module(package)
     except ImportError as err:
+        missing = getattr(err, "name", None) or package
+        via = f" (imported by '{package}')" if missing.split(".")[0] != package.split(".")[0] else ""
         raise BackendUnavailableError(
-            f"--format {backend.format} needs the '{package}' package, which is not installed "
+            f"--format {backend.format} needs the '{missing}' package{via}, which is not installed "
             f"({type(err).__name__}: {err})", fix=install_hint(backend)) from err
 
 
@@ -163,6 +166,14 @@ def check_installed(fmt: str) -> None:
         if not found:
             raise BackendUnavailableError(f"--format {fmt} needs the '{package}' package, which is "
                                           "not installed", fix=install_hint(backend))
+
+
+def check_request(fmt: str, request: Any) -> None:
+    """``fmt``'s own checks of an export request (its module's ``check_request``), before any
+    export work: a combination it would refuse only after the other formats were made."""
+    hook = getattr(load(fmt), "check_request", None)
+    if hook:
+        hook(request)
 
 
 def artifact_notes(entry: dict[str, Any], directory: Path) -> list[str]:
