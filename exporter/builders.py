@@ -9,6 +9,7 @@ import difflib
 import hashlib
 import importlib.util
 import os
+import re
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -77,15 +78,17 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
 
         recipe = timm_recipe(spec_str.split(":", 1)[1])
     elif ".py:" in spec_str:
+        imagenet = channels in (None, 3)  # ImageNet's statistics are for RGB, not a slice of them
         base = InputSpec(channels=channels or 3, size=(input_size or 224,) * 2,
                          resize=round((input_size or 224) * 256 / 224),
-                         mean=mean or (0.485, 0.456, 0.406)[: channels or 3],
-                         std=std or (0.229, 0.224, 0.225)[: channels or 3], min_size=1,
+                         mean=mean or ((0.485, 0.456, 0.406) if imagenet else ()),
+                         std=std or ((0.229, 0.224, 0.225) if imagenet else ()), min_size=1,
                          color_mode="L" if channels == 1 else "RGB")
         if len(base.mean) != base.channels or len(base.std) != base.channels:
             n = base.channels
             raise UsageError(f"--channels {n} needs --mean and --std with {n} values each (got "
-                             f"{len(base.mean)} and {len(base.std)}; the ImageNet defaults have 3)",
+                             f"{len(base.mean)} and {len(base.std)}; the ImageNet defaults are for "
+                             "3 channels)",
                              fix=f"pass both, e.g. --mean {','.join(['0.5'] * n)} "
                                  f"--std {','.join(['0.25'] * n)}")
         recipe = _file_recipe(spec_str, base, num_classes)
@@ -265,15 +268,35 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
     return model.eval(), info
 
 
-def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> None:
-    """Run one forward pass at the requested size; a shape error becomes an InputSpecError."""
+def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> int | None:
+    """Run one forward pass at the requested size; a shape error becomes an InputSpecError.
+    Returns the width of a (batch, classes) output (None for another shape)."""
     dummy = torch.zeros(1, spec.channels, *spec.size)
     try:
         with torch.no_grad():
-            model(dummy)
+            out = model(dummy)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
+        fix = f"use the recipe's size {recipe.input.size[0]} or a size >= {recipe.input.min_size}"
+        wanted = re.search(r"to have (\d+) channels, but got (\d+)", first)
+        if wanted:
+            n = int(wanted.group(1))
+            fix = (f"the model takes {n} input channel(s): pass --channels {n} with --mean and --std "
+                   f"of {n} value(s) each")
         raise InputSpecError(
             f"{recipe.name} cannot take a 1x{spec.channels}x{spec.size[0]}x{spec.size[1]} input ({first})",
-            fix=f"use the recipe's size {recipe.input.size[0]} or a size >= {recipe.input.min_size}",
-        ) from None
+            fix=fix) from None
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def checked_class_count(recipe: Recipe, width: int | None, asked: int | None) -> Recipe:
+    """A user module's recipe with the class count its output really has (the 1000 default is
+    a guess); ``--num-classes`` that contradicts the output is an InputSpecError."""
+    if width is None or width == recipe.num_classes or recipe.source != "file":
+        return recipe
+    if asked is not None:
+        raise InputSpecError(f"{recipe.name} outputs {width} logits per sample, but its class count is "
+                             f"{recipe.num_classes}{' (--num-classes)' if asked is not None else ''}",
+                             fix=f"pass --num-classes {width}, or pick the logits output "
+                                 "(--output-index / --output-name)")
+    return replace(recipe, num_classes=width)

@@ -139,14 +139,16 @@ def load_stage(request: ExportRequest) -> tuple[Recipe, InputSpec, nn.Module, di
     return recipe, spec, model, weights_info
 
 
-def prepare_stage(model: nn.Module, recipe: Recipe, spec: InputSpec):
-    """(reference, deploy, report): the same prepared model without and with BN folding."""
+def prepare_stage(model: nn.Module, recipe: Recipe, spec: InputSpec, num_classes: int | None = None):
+    """(reference, deploy, report, recipe): the same prepared model without and with BN folding,
+    and the recipe with a user module's real class count (``builders.checked_class_count``)."""
+    from .builders import checked_class_count
     from .prepare import prepare_for_deploy
 
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     deploy, report = prepare_for_deploy(model, recipe, fold=True)
-    check_input_size(deploy, recipe, spec)
-    return reference, deploy, report
+    width = check_input_size(deploy, recipe, spec)
+    return reference, deploy, report, checked_class_count(recipe, width, num_classes)
 
 
 def onnx_stage(deploy: nn.Module, spec: InputSpec, path: Path, request: ExportRequest,
@@ -239,7 +241,7 @@ def export(request: ExportRequest) -> ExportResult:
     recipe = override_tolerances(recipe, request.atol, request.rtol)
     request.stage(f"prepare: {', '.join(recipe.prepare_steps)}; input {spec.channels}x"
                   f"{spec.size[0]}x{spec.size[1]}; weights {weights_info.get('kind')}")
-    reference, deploy, prep = prepare_stage(model, recipe, spec)
+    reference, deploy, prep, recipe = prepare_stage(model, recipe, spec, request.num_classes)
     check_dynamic_size(deploy, recipe, spec, options,  # refused before anything is written
                        request.exporter if "onnx" in formats else None)
     graph = wrap(deploy, spec, options)  # what every format is exported from

@@ -77,9 +77,28 @@ def test_correct_model_exports_in_deploy_form(name, tmp_path):
     check = manifest["export"]["deploy_check"]
     assert check["ok"] and check["bn_nodes"] == 0 and check["outputs"] == ["logits"]
     assert check["path"] == "net_make.onnx"  # the artifact, not the staging folder it was checked in
+    assert manifest["recipe"]["num_classes"] == 5  # the output's width, not the 1000 default
     assert all(not row["breach"] for row in manifest["parity"])
     graph = onnx.load(str(tmp_path / "out" / "net_make.onnx")).graph
     assert not [n for n in graph.node if n.op_type == "BatchNormalization"]
     assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 5  # the chosen logits
     if name == "linear_bn":
         assert ["fc", "bn"] in manifest["prepare"]["folded"]
+
+
+def test_class_count_and_channels_are_the_models_own(tmp_path):
+    """A user module's class count is read from its output; options that contradict the module
+    are refused with the right fix, and --channels 1 never takes a slice of ImageNet's RGB stats."""
+    _write_model(tmp_path, MODELS["linear_bn"])
+    cases = [(["--num-classes", "12"], 4, "outputs 5 logits per sample, but its class count is 12",
+              "pass --num-classes 5"),
+             (["--channels", "1"], 2, "--channels 1 needs --mean and --std with 1 values each",
+              "--mean 0.5 --std 0.25"),
+             (["--channels", "1", "--mean", "0.5", "--std", "0.25"], 4, "to have 3 channels",
+              "the model takes 3 input channel(s): pass --channels 3")]
+    for extra, code, what, fix in cases:
+        proc = run_cli(["export", "net.py:make", "--input-size", "12", "--output", "out", *extra],
+                       cwd=tmp_path)
+        assert proc.returncode == code, (extra, proc.stderr[-2000:])
+        assert what in proc.stderr and fix in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "out").exists()
