@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except ExporterError as err:
         from .cli_options import json_printed
 
-        if getattr(args, "json", False) and not json_printed():  # --json: one document on stdout
+        wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
+        if wants_json and not json_printed():  # --json: one document on stdout (a parse error too)
             import json
 
             print(json.dumps({"ok": False, "error": err.message, "fix": err.fix,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -269,3 +271,16 @@ def test_a_stale_recorded_shape_is_an_error(tmp_path):
     model.graph.value_info.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 2, 4, 4]))
     found = [f for f in lint_onnx(model).errors if f.check == "onnx-valid"]
     assert len(found) == 1 and "Inferred shape and existing shape differ" in found[0].message
+    # the command: the report, then one error line and one fix line, exit 4 (1 is for bugs)
+    onnx.save(model, tmp_path / "stale.onnx")
+    for extra in ([], ["--json"]):
+        proc = subprocess.run([sys.executable, "-m", "exporter", "lint", str(tmp_path / "stale.onnx"), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 4, proc.stderr
+        tail = proc.stderr.strip().splitlines()[-2:]
+        assert tail[0].startswith("error: 1 of 1 ONNX file(s) not TensorRT-ready: 1 error(s) (first: onnx-valid")
+        assert tail[1].startswith("fix: drop or correct the stale value_info shapes")
+        if extra:
+            assert json.loads(proc.stdout)[0]["ok"] is False  # one JSON document: the reports
+        else:
+            assert "TensorRT lint NOT READY" in proc.stdout

@@ -1,10 +1,9 @@
 """``exporter lint PATH``: TensorRT-readiness of an ONNX file or an artifact directory."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 
 def add_parser(sub) -> None:
@@ -36,7 +35,15 @@ def run(args) -> int:
     if not reports:
         raise UsageError(f"{path} holds no ONNX artifact", fix="run `exporter export` into it first")
     if args.json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2))
+        from ..cli_options import print_json
+
+        print_json([r.to_dict() for r in reports])
     else:
         print("\n\n".join(r.render() for r in reports))
-    return 0 if all(r.ok for r in reports) else 1
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        errors = sum(len(r.errors) for r in bad)
+        raise InputError(f"{len(bad)} of {len(reports)} ONNX file(s) not TensorRT-ready: {errors} error(s) "
+                        f"(first: {bad[0].errors[0].check}: {bad[0].errors[0].message})",
+                        fix=bad[0].errors[0].fix or "fix each ERROR listed above as its fix says")
+    return 0
