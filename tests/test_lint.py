@@ -284,3 +284,22 @@ def test_a_stale_recorded_shape_is_an_error(tmp_path):
             assert json.loads(proc.stdout)[0]["ok"] is False  # one JSON document: the reports
         else:
             assert "TensorRT lint NOT READY" in proc.stdout
+
+
+def test_the_cpu_int8_placement_is_named_not_just_rejected(tmp_path):
+    """Linting an export's --target cpu INT8 (ONNX Runtime's u8 activations) for TensorRT says
+    it is that placement and points at --target tensorrt, above the Q/DQ errors it has by design."""
+    out = tmp_path / "cpu8"
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "lenet5", "--precision", "int8",
+                           "--calibration", "packaged", "--target", "cpu", "-o", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for target in (out, out / "lenet5.int8.cpu.onnx"):
+        report = next(r for r in lint_path(target) if r.precision == "int8")
+        assert report.findings[0].check == "placement" and not report.ok
+    proc = subprocess.run([sys.executable, "-m", "exporter", "lint", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 4 and "TensorRT lint OK" in proc.stdout  # the FP32 file is fine
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "fix: for a TensorRT engine export --precision int8 --target tensorrt (the default) and build "
+        "from that file")

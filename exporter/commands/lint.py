@@ -45,5 +45,6 @@ def run(args) -> int:
         errors = sum(len(r.errors) for r in bad)
         raise InputError(f"{len(bad)} of {len(reports)} ONNX file(s) not TensorRT-ready: {errors} error(s) "
                         f"(first: {bad[0].errors[0].check}: {bad[0].errors[0].message})",
-                        fix=bad[0].errors[0].fix or "fix each ERROR listed above as its fix says")
+                        fix=next((w.fix for w in bad[0].warnings if w.check == "placement"), "")
+                        or bad[0].errors[0].fix or "fix each ERROR listed above as its fix says")
     return 0

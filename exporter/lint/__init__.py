@@ -33,8 +33,11 @@ __all__ = ["ERROR", "WARNING", "Finding", "LintError", "LintReport", "detect_pre
 
 
 # ---------------------------------------------------------------------------- entry points
-def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None = None) -> LintReport:
-    """Lint one ONNX graph for TensorRT. ``precision`` None: lint as the detected precision."""
+def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None = None,
+              placement: str | None = None) -> LintReport:
+    """Lint one ONNX graph for TensorRT. ``precision`` None: lint as the detected precision.
+    ``placement`` "cpu" (or a file named ``*.int8.cpu.onnx``): the exporter's ONNX Runtime INT8,
+    not made for TensorRT; the report says so above its findings."""
     if isinstance(path_or_model, onnx.ModelProto):
         model, source = path_or_model, "<model>"
     else:
@@ -52,6 +55,13 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
                    fix=f"pass the {precision} artifact (fp16: convert_float_to_float16 with "
                        "keep_io_types=True; int8: Q/DQ from the quantize stage), or ask for "
                        f"--precision {detected}")
+    if placement is None and not isinstance(path_or_model, onnx.ModelProto):
+        placement = "cpu" if Path(path_or_model).name.endswith(".int8.cpu.onnx") else None
+    if placement == "cpu":
+        report.add(WARNING, "placement", "", "this is the exporter's --target cpu INT8 (ONNX Runtime's "
+                   "integer kernels), not made for TensorRT: the Q/DQ findings below are what "
+                   "TensorRT would reject, by design", fix="for a TensorRT engine export --precision int8 "
+                   "--target tensorrt (the default) and build from that file")
     g = _Graph(model)
     _check_opset(model, report)
     _check_valid(model, report)
@@ -112,5 +122,6 @@ def lint_path(path: str | Path) -> list[LintReport]:
         if missing:
             raise UsageError(f"{manifest} lists ONNX artifacts that are missing: {missing}",
                              fix="re-run `exporter export` into this directory")
-        return [lint_onnx(path / e["file"], e.get("precision")) for e in entries]
+        return [lint_onnx(path / e["file"], e.get("precision"),
+                          (e.get("details") or {}).get("target")) for e in entries]
     return [lint_onnx(p) for p in sorted(path.glob("*.onnx"))]
