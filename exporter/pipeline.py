@@ -88,6 +88,7 @@ class ExportResult:
     deploy: nn.Module  # prepared and folded: what was exported
     parity: list[dict[str, Any]]
     seconds: float
+    kept: tuple[str, ...] = ()  # files an earlier export of the same model left, not made by this run
 
     @property
     def summary(self) -> str:
@@ -272,9 +273,11 @@ def export(request: ExportRequest) -> ExportResult:
         manifest = _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
                              parity, directory)
         write_json_atomic(stage / MANIFEST, manifest)
+    made = {a["file"] for a in artifacts}
     return ExportResult(directory=directory, manifest=manifest, recipe=recipe, spec=spec,
                         reference=reference, deploy=deploy, parity=parity,
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start,
+                        kept=tuple(a["file"] for a in manifest["artifacts"] if a["file"] not in made))
 
 
 def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,

@@ -168,9 +168,13 @@ def export_summary(result) -> str:
         if exp.get("adaptive_pools_as_matmul"):
             lines.append(f"  onnx: adaptive average pool written as two MatMuls (sizes do not "
                          f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")
+    kept = set(getattr(result, "kept", ()))
     for a in m["artifacts"]:
-        lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})")
-        lines.extend(_quant_lines(a.get("details", {})))
+        lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})"
+                     + (" - kept from an earlier export of the same model into this folder, not "
+                        "rebuilt or checked by this run" if a["file"] in kept else ""))
+        if a["file"] not in kept:
+            lines.extend(_quant_lines(a.get("details", {})))
     for row in result.parity:
         if row.get("status") == "skipped":  # e.g. Core ML off macOS: converted and checked, not run
             lines.append(f"  parity vs eager [{row['file']}]: {row.get('error')}")

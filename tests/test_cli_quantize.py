@@ -455,3 +455,20 @@ def test_cpu_int8_of_concat_and_hardswish_models_from_the_command_line(tmp_path,
     assert ("WARNING: this INT8 model runs slower than FP32" in proc.stdout) == slower
     if slower and float_ops:
         assert "HardSwish x19, HardSigmoid x9" in proc.stdout
+
+
+def test_artifacts_an_earlier_export_left_are_marked_not_reported_as_made(tmp_path):
+    """An FP32 export into a folder that holds this model's INT8 keeps that file (same model
+    options) and says it did not rebuild or check it; its INT8 facts are not repeated as news."""
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "-o", str(out),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _cli("export", "lenet5", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("artifact: lenet5.int8.tensorrt.onnx (onnx, int8, " in proc.stdout
+            and "- kept from an earlier export of the same model into this folder, not rebuilt or "
+                "checked by this run" in proc.stdout)
+    assert "budget:" not in proc.stdout and "artifact: lenet5.onnx (onnx, fp32" in proc.stdout
+    proc = _cli("export", "lenet5", "-o", str(out), "--json", cwd=tmp_path)
+    assert json.loads(proc.stdout)["kept_from_earlier"] == ["lenet5.int8.tensorrt.onnx"]

@@ -65,11 +65,11 @@ BACKENDS: dict[str, Backend] = {b.format: b for b in (
             extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
             packages=("tensorrt",)),
     Backend("openvino", "exporter.backends.openvino",
-            "OpenVINO IR (.xml + .bin) from the verified ONNX; int8: our Q/DQ ONNX (cpu placement)",
+            "OpenVINO IR (.xml + .bin) from the verified ONNX (its int8 is our Q/DQ ONNX, cpu placement)",
             extra="openvino", precisions=("fp32", "fp16", "int8"), from_onnx=True,
             packages=("openvino",), requires=("openvino",)),
     Backend("ncnn", "exporter.backends.ncnn",
-            "ncnn (.ncnn.param + .ncnn.bin) via pnnx from TorchScript; fp16: fp16 storage+arithmetic",
+            "ncnn (.ncnn.param + .ncnn.bin) via pnnx from TorchScript (its fp16 is fp16 storage and arithmetic)",
             extra="ncnn", precisions=("fp32", "fp16"), packages=("ncnn", "pnnx"),
             requires=("ncnn", "pnnx"),
             unavailable={"int8": "ncnn INT8 needs ncnn's quantization tools (ncnn2table, ncnn2int8), "

@@ -78,7 +78,8 @@ def run(args) -> int:
     result = export(request)
     if args.json:
         print_json({"ok": True, "command": "export", "directory": str(result.directory),
-                    "seconds": round(result.seconds, 3), **result.manifest})
+                    "seconds": round(result.seconds, 3), "kept_from_earlier": list(result.kept),
+                    **result.manifest})
     else:
         print(result.summary)
     return 0
