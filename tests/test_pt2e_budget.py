@@ -145,3 +145,19 @@ def test_fit_refuses_with_the_best_it_reached(quantized, tmp_path):
     text = str(info.value)
     assert "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0)" in text, text
     assert "the best (" in text and "n=128" in text
+
+
+def test_a_converter_crash_names_the_operator_it_was_on():
+    """A quantizer's per-op hook that crashes (litert-torch's _annotate_mul on a tuple model) is
+    named by op and place, not 'operator unknown'."""
+    from exporter.backends.pt2e import conversion_error
+
+    def _annotate_mul(nodes):
+        return nodes[1]
+
+    try:
+        _annotate_mul([])
+    except IndexError as err:
+        made = conversion_error("LiteRT (litert-torch)", "tflite", err)
+    assert made.op == "mul (the quantizer's _annotate_mul)"
+    assert "IndexError: list index out of range, in tests/test_pt2e_budget.py:_annotate_mul" in made.message

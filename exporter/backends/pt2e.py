@@ -11,6 +11,7 @@ budget is ``quantize.budget``'s criterion, so ``--calibration``, ``--calibration
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,15 +23,26 @@ DEFAULT_SAMPLES = 256  # as the ONNX INT8 path (quantize_stage's default)
 ONNX_ONLY_OPTIONS = {"method": "--calibration-method", "target": "--target",
                      "weight_rounding": "--weight-rounding", "range_tuning": "--range-tuning",
                      "lever_retry": "--lever-retry"}
+_HOOK = re.compile(r"^_?annotate_([A-Za-z0-9]+)")
 _OP = re.compile(r"(aten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?)")
 
 
 def conversion_error(runtime: str, fmt: str, err: Exception) -> UnsupportedModelError:
     """The typed error for a converter's exception, naming the first ATen operator it mentions."""
+    import traceback
+
     text = f"{type(err).__name__}: {err}".strip()
     found = _OP.search(text)
     first_line = text.splitlines()[0][:300] if text else type(err).__name__
-    return UnsupportedModelError(runtime, fmt, found.group(1) if found else "unknown", first_line)
+    op = found.group(1) if found else "unknown"
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames:  # where the converter failed: a quantizer's per-op hook names the op it was on
+        last = frames[-1]
+        first_line += f", in {Path(last.filename).parent.name}/{Path(last.filename).name}:{last.name}"
+        hook = _HOOK.search(last.name)
+        if op == "unknown" and hook:
+            op = f"{hook.group(1)} (the quantizer's {last.name})"
+    return UnsupportedModelError(runtime, fmt, op, first_line)
 
 
 def example_batch(ctx) -> "Any":
