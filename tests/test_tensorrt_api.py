@@ -221,10 +221,11 @@ def test_lint_command_exit_codes(tmp_path, capsys):
     save("bad.onnx", "Det")
     code, out, _ = _cli(["lint", str(tmp_path / "good.onnx")], capsys)
     assert code == 0 and "TensorRT lint OK" in out
-    code, out, _ = _cli(["lint", str(tmp_path / "bad.onnx")], capsys)
-    assert code == 1 and "'Det'" in out and "fix:" in out
+    code, out, err = _cli(["lint", str(tmp_path / "bad.onnx")], capsys)
+    assert code == 4 and "'Det'" in out and "fix:" in out  # not ready: bad input (1 is for bugs)
+    assert err.strip().splitlines()[0].startswith("error: 1 of 1 ONNX file(s) not TensorRT-ready")
     code, out, _ = _cli(["lint", str(tmp_path), "--json"], capsys)
-    assert code == 1 and [r["ok"] for r in json.loads(out)] == [False, True]
+    assert code == 4 and [r["ok"] for r in json.loads(out)] == [False, True]
     code, _, err = _cli(["lint", str(tmp_path / "missing.onnx")], capsys)
     assert code != 0 and "no such ONNX" in err
 
