@@ -7,8 +7,9 @@ judging) reads slices from disk: peak memory does not grow with the sample count
 Selection from a folder (:mod:`exporter.image_folder`): files are grouped by subfolder (one group
 when there are none), each group shuffled with the seed, and the groups interleaved round-robin;
 the usable images of that order are read once, calibration takes the first of them and the
-held-out (judging) set the rest, so both sets are class-balanced and never share a file. An ``.npy`` is split by a seeded permutation; the
-``packaged`` photos are split by photo (a seeded third judges), never by crop.
+held-out (judging) set the rest, so both sets are class-balanced and never share a file. An
+``.npy`` is split by a seeded permutation; the ``packaged`` photos are split by photo (a seeded
+third judges), never by crop.
 """
 from __future__ import annotations
 
