@@ -296,7 +296,7 @@ def checked_class_count(recipe: Recipe, width: int | None, asked: int | None) ->
         return recipe
     if asked is not None:
         raise InputSpecError(f"{recipe.name} outputs {width} logits per sample, but its class count is "
-                             f"{recipe.num_classes}{' (--num-classes)' if asked is not None else ''}",
+                             f"{recipe.num_classes} (--num-classes)",
                              fix=f"pass --num-classes {width}, or pick the logits output "
                                  "(--output-index / --output-name)")
     return replace(recipe, num_classes=width)

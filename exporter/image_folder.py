@@ -106,7 +106,8 @@ def scan_images(root: str | Path, role: str = "image folder") -> FolderScan:
 
     visit(root)
     files.sort()
-    groups = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
+    parts = [p.relative_to(root).parts for p in files]
+    groups = [ps[0] if len(ps) > 1 else "" for ps in parts]
     folders = sorted({g for g in groups if g})
     loose = groups.count("")
     unlabelled = ""

@@ -3,6 +3,7 @@ built or any file is written, and a bad one is a typed error that names the valu
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,22 @@ def lever_problems(quant: dict) -> list[tuple[str, str]]:
     return problems
 
 
+def _within(inner: str | os.PathLike, outer: str | os.PathLike) -> bool:
+    """``inner`` is ``outer`` or lies inside it (both resolved)."""
+    inner, outer = Path(inner).resolve(), Path(outer).resolve()
+    return inner == outer or outer in inner.parents
+
+
+def _path(value: Any) -> bool:
+    """A data source given as a path (the API also takes arrays and sample sets)."""
+    return isinstance(value, (str, os.PathLike))
+
+
 def check_output_outside_data(output: Path, quant: dict) -> None:
     """The export's folder must not lie inside an image folder it reads: it would read its own
     artifacts (and staging files) as images, differently on every run."""
     for flag, data in (("--calibration", quant.get("calibration")), ("--eval-images", quant.get("eval_data"))):
-        if isinstance(data, (str, Path)) and Path(data).is_dir() \
-                and Path(data).resolve() in (Path(output).resolve(), *Path(output).resolve().parents):
+        if _path(data) and Path(data).is_dir() and _within(output, data):
             raise UsageError(f"the output folder '{output}' lies inside the {flag} folder '{data}': "
                              "the export would read its own artifacts as images",
                              fix=f"write the export outside '{data}' (-o DIR)")
@@ -143,14 +154,14 @@ def data_overlap(quant: dict) -> tuple[str, str] | None:
     anything is read (the quantize stage also compares the samples themselves, which catches a
     copied file)."""
     calibration, judged = quant.get("calibration"), quant.get("eval_data")
-    if not calibration or not judged or packaged_seed(str(calibration), 0) is not None:
+    if not (_path(calibration) and _path(judged) and str(calibration) and str(judged)) \
+            or packaged_seed(str(calibration), 0) is not None:
         return None
-    cal, ev = Path(calibration).resolve(), Path(judged).resolve()
-    if cal == ev:
+    if Path(calibration).resolve() == Path(judged).resolve():
         relation = "is the --calibration source"
-    elif cal in ev.parents:
+    elif _within(judged, calibration):
         relation = f"lies inside the --calibration folder '{calibration}'"
-    elif ev in cal.parents:
+    elif _within(calibration, judged):
         relation = f"holds the --calibration source '{calibration}'"
     else:
         return None

@@ -217,6 +217,12 @@ def test_zoo_and_plans_refuse_overlapping_eval_images_before_any_job(tmp_path):
     with pytest.raises(PlanError, match="holds the --calibration source"):
         parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images)}})
     parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images / "1")}})
+    # the API also takes arrays: the path checks leave them to the sample comparison
+    from exporter.validate import check_output_outside_data, data_overlap
+
+    arrays = {"calibration": np.zeros((4, 1, 32, 32), np.float32), "eval_data": np.ones((4, 1, 32, 32))}
+    assert data_overlap(arrays) is None and data_overlap({**arrays, "calibration": str(images)}) is None
+    check_output_outside_data(images / "out", arrays)
 
 
 def test_too_few_eval_images_names_eval_images_not_calibration(tmp_path):

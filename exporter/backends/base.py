@@ -5,7 +5,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -37,21 +36,17 @@ def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu",
 
 
 @contextlib.contextmanager
-def converter_output_hidden() -> Iterator[io.StringIO]:
+def converter_output_hidden() -> Iterator[None]:
     """A converter's own prints (Python's ``sys.stdout`` and the process's file descriptor 1,
-    where native code writes) kept off stdout, which ``--json`` reserves for its one document;
-    what was printed is in the yielded buffer."""
-    text = io.StringIO()
+    where native code writes) discarded: stdout is the summary's, or ``--json``'s one document."""
     sys.stdout.flush()
     saved = os.dup(1)
-    with tempfile.TemporaryFile() as native:
+    with open(os.devnull, "w") as devnull:
         try:
-            os.dup2(native.fileno(), 1)
-            with contextlib.redirect_stdout(text):
-                yield text
+            os.dup2(devnull.fileno(), 1)
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
-            native.seek(0)
-            text.write(native.read().decode(errors="replace"))

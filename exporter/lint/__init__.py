@@ -4,7 +4,7 @@ TensorRT needs a CUDA device even to parse an ONNX file, so everything an engine
 that *can* be checked without one is checked here, from the graph alone:
 
 - ``opset``: the default-domain opset is in the range the TensorRT ONNX parser accepts;
-- ``onnx-valid``: onnx's checker with strict shape inference accepts the graph (no stale shapes);
+- ``onnx-valid``: onnx's strict shape inference accepts the graph (no stale recorded shapes);
 - ``op-support``: every node is in the onnx-tensorrt operator table (``trt_ops.json``);
 - ``static-shape``: graph inputs have fixed dimensions except the batch axis (dim 0);
 - ``qdq-*``: explicit-quantization invariants for strongly typed INT8 engines (int8 zero-points
