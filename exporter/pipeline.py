@@ -98,8 +98,8 @@ class ExportResult:
 
 
 def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
-    """The requested formats (registry order kept as given, duplicates dropped), checked: each is
-    exportable, and at least one of them produces ``precision`` itself."""
+    """The requested formats (order kept as given, duplicates dropped), checked: each is
+    exportable and produces ``precision`` itself (none is silently written at fp32)."""
     from .backends import registry
 
     formats = tuple(dict.fromkeys(formats))
@@ -117,12 +117,27 @@ def _parse_formats(formats: tuple[str, ...], precision: str) -> tuple[str, ...]:
                                      f"{' / '.join(backend.precisions)}")
     for fmt in formats:
         registry.check_installed(fmt)
-    if precision != "fp32" and not any(precision in registry.get(f).precisions for f in formats):
-        able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
-        raise UsageError(f"--precision {precision} is not produced by --format {','.join(formats)}",
-                         fix=f"add one of {able} to --format (e.g. --format {able[0]} "
-                             f"--precision {precision})")
+    check_formats_produce(formats, precision)
     return formats
+
+
+def check_formats_produce(formats: tuple[str, ...], precision: str) -> None:
+    """UsageError when a format of ``formats`` cannot produce ``precision`` itself: it is never
+    written at fp32 in its place (the export and ``--zoo`` runs check this before any work)."""
+    from .backends import registry
+
+    unable = [f for f in formats if precision not in registry.get(f).precisions]
+    if precision != "fp32" and unable:
+        able = [f for f in registry.export_formats() if precision in registry.get(f).precisions]
+        rest = [f for f in formats if f not in unable]
+        only = "; ".join(f"{f} writes {'/'.join(registry.get(f).precisions)}" for f in unable)
+        fix = (f"drop {','.join(unable)} from --format (--format {','.join(rest)} --precision "
+               f"{precision}) and export {'them' if len(unable) > 1 else 'it'} in a separate run "
+               "at fp32" if rest else
+               f"use --format {able[0]} --precision {precision} (formats that produce "
+               f"{precision}: {able}), or --precision fp32 for {','.join(unable)}")
+        raise UsageError(f"--precision {precision} is not produced by --format {','.join(unable)} "
+                         f"({only} only)", fix=fix)
 
 
 def load_stage(request: ExportRequest) -> tuple[Recipe, InputSpec, nn.Module, dict[str, Any]]:

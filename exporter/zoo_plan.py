@@ -86,6 +86,7 @@ def zoo_plan_data(args, command: str) -> dict[str, Any]:
     """The plan mapping (as a TOML plan would give it) of this --zoo command line."""
     from .cli_options import parse_formats, quant_options
     from .matrix.plan import CALIBRATION_KEYS
+    from .pipeline import check_formats_produce
 
     data: dict[str, Any] = {"models": zoo_models(args), "formats": list(parse_formats(args.format)),
                             "precisions": [getattr(args, "precision", "fp32")],
@@ -95,6 +96,7 @@ def zoo_plan_data(args, command: str) -> dict[str, Any]:
     for key in ("seed", "weights", "batch", "opset", "exporter", "simplifier"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
+    check_formats_produce(tuple(data["formats"]), data["precisions"][0])
     quant = quant_options(args)  # INT8 options on another precision are a usage error
     if data["precisions"] == ["int8"]:
         data["calibration"] = {plan_key: quant[dest] for plan_key, dest in CALIBRATION_KEYS.items()

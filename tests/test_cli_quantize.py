@@ -150,6 +150,23 @@ def test_fp16_export_from_the_command_line(tmp_path):
     assert entry["details"]["within_tolerance"] and sha256_file(out / entry["file"]) == entry["sha256"]
 
 
+@pytest.mark.parametrize("formats, precision, unable", [
+    ("onnx,torchscript,pt2", "int8", "torchscript,pt2"),  # was: FP32 TorchScript and pt2, unflagged
+    ("onnx,aoti", "fp16", "aoti"),
+    ("pt2", "int8", "pt2"),
+])
+def test_a_format_that_cannot_make_the_precision_is_refused_before_work(tmp_path, formats, precision,
+                                                                        unable):
+    out = tmp_path / "out"
+    extra = ["--calibration", "packaged"] if precision == "int8" else []
+    proc = _cli("export", "lenet5", "--format", formats, "--precision", precision, *extra,
+                "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--precision {precision} is not produced by --format {unable} (" in proc.stderr
+    assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
+    assert "calibration:" not in proc.stderr and not out.exists()  # refused before any work
+
+
 def _class_folder(root: Path, classes: int, per_class: int) -> None:
     rng = np.random.default_rng(0)
     for c in range(classes):

@@ -182,8 +182,9 @@ def test_tflite_fp16_is_refused_not_written_as_fp32(tmp_path):
     assert proc.returncode == 2 and "is not produced by --format tflite" in proc.stderr
     proc = run_cli("export", "lenet5", "--format", "onnx,tflite", "--precision", "fp16",
                    "--output", str(out))
-    assert proc.returncode == 6, proc.stderr[-2000:]
-    assert "does not produce fp16" in proc.stderr and not out.exists()
+    assert proc.returncode == 2, proc.stderr[-2000:]  # before the ONNX is made, not after
+    assert "is not produced by --format tflite (tflite writes fp32/int8 only)" in proc.stderr
+    assert "--format onnx --precision fp16" in proc.stderr and not out.exists()
 
 
 # ------------------------------------------------------------------------------- INT8

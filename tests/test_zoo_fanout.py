@@ -52,6 +52,16 @@ def test_export_zoo_plan_verifies_without_latency_and_carries_int8_calibration()
                          "weight_rounding": "exact", "range_tuning": True, "lever_retry": True}
 
 
+def test_zoo_refuses_a_format_that_cannot_make_the_precision():
+    from exporter.errors import UsageError
+
+    with pytest.raises(UsageError) as info:  # torchscript x int8 was dropped from the plan
+        plan_of("--zoo", "--models", "lenet5", "--format", "onnx,torchscript", "--precision", "int8",
+                "--calibration", "packaged", command="export")
+    assert "not produced by --format torchscript (torchscript writes fp32 only)" in info.value.message
+    assert "--format onnx --precision int8" in info.value.fix
+
+
 def test_opt_in_levers_in_a_plan_are_checked_up_front():
     with pytest.raises(PlanError) as info:
         parse_plan({"models": ["lenet5"], "formats": ["onnx"], "precisions": ["int8"],

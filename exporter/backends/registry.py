@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch stays out of the CLI's start-up path
 class Backend:
     format: str  # the --format value and the manifest entry's "format"
     module: str  # exporter.backends.<module>
-    summary: str  # one line for --help and `exporter list --formats`
+    summary: str  # one line for `exporter export --help`
     extra: str | None = None  # the pip extra that installs the runtime (None: a core dependency)
     precisions: tuple[str, ...] = ("fp32",)  # what its export() produces itself
     exportable: bool = True  # written by `exporter export` (TensorRT engines come from `build`)

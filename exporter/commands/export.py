@@ -29,9 +29,10 @@ def add_parser(sub) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p, model_required=False)
     p.add_argument("--format", "-f", default="onnx",
-                   help="comma-separated formats (default onnx): "
-                        + "; ".join(f"{b.format}: {b.summary}" for b in registry.BACKENDS.values()
-                                    if b.exportable))
+                   help="comma-separated formats (default onnx), each with the precisions it "
+                        "produces (every format of an fp16/int8 run must produce it): "
+                        + "; ".join(f"{b.format} [{'/'.join(b.precisions)}]: {b.summary}"
+                                    for b in registry.BACKENDS.values() if b.exportable))
     add_graph_input_options(p)
     add_precision_options(p)
     p.add_argument("--no-verify", action="store_true",
