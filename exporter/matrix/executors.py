@@ -74,6 +74,7 @@ class LocalExecutor:
             self._scratch = self.shared_dir = Path(tempfile.mkdtemp(prefix="zoo-exporter-matrix-"))
         else:
             self.shared_dir = Path(output) / ".matrix"
+        self._shared: list[Path] = []  # files share() wrote: removed by close()
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _start(self) -> cf.ProcessPoolExecutor:
@@ -91,7 +92,9 @@ class LocalExecutor:
                 raise _gpu_missing(jobs, "this machine")
 
     def share(self, name: str, value: Any) -> SharedFile:
-        return SharedFile.write(self.shared_dir, name, value)
+        shared = SharedFile.write(self.shared_dir, name, value)
+        self._shared.append(Path(shared.path))
+        return shared
 
     def submit(self, job: JobSpec, calibration: Any = None, reference: Any = None) -> cf.Future:
         try:
@@ -112,17 +115,31 @@ class LocalExecutor:
 
     def close(self, cancel: bool = False, pending: Iterable[Any] = ()) -> None:
         pool, self._pool = self._pool, None
-        if self._scratch is not None and pool is None:
-            import shutil
-
-            shutil.rmtree(self._scratch, ignore_errors=True)
         if pool is None:
+            self._remove_shared()
             return
         if cancel:
             for proc in list(getattr(pool, "_processes", {}).values()):
                 proc.terminate()  # our own workers only; their staging directories die with them
         pool.shutdown(wait=True, cancel_futures=cancel)
         self.close()  # the scratch directory, once no worker reads it
+
+
+    def _remove_shared(self) -> None:
+        """The pickles share() wrote (no worker reads them any more), and their folder once empty:
+        the output keeps the artifacts and report only."""
+        import shutil
+
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            return
+        for path in self._shared:
+            path.unlink(missing_ok=True)
+        self._shared.clear()
+        try:
+            self.shared_dir.rmdir()
+        except OSError:  # absent, or holds files this run did not write
+            pass
 
 
 class RayExecutor:
