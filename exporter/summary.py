@@ -104,6 +104,21 @@ def _pt2e_lines(d: dict) -> list[str]:
     return lines
 
 
+def int8_export_note(details: dict) -> str | None:
+    """One line of an INT8 artifact's facts from its export (how much runs INT8, the budget),
+    for parity reports that run the artifact later (``parity --artifacts``, --zoo, matrix)."""
+    d = details.get("quantize", details)  # OpenVINO keeps the facts of its Q/DQ ONNX
+    if "criterion" not in d:
+        return None
+    if "int8_conv_fraction" in d:
+        kept = len(d.get("kept_fp16_layers", []))
+        share = (f"{d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%), "
+                 f"{kept} layer(s) kept in {d.get('kept_layers_precision', 'fp16')}")
+    else:
+        share = f"{len(d.get('kept_float') or [])} layer(s) kept in float ({d.get('quantizer')})"
+    return f"INT8 at export: {share}; " + _budget_line(d).strip()
+
+
 def timings_note(latency: dict) -> str:
     """"the best of N timings: ..." when the ``cpu`` speed guard timed a model more than once."""
     seen = latency.get("speedups") or []

@@ -59,6 +59,14 @@ def test_int8_export_from_the_command_line(tmp_path):
     x = np.random.default_rng(0).standard_normal((16, 1, 32, 32)).astype(np.float32)
     cmp = compare_outputs(run(onnx.load(str(out / "lenet5.onnx")), x), run(model, x))
     assert cmp["cosine"] > 0.9, cmp
+    # a later `parity --artifacts` of the folder repeats what the export measured for the INT8
+    again = _cli("parity", "--artifacts", str(out), "--no-latency", "--json", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads(again.stdout)["reports"][0]
+    row = next(a for a in report["artifacts"] if a["file"] == entry["file"])
+    note = next(n for n in row["notes"] if n.startswith("INT8 at export: "))
+    assert f"{d['int8_convs']}/{d['convs']} convs INT8" in note
+    assert f"-> met: top-1 agreement {m['top1_agreement']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n=200)" in note
 
 
 def test_opt_in_levers_from_the_command_line(tmp_path):

@@ -127,6 +127,7 @@ def test_cli_local_run_report_and_rerun_skips(tmp_path):
             assert art["summary"]["cosine"] > (0.99999 if art["precision"] == "fp32" else 0.9)
     md = (out / "report.md").read_text()
     assert "## Jobs" in md and "| lenet5/int8 | ok | local on" in md
+    assert "- lenet5.int8.tensorrt.onnx: INT8 at export: " in md and "-> met: top-1 agreement" in md
     assert not (out / ".matrix").exists()  # the pickled calibration/reference shares are removed
     int8 = out / "lenet5" / "int8" / "lenet5.int8.tensorrt.onnx"
     before = int8.stat().st_mtime_ns

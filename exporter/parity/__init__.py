@@ -34,6 +34,7 @@ from ..latency import (DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP, benchmark, 
 from ..graph_input import GraphInput, adapt_runner
 from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
+from ..summary import int8_export_note
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as_input_sets,
                      build_inputs, per_sample_rel_error, run_chunked)
 from .results import (OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance,
@@ -275,6 +276,9 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         if file not in extra:  # every file of the artifact (OpenVINO/ncnn .bin, .mlpackage contents)
             result.notes.extend(changed_files(entry, directory))
         say(f"{file}")
+        export_note = int8_export_note(entry.get("details") or {})
+        if export_note:
+            result.notes.append(export_note)
         backend = registry.BACKENDS.get(entry["format"]) if file not in extra else None
         if backend is not None:
             try:
