@@ -240,6 +240,42 @@ def test_int8_summary_says_what_the_budget_measured(tmp_path, fmt):
     assert "[START]" not in proc.stdout  # a converter's progress lines are not the summary
 
 
+TWO_OUTPUTS = """
+import torch
+from torch import nn
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(y.mean((2, 3))), y * 0.5  # the second output is not deployed
+
+
+def make():
+    return TwoOutputs()
+"""
+
+
+@pytest.mark.parametrize("fmt", PT2E_INT8)
+def test_int8_of_a_model_whose_second_output_is_dropped(tmp_path, fmt):
+    """--output-index 0 leaves `y * 0.5` unused: it is removed before the PT2E quantizer, whose
+    mul hook crashed on it (litert-torch: IndexError in _annotate_mul)."""
+    (tmp_path / "two.py").write_text(TWO_OUTPUTS)
+    proc = run_cli("export", f"{tmp_path / 'two.py'}:make", "--output-index", "0", "--input-size",
+                   "32", "--format", fmt, "--precision", "int8", "--calibration", "packaged",
+                   "--calibration-samples", "16", "--min-agreement", "0.5",
+                   "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entry = _entry(_manifest(tmp_path / "out"), fmt, "int8")
+    assert entry["details"]["budget_met"]
+    assert _parity_row(_manifest(tmp_path / "out"), entry["file"])["cosine"] > 0.9
+
+
 MOBILE_FAMILIES = ["mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0",
                    "resnet18"]
 

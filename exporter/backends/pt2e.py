@@ -110,6 +110,8 @@ def pt2e_quantize(module, example, quantizer, calibration: np.ndarray, chunk: in
     trace = torch.from_numpy(np.ascontiguousarray(np.repeat(calibration[:1], 2, axis=0)))
     graph = torch.export.export(module, (trace.to(example.dtype),),
                                 dynamic_shapes=({0: batch},)).module()
+    graph.graph.eliminate_dead_code()  # e.g. a discarded second output: nothing to quantize
+    graph.recompile()
     if fuse_clamps:
         quantizer.annotate = _then_fuse_clamps(quantizer.annotate,
                                                record if record is not None else {})
