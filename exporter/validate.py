@@ -173,7 +173,22 @@ def data_overlap(quant: dict) -> tuple[str, str] | None:
 
 
 def check_parity_options(args: Any) -> None:
-    """``exporter parity``'s input and timing options."""
+    """``exporter parity``'s input and timing options; export options with artifacts that exist
+    already (--artifacts DIR, a FILE) would change nothing, so they are a UsageError."""
+    from .artifact_file import looks_like_file
+    from .cli_options import _QUANT_NAMES
+
+    existing = ("--artifacts" if getattr(args, "artifacts", None)
+                else "a FILE" if getattr(args, "model", None) and looks_like_file(args.model) else None)
+    given = (["--format"] if getattr(args, "format", None) is not None else []) \
+        + (["--precision"] if getattr(args, "precision", "fp32") != "fp32" else []) \
+        + ["--" + src.replace("_", "-") for src in _QUANT_NAMES if getattr(args, src, None) is not None]
+    if existing and given:
+        raise UsageError(f"{', '.join(given)} only shape{'s' if len(given) == 1 else ''} an export, "
+                         f"and with {existing} nothing is exported (the artifacts there are compared "
+                         "as they are)",
+                         fix=f"drop {' '.join(given)}, or export first (exporter export MODEL "
+                             f"{' '.join(given)} ... -o DIR) and compare that folder")
     positive("--samples", args.samples, 0)
     positive("--random", args.random, 0)
     if args.samples == 0 and args.random == 0:

@@ -376,13 +376,31 @@ def test_cli_exports_what_is_missing(tmp_path, capsys):
     assert "re-using" in capsys.readouterr().out
 
 
+def test_cli_missing_artifact_is_bad_input_and_int8_default_formats(tmp_path, capsys):
+    from exporter.artifacts import read_manifest
+    from exporter.cli import main
+
+    out = tmp_path / "lenet"
+    common = ["--no-latency", "--samples", "2", "--random", "1"]
+    # fp16/int8: the default formats are those that produce it (torchscript would be refused)
+    assert main(["parity", "lenet5", "--output", str(out), "--precision", "fp16", *common]) == 0
+    assert {(a["format"], a["precision"]) for a in read_manifest(out)["artifacts"]} == \
+        {("onnx", "fp32"), ("onnx", "fp16")}
+    (out / "lenet5.fp16.onnx").unlink()
+    capsys.readouterr()
+    assert main(["parity", "--artifacts", str(out), *common]) == 4  # was 3, a "breach" with --locate
+    err = capsys.readouterr().err
+    assert "lenet5.fp16.onnx, listed in" in err and "is missing from" in err and "restore" in err
+    assert "--locate" not in err
+
+
 def test_cli_usage_errors(capsys):
     from exporter.cli import main
 
     assert main(["parity"]) == 2
     assert "which model" in capsys.readouterr().err
     assert main(["parity", "--artifacts", "/nonexistent-dir"]) == 2
-    assert "manifest.json" in capsys.readouterr().err
+    assert "--artifacts '/nonexistent-dir' does not exist" in capsys.readouterr().err
 
 
 def test_zoo_writes_report_with_progress(tmp_path, monkeypatch, capsys):

@@ -102,7 +102,7 @@ def test_any_command_line_parses_and_validates_or_is_a_typed_error(argv, parser,
     try:
         args = parser.parse_args([command, *rest])
         if command in ("export", "parity", "build") and getattr(args, "model", None):
-            request = request_from_args(args, formats=parse_formats(getattr(args, "format", "onnx")))
+            request = request_from_args(args, formats=parse_formats(getattr(args, "format", None) or "onnx"))
             check_model_options(request)
         if command == "parity":
             check_parity_options(args)

@@ -56,8 +56,9 @@ def add_parser(sub) -> None:
     add_precision_options(p)
     from ..backends import registry
 
-    p.add_argument("--format", "-f", default="onnx,torchscript",
+    p.add_argument("--format", "-f", default=None,
                    help="comma-separated formats to export when missing (default onnx,torchscript; "
+                        "onnx with --precision fp16/int8, as every format must produce it; "
                         f"any of {', '.join(registry.export_formats())}); every artifact of the "
                         "directory is compared")
     src = p.add_argument_group("what to compare")
@@ -235,6 +236,8 @@ def run(args) -> int:
     from ..validate import check_parity_options
 
     check_parity_options(args)
+    if args.format is None:  # the default: what produces the precision (fp16/int8: onnx only)
+        args.format = "onnx,torchscript" if args.precision == "fp32" else "onnx"
     runner_options = {"onnx": ort_options(args)}  # an unusable provider fails before any export
     from ..zoo_plan import fanout_requested, run_zoo_plan
 
@@ -267,7 +270,8 @@ def run(args) -> int:
     elif args.artifacts:
         directory = Path(args.artifacts)
         if not (directory / "manifest.json").is_file():
-            raise UsageError(f"'{directory}' has no manifest.json",
+            what = "does not exist" if not directory.exists() else "has no manifest.json"
+            raise UsageError(f"--artifacts '{directory}' {what}",
                              fix="pass a directory written by `exporter export`, or drop --artifacts")
         from ..artifacts import read_manifest
 

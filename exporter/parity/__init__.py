@@ -151,15 +151,19 @@ def _measured_on(device: str, label: str, threads: int) -> str:
     return f"CPU ({why}): measured on CPU with {threads} intra-op threads for every runtime"
 
 
-def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> list[str]:
-    """Files (companions included) whose sha256 no longer matches their manifest entry."""
-    found = []
+def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(files whose sha256 no longer matches their manifest entry, files the manifest lists that
+    are missing), companions included."""
+    found, missing = [], []
     for entry in entries:
         for record in [entry, *entry.get("companions", [])]:
             confined(directory, record.get("file"))
-        found += [note.split(" differs")[0] for note in changed_files(entry, directory)
-                  if " differs from the manifest" in note]
-    return found
+        for note in changed_files(entry, directory):
+            if " differs from the manifest" in note:
+                found.append(note.split(" differs")[0])
+            elif note.endswith(" is missing"):
+                missing.append(note[:-len(" is missing")])
+    return found, missing
 
 
 # --------------------------------------------------------------------------------------- runner
@@ -255,7 +259,12 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
     wanted = set(artifacts) if artifacts is not None else None
     if wanted is not None:
         entries = [e for e in entries if e["file"] in wanted or e["format"] in wanted]
-    modified = _modified(directory, [e for e in entries if e["file"] not in (runners or {})])
+    modified, missing = _modified(directory, [e for e in entries if e["file"] not in (runners or {})])
+    if missing:
+        raise ArtifactError(f"{', '.join(missing)}, listed in {directory / 'manifest.json'}, "
+                            f"{'is' if len(missing) == 1 else 'are'} missing from {directory}",
+                            fix="restore the file(s), or re-export the model into the folder "
+                                "(exporter export MODEL ... -o DIR)")
     if modified and not accept_modified:
         raise ArtifactError(f"{', '.join(modified)} in {directory} differ from the sha256 its "
                             "manifest recorded (changed since export)",
