@@ -102,8 +102,9 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
                         help="INT8 budget with labelled held-out images: max top-1 accuracy drop in "
                              "points (default 1.0)")
     parser.add_argument("--min-agreement", type=float, metavar="A",
-                        help="INT8 budget without labels: min top-1 agreement with FP32 on the "
-                             "held-out images (default 0.95)")
+                        help="INT8 budget: min top-1 agreement with FP32 on the held-out images "
+                             "(default 0.95 without labels; with labels the default budget is "
+                             "--max-accuracy-drop, and this option replaces it)")
     parser.add_argument("--max-kept-fraction", type=float, metavar="F",
                         help="INT8 budget: the most convs it may keep out of INT8 (fp16 on tensorrt, "
                              "fp32 on cpu, executorch and tflite), as a fraction of all convs, "

@@ -45,8 +45,15 @@ class Criterion:
     @classmethod
     def make(cls, labels: np.ndarray | None, max_accuracy_drop: float | None,
              min_agreement: float | None = None, unlabelled: str = "") -> "Criterion":
-        """``unlabelled``: why the judging folder's subfolders gave no labels (said if that refuses)."""
-        if labels is not None:
+        """Labelled judging data default to an accuracy drop, unless ``min_agreement`` was asked
+        for; ``unlabelled``: why the judging folder's subfolders gave no labels (said if that
+        refuses)."""
+        if max_accuracy_drop is not None and min_agreement is not None:
+            raise UsageError(f"--max-accuracy-drop {max_accuracy_drop:g} and --min-agreement "
+                             f"{min_agreement:g} are two budgets; the INT8 budget is one of them",
+                             fix="pass --max-accuracy-drop (labelled --eval-images) or "
+                                 "--min-agreement, not both")
+        if labels is not None and (max_accuracy_drop is not None or min_agreement is None):
             return cls("accuracy_drop", DEFAULT_DROP if max_accuracy_drop is None else max_accuracy_drop)
         if max_accuracy_drop is not None and min_agreement is None:
             raise UsageError(
