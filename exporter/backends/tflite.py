@@ -88,7 +88,10 @@ def _build_int8(converter, quantizer, graph, example, path: Path):
 
     from litert_torch.quantize import quant_config
 
-    model = converter.convert(copy.deepcopy(graph), (example,),
+    graph = copy.deepcopy(graph)
+    for module in graph.modules():  # inference mode (an exported graph's eval() raises)
+        module.training = False
+    model = converter.convert(graph, (example,),
                               quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
     model.export(str(path))
     runner = LiteRTRunner(path, precision="int8")
