@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import socket
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,10 @@ def _from_file(path: str, factory: str) -> nn.Module:
         raise UnknownModelError(f"'{path}' cannot be imported as a Python module",
                                 fix="pass a .py file: path/to/file.py:factory")
     module = importlib.util.module_from_spec(module_spec)
+    folder = str(Path(path).resolve().parent)  # its sibling modules import, as under `python file.py`
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as err:
@@ -147,7 +152,11 @@ def _from_file(path: str, factory: str) -> nn.Module:
                                 fix=f"fix {path} (python -m py_compile {path} shows it)") from None
     except Exception as err:  # noqa: BLE001 - the user's module-level code
         raise UnknownModelError(f"importing '{path}' failed ({_first_line(err)})",
-                                fix=f"fix {path}; run `python {path}` to see the error") from None
+                                fix=f"fix {path}; `python -c \"import runpy; runpy.run_path('{path}')\"` "
+                                    "shows the error with its traceback") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise UnknownModelError(f"'{path}' has no attribute '{factory}'" if fn is None else
@@ -156,6 +165,9 @@ def _from_file(path: str, factory: str) -> nn.Module:
     try:
         model = fn()
     except TypeError as err:
+        if not _needs_arguments(fn):  # a TypeError inside the factory's own code
+            raise UnknownModelError(f"{path}:{factory}() raised {_first_line(err)}",
+                                    fix=f"fix {factory} in {path}") from None
         raise UnknownModelError(f"{path}:{factory}() cannot be called without arguments "
                                 f"({_first_line(err)})",
                                 fix=f"give every parameter of {factory} a default, or add a "
@@ -167,6 +179,18 @@ def _from_file(path: str, factory: str) -> nn.Module:
         raise UnknownModelError(f"{path}:{factory}() returned {type(model).__name__}, not nn.Module",
                                 fix=f"make {factory}() return the torch.nn.Module")
     return model
+
+
+def _needs_arguments(fn) -> bool:
+    """Whether ``fn`` has a parameter without a default (so ``fn()`` cannot bind)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                   p.KEYWORD_ONLY) for p in params)
 
 
 def _torchvision_weights(recipe: Recipe, name: str):
@@ -187,7 +211,8 @@ def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
     state = read_checkpoint(path)
     own = model.state_dict()
     aux = tuple(f"{name}." for name in recipe.prepare.strip_aux)
-    missing = [k for k in own if k not in state and not k.startswith(aux)]
+    missing = [k for k in own if k not in state and not k.startswith(aux)
+               and not k.endswith(".num_batches_tracked")]  # a training counter, unused in eval
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]

@@ -245,6 +245,8 @@ CASES = [
      ["export", "net.py:make"], INPUT, ["raised ValueError: boom"]),
     ("factory-needs-argument", _module("def make(width):\n    return nn.Linear(width, 2)\n"),
      ["export", "net.py:make"], INPUT, ["cannot be called without arguments"]),
+    ("factory-typeerror-inside", _module("def make():\n    return nn.Linear(8, None + 1)\n"),
+     ["export", "net.py:make"], INPUT, ["make() raised TypeError: unsupported operand", "fix make in"]),
     ("factory-not-module", _module("def make():\n    return 42\n"), ["export", "net.py:make"],
      INPUT, ["returned int, not nn.Module"]),
     ("factory-missing", _module(""), ["export", "net.py:make"], INPUT, ["has no attribute 'make'"]),

@@ -22,7 +22,7 @@ def _trained_like_state() -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("form", ["safetensors", "nested_dataparallel"])
+@pytest.mark.parametrize("form", ["safetensors", "nested_dataparallel", "no_num_batches_tracked"])
 def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
     state = _trained_like_state()
     if form == "safetensors":
@@ -30,6 +30,10 @@ def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
 
         path = tmp_path / "lenet5.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    elif form == "no_num_batches_tracked":  # BN's training counter left out: load_state_dict takes it
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        path = tmp_path / "lenet5.pt"
+        torch.save(state, path)
     else:
         path = tmp_path / "lenet5.pth"
         torch.save({"epoch": 12, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)

@@ -115,8 +115,10 @@ def test_torchvision_model_outside_the_zoo(tmp_path):
 
 
 def test_user_module_from_file(tmp_path):
-    src = tmp_path / "mynet.py"
-    src.write_text(textwrap.dedent("""
+    (tmp_path / "models").mkdir()
+    src = tmp_path / "models" / "mynet.py"
+    src.write_text("from blocks import make  # a module beside it, imported as `python mynet.py` would\n")
+    (tmp_path / "models" / "blocks.py").write_text(textwrap.dedent("""
         import torch.nn as nn
 
         def make():
