@@ -67,6 +67,16 @@ def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
     if args.input_size is None and isinstance(shape, list) and len(shape) == 4 \
             and isinstance(shape[2], int) and shape[2] == shape[3]:
         options["input_size"] = int(shape[2])
+    spec = args.model_spec or meta.get("model_spec") or ""
+    if ".py:" in str(spec):  # a user module has no recipe: its input is what the file records
+        if args.channels is None and isinstance(shape, list) and len(shape) == 4 \
+                and isinstance(shape[1], int):
+            options["channels"] = shape[1]
+        for key in ("mean", "std"):
+            if getattr(args, key) is None and isinstance(meta.get(key), list):
+                options[key] = tuple(float(v) for v in meta[key])
+        if args.num_classes is None and isinstance(meta.get("num_classes"), int):
+            options["num_classes"] = meta["num_classes"]
     weights = meta.get("weights") or {}
     if args.weights is None and args.checkpoint is None:
         if weights.get("kind") == "random" and args.seed == 0:

@@ -133,6 +133,11 @@ def test_user_module_from_file(tmp_path):
     assert manifest["input"]["channels"] == 1 and manifest["input"]["mean"] == [0.5]
     assert manifest["prepare"]["bn_folded"] == 1
     assert all(r["rel_max_abs"] < 1e-4 for r in manifest["parity"])
+    # parity of the file alone rebuilds the 1-channel input from its metadata (was exit 1:
+    # "expected input[16, 3, 28, 28] to have 1 channels")
+    proc = run_cli("parity", str(tmp_path / "mine" / "mynet_make.onnx"), "--model", f"{src}:make",
+                   "--no-latency")
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_missing_factory_is_a_clear_error(tmp_path):
