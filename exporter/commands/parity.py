@@ -260,6 +260,7 @@ def run(args) -> int:
     from ..artifact_file import looks_like_file
 
     manifest = only = None
+    _check_not_other_path(args.model)
     if args.model_spec and not looks_like_file(args.model):
         raise UsageError("--model names the eager model of a FILE",
                          fix="exporter parity path/to/model.onnx --model SPEC (or drop --model)")
@@ -328,6 +329,26 @@ def _print_json(reports, failures, paths, ok: bool, err=None) -> None:
         document.update(error=err.message, fix=err.fix, error_type=type(err).__name__,
                         exit_code=0 if ok else err.exit_code)
     print_json(document)
+
+
+def _check_not_other_path(model: str | None) -> None:
+    """A MODEL that is a folder or a file parity FILE does not take: say what to run instead
+    (it read as an unknown model name)."""
+    from ..artifact_file import looks_like_file
+    from ..errors import UsageError
+
+    from ..recipes import all_recipes
+
+    if not model or ":" in model or looks_like_file(model) or not Path(model).exists() \
+            or model in all_recipes():  # `-o lenet5` then `parity lenet5`: the recipe
+        return
+    folder = Path(model) if Path(model).is_dir() else Path(model).parent
+    if Path(model).is_dir():
+        raise UsageError(f"'{model}' is a folder, not a model name",
+                         fix=f"exporter parity --artifacts {model} (a folder `exporter export` wrote)")
+    raise UsageError(f"exporter parity FILE takes an ONNX, pt2, AOTInductor or TorchScript file; "
+                     f"'{model}' is not one",
+                     fix=f"compare it with the rest of its export: exporter parity --artifacts {folder}")
 
 
 def _file_source(args, say):
