@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -85,8 +86,11 @@ def _load_torch(path: Path) -> object:
     except pickle.UnpicklingError as err:
         first = (str(err).strip().splitlines() or [""])[0]
         if "Unsupported global" in str(err) or "weights_only" in str(err):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+            what = (f"it pickles an object of class {found.group(1)}, e.g. a whole model saved with "
+                    "torch.save(model, ...)" if found else first)
             raise WeightsError(f"checkpoint '{path}' needs arbitrary code execution to load "
-                               f"(weights_only=True refused it: {first})", fix=SAVE_FIX) from None
+                               f"(weights_only=True refused it: {what})", fix=SAVE_FIX) from None
         raise WeightsError(f"checkpoint '{path}' is a damaged pickle ({first})",
                            fix="copy or save it again") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, struct.error) as err:

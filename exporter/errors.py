@@ -15,9 +15,14 @@ Exit codes (documented in the README; one per class of failure, so scripts can b
 """
 from __future__ import annotations
 
+import re
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
 EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_PRODUCE = 4, 5, 6
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class ExporterError(Exception):
@@ -29,6 +34,9 @@ class ExporterError(Exception):
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str, fix: str | None = None):
+        # a converter's coloured text quoted in a message: its escape codes are not for logs/JSON
+        message = _ANSI_ESCAPE.sub("", message)
+        fix = _ANSI_ESCAPE.sub("", fix) if fix else fix
         self.message = message
         self.fix = fix
         super().__init__(message if not fix else f"{message}\n  fix: {fix}")

@@ -80,6 +80,8 @@ def test_checkpoint_needing_code_execution_is_refused(tmp_path):
     proc = run_cli("export", "resnet18", "--checkpoint", str(ckpt), "--output", str(tmp_path / "o"))
     assert proc.returncode != 0
     assert "needs arbitrary code execution" in proc.stderr and "torch.save(model.state_dict()" in proc.stderr
+    assert "it pickles an object of class argparse.Namespace" in proc.stderr  # not torch's "two options" preamble
+    assert "\x1b[" not in proc.stderr  # no terminal escape codes in the error line
 
 
 def argparse_namespace():
