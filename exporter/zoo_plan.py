@@ -118,7 +118,7 @@ def run_zoo_plan(args, command: str, default_output: str) -> int:
     --keep-artifacts (export --zoo keeps them: they are what it was asked for)."""
     from .matrix import storage
     from .matrix.plan import parse_plan
-    from .commands.matrix import execute_plan, finish
+    from .commands.matrix import execute_plan, finish, result_line
 
     _refuse_unsupported(args, command)
     output = args.output or default_output
@@ -144,7 +144,9 @@ def run_zoo_plan(args, command: str, default_output: str) -> int:
                 Path(output).rmdir()  # the output root this run made, when nothing is left in it
     if not args.quiet:
         _print_summary(results)
-    return finish(results, paths, args.no_fail)
+    else:  # --quiet: no progress and no table, but the result and where the report is
+        print(result_line(results, paths))
+    return finish(results, paths, args.no_fail, rerun="rerun the same command")
 
 
 def _print_summary(results) -> None:

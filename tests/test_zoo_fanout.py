@@ -103,6 +103,21 @@ def test_export_zoo_on_two_workers_then_parity_fanout_equals_the_sequential_zoo_
     for key in ("lenet5/fp32", "nin@64/fp32"):  # export --zoo keeps what it was asked for
         manifest = json.loads((tmp_path / "zoo" / key / "manifest.json").read_text())
         assert [a["format"] for a in manifest["artifacts"]] == ["onnx"]
+    # --quiet: the result line only (it printed nothing at all); an edited artifact is not
+    # "proved by an earlier run" (it was skipped): its job runs again and refuses the file
+    edited = tmp_path / "zoo" / "lenet5" / "fp32" / "lenet5.onnx"
+    original = edited.read_bytes()
+    edited.write_bytes(original + b"\0")
+    again = ("export", "--zoo", "--models", "lenet5,nin", "--reduced", "--jobs", "2", "--output",
+             "zoo", "--quiet")
+    proc = run_cli(*again, cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout.startswith("2 job(s): 1 ok, 0 breach, 1 failed, 1 skipped")
+    assert "lenet5.onnx in zoo/lenet5/fp32 differ from the sha256" in proc.stderr
+    edited.write_bytes(original)
+    proc = run_cli(*again, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("2 job(s): 2 ok, 0 breach, 0 failed, 2 skipped") and "report: " in proc.stdout
 
     common = ["--zoo", "--models", "nin", "--reduced", "--no-latency", "--samples", "8"]
     fanout = run_cli("parity", *common, "--jobs", "1", "--output", "fan", "--report", "fan-report",

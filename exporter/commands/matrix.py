@@ -107,15 +107,21 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
         paths = _write_remote_report(results, output, report)
     else:
         paths = write_matrix_report(results, output, **report)
-    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "breach", "error")}
-    skipped = sum(bool(r.get("skipped")) for r in results)
-    say(f"{len(results)} job(s): {counts['ok']} ok, {counts['breach']} breach, {counts['error']} "
-        f"failed, {skipped} skipped (proved by an earlier run); report: {paths['markdown']}")
+    say(result_line(results, paths))
     return results, paths
 
 
-def finish(results, paths, no_fail: bool) -> int:
-    """0 when every job is ok (or ``no_fail``); else the failed jobs' error or a parity breach."""
+def result_line(results, paths) -> str:
+    """'N job(s): a ok, b breach, c failed, d skipped (...); report: PATH'."""
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "breach", "error")}
+    skipped = sum(bool(r.get("skipped")) for r in results)
+    return (f"{len(results)} job(s): {counts['ok']} ok, {counts['breach']} breach, {counts['error']} "
+            f"failed, {skipped} skipped (proved by an earlier run); report: {paths['markdown']}")
+
+
+def finish(results, paths, no_fail: bool, rerun: str = "rerun the plan") -> int:
+    """0 when every job is ok (or ``no_fail``); else the failed jobs' error, with their own fix
+    when they share one, or a parity breach."""
     from ..errors import ExporterError, ParityError
 
     failed = [r for r in results if r["status"] == "error"]
@@ -124,9 +130,12 @@ def finish(results, paths, no_fail: bool) -> int:
         return 0
     if failed:
         codes = {r.get("exit_code", 1) for r in failed}
+        fixes = {r.get("fix") for r in failed}
+        own = fixes.pop() if len(fixes) == 1 and None not in fixes else None
         err = ExporterError(f"{len(failed)} job(s) failed: " + "; ".join(
             f"{r['key']}: {r['error']}" for r in failed[:5]) + ("; ..." if len(failed) > 5 else ""),
-            fix=f"details in {paths['markdown']}; rerun the plan (proved jobs are skipped)")
+            fix=(f"{own} (details in {paths['markdown']})" if own else
+                 f"details in {paths['markdown']}; {rerun} (proved jobs are skipped)"))
         err.exit_code = codes.pop() if len(codes) == 1 else 1
         raise err
     raise ParityError(f"{len(breached)} job(s) breach their tolerance: "

@@ -100,7 +100,7 @@ def _job_files(manifest: dict[str, Any], job: JobSpec) -> dict[str, str]:
 def cached_result(job: JobSpec) -> dict[str, Any] | None:
     """The stored result of an identical earlier run whose artifacts are still there unchanged
     (the manifest matches the request as ``reuse`` decides, nothing missing), else None."""
-    from ..artifacts import MANIFEST, read_manifest_if_any
+    from ..artifacts import MANIFEST, changed_files, read_manifest_if_any
     from ..reuse import manifest_matches, missing_artifacts
     from . import storage
 
@@ -118,7 +118,9 @@ def cached_result(job: JobSpec) -> dict[str, Any] | None:
             return None
         manifest = read_manifest_if_any(directory)
         request = job_request(job)
-        present = manifest is not None and not missing_artifacts(manifest, directory, request)
+        present = manifest is not None and not missing_artifacts(manifest, directory, request) \
+            and not any(changed_files(a, directory) for a in manifest.get("artifacts", [])
+                        if a["file"] in _job_files(manifest, job))  # hashed: an edited file reruns
     if (not stored or not present or stored.get("fingerprint") != fingerprint(job)
             or stored.get("status") not in ("ok", "breach")
             or not manifest_matches(manifest, request)
