@@ -12,6 +12,9 @@ DEFAULT_SIMPLIFIER = "onnxsim"
 
 # INT8 weight rounding (exporter/quantize/gptq.py): nearest (the default), or the opt-in levers
 WEIGHT_ROUNDING = ("nearest", "exact", "gptq")
+# INT8 placements (exporter/quantize/placement.py) and calibration methods (.../calibration.py)
+INT8_TARGETS = ("tensorrt", "cpu")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 
 # parity inputs (exporter/parity/inputs.py) and latency (exporter/latency.py)
 DEFAULT_SAMPLES = 16

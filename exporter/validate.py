@@ -73,41 +73,71 @@ def check_model_options(request: Any) -> None:
                          fix="pass the position of the logits in the model's outputs")
     if request.checkpoint is not None:
         sniff(request.checkpoint)  # names a directory, empty, truncated or random file for what it is
-    quant = request.quant or {}
-    positive("--calibration-samples", quant.get("samples"))
-    positive("--eval-samples", quant.get("eval_samples"))
-    agreement = quant.get("min_agreement")
-    if agreement is not None and not 0 <= agreement <= 1:
-        raise UsageError(f"--min-agreement must be a fraction 0..1, got {agreement}",
-                         fix="e.g. --min-agreement 0.95")
-    kept = quant.get("max_kept_fraction")
-    if kept is not None and not 0 <= kept <= 1:
-        raise UsageError(f"--max-kept-fraction must be a fraction 0..1, got {kept}",
-                         fix="e.g. --max-kept-fraction 0.5 (at most half the convs out of INT8)")
+    problems = quant_problems(request.quant or {})
+    if problems:
+        what, fix, kind = problems[0]
+        raise kind(what, fix=fix)
+
+
+def quant_problems(quant: dict) -> list[tuple[str, str, type]]:
+    """(what, fix, error type) for each INT8 option value that cannot work, by the quantize stage's
+    names (CLI, API or a plan's [calibration] table), checked before any model is built."""
+    from .defaults import CALIBRATION_METHODS, INT8_TARGETS
+
+    problems: list[tuple[str, str, type]] = []
+
+    def usage(what: str, fix: str) -> None:
+        problems.append((what, fix, UsageError))
+
+    for flag, key in (("--calibration-samples", "samples"), ("--eval-samples", "eval_samples")):
+        value = quant.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            usage(f"{flag} must be >= 1, got {value!r}", f"pass {flag} N, a whole number 1 or more")
+    if quant.get("target") is not None and quant["target"] not in INT8_TARGETS:
+        usage(f"unknown --target {quant['target']!r}", f"use one of {', '.join(INT8_TARGETS)}")
+    if quant.get("method") is not None and quant["method"] not in CALIBRATION_METHODS:
+        usage(f"unknown --calibration-method {quant['method']!r}",
+              f"use one of {', '.join(CALIBRATION_METHODS)}")
+    for flag, key, fix in (("--min-agreement", "min_agreement", "e.g. --min-agreement 0.95"),
+                           ("--max-kept-fraction", "max_kept_fraction",
+                            "e.g. --max-kept-fraction 0.5 (at most half the convs out of INT8)")):
+        value = quant.get(key)
+        if value is not None and not (_number(value) and 0 <= value <= 1):
+            usage(f"{flag} must be a fraction 0..1, got {value!r}", fix)
+    drop = quant.get("max_accuracy_drop")
+    if drop is not None and not (_number(drop) and 0 <= drop <= 100):
+        usage(f"--max-accuracy-drop must be 0..100 points, got {drop!r}", "e.g. --max-accuracy-drop 1")
+    if drop is not None and quant.get("min_agreement") is not None:
+        usage("--max-accuracy-drop and --min-agreement are two budgets; the INT8 budget is one of them",
+              "pass --max-accuracy-drop (labelled --eval-images) or --min-agreement, not both")
     calibration = quant.get("calibration")
     try:
         packaged = calibration is not None and packaged_seed(str(calibration), 0) is not None
     except ValueError as err:
-        raise UsageError(f"--calibration {calibration}: {err}",
-                         fix="use --calibration packaged or packaged:SEED, e.g. packaged:1") from None
+        usage(f"--calibration {calibration}: {err}",
+              "use --calibration packaged or packaged:SEED, e.g. packaged:1")
+        packaged = True
+    if drop is not None and packaged and quant.get("eval_data") is None:
+        usage(f"--max-accuracy-drop {drop:g} needs labelled held-out images, and the packaged photos "
+              "have no labels", "pass --eval-images DIR with class subfolders named by class index, "
+              "or judge by agreement with FP32: --min-agreement 0.95")
     for flag, value in (("--calibration", calibration), ("--eval-images", quant.get("eval_data"))):
         if isinstance(value, str) and value == "packaged" and Path(value).exists():
-            raise UsageError(f"{flag} packaged names the photos installed packages ship, and a "
-                             f"'packaged' {'folder' if Path(value).is_dir() else 'file'} exists here too",
-                             fix=f"pass {flag} ./packaged for yours, or {flag} packaged:0 for the "
-                                 "shipped photos")
-    if calibration and not packaged and not Path(calibration).exists():
-        raise UsageError(f"--calibration {calibration} does not exist",
-                         fix="pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
-    levers = lever_problems(quant)
-    if levers:
-        raise UsageError(levers[0][0], fix=levers[0][1])
+            usage(f"{flag} packaged names the photos installed packages ship, and a 'packaged' "
+                  f"{'folder' if Path(value).is_dir() else 'file'} exists here too",
+                  f"pass {flag} ./packaged for yours, or {flag} packaged:0 for the shipped photos")
+    if calibration and _path(calibration) and not packaged and not Path(calibration).exists():
+        usage(f"--calibration {calibration} does not exist",
+              "pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
+    problems += [(what, fix, UsageError) for what, fix in lever_problems(quant)]
     overlap = data_overlap(quant)
     if overlap:
-        raise CalibrationError(overlap[0], fix=overlap[1])
-    if quant.get("max_accuracy_drop") is not None and not 0 <= quant["max_accuracy_drop"] <= 100:
-        raise UsageError(f"--max-accuracy-drop must be 0..100 points, got {quant['max_accuracy_drop']}",
-                         fix="e.g. --max-accuracy-drop 1")
+        problems.append((overlap[0], overlap[1], CalibrationError))
+    return problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def lever_problems(quant: dict) -> list[tuple[str, str]]:

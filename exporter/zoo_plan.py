@@ -123,7 +123,7 @@ def run_zoo_plan(args, command: str, default_output: str) -> int:
     _refuse_unsupported(args, command)
     output = args.output or default_output
     created = not storage.is_url(str(output)) and not Path(output).exists()
-    plan = parse_plan(zoo_plan_data(args, command), source=f"exporter {command} --zoo")
+    plan = parse_plan(zoo_plan_data(args, command), source=f"exporter {command} --zoo", cli=True)
     report = getattr(args, "report", None)
     if command == "parity":
         report = Path(report or Path("reports") / "parity-zoo")

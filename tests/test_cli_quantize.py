@@ -257,8 +257,15 @@ def test_zoo_and_plans_refuse_overlapping_eval_images_before_any_job(tmp_path):
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert f"--eval-images '{images / '1'}' lies inside the --calibration folder" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+    # the zoo's output inside the calibration folder: refused before any job (the job failed,
+    # and report.md and the plots landed among the images the next calibration read)
+    inside = images / "zoo"
+    proc = _cli("export", "--zoo", "--models", "lenet5", "--precision", "int8", "--calibration",
+                str(images), "-o", str(inside), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "lies inside the --calibration folder" in proc.stderr and not inside.exists()
     base = {"models": ["lenet5"], "formats": ["onnx"], "precisions": ["int8"]}
-    with pytest.raises(PlanError, match="holds the --calibration source"):
+    with pytest.raises(PlanError, match="eval_images .* holds the data source"):
         parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images)}})
     parse_plan({**base, "calibration": {"data": str(images / "0"), "eval_images": str(images / "1")}})
     # the API also takes arrays: the path checks leave them to the sample comparison

@@ -95,6 +95,20 @@ def test_every_problem_of_a_plan_in_one_error():
         assert part in err.message, (part, err.message)
 
 
+def test_every_bad_calibration_value_of_a_plan_up_front_by_its_plan_key():
+    """They failed inside every job, after its work ('unknown --target', fix 'rerun the plan')."""
+    with pytest.raises(PlanError) as info:
+        parse_plan({"models": ["lenet5"], "formats": ["onnx"], "precisions": ["int8"],
+                    "calibration": {"data": "packaged", "samples": -5, "method": "foo",
+                                    "target": "gpu", "max_accuracy_drop": 2.0,
+                                    "max_kept_fraction": 1.5}})
+    for part in ("samples must be >= 1, got -5", "unknown target 'gpu'", "unknown method 'foo'",
+                 "max_kept_fraction must be a fraction 0..1, got 1.5",
+                 "max_accuracy_drop 2 needs labelled held-out images", "5 problem(s)"):
+        assert part in info.value.message, (part, info.value.message)
+    assert "--" not in info.value.message  # plan keys, not command-line flags
+
+
 def test_cli_bad_plan_exits_4_before_anything_runs(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text('models = ["lenet5"]\nformats = ["onnx", "tflitex"]\n')

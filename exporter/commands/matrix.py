@@ -87,6 +87,12 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
     output = str(output).rstrip("/") if remote else Path(output)
     if remote:
         storage.prepare(output)  # fsspec, the protocol and write access, before any job
+    else:  # jobs and the report would land among the images the INT8 jobs read
+        from ..validate import check_output_outside_data
+
+        for folder in (output, report_dir):
+            if folder is not None:
+                check_output_outside_data(Path(folder), plan.quant)
     specs = plan.jobs(output)
     for cell in plan.dropped:
         say(f"not in the matrix: {cell}")

@@ -19,13 +19,15 @@ in :attr:`Plan.dropped`.
 """
 from __future__ import annotations
 
+import re
+
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExporterError, PlanError
-from ..validate import data_overlap, lever_problems
+from ..validate import quant_problems
 
 TOP_KEYS = {"models", "formats", "precisions", "reduced", "input_size", "seed", "weights", "batch",
             "opset", "exporter", "simplifier", "calibration", "parity", "resources"}
@@ -201,8 +203,20 @@ def _table(data: dict, key: str, allowed, problems: list[str]) -> dict[str, Any]
     return {k: v for k, v in table.items() if k in allowed}
 
 
-def parse_plan(data: dict[str, Any], source: str = "<plan>") -> Plan:
-    """Validate a parsed plan mapping; every problem is listed in one :class:`PlanError`."""
+def _plan_keys(text: str) -> str:
+    """A quantize-option message with the plan's [calibration] keys for the command-line flags."""
+    flags = {"--" + dest.replace("_", "-"): key for key, dest in CALIBRATION_KEYS.items()}
+    flags.update({"--calibration-samples": "samples", "--calibration-method": "method",
+                  "--calibration": "data", "--eval-images": "eval_images",
+                  "--eval-samples": "eval_samples", "--target": "target"})
+    for flag in sorted(flags, key=len, reverse=True):
+        text = re.sub(re.escape(flag) + r"(?![\w-])", flags[flag], text)
+    return text
+
+
+def parse_plan(data: dict[str, Any], source: str = "<plan>", cli: bool = False) -> Plan:
+    """Validate a parsed plan mapping; every problem is listed in one :class:`PlanError` (by the
+    plan's keys, or with ``cli`` - a --zoo command line - by its flags)."""
     problems: list[str] = []
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
@@ -214,9 +228,8 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>") -> Plan:
     if "int8" in precisions and not quant.get("calibration"):
         problems.append("int8 needs calibration data (fix: add [calibration] data = \"packaged\", an "
                         "image folder or an .npy of preprocessed tensors)")
-    overlap = data_overlap(quant)
-    problems += [f"[calibration] {what} (fix: {fix})"
-                 for what, fix in lever_problems(quant) + ([overlap] if overlap else [])]
+    keys = (lambda text: text) if cli else _plan_keys
+    problems += [f"[calibration] {keys(what)} (fix: {keys(fix)})" for what, fix, _ in quant_problems(quant)]
     parity = _table(data, "parity", PARITY_KEYS, problems)
     resources = _table(data, "resources", RESOURCE_KEYS, problems)
     if problems:

@@ -32,12 +32,13 @@ import numpy as np
 import onnx
 
 from ..data import build_transform
+from ..defaults import CALIBRATION_METHODS
 from ..errors import CalibrationError
 from ..recipes import InputSpec
 from ..validate import packaged_seed
 from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
 
-METHODS = ("minmax", "entropy", "percentile", "mse")
+METHODS = CALIBRATION_METHODS
 PERCENTILE = 99.99
 BINS = 2048
 UNSIGNED_STEPS = 254  # steps of a quantizer spending its levels on [0, high] (int8 zero-centred: -127..127)

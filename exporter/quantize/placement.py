@@ -38,7 +38,7 @@ import onnx
 
 from ..onnx_graph import GraphIndex
 
-TARGETS = ("tensorrt", "cpu")
+from ..defaults import INT8_TARGETS as TARGETS  # noqa: E402 - re-exported
 LINEAR_OPS = ("Conv", "Gemm")
 CPU_INT8_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", "AveragePool", "Concat", "Mul")
 PASSTHROUGH_OPS = ("Flatten", "Reshape", "MaxPool", "Transpose", "Slice")
