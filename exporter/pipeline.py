@@ -11,8 +11,8 @@ from typing import Any, Callable
 from torch import nn
 
 from . import __version__
-from .artifacts import (MANIFEST, artifact_entry, read_manifest, read_manifest_if_any,
-                        sha256_file, staging, tool_versions, write_json_atomic)
+from .artifacts import (MANIFEST, artifact_entry, artifact_files, read_manifest,
+                        read_manifest_if_any, sha256_file, staging, tool_versions, write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, PrecisionError, UsageError
 from .metadata import build_metadata, for_artifact, write_onnx_metadata
@@ -89,6 +89,8 @@ class ExportResult:
     parity: list[dict[str, Any]]
     seconds: float
     kept: tuple[str, ...] = ()  # files an earlier export of the same model left, not made by this run
+    # an earlier export of other model options in the folder: its files this run removed, and why
+    replaced: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -252,6 +254,7 @@ def export(request: ExportRequest) -> ExportResult:
     check_output_location(directory)
     check_output_outside_data(directory, request.quant or {})
     claim_output_dir(directory, named.name)
+    earlier = read_manifest_if_any(directory)
     request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)
     recipe = override_tolerances(recipe, request.atol, request.rtol)
@@ -292,7 +295,8 @@ def export(request: ExportRequest) -> ExportResult:
     return ExportResult(directory=directory, manifest=manifest, recipe=recipe, spec=spec,
                         reference=reference, deploy=deploy, parity=parity,
                         seconds=time.perf_counter() - start,
-                        kept=tuple(a["file"] for a in manifest["artifacts"] if a["file"] not in made))
+                        kept=tuple(a["file"] for a in manifest["artifacts"] if a["file"] not in made),
+                        replaced=replaced_export(earlier, manifest, directory))
 
 
 def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,
@@ -369,6 +373,21 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
         "versions": {**tool_versions(), "zoo-exporter": __version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def replaced_export(old: dict[str, Any] | None, new: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """{"files": the earlier export's files the commit removed, "changed": {option: [old, new]}}
+    when ``directory`` held an export of other model options; {} otherwise."""
+    if not old or old.get("model_options") == new.get("model_options") and \
+            old.get("input") == new.get("input") and old.get("weights") == new.get("weights"):
+        return {}
+    listed = {name for a in new.get("artifacts", []) for name in artifact_files(a)}
+    files = [name for a in old.get("artifacts", []) for name in artifact_files(a)
+             if name not in listed and not (directory / name).exists()]
+    before, after = old.get("model_options") or {}, new.get("model_options") or {}
+    changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k)}
+    return {"files": files, "changed": changed} if files else {}
 
 
 _OPTION_TYPES = {"model": str, "weights": str, "checkpoint": str, "output_name": str, "seed": int,

@@ -183,6 +183,12 @@ def export_summary(result) -> str:
         if exp.get("adaptive_pools_as_matmul"):
             lines.append(f"  onnx: adaptive average pool written as two MatMuls (sizes do not "
                          f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")
+    replaced = getattr(result, "replaced", None)
+    if replaced:
+        changed = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in replaced["changed"].items())
+        lines.append(f"  replaced: an earlier export of other model options"
+                     f"{f' ({changed})' if changed else ''} in this folder; removed its "
+                     f"{', '.join(replaced['files'])}, made for those options")
     kept = set(getattr(result, "kept", ()))
     for a in m["artifacts"]:
         lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})"

@@ -529,3 +529,10 @@ def test_artifacts_an_earlier_export_left_are_marked_not_reported_as_made(tmp_pa
     assert "budget:" not in proc.stdout and "artifact: lenet5.onnx (onnx, fp32" in proc.stdout
     proc = _cli("export", "lenet5", "-o", str(out), "--json", cwd=tmp_path)
     assert json.loads(proc.stdout)["kept_from_earlier"] == ["lenet5.int8.tensorrt.onnx"]
+    assert json.loads(proc.stdout)["replaced_earlier"] == {}
+    # other model options: the earlier INT8 (made for seed 0) is removed, and that is said
+    proc = _cli("export", "lenet5", "-o", str(out), "--seed", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("  replaced: an earlier export of other model options (seed 0 -> 1) in this folder; "
+            "removed its lenet5.int8.tensorrt.onnx, made for those options") in proc.stdout
+    assert not (out / "lenet5.int8.tensorrt.onnx").exists()

@@ -80,6 +80,7 @@ def run(args) -> int:
     if args.json:
         print_json({"ok": True, "command": "export", "directory": str(result.directory),
                     "seconds": round(result.seconds, 3), "kept_from_earlier": list(result.kept),
+                    "replaced_earlier": result.replaced,
                     **result.manifest})
     else:
         print(result.summary)
