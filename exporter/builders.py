@@ -95,6 +95,8 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
         recipe = _file_recipe(spec_str, base, num_classes)
     else:
         recipe = get_recipe(spec_str)
+    if ".py:" not in spec_str:
+        _refuse_file_options(recipe, channels=channels, mean=mean, std=std, num_classes=num_classes)
     spec = recipe.input
     if input_size is not None and input_size != max(spec.size):
         if spec.fixed_size:
@@ -106,6 +108,26 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
                                  fix=f"use --input-size {spec.min_size} or larger")
         spec = spec.with_size(input_size)
     return recipe, spec
+
+
+def _refuse_file_options(recipe: Recipe, **given: Any) -> None:
+    """--channels/--mean/--std/--num-classes describe a file.py:factory model; a recipe, torchvision
+    or timm model has its own, so a different value would be ignored: a UsageError instead."""
+    own = {"channels": recipe.input.channels, "mean": tuple(recipe.input.mean),
+           "std": tuple(recipe.input.std), "num_classes": recipe.num_classes}
+
+    def shown(value: Any) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    differ = {f"--{k.replace('_', '-')}": k for k, v in given.items() if v != own[k]}
+    if differ:
+        asked = ", ".join(f"{flag} {shown(given[k])}" for flag, k in differ.items())
+        theirs = ", ".join(f"{flag} {shown(own[k])}" for flag, k in differ.items())
+        raise UsageError(f"{asked} would be ignored: {recipe.name} builds its own model and "
+                         f"preprocessing ({theirs}); these options describe a file.py:factory model",
+                         fix=f"drop {' '.join(differ)}, or export your own module as "
+                             "path/to/file.py:factory")
 
 
 def _instantiate(recipe: Recipe, tv_weights: Any = None) -> nn.Module:
@@ -320,8 +342,13 @@ def checked_class_count(recipe: Recipe, width: int | None, asked: int | None) ->
     if width is None or width == recipe.num_classes or recipe.source != "file":
         return recipe
     if asked is not None:
+        factory = recipe.builder.rpartition(":")[2]
         raise InputSpecError(f"{recipe.name} outputs {width} logits per sample, but its class count is "
-                             f"{recipe.num_classes} (--num-classes)",
-                             fix=f"pass --num-classes {width}, or pick the logits output "
+                             f"{recipe.num_classes} (--num-classes): --num-classes declares the count "
+                             f"and is not passed to {factory}(), which is called without arguments",
+                             fix=f"for a {recipe.num_classes}-class model add a factory that builds it "
+                                 f"(def {factory}{recipe.num_classes}(): return {factory}(num_classes="
+                                 f"{recipe.num_classes})) and export file.py:{factory}{recipe.num_classes}; "
+                                 f"else pass --num-classes {width} or pick the logits output "
                                  "(--output-index / --output-name)")
     return replace(recipe, num_classes=width)
