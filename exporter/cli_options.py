@@ -156,13 +156,23 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def absolute_model_spec(spec: str | None) -> str | None:
+    """A file.py:factory spec with the file's absolute path (the manifest records it, and a later
+    `parity --artifacts` from another folder must find it); other specs as they are."""
+    if not spec or ".py:" not in spec:
+        return spec
+    path, _, factory = spec.rpartition(":")
+    return f"{Path(path).absolute()}:{factory}" if Path(path).is_file() else spec
+
+
 def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onnx",)) -> "ExportRequest":
     """Build the ExportRequest the model options describe."""
     from .pipeline import ExportRequest
 
     return ExportRequest(
-        model=args.model, formats=formats, output=args.output, weights=args.weights,
-        checkpoint=args.checkpoint, seed=args.seed, input_size=args.input_size,
+        model=absolute_model_spec(args.model), formats=formats, output=args.output,
+        weights=args.weights,
+        checkpoint=str(Path(args.checkpoint).absolute()) if args.checkpoint else args.checkpoint, seed=args.seed, input_size=args.input_size,
         channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
         batch=args.batch, output_index=args.output_index, output_name=args.output_name,
         opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,

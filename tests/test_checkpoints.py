@@ -41,6 +41,13 @@ def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["weights"]["kind"] == "checkpoint"
+    # recorded by absolute path: parity of the folder from elsewhere finds the checkpoint (it was
+    # recorded as typed, relative to the export's working directory)
+    assert manifest["model_options"]["checkpoint"] == str(tmp_path / path.name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_cli(["parity", "--artifacts", str(tmp_path / "out"), "--no-latency"], cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(not row["breach"] for row in manifest["parity"])
     inits = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "out" / "lenet5.onnx")).graph.initializer]
     last = [k for k in state if k.endswith("weight") and state[k].ndim == 2][-1]  # the classifier

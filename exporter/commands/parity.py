@@ -223,7 +223,7 @@ def ort_options(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- run
 def run(args) -> int:
-    from ..cli_options import parse_formats, request_from_args
+    from ..cli_options import absolute_model_spec, parse_formats, request_from_args
     from ..errors import UsageError
     from ..report import print_report, wide_console, write_report
 
@@ -278,7 +278,8 @@ def run(args) -> int:
 
         manifest = read_manifest(directory)
         recorded = manifest.get("model_spec") or manifest.get("model")
-        if args.model and args.model not in (recorded, manifest.get("model")):
+        if args.model and absolute_model_spec(args.model) not in (
+                absolute_model_spec(recorded), manifest.get("model")):
             raise UsageError(f"'{directory}' holds {recorded}, not {args.model}",
                              fix=f"drop the model name or run `exporter parity {args.model}`")
         check_trust(manifest, directory, args.model, args.trust_model_code)
