@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .adaptive_pool import matmul_pools
+from .backends.base import converter_output_hidden
 from .errors import ExportError, SimplifyError, UsageError
 from .recipes import InputSpec
 
@@ -45,9 +46,9 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, exporter: str 
     start = time.perf_counter()
     dummy = example_input(model, spec, batch or 2)
     dims = dynamic_dims(model, spec, batch)  # batch unless fixed; H/W of a --dynamic-size graph
-    log, swapped = io.StringIO(), []
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+    swapped: list[str] = []
+    try:  # the exporters' prints, native ones too (an IR dump on failure), stay off stdout
+        with warnings.catch_warnings(), converter_output_hidden():
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 fixed_hw = not getattr(model, "dynamic_size", False)
@@ -103,7 +104,7 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
             onnx.save(model, str(path))
         return {"simplifier": "none", "nodes_before": before, "nodes_after": before, "simplify_seconds": 0.0}
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), converter_output_hidden():
             warnings.simplefilter("ignore")
             if simplifier == "onnxsim":
                 import onnxsim

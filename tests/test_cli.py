@@ -142,6 +142,34 @@ def test_user_module_from_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_a_failed_onnx_export_keeps_stdout_to_one_json_document(tmp_path):
+    """torch's TorchScript exporter prints its IR graph to the process's stdout on failure: it
+    came before --json's document, which then did not parse."""
+    src = tmp_path / "inv.py"
+    src.write_text(textwrap.dedent("""
+        import torch
+        import torch.nn as nn
+
+        class Inv(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 10)
+
+            def forward(self, x):
+                h = self.conv(x).mean((2, 3))[:, :4].reshape(-1, 2, 2) + 3 * torch.eye(2)
+                return self.fc(torch.linalg.inv(h).reshape(-1, 4))
+
+        def make():
+            return Inv()
+    """))
+    proc = run_cli("export", f"{src}:make", "--num-classes", "10", "--input-size", "32", "--json",
+                   "--output", str(tmp_path / "o"))
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and "aten::linalg_inv" in doc["error"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_factory_is_a_clear_error(tmp_path):
     src = tmp_path / "empty.py"
     src.write_text("x = 1\n")
