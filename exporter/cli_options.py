@@ -87,8 +87,8 @@ def add_graph_input_options(parser: argparse.ArgumentParser) -> None:
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """FP16/INT8 options (the quantize stage)."""
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                        help="fp16/int8: each --format writes that precision; onnx also keeps "
-                             "the FP32 ONNX it is made from (default fp32)")
+                        help="fp16/int8: each --format writes that precision; onnx, openvino, ncnn "
+                             "and coreml also keep their FP32 artifact (default fp32)")
     parser.add_argument("--calibration", help="INT8 calibration data: an image folder, an .npy of "
                         "preprocessed NCHW tensors, or 'packaged' (photos installed packages ship; "
                         "see calibration/README.md) (default: none, required for int8)")

@@ -54,8 +54,8 @@ def _quant_lines(d: dict) -> list[str]:
         + f"{' + bias correction' if d.get('bias_correction') else ''}" + _tuning(d.get("range_tuning"))
         + (f" + {len(d['zero_centred'])} activation(s) zero-centred" if d.get("zero_centred") else "")
         + f" over {d.get('samples_used')} samples from "
-        f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped, "
-        f"cache {'hit' if cache.get('hit') else 'miss'} ({cache.get('reason')})",
+        f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped"
+        + (", cache hit" if cache.get("hit") else f", cache miss ({cache.get('reason')})"),
     ]
     if d.get("budget_warning"):
         lines.append(f"    WARNING: {d['budget_warning']}")

@@ -53,6 +53,7 @@ def test_int8_export_from_the_command_line(tmp_path):
     lo, hi = m["top1_agreement_ci95"]
     assert lo <= m["top1_agreement"] <= hi and hi - lo < 0.1
     assert "95% CI" in proc.stdout and "judged on" in proc.stdout
+    assert "0 file(s) skipped, cache miss (no cache)" in proc.stdout
     # the artifact itself: INT8 weights, and close to the FP32 ONNX on photo crops
     model = onnx.load(str(path))
     assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
