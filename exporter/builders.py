@@ -325,6 +325,9 @@ def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> int |
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         fix = f"use the recipe's size {recipe.input.size[0]} or a size >= {recipe.input.min_size}"
+        if recipe.source == "file":  # no recipe knows its size: the user does
+            fix = (f"pass the --input-size {recipe.name} was built for (got {spec.size[0]}; a "
+                   "fixed-size flatten before a Linear takes one size only)")
         wanted = re.search(r"to have (\d+) channels, but got (\d+)", first)
         if wanted:
             n = int(wanted.group(1))

@@ -253,6 +253,11 @@ CASES = [
      ["--num-classes 100 would be ignored: lenet5 builds its own model", "(--num-classes 10)"]),
     ("recipe-mean-std", None, E + ["--mean", "0.5", "--std", "0.25"], USAGE,
      ["--mean 0.5, --std 0.25 would be ignored", "drop --mean --std"]),
+    ("file-model-wrong-size", _module("""
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+        """), ["export", "net.py:make", "--input-size", "16"], INPUT,
+     ["cannot take a 1x3x16x16 input", "pass the --input-size net_make was built for (got 16"]),
     ("factory-typeerror-inside", _module("def make():\n    return nn.Linear(8, None + 1)\n"),
      ["export", "net.py:make"], INPUT, ["make() raised TypeError: unsupported operand", "fix make in"]),
     ("factory-not-module", _module("def make():\n    return 42\n"), ["export", "net.py:make"],
