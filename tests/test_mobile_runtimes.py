@@ -226,6 +226,9 @@ def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt
     assert (f"the {fmt} INT8 accuracy budget (top-1 agreement with FP32 >= 1.000) cannot be met "
             "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0.25)") in proc.stderr
     assert "--max-kept-fraction 0.5" in proc.stderr and not out.exists()
+    first = ("use --precision fp32 (tflite has no fp16)" if fmt == "tflite"
+             else f"use --precision fp16 (the {fmt} fp16 artifact)")  # not fp16 LiteRT lacks
+    assert f"fix: {first}, loosen the budget" in proc.stderr
 
 
 @pytest.mark.parametrize("fmt", PT2E_INT8)

@@ -217,5 +217,14 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
         return Fit(built, [names[n] for n in ranked[:k]], result, history,
                    [(names[n], s) for n, s in ranking])
     raise refusal(criterion, result, k, max_convs, convs, max_kept_fraction, runtime=fmt,
-                  kept_as="in float", fp16="use --precision fp16 where the runtime has it",
+                  kept_as="in float", fp16=_instead_of_int8(fmt),
                   best_convs=sum(n in conv_names for n in ranked[:k]))
+
+
+def _instead_of_int8(fmt: str) -> str:
+    """The refusal's first fix: this runtime's fp16, or fp32 where it has none (LiteRT)."""
+    from .registry import get
+
+    if "fp16" in get(fmt).precisions:
+        return f"use --precision fp16 (the {fmt} fp16 artifact)"
+    return f"use --precision fp32 ({fmt} has no fp16)"
