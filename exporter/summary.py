@@ -53,7 +53,7 @@ def _quant_lines(d: dict) -> list[str]:
         + _rounding(d.get("weight_rounding"))
         + f"{' + bias correction' if d.get('bias_correction') else ''}" + _tuning(d.get("range_tuning"))
         + (f" + {len(d['zero_centred'])} activation(s) zero-centred" if d.get("zero_centred") else "")
-        + f" over {d.get('samples_used')} samples from "
+        + f" over {d.get('samples_used')} samples{_fewer(d)} from "
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped"
         + (", cache hit" if cache.get("hit") else f", cache miss ({cache.get('reason')})"),
     ]
@@ -71,6 +71,15 @@ def _quant_lines(d: dict) -> list[str]:
         if lat["speedup"] < 1.0:
             lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}))
     return lines
+
+
+def _fewer(d: dict) -> str:
+    """' (of N requested: ...)' when the source had fewer calibration samples than asked for."""
+    requested, used = (d.get("calibration") or {}).get("requested"), d.get("samples_used")
+    if not requested or used is None or used >= requested:
+        return ""
+    return (f" (of {requested} requested: the source holds no more once the judging samples are "
+            "held out)")
 
 
 def _budget_line(d: dict) -> str:

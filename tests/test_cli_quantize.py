@@ -216,6 +216,13 @@ def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
     assert d["measured"]["samples"] == 32 and "split deterministically" in d["measured_on"]
     # class folders named by index give labels: the budget is an accuracy drop, judged held out
     assert d["criterion"].startswith("top-1 accuracy drop") and "fp32_top1" in d["measured"]
+    assert "over 16 samples from" in proc.stdout and "requested" not in proc.stdout
+    more = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
+                "--max-accuracy-drop", "50", "-o", str(tmp_path / "more"), cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]  # 256 asked of 48 images: said, not silent
+    manifest = json.loads((tmp_path / "more" / "manifest.json").read_text())
+    used = _entry(manifest, "int8")["details"]["samples_used"]
+    assert f"over {used} samples (of 256 requested: the source holds no more" in more.stdout
 
 
 def test_budget_never_judges_on_calibration_images(tmp_path):
