@@ -75,9 +75,10 @@ def _refuse_unsupported(args, command: str) -> None:
              if dest not in _CARRIED and dest in defaults and value != defaults[dest]
              and value not in _SAME_IN_A_JOB.get(dest, ())]
     if given:
+        alone = ("export the models one at a time (exporter export MODEL ...)" if command == "export"
+                 else "run without --jobs/--ray (one model at a time)")
         raise UsageError(f"{', '.join(given)} cannot be carried by the matrix jobs of a --zoo run",
-                         fix="drop them, or run without --jobs/--ray (one model at a time), or "
-                             "write a plan for `exporter matrix`")
+                         fix=f"drop them, or {alone}, or write a plan for `exporter matrix`")
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}", fix="pass --jobs 1 or more")
 

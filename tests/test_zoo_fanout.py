@@ -85,6 +85,8 @@ def test_opt_in_levers_in_a_plan_are_checked_up_front():
     (["parity", "--zoo", "--models", "lenet5", "--jobs", "1", "--accept-modified"],
      "--accept-modified cannot"),
     (["export", "--zoo", "--models", "lenet5", "--no-verify"], "--no-verify cannot"),
+    # export --zoo always runs as matrix jobs: its fix is not "run without --jobs/--ray"
+    (["export", "--zoo", "--models", "lenet5", "--json"], "export the models one at a time"),
 ])
 def test_refusals_exit_2_and_write_nothing(tmp_path, argv, words):
     proc = run_cli(*argv, "--output", "out", cwd=tmp_path, timeout=120)
