@@ -151,6 +151,16 @@ def _measured_on(device: str, label: str, threads: int) -> str:
     return f"CPU ({why}): measured on CPU with {threads} intra-op threads for every runtime"
 
 
+def _runs_elsewhere(file: str, entries: Sequence[dict[str, Any]], device: str) -> bool:
+    """Whether ``file`` belongs to an artifact whose runtime needs another device (a TensorRT
+    engine on a CPU run): it is skipped, not run, so its absence here is not this run's error."""
+    for entry in entries:
+        if file in {entry["file"], *(c["file"] for c in entry.get("companions", []))}:
+            backend = registry.BACKENDS.get(entry["format"])
+            return bool(backend and backend.device and not device.startswith(backend.device))
+    return False
+
+
 def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
     """(files whose sha256 no longer matches their manifest entry, files the manifest lists that
     are missing), companions included."""
@@ -260,6 +270,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
     if wanted is not None:
         entries = [e for e in entries if e["file"] in wanted or e["format"] in wanted]
     modified, missing = _modified(directory, [e for e in entries if e["file"] not in (runners or {})])
+    missing = [f for f in missing if not _runs_elsewhere(f, entries, device)]  # skipped below
     if missing:
         raise ArtifactError(f"{', '.join(missing)}, listed in {directory / 'manifest.json'}, "
                             f"{'is' if len(missing) == 1 else 'are'} missing from {directory}",
