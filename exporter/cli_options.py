@@ -171,8 +171,8 @@ def request_from_args(args: argparse.Namespace, formats: tuple[str, ...] = ("onn
 
     return ExportRequest(
         model=absolute_model_spec(args.model), formats=formats, output=args.output,
-        weights=args.weights,
-        checkpoint=str(Path(args.checkpoint).absolute()) if args.checkpoint else args.checkpoint, seed=args.seed, input_size=args.input_size,
+        weights=args.weights, seed=args.seed, input_size=args.input_size,
+        checkpoint=str(Path(args.checkpoint).absolute()) if args.checkpoint else args.checkpoint,
         channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes,
         batch=args.batch, output_index=args.output_index, output_name=args.output_name,
         opset=args.opset, exporter=args.exporter, simplifier=args.simplifier,

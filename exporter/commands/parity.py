@@ -337,19 +337,18 @@ def _check_not_other_path(model: str | None) -> None:
     (it read as an unknown model name)."""
     from ..artifact_file import looks_like_file
     from ..errors import UsageError
-
     from ..recipes import all_recipes
 
     if not model or ":" in model or looks_like_file(model) or not Path(model).exists() \
             or model in all_recipes():  # `-o lenet5` then `parity lenet5`: the recipe
         return
-    folder = Path(model) if Path(model).is_dir() else Path(model).parent
     if Path(model).is_dir():
         raise UsageError(f"'{model}' is a folder, not a model name",
                          fix=f"exporter parity --artifacts {model} (a folder `exporter export` wrote)")
     raise UsageError(f"exporter parity FILE takes an ONNX, pt2, AOTInductor or TorchScript file; "
                      f"'{model}' is not one",
-                     fix=f"compare it with the rest of its export: exporter parity --artifacts {folder}")
+                     fix="compare it with the rest of its export: exporter parity --artifacts "
+                         f"{Path(model).parent}")
 
 
 def _file_source(args, say):

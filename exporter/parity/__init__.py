@@ -151,19 +151,16 @@ def _measured_on(device: str, label: str, threads: int) -> str:
     return f"CPU ({why}): measured on CPU with {threads} intra-op threads for every runtime"
 
 
-def _runs_elsewhere(file: str, entries: Sequence[dict[str, Any]], device: str) -> bool:
-    """Whether ``file`` belongs to an artifact whose runtime needs another device (a TensorRT
-    engine on a CPU run): it is skipped, not run, so its absence here is not this run's error."""
-    for entry in entries:
-        if file in {entry["file"], *(c["file"] for c in entry.get("companions", []))}:
-            backend = registry.BACKENDS.get(entry["format"])
-            return bool(backend and backend.device and not device.startswith(backend.device))
-    return False
+def _needs_other_device(backend: Any, device: str) -> bool:
+    """Whether ``backend``'s runtime needs another device than ``device`` (a TensorRT engine on a
+    CPU run): its artifact is skipped, not run."""
+    return bool(backend and backend.device and not device.startswith(backend.device))
 
 
-def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _modified(directory: Path, entries: Sequence[dict[str, Any]],
+              device: str) -> tuple[list[str], list[str]]:
     """(files whose sha256 no longer matches their manifest entry, files the manifest lists that
-    are missing), companions included."""
+    are missing), companions included; an artifact skipped on ``device`` may be missing."""
     found, missing = [], []
     for entry in entries:
         for record in [entry, *entry.get("companions", [])]:
@@ -171,7 +168,8 @@ def _modified(directory: Path, entries: Sequence[dict[str, Any]]) -> tuple[list[
         for note in changed_files(entry, directory):
             if " differs from the manifest" in note:
                 found.append(note.split(" differs")[0])
-            elif note.endswith(" is missing"):
+            elif note.endswith(" is missing") and \
+                    not _needs_other_device(registry.BACKENDS.get(entry["format"]), device):
                 missing.append(note[:-len(" is missing")])
     return found, missing
 
@@ -269,8 +267,8 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
     wanted = set(artifacts) if artifacts is not None else None
     if wanted is not None:
         entries = [e for e in entries if e["file"] in wanted or e["format"] in wanted]
-    modified, missing = _modified(directory, [e for e in entries if e["file"] not in (runners or {})])
-    missing = [f for f in missing if not _runs_elsewhere(f, entries, device)]  # skipped below
+    modified, missing = _modified(directory, [e for e in entries if e["file"] not in (runners or {})],
+                                  device)
     if missing:
         raise ArtifactError(f"{', '.join(missing)}, listed in {directory / 'manifest.json'}, "
                             f"{'is' if len(missing) == 1 else 'are'} missing from {directory}",
@@ -305,7 +303,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
                 result.notes.extend(registry.artifact_notes(entry, directory))
             except BackendUnavailableError:
                 pass  # the runner below reports the missing backend
-        if backend is not None and backend.device and not device.startswith(backend.device):
+        if _needs_other_device(backend, device):
             result.status = "skipped"
             result.error = f"{backend.format} artifacts run on a {backend.device.upper()} device ({backend.summary}); this run is on {device}"
             result.notes.append(f"skipped: {result.error}")
