@@ -216,6 +216,10 @@ def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
     assert d["measured"]["samples"] == 32 and "split deterministically" in d["measured_on"]
     # class folders named by index give labels: the budget is an accuracy drop, judged held out
     assert d["criterion"].startswith("top-1 accuracy drop") and "fp32_top1" in d["measured"]
+    # random weights on random labels: FP32 is no better than naming one class, and it is said
+    assert d["measured"]["fp32_top1"] <= d["measured"]["most_common_label_share"] == 0.125
+    assert "FP32 itself reaches only top-1 accuracy 0.125 on the 32 labelled" in d["budget_warning"]
+    assert f"WARNING: {d['budget_warning']}" in proc.stdout
     assert "over 16 samples from" in proc.stdout and "requested" not in proc.stdout
     more = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
                 "--max-accuracy-drop", "50", "-o", str(tmp_path / "more"), cwd=tmp_path)

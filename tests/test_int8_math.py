@@ -192,6 +192,29 @@ def test_coarse_warning_when_one_prediction_exceeds_the_margin(kind, threshold, 
         assert f"only {n} sample(s)" in text and f"{100 / n:.1f} points" in text
 
 
+@pytest.mark.parametrize("kind,fp32_top1,guess,warns", [
+    ("accuracy_drop", 0.0, 0.001, True), ("accuracy_drop", 0.125, 0.125, True),
+    ("accuracy_drop", 0.13, 0.125, False), ("accuracy_drop", 0.72, 0.001, False),
+    ("agreement", 0.0, 0.5, False)])
+def test_labelled_budget_warns_when_fp32_is_no_better_than_a_constant_guess(kind, fp32_top1, guess,
+                                                                            warns):
+    """Random weights or misnamed class folders: FP32 at 0.000 and INT8 at 0.000 'met' a 1-point
+    drop, said as if it meant something."""
+    metrics = {"samples": 400, "fp32_top1": fp32_top1, "int8_top1": fp32_top1,
+               "accuracy_drop_points": 0.0, "most_common_label_share": guess}
+    text = judging.Criterion(kind, 1.0 if kind == "accuracy_drop" else 0.95).warning(metrics)
+    assert (f"FP32 itself reaches only top-1 accuracy {fp32_top1:.3f} on the 400 labelled" in text) == warns
+    assert (f"most common class ({guess:.3f})" in text) == warns
+    assert ("--min-agreement 0.95" in text) == warns and "only 400 sample(s)" not in text
+
+
+def test_measure_records_the_most_common_label_share():
+    ref = np.eye(4)[[0, 1, 2, 3, 0]] * 5.0
+    m = judging.measure(ref, ref, np.array([1, 1, 1, 2, 0]), judging.Criterion("accuracy_drop", 1.0))
+    assert m.metrics["most_common_label_share"] == pytest.approx(0.6)
+    assert m.metrics["fp32_top1"] == pytest.approx(0.4) and m.ok
+
+
 def test_check_labels_refuses_classes_beyond_the_outputs_only():
     judging.check_labels(None, 10, "x")  # no labels: agreement, nothing to check
     judging.check_labels(np.array([0, 9, 3]), 10, "x")

@@ -170,7 +170,7 @@ class Fit:
     def record(self, criterion, held_source: str) -> dict[str, Any]:
         return {"criterion": criterion.describe(), "budget_met": self.measurement.ok,
                 "measured": self.measurement.metrics, "measured_on": held_source,
-                "budget_warning": criterion.coarse_warning(int(self.measurement.metrics["samples"])),
+                "budget_warning": criterion.warning(self.measurement.metrics),
                 "measured_held_out": True,
                 "kept_float": self.kept, "budget_history": self.history,
                 "sensitivity_top": [[n, round(s, 6)] for n, s in self.ranking[:10]]}

@@ -207,7 +207,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "kept_fp32_layers": {n: why for n, why in calibrated.fp32_layers.items() if n in kept},
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
-        "budget_warning": criterion.coarse_warning(int(measurement.metrics.get("samples", 0))),
+        "budget_warning": criterion.warning(measurement.metrics),
         "measured_held_out": eval_data is not None or held is not None,
         "budget_history": history, "sensitivity_top": [[n, round(s, 5)] for n, s in ranking[:10]],
         "latency_cpu": latency,

@@ -69,6 +69,21 @@ class Criterion:
             return f"top-1 accuracy drop <= {self.threshold:g} points"
         return f"top-1 agreement with FP32 >= {self.threshold:.3f}"
 
+    def warning(self, metrics: dict) -> str:
+        """Why the verdict on these measured ``metrics`` says little ("" when nothing does): too
+        few samples for the budget's margin, or labels that FP32 itself does not predict."""
+        notes = [self.coarse_warning(int(metrics.get("samples", 0)))]
+        fp32, guess = metrics.get("fp32_top1"), metrics.get("most_common_label_share", 0.0)
+        if self.kind == "accuracy_drop" and fp32 is not None and fp32 <= guess + 1e-9:
+            notes.append(
+                f"FP32 itself reaches only top-1 accuracy {fp32:.3f} on the {metrics.get('samples', 0)} "
+                f"labelled judging sample(s), no better than always naming their most common class "
+                f"({guess:.3f}), so an accuracy drop between it and INT8 says little; check that the "
+                "class subfolders are named by the model's class index and that the weights are "
+                "trained (--weights/--checkpoint), or judge by agreement with FP32: "
+                f"--min-agreement {DEFAULT_AGREEMENT:.2f}")
+        return "; ".join(n for n in notes if n)
+
     def coarse_warning(self, samples: int) -> str:
         """Why a verdict on ``samples`` says little, when one changed prediction alone moves the
         metric past the budget's margin (it then passes only if none changes); "" otherwise."""
@@ -125,7 +140,8 @@ def measure(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray | Non
                "kl_mean": mean_kl(ref_logits, logits), "samples": n}
     if labels is not None:
         fp, iq = accuracy(ref_logits, labels)["top1"], accuracy(logits, labels)["top1"]
-        metrics.update(fp32_top1=fp, int8_top1=iq, accuracy_drop_points=100.0 * (fp - iq))
+        metrics.update(fp32_top1=fp, int8_top1=iq, accuracy_drop_points=100.0 * (fp - iq),
+                       most_common_label_share=float(np.bincount(labels).max() / max(len(labels), 1)))
         ok = metrics["accuracy_drop_points"] <= criterion.threshold + 1e-9
     else:
         ok = agree >= criterion.threshold - 1e-9
