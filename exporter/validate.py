@@ -79,6 +79,17 @@ def check_model_options(request: Any) -> None:
         raise kind(what, fix=fix)
 
 
+def two_budgets(max_accuracy_drop: Any, min_agreement: Any) -> tuple[str, str] | None:
+    """(what, fix) when both INT8 budgets were asked for (the request check and the quantizer's
+    own entry point say it the same way); None otherwise."""
+    if max_accuracy_drop is None or min_agreement is None:
+        return None
+    drop, agreement = (f"{v:g}" if _number(v) else repr(v) for v in (max_accuracy_drop, min_agreement))
+    return (f"--max-accuracy-drop {drop} and --min-agreement {agreement} are two budgets; the INT8 "
+            "budget is one of them",
+            "pass --max-accuracy-drop (labelled --eval-images) or --min-agreement, not both")
+
+
 def quant_problems(quant: dict) -> list[tuple[str, str, type]]:
     """(what, fix, error type) for each INT8 option value that cannot work, by the quantize stage's
     names (CLI, API or a plan's [calibration] table), checked before any model is built."""
@@ -107,9 +118,9 @@ def quant_problems(quant: dict) -> list[tuple[str, str, type]]:
     drop = quant.get("max_accuracy_drop")
     if drop is not None and not (_number(drop) and 0 <= drop <= 100):
         usage(f"--max-accuracy-drop must be 0..100 points, got {drop!r}", "e.g. --max-accuracy-drop 1")
-    if drop is not None and quant.get("min_agreement") is not None:
-        usage("--max-accuracy-drop and --min-agreement are two budgets; the INT8 budget is one of them",
-              "pass --max-accuracy-drop (labelled --eval-images) or --min-agreement, not both")
+    both = two_budgets(drop, quant.get("min_agreement"))
+    if both:
+        usage(*both)
     calibration = quant.get("calibration")
     try:
         packaged = calibration is not None and packaged_seed(str(calibration), 0) is not None

@@ -357,3 +357,13 @@ def test_refusal_puts_the_data_first_when_the_judged_data_leave_the_calibrated_r
     assert "top-1 agreement 0.750" in err.message and err.message.endswith(f"; {coverage}" if coverage else "n=20)")
     assert err.fix.startswith("calibrate with data like the judging data") == bool(coverage)
     assert ("closer-to-deployment" in err.fix) != bool(coverage)  # named once, first when it is the cause
+
+
+def test_both_budgets_are_refused_in_the_same_words_by_the_request_check_and_the_quantizer():
+    from exporter.validate import quant_problems
+
+    (what, fix, kind), = [p for p in quant_problems({"max_accuracy_drop": 2.0, "min_agreement": 0.9})]
+    with pytest.raises(kind) as err:
+        judging.Criterion.make(np.array([0, 1]), 2.0, 0.9)
+    assert str(err.value).startswith(what) and err.value.fix == fix
+    assert what.startswith("--max-accuracy-drop 2 and --min-agreement 0.9 are two budgets")

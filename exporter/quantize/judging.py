@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import CalibrationError, UsageError
 from ..metrics import accuracy, compare_outputs
+from ..validate import two_budgets
 
 DEFAULT_DROP = 1.0
 DEFAULT_AGREEMENT = 0.95
@@ -48,11 +49,9 @@ class Criterion:
         """Labelled judging data default to an accuracy drop, unless ``min_agreement`` was asked
         for; ``unlabelled``: why the judging folder's subfolders gave no labels (said if that
         refuses)."""
-        if max_accuracy_drop is not None and min_agreement is not None:
-            raise UsageError(f"--max-accuracy-drop {max_accuracy_drop:g} and --min-agreement "
-                             f"{min_agreement:g} are two budgets; the INT8 budget is one of them",
-                             fix="pass --max-accuracy-drop (labelled --eval-images) or "
-                                 "--min-agreement, not both")
+        both = two_budgets(max_accuracy_drop, min_agreement)
+        if both:
+            raise UsageError(both[0], fix=both[1])
         if labels is not None and (max_accuracy_drop is not None or min_agreement is None):
             return cls("accuracy_drop", DEFAULT_DROP if max_accuracy_drop is None else max_accuracy_drop)
         if max_accuracy_drop is not None and min_agreement is None:
