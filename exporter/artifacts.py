@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ArtifactError, OutputLocationError, OutputPathError
+from .scratch import pid_alive
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".zoo-exporter-staging-"
@@ -282,16 +283,6 @@ def claim_output_dir(directory: Path, model: str) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------- staging
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_staging(directory: Path) -> list[Path]:
     """Remove staging directories in ``directory`` left by killed runs of this host; returns them."""
     removed: list[Path] = []
@@ -304,7 +295,7 @@ def sweep_stale_staging(directory: Path) -> list[Path]:
             pid, host = int(owner["pid"]), owner["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not ours, or still being created: leave it
-        if host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid):
+        if host == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(stage, ignore_errors=True)
             removed.append(stage)
     return removed

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        from .scratch import sweep_stale_scratch
+
+        sweep_stale_scratch()  # scratch folders of runs killed with SIGKILL
         return int(args.func(args) or 0)
     except ExporterError as err:
         from .cli_options import json_printed

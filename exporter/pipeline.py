@@ -320,7 +320,7 @@ def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: Inp
 def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx_path,
                        expected_bn, meta) -> list[dict[str, Any]]:
     """Every requested format but ONNX, through its registry backend, in the order asked."""
-    import tempfile
+    from .scratch import scratch_dir
 
     from .backends import registry
     from .backends.registry import ExportContext
@@ -329,7 +329,7 @@ def _runtime_artifacts(formats, deploy, recipe, spec, request, stage, stem, onnx
     if not others:
         return []
     entries: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="zoo-exporter-onnx-") as scratch:
+    with scratch_dir("onnx") as scratch:
         if onnx_path is None and any(registry.get(f).from_onnx for f in others):
             onnx_path = Path(scratch) / f"{stem}.onnx"  # converted from, not shipped
             onnx_stage(deploy, spec, onnx_path, request, expected_bn, meta)

@@ -17,7 +17,6 @@ import json
 import logging
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ExportError
 from . import registry
+from ..scratch import scratch_dir
 
 DEPLOYMENT_TARGET = "iOS16"  # ML Program with fp16 I/O support: iOS 16 / macOS 13
 NEEDS_MACOS = "converted, not run: needs macOS (Core ML predicts only on macOS)"
@@ -180,7 +180,7 @@ def export(ctx) -> list[dict[str, Any]]:
 
     ct = _ct()
     entries = []
-    with tempfile.TemporaryDirectory(prefix="zoo-exporter-coreml-") as scratch:
+    with scratch_dir("coreml") as scratch:
         for precision in ("fp32",) + ((ctx.precision,) if ctx.precision == "fp16" else ()):
             start = time.perf_counter()
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from importlib import metadata
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ExportError, PrecisionError
 from . import registry
+from ..scratch import scratch_dir
 
 PNNX_TIMEOUT_S = 900
 
@@ -95,7 +95,7 @@ def export(ctx) -> list[dict[str, Any]]:
     registry.require_module(_backend(), "ncnn")  # the runtime that will run it, checked up front
     shape = [1, ctx.spec.channels, *ctx.spec.size]
     entries = []
-    with tempfile.TemporaryDirectory(prefix="zoo-exporter-ncnn-") as scratch:
+    with scratch_dir("ncnn") as scratch:
         scratch = Path(scratch)
         ts_path = scratch / f"{ctx.stem}.ts.pt"
         with shuffles_as_reshape(ctx.deploy) as reshaped:  # pnnx maps reshape-transpose, not index_select

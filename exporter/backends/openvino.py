@@ -13,7 +13,6 @@ does not run what was asked is an error, never a relabelled row.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, ExportError, UsageError
 from . import registry
+from ..scratch import scratch_dir
 
 # artifact precision -> the compute precision its row runs with (f16 only where the CPU has it)
 COMPUTE = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
@@ -103,7 +103,7 @@ def _int8(ctx, ov) -> dict[str, Any]:
     quant = dict(ctx.request.quant)
     quant.pop("target", None)  # only "cpu" gets here: check_request refused any other up front
     cache = f"{ctx.stem}.int8.calib.json"
-    with tempfile.TemporaryDirectory(prefix="zoo-exporter-openvino-") as scratch:
+    with scratch_dir("openvino") as scratch:
         scratch = Path(scratch)
         if (ctx.stage / cache).is_file():  # the ONNX path's (or an earlier export's) ranges
             shutil.copy2(ctx.stage / cache, scratch / cache)

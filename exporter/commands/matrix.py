@@ -152,12 +152,12 @@ def finish(results, paths, no_fail: bool, rerun: str = "rerun the plan") -> int:
 
 def _write_remote_report(results, url: str, report: dict) -> dict:
     """report.md / report.json / plots written locally, then uploaded to the URL's top."""
-    import tempfile
+    from ..scratch import scratch_dir
 
     from ..matrix import storage
     from ..matrix.merge import write_matrix_report
 
-    with tempfile.TemporaryDirectory(prefix="zoo-exporter-report-") as scratch:
+    with scratch_dir("report") as scratch:
         paths = write_matrix_report(results, Path(scratch), **report)
         storage.upload(Path(scratch), url, last=("report.json",))
     return {name: storage.join(url, Path(path).name) for name, path in paths.items() if path}

@@ -69,9 +69,9 @@ class LocalExecutor:
         self.threads = max(1, usable_cpus() // self.slots)
         self._scratch = None  # a URL output: the shared values live in a local scratch directory
         if is_url(output):
-            import tempfile
+            from ..scratch import make_scratch
 
-            self._scratch = self.shared_dir = Path(tempfile.mkdtemp(prefix="zoo-exporter-matrix-"))
+            self._scratch = self.shared_dir = make_scratch("matrix")
         else:
             self.shared_dir = Path(output) / ".matrix"
         self._shared: list[Path] = []  # files share() wrote: removed by close()

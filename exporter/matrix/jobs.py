@@ -230,7 +230,7 @@ def _where(executor: str) -> dict[str, Any]:
 def _in_place(job: JobSpec, calibration: Any, reference: Any) -> dict[str, Any]:
     """The job in its output directory; for a URL output, in a local scratch directory that is
     then uploaded (:mod:`exporter.matrix.storage`) and removed."""
-    import tempfile
+    from ..scratch import make_scratch
 
     from ..artifacts import MANIFEST
     from . import storage
@@ -239,7 +239,7 @@ def _in_place(job: JobSpec, calibration: Any, reference: Any) -> dict[str, Any]:
     if not storage.is_url(job.output):
         return _run(job, Path(job.output), calibration, reference, say)
     storage.filesystem(job.output)  # fsspec and the protocol are there before any work
-    scratch = Path(tempfile.mkdtemp(prefix="zoo-exporter-job-"))
+    scratch = make_scratch("job")
     try:
         directory = scratch / job.key.replace("/", "-")
         result = _run(job, directory, calibration, reference, say)

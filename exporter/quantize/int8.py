@@ -24,7 +24,6 @@ made here disables it by name (``disabled_optimizers``).
 """
 from __future__ import annotations
 
-import tempfile
 from collections import defaultdict
 from collections.abc import Collection
 from pathlib import Path
@@ -34,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION, conv_group
+from ..scratch import scratch_dir
 from .placement import Graph, Plan, weight_axis
 from .equalize import drop_redundant_min, restore_float_pairs
 from .shift import add_centred_copies, apply_shift, centred_key, find_shifts
@@ -68,7 +68,7 @@ def make_session(model, basic: bool = False, threads: int | None = 1,
 def optimized_graph(model) -> onnx.ModelProto:
     """The graph ONNX Runtime's CPU provider runs after its optimizations (QLinearConv where it
     fused a DQ -> Conv -> Q, ...), from a :func:`make_session` of ``model``."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("int8") as tmp:
         path = Path(tmp) / "optimized.onnx"
         make_session(model, optimized=path)
         return onnx.load(str(path))

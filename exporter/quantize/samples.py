@@ -14,7 +14,6 @@ third judges), never by crop.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -24,6 +23,7 @@ import numpy as np
 from ..data import (build_transform, iter_packaged_crops, packaged_photos, photo_groups, read_image,
                     split_photos)
 from ..errors import CalibrationError
+from ..scratch import scratch_dir
 from ..image_folder import scan_images
 from ..recipes import InputSpec
 
@@ -86,7 +86,7 @@ class Scratch:
     """A scratch directory for memmaps; removed on ``close`` (also at interpreter exit)."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="zoo-exporter-samples-")
+        self._dir = scratch_dir("samples")
         self.path = Path(self._dir.name)
         self._count = 0
 

@@ -1,0 +1,60 @@
+"""Scratch directories in the system temp folder, named ``zoo-exporter-KIND-PID-XXXX`` so that a
+later run can remove those a killed run (SIGKILL, power loss) left behind.
+
+A signal or error removes a run's own scratch directories as it unwinds; only a process that never
+unwinds leaves one, and :func:`sweep_stale_scratch` removes those whose process is gone.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+PREFIX = "zoo-exporter-"
+_NAME = re.compile(rf"{PREFIX}[a-z0-9]+-(\d+)-[^/]+")
+
+
+def _prefix(kind: str) -> str:
+    return f"{PREFIX}{kind}-{os.getpid()}-"
+
+
+def scratch_dir(kind: str) -> tempfile.TemporaryDirectory:
+    """A self-removing scratch directory (a context manager, or ``.cleanup()``)."""
+    return tempfile.TemporaryDirectory(prefix=_prefix(kind))
+
+
+def make_scratch(kind: str) -> Path:
+    """A scratch directory the caller removes."""
+    return Path(tempfile.mkdtemp(prefix=_prefix(kind)))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def sweep_stale_scratch(root: str | Path | None = None) -> list[Path]:
+    """Remove this user's scratch directories whose process no longer runs; returns them."""
+    removed: list[Path] = []
+    folder = Path(root or tempfile.gettempdir())
+    try:
+        candidates = list(folder.glob(PREFIX + "*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _NAME.fullmatch(path.name)
+        try:
+            mine = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if match and mine and int(match[1]) != os.getpid() and not pid_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
