@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from cli_faults import EXPORTER, run_cli
+
+from exporter.scratch import _host
 
 
 def _dead_pid() -> int:
@@ -19,15 +20,19 @@ def _dead_pid() -> int:
 def test_stale_scratch_is_swept_by_the_next_command_and_nothing_else(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    stale = tmp / f"zoo-exporter-samples-{_dead_pid()}-abc123"
+    host = _host()
+    stale = tmp / f"zoo-exporter-samples-{_dead_pid()}-{host}-abc123"
     (stale / "sub").mkdir(parents=True)
     (stale / "sub" / "s1.npy").write_bytes(b"x" * 1000)
-    live = tmp / f"zoo-exporter-samples-{os.getpid()}-def456"  # this test's process runs
+    live = tmp / f"zoo-exporter-samples-{os.getpid()}-{host}-def456"  # this test's process runs
     live.mkdir()
-    other = [tmp / "zoo-exporter-notes", tmp / f"someone-else-{_dead_pid()}-x"]  # not our names
+    other_host = "000000" if host != "000000" else "ffffff"  # a container sharing the temp folder
+    dead = _dead_pid()
+    other = [tmp / "zoo-exporter-notes", tmp / f"someone-else-{dead}-{host}-x",
+             tmp / f"zoo-exporter-samples-{dead}-{other_host}-x", tmp / f"zoo-exporter-samples-{dead}-x"]
     for path in other:
         path.mkdir()
-    stale_file = tmp / f"zoo-exporter-onnx-{_dead_pid()}-file"  # a file, not a folder: kept
+    stale_file = tmp / f"zoo-exporter-onnx-{_dead_pid()}-{host}-file"  # a file, not a folder: kept
     stale_file.write_text("keep")
     proc = run_cli(["list"], cwd=tmp_path, env={"TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stderr
@@ -49,7 +54,7 @@ def test_sigkill_during_int8_calibration_leaves_scratch_that_the_next_run_remove
     proc.kill()
     proc.wait(timeout=60)
     assert found, f"no samples scratch folder appeared in {tmp} (rc {proc.returncode})"
-    assert found[0].is_dir() and found[0].name.startswith(f"zoo-exporter-samples-{proc.pid}-")
+    assert found[0].is_dir() and found[0].name.startswith(f"zoo-exporter-samples-{proc.pid}-{_host()}-")
     rerun = run_cli(["list"], cwd=tmp_path, env={"TMPDIR": str(tmp)})
     assert rerun.returncode == 0, rerun.stderr
     assert not found[0].exists()
