@@ -165,13 +165,27 @@ def _graph_input_line(block: dict) -> str | None:
     return "  graph input: " + ", ".join(parts) if parts else None
 
 
+def _batch(manifest: dict) -> str:
+    """The batch the artifacts take: 'dynamic', or the fixed size of those traced at one (the
+    ExecuTorch and LiteRT programs are static even when the rest are dynamic)."""
+    if not manifest["input"]["dynamic_batch"]:
+        return str(manifest["input"]["batch"])
+    fixed = {a["file"]: a.get("details", {}).get("batch") for a in manifest.get("artifacts", [])
+             if isinstance(a.get("details", {}).get("batch"), int)}
+    if not fixed:
+        return "dynamic"
+    sizes = sorted(set(fixed.values()))
+    if len(fixed) == len(manifest["artifacts"]) and len(sizes) == 1:
+        return f"{sizes[0]} (static programs)"
+    return f"dynamic ({', '.join(fixed)}: {', '.join(map(str, sizes))})"
+
+
 def export_summary(result) -> str:
     """Lines: model, weights, prepare, export, artifacts, parity."""
     m = result.manifest
     prep, exp = m["prepare"], m.get("export", {})
     h, w = result.spec.size
-    lines = [f"{result.recipe.name}: input {m['input']['channels']}x{h}x{w}, "
-             f"batch {'dynamic' if m['input']['dynamic_batch'] else m['input']['batch']}, "
+    lines = [f"{result.recipe.name}: input {m['input']['channels']}x{h}x{w}, batch {_batch(m)}, "
              f"done in {result.seconds:.1f} s -> {result.directory}",
              "  " + weights_line(m["weights"])]
     graph = _graph_input_line(m["input"])

@@ -25,7 +25,8 @@ from quant_helpers import real_weights_path, zoo_recipe
 # slow as a module: its subprocess runs outgrow the default suite's ~20 min on 2 cores (run with --runslow)
 pytestmark = pytest.mark.slow
 
-OPTIONAL = [b for b in BACKENDS.values() if b.exportable and b.extra and b.device is None]
+# the mobile runtimes (the edge ones, OpenVINO/ncnn/Core ML: tests/test_edge_runtimes.py)
+OPTIONAL = [b for b in BACKENDS.values() if b.format in ("executorch", "tflite")]
 
 
 def _import_name(distribution: str) -> str:
@@ -70,6 +71,7 @@ def test_export_lenet5_cli_writes_a_verified_artifact(tmp_path, fmt):
     entry = _entry(manifest, fmt)
     assert (out / entry["file"]).is_file() and entry["bytes"] > 10_000
     assert entry["details"]["batch"] == 1 and entry["details"]["layout"].startswith("NCHW")
+    assert "lenet5: input 1x32x32, batch 1 (static programs), " in proc.stdout  # not 'dynamic'
     row = _parity_row(manifest, entry["file"])
     assert row["rel_max_abs"] < 1e-5 and row["cosine"] > 0.99999 and row["top1_agreement"] == 1.0
     assert set(BACKENDS[fmt].packages) <= set(manifest["versions"])
@@ -109,6 +111,9 @@ def test_export_every_format_at_once_and_parity_names_the_fastest(mobile_set, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = _manifest(out)
     assert {a["format"] for a in manifest["artifacts"]} == set(formats)
+    static = [a["file"] for a in manifest["artifacts"] if isinstance(a["details"].get("batch"), int)]
+    if static:  # the ONNX is batch-dynamic, the mobile programs are not: both said
+        assert f"batch dynamic ({', '.join(static)}: 1)" in proc.stdout
     for row in manifest["parity"]:
         assert row["rel_max_abs"] < 1e-4 and row["top1_agreement"] == 1.0, row
     report = tmp_path / "report"
