@@ -367,3 +367,9 @@ def test_both_budgets_are_refused_in_the_same_words_by_the_request_check_and_the
         judging.Criterion.make(np.array([0, 1]), 2.0, 0.9)
     assert str(err.value).startswith(what) and err.value.fix == fix
     assert what.startswith("--max-accuracy-drop 2 and --min-agreement 0.9 are two budgets")
+
+
+@pytest.mark.parametrize("threshold, shown", [(0.95, "0.950"), (0.5, "0.500"), (0.9999, "0.9999"),
+                                              (0.12345, "0.12345"), (1.0, "1.000")])
+def test_agreement_budget_is_shown_with_the_digits_it_was_given(threshold, shown):
+    assert judging.Criterion("agreement", threshold).describe() == f"top-1 agreement with FP32 >= {shown}"

@@ -66,7 +66,10 @@ class Criterion:
     def describe(self) -> str:
         if self.kind == "accuracy_drop":
             return f"top-1 accuracy drop <= {self.threshold:g} points"
-        return f"top-1 agreement with FP32 >= {self.threshold:.3f}"
+        shown = f"{self.threshold:.3f}"  # 0.950; more digits where three would round (0.9999)
+        if abs(float(shown) - self.threshold) > 1e-12:
+            shown = f"{self.threshold:.6g}"
+        return f"top-1 agreement with FP32 >= {shown}"
 
     def warning(self, metrics: dict) -> str:
         """Why the verdict on these measured ``metrics`` says little ("" when nothing does): too
