@@ -373,3 +373,10 @@ def test_both_budgets_are_refused_in_the_same_words_by_the_request_check_and_the
                                               (0.12345, "0.12345"), (1.0, "1.000")])
 def test_agreement_budget_is_shown_with_the_digits_it_was_given(threshold, shown):
     assert judging.Criterion("agreement", threshold).describe() == f"top-1 agreement with FP32 >= {shown}"
+
+
+def test_copies_note_counts_in_words():
+    from exporter.quantize.samples import copies_note
+
+    assert copies_note(0) == "" and copies_note(1) == "1 copy of calibration images left out"
+    assert copies_note(5) == "5 copies of calibration images left out"

@@ -66,7 +66,8 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     """
     from ..quantize.judging import Criterion
     from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
-    from ..quantize.samples import drop_calibration_copies, judging_notes, require_disjoint, require_held
+    from ..quantize.samples import (copies_note, drop_calibration_copies, judging_notes, require_disjoint,
+                                    require_held)
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
@@ -81,7 +82,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
                                    held.unlabelled)
         return (np.asarray(data.array), np.asarray(held.array), labels,
                 f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on"
-                + (f"; {copies} copies of calibration images left out" if copies else "")
+                + (f"; {copies_note(copies)}" if copies else "")
                 + judging_notes(held) + ")",
                 data, criterion)
     held = load_judging(eval_data, ctx.spec, int(quant.get("eval_samples") or DEFAULT_HOLDOUT))

@@ -28,7 +28,8 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
-from .samples import Scratch, drop_calibration_copies, judging_notes, require_disjoint, require_held
+from .samples import (Scratch, copies_note, drop_calibration_copies, judging_notes, require_disjoint,
+                      require_held)
 from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -306,7 +307,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
         require_held(held, data, batch)
         return held.array, held.labels, \
             f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
-            + (f" ({copies} copies of calibration images left out)" if copies else "") \
+            + (f" ({copies_note(copies)})" if copies else "") \
             + judging_notes(held), held.unlabelled
     labels, source, paths, notes, unlabelled = None, "eval_data", None, "", ""
     if isinstance(eval_data, np.ndarray):

@@ -180,6 +180,11 @@ def judging_notes(samples: SampleSet) -> str:
             + (f"; no labels, so judged by agreement: {samples.unlabelled}" if samples.unlabelled else ""))
 
 
+def copies_note(copies: int) -> str:
+    """How many held-out samples were left out as copies of calibration images ("" for none)."""
+    return f"{copies} {'copy' if copies == 1 else 'copies'} of calibration images left out" if copies else ""
+
+
 def drop_calibration_copies(calibration: SampleSet, held: SampleSet) -> int:
     """Leave out of the split's held-out set the samples identical to a calibration sample (a
     file the source holds twice); how many. An error when none would be left."""
