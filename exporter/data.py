@@ -45,7 +45,8 @@ def convert_mode(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, str 
             top = max(float(pixels.max(initial=0)), 1.0)
         image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         note += f" (high bit depth scaled to 8 bits, /{top:g})"
-    if image.mode in ("RGBA", "LA", "P", "PA") and spec.color_mode in ("RGB", "L"):
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha and spec.color_mode in ("RGB", "L"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)  # alpha composited onto white

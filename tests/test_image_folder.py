@@ -204,3 +204,18 @@ def test_transparent_pixels_are_white_for_grey_and_colour_recipes(tmp_path, mode
     for recipe in ("lenet5", "mobilenet_v2"):
         converted, note = convert_mode(image, get_recipe(recipe).input)
         assert np.asarray(converted).min() == 255 and "alpha on white" in note, (recipe, mode)
+
+
+def test_palette_images_say_alpha_only_when_they_have_transparency():
+    """A palette GIF/PNG without a transparent index is converted as is, and not described as
+    'alpha on white'; one with a transparent index is composited onto white."""
+    from exporter.data import convert_mode
+
+    spec = get_recipe("mobilenet_v2").input
+    plain = Image.new("RGB", (4, 4), (10, 20, 30)).convert("P")
+    converted, note = convert_mode(plain, spec)
+    assert note == "P->RGB" and np.array_equal(np.asarray(converted), np.asarray(plain.convert("RGB")))
+    clear = Image.new("RGB", (4, 4), (10, 20, 30)).convert("P")
+    clear.info["transparency"] = clear.getpixel((0, 0))
+    converted, note = convert_mode(clear, spec)
+    assert note == "P->RGB (alpha on white)" and np.asarray(converted).min() == 255
