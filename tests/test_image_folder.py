@@ -212,10 +212,20 @@ def test_palette_images_say_alpha_only_when_they_have_transparency():
     from exporter.data import convert_mode
 
     spec = get_recipe("mobilenet_v2").input
-    plain = Image.new("RGB", (4, 4), (10, 20, 30)).convert("P")
-    converted, note = convert_mode(plain, spec)
-    assert note == "P->RGB" and np.array_equal(np.asarray(converted), np.asarray(plain.convert("RGB")))
-    clear = Image.new("RGB", (4, 4), (10, 20, 30)).convert("P")
-    clear.info["transparency"] = clear.getpixel((0, 0))
-    converted, note = convert_mode(clear, spec)
-    assert note == "P->RGB (alpha on white)" and np.asarray(converted).min() == 255
+    palette = [10, 20, 30] + [200, 100, 50] + [0, 0, 0] * 254
+
+    def paletted(transparent: bool) -> Image.Image:
+        image = Image.new("P", (4, 4), 0)
+        image.putpalette(palette)
+        image.putpixel((0, 0), 1)
+        if transparent:
+            image.info["transparency"] = 0
+        return image
+
+    converted, note = convert_mode(paletted(False), spec)
+    pixels = np.asarray(converted)
+    assert note == "P->RGB" and pixels[1, 1].tolist() == [10, 20, 30] and pixels[0, 0].tolist() == [200, 100, 50]
+    converted, note = convert_mode(paletted(True), spec)
+    pixels = np.asarray(converted)
+    assert note == "P->RGB (alpha on white)"
+    assert pixels[1, 1].tolist() == [255, 255, 255] and pixels[0, 0].tolist() == [200, 100, 50]
