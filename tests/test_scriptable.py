@@ -68,6 +68,21 @@ def test_atol_override_breaches_with_exit_3_and_json_error(lenet):
     report = json.loads(proc.stdout)  # one document, the breach inside it
     assert report["ok"] is False and {b["metric"] for b in report["reports"][0]["breaches"]} == {"max_abs"}
     assert report["exit_code"] == 3 and report["error_type"] == "ParityError"
+    assert f"exporter parity lenet5 --artifacts {out} --locate" in report["fix"]  # an ONNX breached
+
+
+def test_a_breach_of_no_onnx_artifact_does_not_send_the_user_to_locate(lenet, tmp_path):
+    """--locate reads ONNX graphs only: a pt2 breach says so instead of suggesting it."""
+    out, _ = lenet
+    lone = tmp_path / "lone.pt2"
+    shutil.copy(out / "lenet5.pt2", lone)
+    proc = run_cli("parity", str(lone), "--no-latency", "--samples", "4", "--atol", "1e-12")
+    assert proc.returncode == 3, proc.stderr
+    fix = [ln for ln in proc.stderr.splitlines() if ln.startswith("fix:")]
+    assert fix == ["fix: --locate reads ONNX graphs only, not pt2: export the model with --format onnx "
+                   "too, then if the ONNX is within tolerance, the pt2 conversion is where the outputs "
+                   "diverge; re-export with `exporter export lenet5` and the options the export was "
+                   "made with; `--no-fail` reports without failing"], proc.stderr
     proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4", "--rtol", "1.0")
     assert proc.returncode == 0, proc.stderr
 

@@ -129,10 +129,20 @@ class ParityReport:
             return None
         files = sorted({b.file for b in breaches})
         detail = "; ".join(str(b) for b in breaches)
-        fix = (f"find the first diverging layer with `{self.locate_command()}`"
-               if not self.locations else "see the first diverging layer above")
-        fix += (f"; re-export with `exporter export {self.model_spec}`; `--no-fail` reports "
-                "without failing")
+        breaching = [a for a in self.artifacts if a.file in files]
+        if any(loc.get("first") for loc in self.locations.values()):
+            fix = "see the first diverging layer above"
+        elif any(a.format == "onnx" for a in breaching):
+            fix = f"find the first diverging layer with `{self.locate_command()}`"
+        else:  # --locate reads named intermediate tensors, which only the ONNX graphs have
+            formats = sorted({a.format for a in breaching})
+            has_onnx = any(a.format == "onnx" for a in self.artifacts)
+            fix = (f"--locate reads ONNX graphs only, not {', '.join(formats)}: "
+                   + ("" if has_onnx else "export the model with --format onnx too, then ")
+                   + f"if the ONNX is within tolerance, the {'/'.join(formats)} conversion"
+                   f"{'s are' if len(formats) > 1 else ' is'} where the outputs diverge")
+        fix += (f"; re-export with `exporter export {self.model_spec}` and the options the export "
+                "was made with; `--no-fail` reports without failing")
         return ParityError(f"{self.model}: {len(files)} artifact(s) breach the recipe's tolerance "
                            f"vs eager PyTorch: {detail}", fix=fix)
 
