@@ -294,12 +294,23 @@ def test_the_cpu_int8_placement_is_named_not_just_rejected(tmp_path):
                            "--calibration", "packaged", "--target", "cpu", "-o", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for target in (out, out / "lenet5.int8.cpu.onnx"):
-        report = next(r for r in lint_path(target) if r.precision == "int8")
-        assert report.findings[0].check == "placement" and not report.ok
-    proc = subprocess.run([sys.executable, "-m", "exporter", "lint", str(out)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 4 and "TensorRT lint OK" in proc.stdout  # the FP32 file is fine
+    report = next(r for r in lint_path(out / "lenet5.int8.cpu.onnx") if r.precision == "int8")
+    assert report.findings[0].check == "placement" and not report.ok
+    qdq = [f for f in report.findings if f.check.startswith("qdq")]
+    assert qdq and all(f.fix.startswith("by design for --target cpu") for f in qdq)  # not QuantType
+    # the file by name: judged, exit 4, the placement's fix
+    proc = subprocess.run([sys.executable, "-m", "exporter", "lint", str(out / "lenet5.int8.cpu.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4 and "TensorRT lint NOT READY" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == (
         "fix: for a TensorRT engine export --precision int8 --target tensorrt (the default) and build "
         "from that file")
+    # the export's directory: the cpu file is listed as not meant for TensorRT, not judged
+    proc = subprocess.run([sys.executable, "-m", "exporter", "lint", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TensorRT lint OK" in proc.stdout  # the FP32 file is fine
+    assert f"TensorRT lint SKIPPED: {out / 'lenet5.int8.cpu.onnx'} (int8): the exporter's --target cpu INT8" \
+        in proc.stdout
+    [skipped] = [r for r in lint_path(out) if r.skipped]
+    assert skipped.ok and skipped.to_dict()["skipped"].startswith("the exporter's --target cpu INT8")

@@ -33,6 +33,13 @@ __all__ = ["ERROR", "WARNING", "Finding", "LintError", "LintReport", "detect_pre
 
 
 # ---------------------------------------------------------------------------- entry points
+CPU_PLACEMENT_SKIPPED = ("the exporter's --target cpu INT8 (ONNX Runtime's integer kernels), not made for "
+                         "TensorRT, so not judged (lint the file by name to see what TensorRT would "
+                         "reject; for an engine, export --precision int8 --target tensorrt)")
+CPU_PLACEMENT_FIX = ("by design for --target cpu; for TensorRT export --precision int8 --target tensorrt "
+                     "(the default) and build from that file")
+
+
 def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None = None,
               placement: str | None = None) -> LintReport:
     """Lint one ONNX graph for TensorRT. ``precision`` None: lint as the detected precision.
@@ -70,6 +77,9 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
     _check_qdq(g, report)
     if report.precision == "fp16":
         _check_fp16_io(g, report)
+    if placement == "cpu":  # its Q/DQ findings are its design, not a quantizer setting to change
+        report.findings = [Finding(f.severity, f.check, f.node, f.message, CPU_PLACEMENT_FIX)
+                           if f.check.startswith("qdq") else f for f in report.findings]
     return report
 
 
@@ -122,6 +132,16 @@ def lint_path(path: str | Path) -> list[LintReport]:
         if missing:
             raise UsageError(f"{manifest} lists ONNX artifacts that are missing: {missing}",
                              fix="re-run `exporter export` into this directory")
-        return [lint_onnx(path / e["file"], e.get("precision"),
-                          (e.get("details") or {}).get("target")) for e in entries]
-    return [lint_onnx(p) for p in sorted(path.glob("*.onnx"))]
+        return [_lint_for_tensorrt(path / e["file"], e.get("precision"),
+                                   (e.get("details") or {}).get("target")) for e in entries]
+    return [_lint_for_tensorrt(p) for p in sorted(path.glob("*.onnx"))]
+
+
+def _lint_for_tensorrt(path: Path, precision: str | None = None,
+                       placement: str | None = None) -> LintReport:
+    """A directory's file, linted unless it is the exporter's ``--target cpu`` INT8 (made for ONNX
+    Runtime, not TensorRT: listed as skipped; linting the file by name still judges it)."""
+    if placement == "cpu" or (placement is None and path.name.endswith(".int8.cpu.onnx")):
+        return LintReport(source=str(path), precision=precision or "int8", detected_precision="int8",
+                          opset=None, nodes=0, skipped=CPU_PLACEMENT_SKIPPED)
+    return lint_onnx(path, precision, placement)

@@ -50,6 +50,7 @@ class LintReport:
     op_types: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     table_version: str = ""
+    skipped: str = ""  # why a directory lint did not judge this file ("" when it did)
 
     @property
     def errors(self) -> list[Finding]:
@@ -72,9 +73,11 @@ class LintReport:
                 "nodes": self.nodes, "op_types": dict(sorted(self.op_types.items())),
                 "table_version": self.table_version,
                 "errors": len(self.errors), "warnings": len(self.warnings),
-                "findings": [f.to_dict() for f in self.findings]}
+                "findings": [f.to_dict() for f in self.findings], "skipped": self.skipped}
 
     def render(self) -> str:
+        if self.skipped:
+            return f"TensorRT lint SKIPPED: {self.source} ({self.precision}): {self.skipped}"
         verdict = "OK" if self.ok else "NOT READY"
         head = (f"TensorRT lint {verdict}: {self.source} ({self.precision}, opset {self.opset}, "
                 f"{self.nodes} nodes; {len(self.errors)} error(s), {len(self.warnings)} warning(s); "
