@@ -122,6 +122,9 @@ def test_parity_report_has_a_row_per_runtime_with_latency(lenet_fp16, tmp_path):
     assert rows[("openvino", "fp32")]["provider"] == "CPU f32"
     assert rows[("openvino", "fp16")]["tolerance"]["rel_max_abs"] == 2e-2
     assert "INFERENCE_NUM_THREADS=2" in " ".join(rows[("openvino", "fp32")]["notes"])
+    fp16_notes = " ".join(rows[("openvino", "fp16")]["notes"])
+    if "INFERENCE_PRECISION_HINT=f32" in fp16_notes:  # no FP16 compute here: never 'ran in f16'
+        assert "convolutions ran in f32 (f16 weights) x3" in fp16_notes, fp16_notes
     assert rows[("ncnn", "fp16")]["provider"].startswith("CPU fp16 storage")
     assert "fp16" in rows[("ncnn", "fp16")]["name"]
     markdown = (tmp_path / "report.md").read_text()

@@ -159,7 +159,8 @@ class OpenVINORunner:
         self.kernels = self._kernel_precisions()
         self.notes.append(f"INFERENCE_PRECISION_HINT={self.inference_precision}, INFERENCE_NUM_THREADS="
                           f"{self.threads} (read back); convolutions ran in "
-                          + ", ".join(f"{k} x{v}" for k, v in sorted(self.kernels.items())))
+                          + ", ".join(f"{self._kernel_label(k)} x{v}"
+                                      for k, v in sorted(self.kernels.items())))
         self.name = f"openvino {precision} ({self.inference_precision} compute)"
         self.runtime = f"openvino {version()}"
         int8 = "int8 kernels + " if {"u8", "i8"} & set(self.kernels) else ""
@@ -167,6 +168,13 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+
+    def _kernel_label(self, precision: str) -> str:
+        """A convolution's runtime precision as it computes: OpenVINO reports 'f16' for f16
+        weights that an f32-compute model decompresses and runs in f32."""
+        if precision == "f16" and self.inference_precision == "f32":
+            return "f32 (f16 weights)"
+        return precision
 
     def _kernel_precisions(self) -> dict[str, int]:
         """Runtime precision of each convolution in the compiled graph ('f32', 'u8', 'i8', ...)."""
