@@ -209,16 +209,17 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def progress_logger(args: argparse.Namespace) -> Callable[[str], None]:
     """Progress lines on stderr, silenced by --quiet; --verbose prefixes the elapsed seconds."""
-    import sys
     import time
+
+    from .console import console
 
     if getattr(args, "quiet", False):
         return lambda _msg: None
     if getattr(args, "verbose", False):
         start = time.perf_counter()
-        return lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr,
+        return lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", file=console(),
                                  flush=True)
-    return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return lambda msg: print(msg, file=console(), flush=True)
 
 
 _JSON_PRINTED = []  # set once a --json run printed its document (the CLI then prints no other)

@@ -72,6 +72,8 @@ def test_export_lenet5_cli_writes_a_verified_artifact(tmp_path, fmt):
     assert (out / entry["file"]).is_file() and entry["bytes"] > 10_000
     assert entry["details"]["batch"] == 1 and entry["details"]["layout"].startswith("NCHW")
     assert "lenet5: input 1x32x32, batch 1 (static programs), " in proc.stdout  # not 'dynamic'
+    # absl / XNNPACK / cpuinfo / threadpool / torch _pytree lines stay off the user's terminal
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
     row = _parity_row(manifest, entry["file"])
     assert row["rel_max_abs"] < 1e-5 and row["cosine"] > 0.99999 and row["top1_agreement"] == 1.0
     assert set(BACKENDS[fmt].packages) <= set(manifest["versions"])
@@ -246,6 +248,9 @@ def test_int8_summary_says_what_the_budget_measured(tmp_path, fmt):
     assert "judged on packaged photos (seed 7919" in proc.stdout and "kept in float by the budget: 0" in proc.stdout
     assert "    calibration: 32 samples from packaged photos" in proc.stdout
     assert "[START]" not in proc.stdout  # a converter's progress lines are not the summary
+    # stderr: the exporter's own progress lines, no converter/runtime/torch chatter between them
+    assert [ln.split(":")[0] for ln in proc.stderr.strip().splitlines()] == [
+        f"{fmt} int8", f"{fmt} int8 budget"], proc.stderr[-2000:]
 
 
 TWO_OUTPUTS = """

@@ -50,3 +50,4 @@ def converter_output_hidden() -> Iterator[None]:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
+

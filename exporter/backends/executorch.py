@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..console import native_log_hidden
 from ..errors import ExporterError
 from . import pt2e
 from .registry import get, package_versions, require_module
@@ -54,7 +55,8 @@ def export(ctx) -> list[dict[str, Any]]:
 
     from ..artifacts import artifact_entry, write_bytes_atomic
 
-    require_module(_backend(), "executorch.exir")
+    with native_log_hidden():  # torch's _pytree deprecation warning as torchao registers its enums
+        require_module(_backend(), "executorch.exir")
     example = pt2e.example_batch(ctx)
     batch = int(example.shape[0])
     module = ctx.deploy.eval()
@@ -63,7 +65,7 @@ def export(ctx) -> list[dict[str, Any]]:
     suffix = "" if ctx.precision == "fp32" else f".{ctx.precision}"
     path = ctx.stage / f"{ctx.stem}{suffix}.pte"
     try:
-        with torch.no_grad():
+        with torch.no_grad(), native_log_hidden():
             if ctx.precision == "int8":
                 (manager, delegation), quantized = pt2e.int8_within_budget(
                     ctx, FORMAT, _quantizer(), lambda graph: _build_int8(graph, example, path))
@@ -133,8 +135,9 @@ class ExecuTorchRunner:
                  threads: int | None = None, input_dtype: str = "float32"):
         import torch
 
-        runtime_mod = require_module(_backend(), "executorch.runtime")
-        from executorch.extension.pybindings import portable_lib
+        with native_log_hidden():  # its native libraries log cpuinfo lines as they load
+            runtime_mod = require_module(_backend(), "executorch.runtime")
+            from executorch.extension.pybindings import portable_lib
 
         self.path = Path(path)
         self.file = self.path.name
@@ -142,12 +145,13 @@ class ExecuTorchRunner:
         self.batch = int(batch)
         self.notes: list[str] = []
         wanted = int(threads or torch.get_num_threads())
-        portable_lib._unsafe_reset_threadpool(wanted)  # XNNPACK's pool, process-wide
-        self.threads = int(portable_lib._threadpool_get_thread_count())
+        with native_log_hidden():  # cpuinfo and threadpool log lines
+            portable_lib._unsafe_reset_threadpool(wanted)  # XNNPACK's pool, process-wide
+            self.threads = int(portable_lib._threadpool_get_thread_count())
+            program = runtime_mod.Runtime.get().load_program(str(self.path))
+            self.method = program.load_method("forward")
         if self.threads != wanted:
             self.notes.append(f"asked ExecuTorch's threadpool for {wanted} threads, it has {self.threads}")
-        program = runtime_mod.Runtime.get().load_program(str(self.path))
-        self.method = program.load_method("forward")
         self.dtype = torch.float16 if input_dtype == "float16" else torch.float32
         self.name = f"executorch {precision}"
         self.runtime = f"executorch {package_versions('executorch').get('executorch', '?')}"

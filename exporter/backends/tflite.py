@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ExporterError, PrecisionError
 from . import pt2e
+from ..console import native_log_hidden
 from .base import converter_output_hidden
 from .registry import get, package_versions, require_module
 
@@ -40,8 +41,9 @@ def export(ctx) -> list[dict[str, Any]]:
                              "converts float models to fp32 (its fp16 is weight storage only)",
                              fix=f"use --precision fp32 or int8 with --format {FORMAT}, or "
                                  f"--format onnx/executorch for {ctx.precision}")
-    converter = require_module(_backend(), "litert_torch")
-    require_module(_backend(), "ai_edge_litert.interpreter")
+    with native_log_hidden():  # torch's _pytree deprecation warning as torchao registers its enums
+        converter = require_module(_backend(), "litert_torch")
+        require_module(_backend(), "ai_edge_litert.interpreter")
     example = pt2e.example_batch(ctx)
     batch = int(example.shape[0])
     suffix = "" if ctx.precision == "fp32" else f".{ctx.precision}"
@@ -49,7 +51,8 @@ def export(ctx) -> list[dict[str, Any]]:
     details: dict[str, Any] = {"batch": batch, "layout": "NCHW (the converter transposes inside "
                                "the graph; the runner feeds NCHW as for every artifact)"}
     try:
-        with converter_output_hidden():  # its progress lines would break --json's one document
+        # its progress lines would break --json's one document; absl/XNNPACK log lines are noise
+        with converter_output_hidden(), native_log_hidden():
             if ctx.precision == "int8":
                 from litert_torch.quantize import pt2e_quantizer
 
@@ -110,8 +113,9 @@ class LiteRTRunner:
         self.file = self.path.name
         self.precision = precision
         self.threads = int(threads or torch.get_num_threads())
-        self.interpreter = lite.Interpreter(model_path=str(self.path), num_threads=self.threads)
-        self.interpreter.allocate_tensors()
+        with native_log_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = lite.Interpreter(model_path=str(self.path), num_threads=self.threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = int(self.input["shape"][0])
