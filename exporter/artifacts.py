@@ -20,7 +20,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import ArtifactError, OutputLocationError, OutputPathError
 from .scratch import pid_alive
@@ -321,16 +321,22 @@ def _ours(old: dict[str, Any] | None) -> set[str]:
     return files | {MANIFEST} | {f"{old.get('model')}.int8.calib.json"}
 
 
+def refuse_foreign_files(final_dir: Path, names: Iterable[str]) -> None:
+    """Refuse an export whose files ``names`` would replace files in ``final_dir`` that the
+    exporter did not write (not in its manifest); run before any work, and again at the commit."""
+    ours = _ours(read_manifest_if_any(final_dir))
+    clash = sorted(n for n in set(names) if (Path(final_dir) / n).exists() and n not in ours)
+    if clash:
+        raise ArtifactError(f"{final_dir} already holds {', '.join(clash)}, which the exporter did "
+                            "not write", fix="pass --output to another directory, or move those "
+                                             "files away")
+
+
 def _commit(stage: Path, final_dir: Path) -> None:
     """Move the staged files into ``final_dir`` (artifacts first, the manifest last)."""
     old = read_manifest_if_any(final_dir)
-    ours = _ours(old)
     items = [p for p in stage.iterdir() if p.name != STAGING_MARKER]
-    clash = [p.name for p in items if (final_dir / p.name).exists() and p.name not in ours]
-    if clash:
-        raise ArtifactError(f"{final_dir} already holds {', '.join(sorted(clash))}, which the "
-                            "exporter did not write", fix="pass --output to another directory, or "
-                                                          "move those files away")
+    refuse_foreign_files(final_dir, [p.name for p in items])
     new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
     items.sort(key=lambda p: p.name == MANIFEST)
     for item in items:

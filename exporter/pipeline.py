@@ -228,7 +228,8 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
 
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
-    from .artifacts import check_free_space, check_output_location, claim_output_dir
+    from .artifacts import (check_free_space, check_output_location, claim_output_dir,
+                            refuse_foreign_files)
     from .builders import resolve_model
     from .graph_input import check_graph_input, check_dynamic_size, wrap
     from .validate import check_model_options, check_output_outside_data
@@ -254,6 +255,8 @@ def export(request: ExportRequest) -> ExportResult:
     check_output_location(directory)
     check_output_outside_data(directory, request.quant or {})
     claim_output_dir(directory, named.name)
+    refuse_foreign_files(directory, registry.artifact_names(  # before calibration, not at the commit
+        formats, named.name, request.precision, (request.quant or {}).get("target")))
     earlier = read_manifest_if_any(directory)
     request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)

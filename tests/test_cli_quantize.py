@@ -1,6 +1,7 @@
 """FP16 and INT8 exports the way users run them: the CLI in a subprocess, the artifact checked."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -548,3 +549,41 @@ def test_artifacts_an_earlier_export_left_are_marked_not_reported_as_made(tmp_pa
     assert ("  replaced: an earlier export of other model options (seed 0 -> 1) in this folder; "
             "removed its lenet5.int8.tensorrt.onnx, made for those options") in proc.stdout
     assert not (out / "lenet5.int8.tensorrt.onnx").exists()
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_a_foreign_file_named_like_the_int8_artifact_is_refused_before_calibration(tmp_path, target):
+    """A file the exporter did not write, where the INT8 artifact goes: refused before any work
+    (it used to be found only when the calibrated artifacts were moved into place)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"lenet5.int8.{target}.onnx").write_text("mine")
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "--target",
+                target, "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"error: {out} already holds lenet5.int8.{target}.onnx, which the exporter did not write" \
+        in proc.stderr
+    assert "calibrating" not in proc.stderr and "load:" not in proc.stderr
+    assert [p.name for p in out.iterdir()] == [f"lenet5.int8.{target}.onnx"]
+    assert (out / f"lenet5.int8.{target}.onnx").read_text() == "mine"
+
+
+@pytest.mark.parametrize("formats, precision", [("onnx,openvino,ncnn,executorch", "fp16"),
+                                                ("pt2,torchscript,tflite", "fp32")])
+def test_the_names_checked_before_work_cover_every_file_an_export_writes(tmp_path, formats, precision):
+    """registry.artifact_names is what the up-front check refuses on: each written file is in it."""
+    from exporter.backends.registry import BACKENDS, artifact_names
+
+    wanted = formats.split(",")
+    missing = [f for f in wanted if not all(importlib.util.find_spec(p) for p in BACKENDS[f].requires)]
+    if missing:
+        pytest.skip(f"not installed here: {missing}")
+    out = tmp_path / "out"
+    proc = _cli("export", "lenet5", "--format", formats, "--precision", precision, "--no-verify",
+                "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = {p.name for p in out.iterdir()} - {"manifest.json"}
+    names = artifact_names(wanted, "lenet5", precision)
+    assert written and written <= names, written - names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {a["format"] for a in manifest["artifacts"]} == set(wanted)

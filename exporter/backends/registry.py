@@ -48,44 +48,49 @@ class Backend:
     # carries the graph input options (--dynamic-size, --layout nhwc, --normalize-in-graph):
     # exported from the graph_input-wrapped model with its example input and dynamic dims
     graph_input: bool = False
+    suffixes: tuple[str, ...] = ()  # the file endings of one artifact (its companions too)
 
 
 BACKENDS: dict[str, Backend] = {b.format: b for b in (
     Backend("onnx", "exporter.backends.onnxruntime", "ONNX (simplified), run by ONNX Runtime",
-            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",), graph_input=True),
+            precisions=("fp32", "fp16", "int8"), packages=("onnxruntime",), graph_input=True,
+            suffixes=(".onnx",)),
     Backend("pt2", "exporter.backends.pt2",
-            "torch.export ExportedProgram (.pt2), the recommended PyTorch format", graph_input=True),
+            "torch.export ExportedProgram (.pt2), the recommended PyTorch format", graph_input=True,
+            suffixes=(".pt2",)),
     Backend("aoti", "exporter.backends.aoti",
             "AOTInductor package (.aoti.pt2, compiled for this CPU; needs a C++ compiler)",
-            graph_input=True),
+            graph_input=True, suffixes=(".aoti.pt2",)),
     Backend("torchscript", "exporter.backends.torchscript",
             "TorchScript (traced and frozen; deprecated in torch 2.14, kept for old runtimes)",
-            graph_input=True),
+            graph_input=True, suffixes=(".ts.pt",)),
     Backend("tensorrt", "exporter.backends.tensorrt", "TensorRT engine (exporter build)",
             extra="tensorrt", precisions=("fp32", "fp16", "int8"), exportable=False, device="cuda",
             packages=("tensorrt",)),
     Backend("openvino", "exporter.backends.openvino",
             "OpenVINO IR (.xml + .bin) from the verified ONNX (its int8 is our Q/DQ ONNX, cpu placement)",
             extra="openvino", precisions=("fp32", "fp16", "int8"), from_onnx=True,
-            packages=("openvino",), requires=("openvino",)),
+            packages=("openvino",), requires=("openvino",),
+            suffixes=(".openvino.xml", ".openvino.bin")),
     Backend("ncnn", "exporter.backends.ncnn",
             "ncnn (.ncnn.param + .ncnn.bin) via pnnx from TorchScript (its fp16 is fp16 storage and arithmetic)",
             extra="ncnn", precisions=("fp32", "fp16"), packages=("ncnn", "pnnx"),
-            requires=("ncnn", "pnnx"),
+            requires=("ncnn", "pnnx"), suffixes=(".ncnn.param", ".ncnn.bin"),
             unavailable={"int8": "ncnn INT8 needs ncnn's quantization tools (ncnn2table, ncnn2int8), "
                                  "which come with an ncnn source build, not with the ncnn/pnnx wheels: "
                                  "not available on this machine"}),
     Backend("coreml", "exporter.backends.coreml",
             "Core ML ML Program (.mlpackage) from the traced model; predicts on macOS only",
             extra="coreml", precisions=("fp32", "fp16"), packages=("coremltools",),
-            requires=("coremltools",)),
+            requires=("coremltools",), suffixes=(".mlpackage",)),
     Backend("executorch", "exporter.backends.executorch",
             "ExecuTorch .pte (XNNPACK delegate), run by executorch.runtime", extra="executorch",
             precisions=("fp32", "fp16", "int8"), packages=("executorch", "torchao"),
-            requires=("executorch", "torchao")),
+            requires=("executorch", "torchao"), suffixes=(".pte",)),
     Backend("tflite", "exporter.backends.tflite", "LiteRT .tflite (litert-torch), run by the "
             "LiteRT Interpreter", extra="litert", precisions=("fp32", "int8"),
-            packages=("litert-torch", "ai-edge-litert"), requires=("litert_torch", "ai_edge_litert")),
+            packages=("litert-torch", "ai-edge-litert"), requires=("litert_torch", "ai_edge_litert"),
+            suffixes=(".tflite",)),
 )}
 
 
@@ -126,6 +131,22 @@ def export_formats() -> tuple[str, ...]:
 def runtime_packages() -> tuple[str, ...]:
     """Every backend's runtime distributions (recorded with their versions where installed)."""
     return tuple(dict.fromkeys(p for b in BACKENDS.values() for p in b.packages))
+
+
+def artifact_names(formats: list[str], stem: str, precision: str, target: str | None = None) -> set[str]:
+    """The file names an export of ``formats`` at ``precision`` may write (its FP32 artifacts too;
+    ONNX INT8 names its placement ``target``), for the check that no file the exporter did not
+    write stands in their way - made before any work."""
+    tags = {"fp32": ""} | ({precision: f".{precision}"} if precision != "fp32" else {})
+    if precision == "int8" and "onnx" in formats:
+        tags["int8-onnx"] = f".int8.{target or 'tensorrt'}"
+    names = {f"{stem}.int8.calib.json"} if precision == "int8" else set()
+    for fmt in formats:
+        for key, tag in tags.items():
+            if key == "int8-onnx" and fmt != "onnx" or key == "int8" and fmt == "onnx":
+                continue
+            names |= {f"{stem}{tag}{suffix}" for suffix in get(fmt).suffixes}
+    return names
 
 
 def install_hint(backend: Backend) -> str:
