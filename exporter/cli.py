@@ -79,6 +79,24 @@ def _on_signal(signum, _frame):
     raise Interrupted(signum, EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED)
 
 
+def _fail(args, argv: list[str], message: str, fix: str, error_type: str, code: int) -> int:
+    """Every failure: with --json one document on stdout (unless the command printed its own),
+    then one ``error:`` and one ``fix:`` line on stderr; returns the exit code."""
+    from .cli_options import json_printed
+
+    wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
+    if wants_json and not json_printed():  # a parse error, an interrupt or an OS error too
+        import json
+
+        try:
+            print(json.dumps({"ok": False, "error": message, "fix": fix, "error_type": error_type,
+                              "exit_code": code}), flush=True)
+        except OSError:
+            pass  # stdout itself is gone (a closed pipe): stderr still says it
+    _say(message, fix)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors become one ``error:`` line, one ``fix:`` line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -96,37 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         sweep_stale_scratch()  # scratch folders of runs killed with SIGKILL
         return int(args.func(args) or 0)
     except ExporterError as err:
-        from .cli_options import json_printed
-
-        wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
-        if wants_json and not json_printed():  # --json: one document on stdout (a parse error too)
-            import json
-
-            print(json.dumps({"ok": False, "error": err.message, "fix": err.fix,
-                              "error_type": type(err).__name__, "exit_code": err.exit_code}))
         if debug:
             traceback.print_exc()
-        _say(err.message, err.fix or DEBUG_HINT)
-        return err.exit_code
+        return _fail(args, argv, err.message, err.fix or DEBUG_HINT, type(err).__name__, err.exit_code)
     except (Interrupted, KeyboardInterrupt) as err:
         code = getattr(err, "exit_code", EXIT_INTERRUPTED)
         name = "SIGTERM" if code == EXIT_TERMINATED else "SIGINT"
-        _say(f"interrupted by {name}; nothing half-written was left behind",
-             "rerun the command (a stale staging directory of a killed run is swept on the next run)")
-        return code
+        return _fail(args, argv, f"interrupted by {name}; nothing half-written was left behind",
+                     "rerun the command (a stale staging directory of a killed run is swept on the next "
+                     "run)", "Interrupted", code)
     except OSError as err:
         if debug:
             traceback.print_exc()
         message, fix = _os_error(err)
-        _say(message, fix)
-        return EXIT_ENVIRONMENT
+        return _fail(args, argv, message, fix, type(err).__name__, EXIT_ENVIRONMENT)
     except SystemExit as err:  # --help / --version exit 0 through argparse
         return int(err.code or 0) if isinstance(err.code, int) or err.code is None else 2
     except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if debug:
             traceback.print_exc()
-        _say(f"internal error: {type(err).__name__}: {err}", DEBUG_HINT)
-        return EXIT_INTERNAL
+        return _fail(args, argv, f"internal error: {type(err).__name__}: {err}", DEBUG_HINT,
+                     type(err).__name__, EXIT_INTERNAL)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

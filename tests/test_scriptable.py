@@ -92,3 +92,26 @@ def test_usage_error_json_document_and_exit_code(tmp_path):
     assert proc.returncode == 2
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False and doc["exit_code"] == 2 and "unknown format" in doc["error"]
+
+
+def test_json_run_interrupted_still_prints_one_document(tmp_path):
+    """SIGINT during a --json export: one JSON document on stdout with exit code 130 (it printed
+    nothing), then the one error line on stderr; nothing written."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "export", "mobilenet_v3_small", "-o",
+                             str(out), "--json", "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    end = time.time() + 120
+    while time.time() < end and not (out.exists() or proc.poll() is not None):
+        time.sleep(0.05)  # the export is under way once its output folder exists
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    doc = json.loads(stdout)
+    assert doc == {"ok": False, "error": "interrupted by SIGINT; nothing half-written was left behind",
+                   "fix": doc["fix"], "error_type": "Interrupted", "exit_code": 130}
+    assert stderr.strip().splitlines()[-2].startswith("error: interrupted by SIGINT")
+    assert not out.exists()
