@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -115,3 +116,26 @@ def test_json_run_interrupted_still_prints_one_document(tmp_path):
                    "fix": doc["fix"], "error_type": "Interrupted", "exit_code": 130}
     assert stderr.strip().splitlines()[-2].startswith("error: interrupted by SIGINT")
     assert not out.exists()
+
+
+def test_report_folder_is_checked_before_the_run_and_foreign_reports_are_kept(lenet, tmp_path):
+    out, _ = lenet
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4", "--report", str(mine))
+    assert proc.returncode == 4 and (mine / "report.md").read_text() == "my notes"
+    assert f"error: --report {mine} already holds report.md, which the exporter did not write" in proc.stderr
+    assert "eager reference" not in proc.stdout + proc.stderr  # refused before any work
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for bad, text in ((a_file, "is a file, not a folder"), (a_file / "sub", "is a file, not a folder"),
+                      (Path("/proc/zoo-exporter-report"), "cannot create files in /proc")):
+        proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--report", str(bad))
+        assert proc.returncode == 2 and text in proc.stderr, proc.stderr
+        assert "eager reference" not in proc.stdout + proc.stderr
+    ours = tmp_path / "ours"  # the exporter's own report folder is rewritten on the next run
+    for _ in range(2):
+        proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4", "--report", str(ours))
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((ours / "report.json").read_text())["generator"] == "zoo-exporter parity"

@@ -236,6 +236,10 @@ def run(args) -> int:
     from ..validate import check_parity_options
 
     check_parity_options(args)
+    if args.report is not None or args.zoo:  # before any work: it is written at the end
+        from ..report import check_report_dir
+
+        check_report_dir(args.report if args.report is not None else Path("reports") / "parity-zoo")
     if args.format is None:  # the default: what produces the precision (fp16/int8: onnx only)
         args.format = "onnx,torchscript" if args.precision == "fp32" else "onnx"
     runner_options = {"onnx": ort_options(args)}  # an unusable provider fails before any export
