@@ -234,3 +234,24 @@ def test_parity_breach_is_an_error_naming_the_output_and_leaves_nothing(tmp_path
     assert not (tmp_path / "artifacts").exists()
     kept = run_cli("export", f"{src}:make", "--input-size", "32", "--output", str(out), "--no-fail")
     assert kept.returncode == 0 and "BREACH" in kept.stdout and (out / "manifest.json").exists()
+
+
+def test_naming_a_file_model_again_by_a_relative_path_is_consent(tmp_path):
+    """The manifest records the file model's absolute path; naming it again as net.py:make or
+    ./net.py:make (from its folder) is consent, and the refusal's command is shell-quoted."""
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))\n")
+    cli = [sys.executable, "-m", "exporter"]
+    made = subprocess.run([*cli, "export", "net.py:make", "--input-size", "16", "-o", "out dir ü",
+                           "--no-verify"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    refused = subprocess.run([*cli, "parity", "--artifacts", "out dir ü", "--no-latency"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert f"exporter parity {tmp_path / 'net.py'}:make --artifacts 'out dir ü'" in refused.stderr
+    for spec in ("net.py:make", "./net.py:make"):
+        ok = subprocess.run([*cli, "parity", spec, "--artifacts", "out dir ü", "--no-latency", "--samples",
+                             "0", "--random", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert ok.returncode == 0, (spec, ok.stderr[-2000:])

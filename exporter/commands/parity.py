@@ -153,14 +153,18 @@ def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = 
 def check_trust(manifest: dict[str, Any], directory: Path, model: str | None, trusted: bool) -> None:
     """An artifact directory never runs code: a manifest whose model is ``file.py:factory`` is only
     rebuilt when the user names that spec again on the command line or passes --trust-model-code."""
+    import shlex
+
+    from ..cli_options import absolute_model_spec
     from ..errors import TrustError
 
     spec = str((manifest.get("model_options") or {}).get("model") or manifest.get("model_spec") or "")
-    if ".py:" in spec and not trusted and model != spec:
+    if ".py:" in spec and not trusted and absolute_model_spec(model) != spec:  # ./m.py:f names it too
         raise TrustError(f"{directory / 'manifest.json'} rebuilds its eager model by running "
                          f"{spec}; code named by an artifact directory is not run without consent",
                          fix=f"read {spec.rpartition(':')[0]} first, then pass it again: exporter "
-                             f"parity {spec} --artifacts {directory} (or add --trust-model-code)")
+                             f"parity {shlex.quote(spec)} --artifacts {shlex.quote(str(directory))} "
+                             "(or add --trust-model-code)")
 
 
 def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, say,
