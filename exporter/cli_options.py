@@ -40,7 +40,8 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
     weights.add_argument("--checkpoint", type=_path_text, help="local state_dict file, loaded with weights_only=True "
                          "(default: none; real MobileNetV2: $(python -m exporter.offline_weights))")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
-    parser.add_argument("--output", "-o", type=Path, help="artifact directory (default artifacts/<model>)")
+    parser.add_argument("--output", "-o", type=folder_path,
+                        help="artifact directory (default artifacts/<model>)")
     parser.add_argument("--input-size", type=int, help="square input size, where the architecture "
                         "allows (default: the recipe's, e.g. 224)")
     parser.add_argument("--channels", type=int, help="input channels of file.py:factory models (default 3)")
@@ -154,6 +155,14 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if not formats:
         raise UsageError("--format is empty", fix="use --format onnx, torchscript or onnx,torchscript")
     return formats
+
+
+def folder_path(value: str) -> Path:
+    """An argparse type: a folder path, never empty ('' is Path('.'): an unset $VAR would send the
+    files into the current folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset variable?); pass a folder")
+    return Path(value)
 
 
 def absolute_model_spec(spec: str | None) -> str | None:

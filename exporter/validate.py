@@ -45,10 +45,20 @@ def positive(name: str, value: int | float | None, minimum: int = 1) -> None:
                          fix=f"pass {name} {minimum} or more" + (" (or omit it)" if minimum else ""))
 
 
+def check_tolerances(atol: Any, rtol: Any) -> None:
+    """--atol/--rtol overrides are finite numbers >= 0 (NaN would pass every comparison)."""
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not (_number(value) and value >= 0):
+            raise UsageError(f"{flag} must be a finite number >= 0, got {value}",
+                             fix=f"e.g. {flag} {'1e-4' if flag == '--atol' else '1e-3'}, or leave it out "
+                                 "for the recipe's tolerance")
+
+
 def check_model_options(request: Any) -> None:
     """The options of an ExportRequest (``pipeline.ExportRequest``), files included."""
     from .checkpoints import sniff
 
+    check_tolerances(getattr(request, "atol", None), getattr(request, "rtol", None))
     positive("--batch", request.batch)
     positive("--input-size", request.input_size)
     positive("--channels", request.channels)
@@ -231,6 +241,7 @@ def check_parity_options(args: Any) -> None:
                          fix=f"drop {' '.join(given)}, or export first (exporter export MODEL "
                              f"{' '.join(given)} ... -o DIR) and compare that folder")
     positive("--samples", args.samples, 0)
+    check_tolerances(getattr(args, "atol", None), getattr(args, "rtol", None))
     positive("--random", args.random, 0)
     if args.samples == 0 and args.random == 0:
         raise UsageError("--samples 0 --random 0 leaves nothing to compare",

@@ -255,3 +255,19 @@ def test_naming_a_file_model_again_by_a_relative_path_is_consent(tmp_path):
         ok = subprocess.run([*cli, "parity", spec, "--artifacts", "out dir ü", "--no-latency", "--samples",
                              "0", "--random", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert ok.returncode == 0, (spec, ok.stderr[-2000:])
+
+
+@pytest.mark.parametrize("args, text", [
+    (["export", "lenet5", "-o", ""], "argument --output/-o: is empty (an unset variable?)"),
+    (["parity", "lenet5", "--report", ""], "argument --report: is empty"),
+    (["export", "lenet5", "--rtol", "nan"], "--rtol must be a finite number >= 0, got nan"),
+    (["export", "lenet5", "--rtol", "-1"], "--rtol must be a finite number >= 0, got -1.0"),
+    (["export", "lenet5", "--atol", "inf"], "--atol must be a finite number >= 0, got inf"),
+    (["parity", "lenet5", "--atol", "-0.5"], "--atol must be a finite number >= 0, got -0.5")])
+def test_empty_folders_and_unusable_tolerances_are_usage_errors(tmp_path, args, text):
+    """-o "" was the current folder (an unset $OUT exported there); NaN tolerances passed every
+    check, negative ones failed every artifact as a 'breach'."""
+    proc = subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and text in proc.stderr, proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []

@@ -38,7 +38,7 @@ exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could 
 def add_parser(sub) -> None:
     import argparse as ap
 
-    from ..cli_options import (add_model_options, add_output_options, add_precision_options,
+    from ..cli_options import (add_model_options, add_output_options, add_precision_options, folder_path,
                                add_tolerance_options)
     from ..defaults import DEFAULT_RANDOM, DEFAULT_RUNS, DEFAULT_SAMPLES, DEFAULT_WARMUP
     from ..zoo_plan import add_fanout_options, add_models_option
@@ -107,7 +107,7 @@ def add_parser(sub) -> None:
                         help="batch sizes to time (default 1,8; a fixed --batch overrides)")
     timing.add_argument("--no-latency", action="store_true", help="compare outputs only (default: time every runtime too)")
     out = p.add_argument_group("outcome")
-    out.add_argument("--report", type=Path, metavar="DIR",
+    out.add_argument("--report", type=folder_path, metavar="DIR",
                      help="write report.md, report.json and PNG plots here (--zoo default: reports/parity-zoo)")
     out.add_argument("--no-fail", action="store_true",
                      help="exit 0 even when an artifact breaches its tolerance (default: exit 3)")
