@@ -442,6 +442,22 @@ def load_reference(directory: Path) -> tuple[Recipe, InputSpec, nn.Module]:
     """Rebuild the exact eager reference (prepared, unfolded) recorded in a manifest."""
     from .prepare import prepare_for_deploy
 
-    recipe, spec, model, _ = load_stage(request_from_manifest(directory))
+    recipe, spec, model, weights = load_stage(request_from_manifest(directory))
+    check_same_weights(directory, weights)
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     return recipe, spec, reference
+
+
+def check_same_weights(directory: Path, weights: dict[str, Any]) -> None:
+    """The checkpoint a manifest names still holds the weights the export was made from."""
+    from .errors import InputError
+
+    recorded = (read_manifest_if_any(directory) or {}).get("weights") or {}
+    if recorded.get("kind") == "checkpoint" == weights.get("kind") and recorded.get("sha256") \
+            and recorded.get("sha256") != weights.get("sha256"):
+        raise InputError(
+            f"the checkpoint {recorded.get('path')} changed since the export in {directory} (sha256 "
+            f"{recorded['sha256'][:12]}... at export, {str(weights.get('sha256'))[:12]}... now): the eager "
+            "reference would not be the model the artifacts were made from",
+            fix="put back the checkpoint the export used, or re-export with this one "
+                f"(exporter export ... --checkpoint {recorded.get('path')})")

@@ -92,6 +92,7 @@ def argparse_namespace():
 
 def test_checkpoint_round_trip_matches(tmp_path):
     from exporter.builders import build_model
+    from exporter.recipes import get_recipe
     from exporter.pipeline import ExportRequest, export
     from exporter.recipes import get_recipe
 
@@ -271,3 +272,28 @@ def test_empty_folders_and_unusable_tolerances_are_usage_errors(tmp_path, args, 
                           text=True, timeout=120)
     assert proc.returncode == 2 and text in proc.stderr, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_refuses_a_checkpoint_that_changed_since_the_export(tmp_path):
+    """The manifest records the checkpoint's sha256; other weights under the same path rebuild
+    another eager model, whose mismatch used to be blamed on the artifact (exit 3, --locate)."""
+    from exporter.builders import build_model
+    from exporter.recipes import get_recipe
+
+    ckpt = tmp_path / "lenet.pth"
+    seed = 0
+    torch.save(build_model(get_recipe("lenet5"), seed=seed)[0].state_dict(), ckpt)
+    cli = [sys.executable, "-m", "exporter"]
+    made = subprocess.run([*cli, "export", "lenet5", "--checkpoint", str(ckpt), "-o", "out", "--no-verify"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    same = subprocess.run([*cli, "parity", "--artifacts", "out", "--no-latency", "--samples", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr
+    seed = 1
+    torch.save(build_model(get_recipe("lenet5"), seed=seed)[0].state_dict(), ckpt)
+    proc = subprocess.run([*cli, "parity", "--artifacts", "out", "--no-latency"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"error: the checkpoint {ckpt.resolve()} changed since the export in out (sha256" in proc.stderr
+    assert "--locate" not in proc.stderr

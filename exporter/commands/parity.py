@@ -139,13 +139,15 @@ def prepare_directory(request, say=print):
 
 def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = None):
     """(recipe, spec, reference) recorded by ``directory``'s manifest, with optional overrides."""
-    from ..pipeline import load_reference, load_stage, request_from_manifest
+    from ..pipeline import check_same_weights, load_reference, load_stage, request_from_manifest
     from ..prepare import prepare_for_deploy
 
     if not overrides:
         return load_reference(directory)
     request = request_from_manifest(directory, **overrides)
-    recipe, spec, model, _ = load_stage(request)
+    recipe, spec, model, weights = load_stage(request)
+    if "checkpoint" not in overrides:
+        check_same_weights(directory, weights)
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     return recipe, spec, reference
 
