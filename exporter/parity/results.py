@@ -162,9 +162,12 @@ class ParityReport:
             return "no artifact within tolerance was timed"
         first = self.batch_sizes[0]
         speed = best.speedup.get(first)
+        if speed and not best.speedup_stable.get(first, True):
+            said = ", speed-up vs eager unstable on this machine (not a result; see the note)"
+        else:
+            said = f", {speed:.2f}x eager" if speed else ""
         return (f"fastest within tolerance (batch {first}): {best.file} ({best.format} "
-                f"{best.precision}, {best.runtime}) p50 {best.latency[first].p50_ms:.3g} ms"
-                + (f", {speed:.2f}x eager" if speed else ""))
+                f"{best.precision}, {best.runtime}) p50 {best.latency[first].p50_ms:.3g} ms" + said)
 
     def raise_for_breaches(self) -> None:
         err = self.error()
@@ -191,9 +194,11 @@ class ParityReport:
         if best is None:
             return None
         first = self.batch_sizes[0]
+        stable = best.speedup_stable.get(first, True)
         return {"file": best.file, "format": best.format, "precision": best.precision,
                 "batch": first, "p50_ms": best.latency[first].p50_ms,
-                "speedup_vs_eager": best.speedup.get(first)}
+                "speedup_vs_eager": best.speedup.get(first) if stable else None,
+                "speedup_stable": stable}
 
 
 def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
