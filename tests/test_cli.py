@@ -297,3 +297,11 @@ def test_parity_refuses_a_checkpoint_that_changed_since_the_export(tmp_path):
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert f"error: the checkpoint {ckpt.resolve()} changed since the export in out (sha256" in proc.stderr
     assert "--locate" not in proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["nothere.onnx", "out/nothere.pt2", "a/b/model.ts.pt", "x.tflite"])
+def test_parity_of_a_mistyped_file_says_the_file_does_not_exist(tmp_path, missing):
+    proc = subprocess.run([sys.executable, "-m", "exporter", "parity", missing, "--no-latency"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4 and f"error: file {missing} does not exist" in proc.stderr, proc.stderr
+    assert "unknown model" not in proc.stderr and list(tmp_path.iterdir()) == []

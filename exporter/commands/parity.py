@@ -342,13 +342,22 @@ def _print_json(reports, failures, paths, ok: bool, err=None) -> None:
     print_json(document)
 
 
+# file endings of every artifact format: a MODEL ending so names a file, not a recipe
+ARTIFACT_SUFFIXES = (".onnx", ".pt2", ".pt", ".ts", ".pth", ".pte", ".tflite", ".xml", ".param",
+                     ".mlpackage", ".engine", ".plan")
+
+
 def _check_not_other_path(model: str | None) -> None:
     """A MODEL that is a folder or a file parity FILE does not take: say what to run instead
     (it read as an unknown model name)."""
     from ..artifact_file import looks_like_file
-    from ..errors import UsageError
+    from ..errors import InputError, UsageError
     from ..recipes import all_recipes
 
+    if model and ":" not in model and model not in all_recipes() and not Path(model).exists() \
+            and (model.endswith(ARTIFACT_SUFFIXES) or "/" in model):
+        raise InputError(f"file {model} does not exist", fix="check the path (an artifact file, or "
+                         "--artifacts DIR for a folder `exporter export` wrote)")
     if not model or ":" in model or looks_like_file(model) or not Path(model).exists() \
             or model in all_recipes():  # `-o lenet5` then `parity lenet5`: the recipe
         return
