@@ -243,8 +243,17 @@ def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
             if keys:
                 parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:3])})")
-        raise WeightsError(f"checkpoint '{path}' does not match {recipe.name}: " + "; ".join(parts),
-                           fix="check the model name and --num-classes, or pass the checkpoint of this architecture")
+        heads = {int(state[k].shape[0]) for k in own if k in state and state[k].shape != own[k].shape
+                 and own[k].ndim >= 1 and own[k].shape[0] == recipe.num_classes and state[k].ndim >= 1}
+        fix = "check the model name, or pass the checkpoint of this architecture"
+        if len(heads) == 1 and not missing and not unexpected:  # a fine-tuned head: another class count
+            n = heads.pop()
+            example = (f"torchvision.models.{recipe.builder}(num_classes={n})"
+                       if recipe.source == "torchvision" else f"your module with {n} classes")
+            fix = (f"the checkpoint's classifier has {n} classes, {recipe.name} has {recipe.num_classes}: "
+                   f"export a file.py whose factory returns {example}, as exporter export "
+                   f"path/to/file.py:factory --checkpoint {path} --num-classes {n}")
+        raise WeightsError(f"checkpoint '{path}' does not match {recipe.name}: " + "; ".join(parts), fix=fix)
     model.load_state_dict(state, strict=False)
 
 

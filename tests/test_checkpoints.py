@@ -54,3 +54,21 @@ def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
     want = state[last].numpy()
     assert any(a.shape in (want.shape, want.T.shape) and np.allclose(a.reshape(-1), want.reshape(-1))
                or a.shape == want.T.shape and np.allclose(a, want.T) for a in inits)
+
+
+def test_a_fine_tuned_head_names_the_file_model_route_that_works(tmp_path):
+    """A torchvision checkpoint with a 10-class head: the fix used to say 'check --num-classes',
+    which a torchvision recipe refuses; it now names the file.py:factory route, which works."""
+    import torchvision
+
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(), tmp_path / "ten.pth")
+    proc = run_cli(["export", "mobilenet_v3_small", "--checkpoint", "ten.pth", "--input-size", "64",
+                    "-o", "out"], cwd=tmp_path)
+    assert proc.returncode == 4 and not (tmp_path / "out").exists()
+    assert ("fix: the checkpoint's classifier has 10 classes, mobilenet_v3_small has 1000: export a "
+            "file.py whose factory returns torchvision.models.mobilenet_v3_small(num_classes=10)") in proc.stderr
+    (tmp_path / "ten.py").write_text("import torchvision\n\ndef factory():\n"
+                                     "    return torchvision.models.mobilenet_v3_small(num_classes=10)\n")
+    proc = run_cli(["export", "ten.py:factory", "--checkpoint", "ten.pth", "--num-classes", "10",
+                    "--input-size", "64", "-o", "out"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
