@@ -229,15 +229,15 @@ def ort_options(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- run
 def run(args) -> int:
-    from ..cli_options import absolute_model_spec, parse_formats, request_from_args
+    from ..cli_options import absolute_model_spec, parse_formats, progress_logger, request_from_args
     from ..errors import UsageError
     from ..report import print_report, wide_console, write_report
 
     console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
+    log = progress_logger(args)  # progress on stderr (--verbose: with elapsed seconds), as export's
 
     def say(msg: str) -> None:
-        if not args.quiet:
-            console.print(f"[dim]{msg}[/dim]")
+        log(msg)
 
     from ..validate import check_parity_options
 

@@ -248,7 +248,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
                          "to time it")
     eager = EagerRunner(reference, device) if reference is not None else None
     if eager_outputs is None:
-        say("eager reference")
+        say("parity: eager reference outputs")
         eager_outputs = EagerOutputs.of(eager, sets, fixed_batch)
     else:
         eager_outputs.check(sets)
@@ -293,7 +293,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         results.append(result)
         if file not in extra:  # every file of the artifact (OpenVINO/ncnn .bin, .mlpackage contents)
             result.notes.extend(changed_files(entry, directory))
-        say(f"{file}")
+        say(f"parity: {file}")
         export_note = int8_export_note(entry.get("details") or {})
         if export_note:
             result.notes.append(export_note)
@@ -356,7 +356,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
         live[file] = runner
 
     if latency and batch_sizes:
-        say("latency")
+        say(f"latency: batch {', '.join(map(str, batch_sizes))}, every runner")
         biggest = max(batch_sizes)
         pool = random_inputs(spec, biggest, seed=12345)
         batches = {int(b): pool[:b] for b in batch_sizes}
