@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rich.markup import escape
+
 from .parity import ArtifactResult, ParityReport
 
 LATENCY_PNG = "latency_vs_eager.png"
@@ -225,6 +227,9 @@ def print_report(report: ParityReport, console=None) -> None:
     inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in report.inputs)
     console.print(f"[dim]inputs: {inputs}; agreement judged on the real images; errors are the "
                   f"worst over all inputs[/dim]")
+    for item in report.inputs:  # skipped files, conversions, why class folders gave no labels
+        for note in item.get("notes", []):
+            console.print(f"[yellow]note[/yellow] {item['name']}: {escape(note)}")
     if report.batch_sizes:
         console.print(f"[dim]latency: {report.warmup} warm-up runs discarded, {report.runs} timed runs "
                       f"in {report.rounds} interleaved rounds, batch {'/'.join(map(str, report.batch_sizes))}; "
@@ -440,6 +445,7 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         if rep.batch_sizes:
             out += [f"**Ship:** {rep.ship_line()}", ""]
         notes = [f"- {n}" for n in rep.notes]
+        notes += [f"- inputs {i['name']}: {n}" for i in rep.inputs for n in i.get("notes", [])]
         notes += [f"- {r.file or 'eager'}: {n}" for r in [rep.eager, *rep.artifacts] for n in r.notes]
         if notes:
             out += notes + [""]

@@ -305,3 +305,32 @@ def test_parity_of_a_mistyped_file_says_the_file_does_not_exist(tmp_path, missin
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 4 and f"error: file {missing} does not exist" in proc.stderr, proc.stderr
     assert "unknown model" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def _images(root, folders):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / folder / f"{i}.png")
+
+
+def test_parity_images_labels_are_checked_and_why_there_are_none_is_said(tmp_path):
+    """Class folder 12 of a 10-class model counted its images as wrong (accuracy lowered, no word);
+    folders named 'cat'/'dog' gave no labels and said so only inside report.json."""
+    cli = [sys.executable, "-m", "exporter", "parity", "lenet5", "--no-latency", "--random", "0", "-o",
+           str(tmp_path / "out")]
+    _images(tmp_path / "beyond", ["3", "12"])
+    proc = subprocess.run([*cli, "--images", str(tmp_path / "beyond")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "class subfolder(s) 12 name classes the model does not have (its output has 10: 0..9)" in proc.stderr
+    _images(tmp_path / "named", ["cat", "dog"])
+    proc = subprocess.run([*cli, "--images", str(tmp_path / "named"), "--report", str(tmp_path / "rep")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note images: no labels: subfolder(s) 'cat', 'dog'" in proc.stdout
+    assert "- inputs images: no labels: subfolder(s) 'cat', 'dog'" in (tmp_path / "rep" / "report.md").read_text()
