@@ -199,10 +199,13 @@ def export_summary(result) -> str:
         prepare += ", removed " + ", ".join(f"{k} ({v:,} params)" for k, v in prep["aux_removed"].items())
     lines.append(prepare)
     if exp:
-        lines.append(f"  onnx: {exp['exporter']} exporter, opset {exp['opset']}, "
-                     f"{exp.get('nodes_exported')} nodes -> {exp.get('nodes_after')} after "
-                     f"{exp.get('simplifier')}, export {exp['seconds']:.1f} s + simplify "
-                     f"{exp.get('simplify_seconds', 0):.1f} s")
+        nodes, seconds = exp.get("nodes_exported"), exp["seconds"]
+        if exp.get("simplifier") in (None, "none"):
+            simplified = f"{nodes} nodes, not simplified (--simplifier none), export {seconds:.1f} s"
+        else:
+            simplified = (f"{nodes} nodes -> {exp.get('nodes_after')} after {exp.get('simplifier')}, "
+                          f"export {seconds:.1f} s + simplify {exp.get('simplify_seconds', 0):.1f} s")
+        lines.append(f"  onnx: {exp['exporter']} exporter, opset {exp['opset']}, {simplified}")
         if exp.get("adaptive_pools_as_matmul"):
             lines.append(f"  onnx: adaptive average pool written as two MatMuls (sizes do not "
                          f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")

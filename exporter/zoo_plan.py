@@ -20,14 +20,13 @@ _CARRIED = {"zoo", "reduced", "models", "jobs", "ray", "format", "precision", "i
 _SAME_IN_A_JOB = {"device": ("cpu",)}  # values a job runs with anyway
 
 
-def add_fanout_options(parser) -> None:
-    """--jobs / --ray for a --zoo run (mutually exclusive)."""
+def add_fanout_options(parser, default_jobs: str = "one model at a time in this process") -> None:
+    """--jobs / --ray for a --zoo run (mutually exclusive); ``default_jobs``: what no --jobs does."""
     where = parser.add_argument_group("fan-out (with --zoo; see README: The matrix)")
     one = where.add_mutually_exclusive_group()
     one.add_argument("--jobs", "-j", type=int, metavar="N",
                      help="with --zoo: run the models as matrix jobs on N local worker processes, "
-                          "each with cores/N intra-op threads (default: one model at a time in "
-                          "this process)")
+                          f"each with cores/N intra-op threads (default: {default_jobs})")
     one.add_argument("--ray", metavar="auto|ADDRESS",
                      help="with --zoo: run the models as Ray tasks, auto (a local instance) or a "
                           "cluster such as ray://head:10001 (pip install 'zoo-exporter[ray]') "

@@ -334,3 +334,11 @@ def test_parity_images_labels_are_checked_and_why_there_are_none_is_said(tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "note images: no labels: subfolder(s) 'cat', 'dog'" in proc.stdout
     assert "- inputs images: no labels: subfolder(s) 'cat', 'dog'" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_simplifier_none_is_said_as_not_simplified(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "lenet5", "--simplifier", "none",
+                           "--no-verify", "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("onnx:"))
+    assert "12 nodes, not simplified (--simplifier none)" in line and "after none" not in line

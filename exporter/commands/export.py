@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     zoo.add_argument("--reduced", action="store_true",
                      help="with --zoo: each recipe's reduced test size (default: native sizes)")
     add_models_option(zoo)
-    add_fanout_options(p)
+    add_fanout_options(p, default_jobs="as many local workers as cores")
     add_tolerance_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
