@@ -342,3 +342,18 @@ def test_simplifier_none_is_said_as_not_simplified(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("onnx:"))
     assert "12 nodes, not simplified (--simplifier none)" in line and "after none" not in line
+
+
+def test_a_damaged_artifact_is_bad_input_not_a_tolerance_breach(tmp_path):
+    cli = [sys.executable, "-m", "exporter"]
+    made = subprocess.run([*cli, "export", "lenet5", "-o", "out", "--no-verify"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    with open(tmp_path / "out" / "lenet5.onnx", "ab") as fh:
+        fh.write(b"\n")
+    proc = subprocess.run([*cli, "parity", "--artifacts", "out", "--no-latency", "--accept-modified"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "error: lenet5: 1 artifact(s) could not be loaded: lenet5.onnx output 'logits': could not be " \
+           "loaded" in proc.stderr
+    assert "tolerance" not in proc.stderr and "--locate" not in proc.stderr and "re-export" in proc.stderr

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParityError
+from ..errors import ExporterError, InputError, ParityError
 from ..latency import LatencyStats
 from ..recipes import Tolerance
 
@@ -122,13 +122,17 @@ class ParityReport:
     def locate_command(self) -> str:
         return f"exporter parity {self.model_spec} --artifacts {self.directory} --locate"
 
-    def error(self) -> ParityError | None:
+    def error(self) -> "ParityError | ExporterError | None":
         """The ParityError describing every breach (None when all artifacts are within tolerance)."""
         breaches = self.breaches()
         if not breaches:
             return None
         files = sorted({b.file for b in breaches})
         detail = "; ".join(str(b) for b in breaches)
+        if all(b.metric == "error" for b in breaches):  # nothing ran: a damaged file, not a tolerance
+            return InputError(f"{self.model}: {len(files)} artifact(s) could not be loaded: {detail}",
+                              fix=f"re-export them (exporter export {self.model_spec} with the options the "
+                                  "export was made with); a file changed since the export is damaged")
         breaching = [a for a in self.artifacts if a.file in files]
         if any(loc.get("first") for loc in self.locations.values()):
             fix = "see the first diverging layer above"
