@@ -20,6 +20,7 @@ from .errors import (EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TER
                      ExporterError, Interrupted, UsageError)
 
 ORDER = ("list", "export", "parity", "build", "lint", "matrix")
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose pipe closed
 DEBUG_HINT = "rerun with --debug for the traceback and report it as a bug"
 
 
@@ -123,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, argv, f"interrupted by {name}; nothing half-written was left behind",
                      "rerun the command (a stale staging directory of a killed run is swept on the next "
                      "run)", "Interrupted", code)
+    except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as Unix tools do
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
     except OSError as err:
         if debug:
             traceback.print_exc()

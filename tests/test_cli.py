@@ -357,3 +357,18 @@ def test_a_damaged_artifact_is_bad_input_not_a_tolerance_breach(tmp_path):
     assert "error: lenet5: 1 artifact(s) could not be loaded: lenet5.onnx output 'logits': could not be " \
            "loaded" in proc.stderr
     assert "tolerance" not in proc.stderr and "--locate" not in proc.stderr and "re-export" in proc.stderr
+
+
+def test_a_closed_stdout_loses_no_report(tmp_path):
+    """`exporter parity ... --report DIR | head -1`: the reader closes stdout early; the report
+    files are written before the table is printed."""
+    cli = [sys.executable, "-m", "exporter"]
+    made = subprocess.run([*cli, "export", "lenet5", "-o", "out", "--no-verify"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    proc = subprocess.Popen([*cli, "parity", "--artifacts", "out", "--no-latency", "--report", "rep"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # a reader that is gone before the first line
+    _, err = proc.communicate(timeout=300)
+    assert b"Traceback" not in err and proc.returncode != 0
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["reports"][0]["model"] == "lenet5"

@@ -307,11 +307,12 @@ def run(args) -> int:
     say(note)
     report = _parity_one(args, directory, recipe, spec, reference, runner_options, say,
                          manifest=manifest, only=only)
+    paths = None
+    if args.report:  # written before the table is printed: a reader that closes stdout loses nothing
+        paths = write_report([report], args.report, title=f"Parity report: {report.model}")
     if not args.quiet or not args.json:
         print_report(report, console)
-    paths = None
-    if args.report:
-        paths = write_report([report], args.report, title=f"Parity report: {report.model}")
+    if paths:
         console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
                       f"{paths['errors_png'].name})")
     err = report.error()
