@@ -92,7 +92,6 @@ def argparse_namespace():
 
 def test_checkpoint_round_trip_matches(tmp_path):
     from exporter.builders import build_model
-    from exporter.recipes import get_recipe
     from exporter.pipeline import ExportRequest, export
     from exporter.recipes import get_recipe
 
