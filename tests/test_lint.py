@@ -100,6 +100,8 @@ def test_dynamic_non_batch_dim_is_an_error():
     report = lint_onnx(model)
     (finding,) = report.errors
     assert finding.check == "static-shape" and "dimension 2" in finding.message
+    assert finding.message.endswith("an optimization profile for every dynamic axis)")  # a whole sentence
+    assert finding.fix.startswith("re-export without --dynamic-size")
     assert "dynamic_axes" in finding.fix
     ok = _graph([helper.make_node("Relu", ["input"], ["logits"])],
                 [_vi("input", ["batch", 3, 32, 32])], [_vi("logits", None)])

@@ -75,6 +75,9 @@ def _check_static_shapes(model: onnx.ModelProto, report: LintReport) -> None:
             if not (dim.HasField("dim_value") and dim.dim_value > 0):
                 shown = dim.dim_param or "?"
                 report.add(ERROR, "static-shape", value.name,
-                           f"dimension {axis} is dynamic ('{shown}'); only the batch axis (0) may be",
-                           fix="export with fixed channels/height/width and dynamic_axes only on "
-                               "dim 0 (e.g. dynamic_axes={'input': {0: 'batch'}})")
+                           f"dimension {axis} is dynamic ('{shown}'); only the batch axis (0) may be "
+                           "dynamic for this lint (a TensorRT engine then needs an optimization "
+                           "profile for every dynamic axis)",
+                           fix="re-export without --dynamic-size (exporter export MODEL), or from "
+                               "your own code with fixed channels/height/width and a dynamic axis "
+                               "only on dim 0 (dynamic_axes={'input': {0: 'batch'}})")
