@@ -215,17 +215,17 @@ def print_report(report: ParityReport, console=None) -> None:
     """The table, where it was measured, the input sets, notes, breaches and located layers."""
     console = console or wide_console()
     console.print(render_table(report))
-    console.print(f"[dim]{report.measured_on}[/dim]")
+    console.print(f"[dim]{escape(report.measured_on)}[/dim]")
     runtimes = "; ".join(f"{r.file.removeprefix(report.model) or r.file}: {short_runtime(r)}"
                          for r in report.artifacts if r.runtime)
     if runtimes:
-        console.print(f"[dim]runtimes: {runtimes}[/dim]")
+        console.print(f"[dim]runtimes: {escape(runtimes)}[/dim]")
     if any(not ok for r in report.artifacts for ok in r.speedup_stable.values()):
         console.print("[yellow]unstable[/yellow]: a timing's spread, drift or machine load made its "
                       "speed-up unreliable (measured twice); not a result - rerun on a quiet "
                       "machine (details in the notes / report.md); '?' marks an unstable img/s")
     inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in report.inputs)
-    console.print(f"[dim]inputs: {inputs}; agreement judged on the real images; errors are the "
+    console.print(f"[dim]inputs: {escape(inputs)}; agreement judged on the real images; errors are the "
                   f"worst over all inputs[/dim]")
     for item in report.inputs:  # skipped files, conversions, why class folders gave no labels
         for note in item.get("notes", []):
@@ -235,16 +235,16 @@ def print_report(report: ParityReport, console=None) -> None:
                       f"in {report.rounds} interleaved rounds, batch {'/'.join(map(str, report.batch_sizes))}; "
                       "speed-up = eager p50 / artifact p50 (see docs/LATENCY.md)[/dim]")
     if report.batch_sizes:
-        console.print(f"[bold green]ship[/bold green] {report.ship_line()}")
+        console.print(f"[bold green]ship[/bold green] {escape(report.ship_line())}")
     for result in [report.eager, *report.artifacts]:
         for note in result.notes:
-            console.print(f"[yellow]note[/yellow] {result.file or 'eager'}: {note}")
+            console.print(f"[yellow]note[/yellow] {escape(result.file or 'eager')}: {escape(note)}")
     for note in report.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
+        console.print(f"[yellow]note[/yellow] {escape(note)}")
     for breach in report.breaches():
-        console.print(f"[red]breach[/red] {breach}")
+        console.print(f"[red]breach[/red] {escape(str(breach))}")
     for file, loc in report.locations.items():
-        console.print(f"[cyan]locate[/cyan] {loc['summary']}")
+        console.print(f"[cyan]locate[/cyan] {escape(loc['summary'])}")
 
 
 def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),

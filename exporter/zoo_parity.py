@@ -59,7 +59,7 @@ def run_zoo(args, console, runner_options) -> int:
 
     from .errors import ExporterError, ParityError
     from .recipes import all_recipes
-    from .report import print_zoo_summary, write_report
+    from .report import escape, print_zoo_summary, write_report
 
     from .commands.parity import _parity_one, _print_json
     from .zoo_plan import zoo_models
@@ -96,7 +96,7 @@ def run_zoo(args, console, runner_options) -> int:
     print_zoo_summary(reports, failures, console)
     out = Path(args.report or Path("reports") / "parity-zoo")
     paths = write_report(reports, out, failures, title="Zoo parity report")
-    console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
+    console.print(f"report: {escape(str(paths['markdown']))} (+ report.json, {paths['latency_png'].name}, "
                   f"{paths['errors_png'].name})")
     breaches = [b for r in reports for b in r.breaches()]
     if args.json:

@@ -371,3 +371,13 @@ def test_a_closed_stdout_loses_no_report(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert b"Traceback" not in err and proc.returncode != 0
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["reports"][0]["model"] == "lenet5"
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
+    """rich read '[red]' in a folder name as markup and dropped it from the printed path."""
+    cli = [sys.executable, "-m", "exporter"]
+    proc = subprocess.run([*cli, "parity", "lenet5", "-o", "a[red]b[/]", "--no-latency", "--samples", "2",
+                           "--random", "1", "--report", "r[bold]x"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report: r[bold]x/report.md" in proc.stdout and (tmp_path / "r[bold]x" / "report.md").is_file()

@@ -231,7 +231,7 @@ def ort_options(args) -> dict[str, Any]:
 def run(args) -> int:
     from ..cli_options import absolute_model_spec, parse_formats, progress_logger, request_from_args
     from ..errors import UsageError
-    from ..report import print_report, wide_console, write_report
+    from ..report import escape, print_report, wide_console, write_report
 
     console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
     log = progress_logger(args)  # progress on stderr (--verbose: with elapsed seconds), as export's
@@ -313,7 +313,7 @@ def run(args) -> int:
     if not args.quiet or not args.json:
         print_report(report, console)
     if paths:
-        console.print(f"report: {paths['markdown']} (+ report.json, {paths['latency_png'].name}, "
+        console.print(f"report: {escape(str(paths['markdown']))} (+ report.json, {paths['latency_png'].name}, "
                       f"{paths['errors_png'].name})")
     err = report.error()
     if args.json:
