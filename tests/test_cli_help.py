@@ -35,3 +35,13 @@ def test_help_and_version_import_no_torch_or_onnx():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_help_states_its_exit_codes():
+    """The README: every `exporter COMMAND --help` lists its exit codes."""
+    from exporter.cli import command_names
+
+    for name in command_names():
+        proc = subprocess.run([sys.executable, "-m", "exporter", name, "--help"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "exit codes:" in proc.stdout, name

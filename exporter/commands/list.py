@@ -6,7 +6,9 @@ import json
 EPILOG = """examples:
   exporter list
   exporter list --json | python -c "import json,sys; print([r['name'] for r in json.load(sys.stdin)])"
-beyond the recipes: torchvision:<name> (any torchvision classifier), timm:<name>, file.py:factory"""
+beyond the recipes: torchvision:<name> (any torchvision classifier), timm:<name>, file.py:factory
+
+exit codes: 0 ok, 2 usage, 4 a recipe file that does not parse"""
 
 
 def add_parser(sub) -> None:
