@@ -207,8 +207,16 @@ def wide_console(stderr: bool = False):
     from rich.console import Console
 
     if (sys.stderr if stderr else sys.stdout).isatty():
-        return Console(stderr=stderr)
-    return Console(width=int(os.environ.get("COLUMNS", "200")), stderr=stderr)
+        return Console(stderr=stderr, **plain_if_asked())
+    return Console(width=int(os.environ.get("COLUMNS", "200")), stderr=stderr, **plain_if_asked())
+
+
+def plain_if_asked() -> dict:
+    """Console options for NO_COLOR (https://no-color.org): no ANSI styles at all (rich drops
+    only the colours and keeps bold/dim/italic)."""
+    import os
+
+    return {"color_system": None} if os.environ.get("NO_COLOR") else {}
 
 
 def print_report(report: ParityReport, console=None) -> None:

@@ -45,3 +45,21 @@ def test_every_command_help_states_its_exit_codes():
         proc = subprocess.run([sys.executable, "-m", "exporter", name, "--help"], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0 and "exit codes:" in proc.stdout, name
+
+
+def test_no_color_drops_every_ansi_style(monkeypatch):
+    """NO_COLOR on a terminal: rich kept bold/dim/italic escapes; none are written now."""
+    import io
+
+    from rich.console import Console
+
+    from exporter.report import plain_if_asked
+
+    for env, styled in (("1", False), (None, True)):
+        if env is None:
+            monkeypatch.delenv("NO_COLOR", raising=False)
+        else:
+            monkeypatch.setenv("NO_COLOR", env)
+        buffer = io.StringIO()
+        Console(file=buffer, force_terminal=True, **plain_if_asked()).print("[bold]a[/bold] [dim]b[/dim]")
+        assert ("\x1b[" in buffer.getvalue()) == styled and "a b" in buffer.getvalue()

@@ -40,5 +40,7 @@ def run(args) -> int:
         h, w = r.input.size
         table.add_row(r.name, r.family, f"{r.input.channels}x{h}x{w}", r.source,
                       r.weights or "-", ", ".join(r.prepare_steps))
-    Console(width=140).print(table)
+    from ..report import plain_if_asked
+
+    Console(width=140, **plain_if_asked()).print(table)
     return 0
