@@ -70,6 +70,9 @@ def test_atol_override_breaches_with_exit_3_and_json_error(lenet):
     assert report["ok"] is False and {b["metric"] for b in report["reports"][0]["breaches"]} == {"max_abs"}
     assert report["exit_code"] == 3 and report["error_type"] == "ParityError"
     assert f"exporter parity lenet5 --artifacts {out} --locate" in report["fix"]  # an ONNX breached
+    assert "breach the tolerance --atol/--rtol set vs eager PyTorch" in report["error"]
+    assert report["fix"].startswith("the tolerance is the one --atol/--rtol gave")
+    assert "tolerances overridden on the command line: --atol 1e-12" in report["reports"][0]["notes"]
 
 
 def test_a_breach_of_no_onnx_artifact_does_not_send_the_user_to_locate(lenet, tmp_path):

@@ -190,8 +190,9 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
                         threads=args.threads, progress=say, manifest=manifest, artifacts=only,
                         accept_modified=getattr(args, "accept_modified", False))
     if getattr(args, "atol", None) is not None or getattr(args, "rtol", None) is not None:
-        report.notes.append(f"tolerances overridden on the command line: --atol {args.atol}, "
-                            f"--rtol {args.rtol}")
+        given = [f"{flag} {value:g}" for flag, value in (("--atol", args.atol), ("--rtol", args.rtol))
+                 if value is not None]
+        report.notes.append(f"tolerances overridden on the command line: {', '.join(given)}")
     if args.locate:
         if report.breaches() and graph_input.adapts:
             report.notes.append("--locate: not run; it feeds the ONNX graph NCHW normalized inputs "

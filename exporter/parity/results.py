@@ -147,8 +147,13 @@ class ParityReport:
                    f"{'s are' if len(formats) > 1 else ' is'} where the outputs diverge")
         fix += (f"; re-export with `exporter export {self.model_spec}` and the options the export "
                 "was made with; `--no-fail` reports without failing")
-        return ParityError(f"{self.model}: {len(files)} artifact(s) breach the recipe's tolerance "
-                           f"vs eager PyTorch: {detail}", fix=fix)
+        overridden = any(n.startswith("tolerances overridden on the command line") for n in self.notes)
+        if overridden:
+            fix = ("the tolerance is the one --atol/--rtol gave: loosen it or drop it for the recipe's; "
+                   + fix)
+        which = "the tolerance --atol/--rtol set" if overridden else "the recipe's tolerance"
+        return ParityError(f"{self.model}: {len(files)} artifact(s) breach {which} vs eager PyTorch: "
+                           f"{detail}", fix=fix)
 
     def fastest_within_tolerance(self) -> ArtifactResult | None:
         """The artifact to ship: the lowest p50 at the first timed batch size among those within
