@@ -73,7 +73,9 @@ def run_zoo(args, console, runner_options) -> int:
         written = None
         try:
             request = _zoo_request(args, name, recipes[name])
-            written = None if Path(request.output).exists() else Path(request.output)
+            out = Path(request.output)
+            missing = [p for p in [out, *out.parents] if not p.exists()]
+            written = missing[-1] if missing else None  # the topmost folder this run creates
             directory, recipe, spec, reference, unsupported = _prepare_zoo_model(request)
             report = _parity_one(args, directory, recipe, spec, reference, runner_options,
                                  say=lambda m, n=name: bar.set_postfix_str(f"{n}: {m}"))

@@ -421,6 +421,7 @@ def test_zoo_writes_report_with_progress(tmp_path, monkeypatch, capsys):
     assert "![Latency relative to eager](latency_vs_eager.png)" in md
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["model"] for r in data["reports"]] == ["lenet5", "mobilenet_v3_small"]
+    assert not (tmp_path / "art").exists()  # the folders the run created for its exports are gone
 
 
 # ------------------------------------------------------------------ backends
