@@ -233,8 +233,9 @@ def print_report(report: ParityReport, console=None) -> None:
                       "speed-up unreliable (measured twice); not a result - rerun on a quiet "
                       "machine (details in the notes / report.md); '?' marks an unstable img/s")
     inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in report.inputs)
-    console.print(f"[dim]inputs: {escape(inputs)}; agreement judged on the real images; errors are the "
-                  f"worst over all inputs[/dim]")
+    judged = ("agreement judged on the real images" if any(i.get("real") for i in report.inputs)
+              else "no real images (--samples 0): top-1 agreement is over random tensors and says little")
+    console.print(f"[dim]inputs: {escape(inputs)}; {judged}; errors are the worst over all inputs[/dim]")
     for item in report.inputs:  # skipped files, conversions, why class folders gave no labels
         for note in item.get("notes", []):
             console.print(f"[yellow]note[/yellow] {item['name']}: {escape(note)}")

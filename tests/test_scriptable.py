@@ -142,3 +142,11 @@ def test_report_folder_is_checked_before_the_run_and_foreign_reports_are_kept(le
         proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4", "--report", str(ours))
         assert proc.returncode == 0, proc.stderr
     assert json.loads((ours / "report.json").read_text())["generator"] == "zoo-exporter parity"
+
+
+def test_samples_0_says_agreement_is_over_random_tensors(lenet):
+    out, _ = lenet
+    proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "0", "--random", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "no real images (--samples 0): top-1 agreement is over random tensors" in proc.stdout
+    assert "agreement judged on the real images" not in proc.stdout
