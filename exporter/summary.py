@@ -27,11 +27,11 @@ def _tuning(record: dict | str | None) -> str:
     return f" + range tuning (calibration KL {record['kl_before']:.4g} -> {record['kl_after']:.4g}{kept})"
 
 
-def _quant_lines(d: dict) -> list[str]:
+def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
     if "quantize" in d:  # OpenVINO: the IR of our Q/DQ ONNX, whose facts it keeps
         return ["    (the Q/DQ ONNX this IR was converted from, cpu placement; its latency is ONNX "
-                "Runtime's, not OpenVINO's)"] + _quant_lines(d["quantize"])
+                "Runtime's, not OpenVINO's)"] + _quant_lines(d["quantize"], "the FP32 OpenVINO IR")
     if "int8_conv_fraction" not in d:  # a PT2E artifact (ExecuTorch, LiteRT)
         return _pt2e_lines(d)
     cache = d.get("calibration_cache", {})
@@ -69,7 +69,7 @@ def _quant_lines(d: dict) -> list[str]:
                      f"INT8 {lat['int8_ms']:.2f} ms vs FP32 {lat['fp32_ms']:.2f} ms = "
                      f"{lat['speedup']:.2f}x" + (f" ({timings_note(lat)})" if timings_note(lat) else ""))
         if lat["speedup"] < 1.0:
-            lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}))
+            lines.append(slower_warning(lat["speedup"], d.get("float_readers") or {}, fp32_file))
     return lines
 
 
@@ -134,13 +134,13 @@ def timings_note(latency: dict) -> str:
     return f"the best of {len(seen)} timings: {', '.join(f'{v:.2f}x' for v in seen)}" if len(seen) > 1 else ""
 
 
-def slower_warning(speedup: float, float_readers: dict) -> str:
+def slower_warning(speedup: float, float_readers: dict, fp32_file: str = "the FP32 ONNX") -> str:
     """The summary's line for a ``cpu`` INT8 model that runs slower than FP32."""
     ops = ", ".join(f"{op} x{n}" for op, n in list(float_readers.items())[:4])
     why = (f": ONNX Runtime runs {sum(float_readers.values())} op(s) of it in float between "
            f"DequantizeLinear and QuantizeLinear ({ops})" if float_readers else "")
     return (f"    WARNING: this INT8 model runs slower than FP32 on this CPU ({speedup:.2f}x){why}; "
-            "deploy the FP32 ONNX on this CPU, or the --target tensorrt INT8 model on a GPU")
+            f"deploy {fp32_file} on this CPU, or the --target tensorrt INT8 model on a GPU")
 
 
 def weights_line(info: dict) -> str:

@@ -134,3 +134,15 @@ def test_slower_than_fp32_warning_names_the_float_ops():
     line = slower_warning(0.81, {"HardSwish": 19, "HardSigmoid": 9})
     assert "slower than FP32 on this CPU (0.81x)" in line and "28 op(s)" in line
     assert "HardSwish x19, HardSigmoid x9" in line and "--target tensorrt" in line
+
+
+def test_slower_warning_of_an_openvino_int8_names_the_openvino_ir():
+    """`--format openvino --precision int8` writes no ONNX: the warning named 'the FP32 ONNX'."""
+    from exporter.summary import _quant_lines
+
+    onnx_details = {"int8_convs": 2, "convs": 3, "int8_conv_fraction": 0.667, "kept_fp16_layers": [],
+                    "latency_cpu": {"batch": 1, "threads": 2, "int8_ms": 2.0, "fp32_ms": 1.0, "speedup": 0.5}}
+    warning = [ln for ln in _quant_lines({"quantize": onnx_details}) if "WARNING" in ln]
+    assert warning and "deploy the FP32 OpenVINO IR on this CPU" in warning[0]
+    warning = [ln for ln in _quant_lines(onnx_details) if "WARNING" in ln]
+    assert "deploy the FP32 ONNX on this CPU" in warning[0]
