@@ -41,7 +41,7 @@ def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
     precision = d.get("kept_layers_precision", "fp16")
     lines = [
         f"    int8: {d['int8_convs']}/{d['convs']} convs INT8 ({100 * d['int8_conv_fraction']:.1f}%); "
-        f"kept in {precision}: {len(by_rule)} by rule, {len(by_budget)} by the budget"
+        f"kept in {precision}: {len(by_rule)} layer(s) by rule, {len(by_budget)} by the budget"
         + (f" ({', '.join(by_budget[:4])}{', ...' if len(by_budget) > 4 else ''})" if by_budget else "")
         + (f"; {len(d['kept_fp32_layers'])} of them in fp32 (beyond fp16's range)"
            if d.get("kept_fp32_layers") else "")

@@ -66,7 +66,7 @@ def test_kept_layer_beyond_fp16_stays_fp32_from_the_command_line(tmp_path):
     assert sorted(d["kept_fp16_layers"]) == ["/model/head/Gemm", "/model/stem/Conv"]
     assert list(d["kept_fp32_layers"]) == ["/model/stem/Conv"]
     assert "|output| reaches" in d["kept_fp32_layers"]["/model/stem/Conv"]
-    assert "kept in fp16: 2 by rule, 0 by the budget; 1 of them in fp32 (beyond fp16's range)" in proc.stdout
+    assert "kept in fp16: 2 layer(s) by rule, 0 by the budget; 1 of them in fp32 (beyond fp16's range)" in proc.stdout
     assert d["budget_met"] and d["measured"]["top1_agreement"] >= 0.95
 
     fp32 = onnx.load(str(out / "loud_model_build.onnx"))
