@@ -244,7 +244,7 @@ def run(args) -> int:
 
     check_parity_options(args)
     if args.report is not None or args.zoo:  # before any work: it is written at the end
-        from ..report import check_report_dir
+        from ..report_folder import check_report_dir
 
         check_report_dir(args.report if args.report is not None else Path("reports") / "parity-zoo")
     if args.format is None:  # the default: what produces the precision (fp16/int8: onnx only)

@@ -36,7 +36,7 @@ from ..metrics import accuracy, compare_outputs
 from ..recipes import InputSpec, Recipe
 from ..summary import int8_export_note
 from .inputs import (DEFAULT_RANDOM, DEFAULT_SAMPLES, EagerOutputs, InputSet, as_input_sets,
-                     build_inputs, per_sample_rel_error, run_chunked)
+                     build_inputs, check_labels, per_sample_rel_error, run_chunked)
 from .results import (OUTPUT_NAME, ArtifactResult, Breach, ParityReport, check_tolerance,
                       defer_agreement_to_budget)
 
@@ -91,24 +91,6 @@ def size_notes(metrics: dict[str, dict[str, float]], native: Sequence[int]) -> l
     """One line per input size of a dynamic-size artifact, for the table's notes."""
     return [f"at {size}: rel max-abs {m['rel_max_abs']:.2e}, max-abs {m['max_abs']:.2e}, "
             f"top-1 agreement {m['top1_agreement']:.3f}" for size, m in by_size(metrics, native).items()]
-
-
-def _check_labels(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> None:
-    """Class subfolders name classes the model has (index < its output width): one it lacks
-    would count every image there as wrong."""
-    from ..errors import InputError
-
-    for s in sets:
-        classes = int(outs[s.name].shape[-1]) if outs[s.name].ndim == 2 else 0
-        if s.labels is None or not classes or int(s.labels.max()) < classes:
-            continue
-        bad = sorted({int(v) for v in s.labels if v >= classes})
-        raise InputError(
-            f"--images {s.source}: class subfolder(s) {', '.join(map(str, bad[:5]))}"
-            f"{', ...' if len(bad) > 5 else ''} name classes the model does not have (its output has "
-            f"{classes}: 0..{classes - 1}); accuracy on them would count every image as wrong",
-            fix=f"name each class subfolder by the model's class index (0..{classes - 1}), or compare "
-                "without labels: a folder of images without class subfolders")
 
 
 def _accuracy(sets: Sequence[InputSet], outs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -271,7 +253,7 @@ def run_parity(directory: str | Path, reference: nn.Module | None, spec: InputSp
     else:
         eager_outputs.check(sets)
     refs = eager_outputs.outputs
-    _check_labels(sets, refs)
+    check_labels(sets, refs)
     eager_result = ArtifactResult(file="", format="pytorch", precision="fp32", name="eager",
                                   runtime=eager_outputs.runtime, provider=eager_outputs.provider,
                                   threads=threads, status="reference",

@@ -136,3 +136,21 @@ def per_sample_rel_error(reference: np.ndarray, candidate: np.ndarray) -> np.nda
     cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
     scale = float(np.max(np.abs(ref))) or 1.0
     return np.max(np.abs(ref - cand), axis=1) / scale
+
+
+def check_labels(sets: list[InputSet], outs: dict[str, np.ndarray]) -> None:
+    """Class subfolders name classes the model has (index < its output width): one it lacks
+    would count every image there as wrong."""
+    from ..errors import InputError
+
+    for s in sets:
+        classes = int(outs[s.name].shape[-1]) if outs[s.name].ndim == 2 else 0
+        if s.labels is None or not classes or int(s.labels.max()) < classes:
+            continue
+        bad = sorted({int(v) for v in s.labels if v >= classes})
+        raise InputError(
+            f"--images {s.source}: class subfolder(s) {', '.join(map(str, bad[:5]))}"
+            f"{', ...' if len(bad) > 5 else ''} name classes the model does not have (its output has "
+            f"{classes}: 0..{classes - 1}); accuracy on them would count every image as wrong",
+            fix=f"name each class subfolder by the model's class index (0..{classes - 1}), or compare "
+                "without labels: a folder of images without class subfolders")
