@@ -196,7 +196,7 @@ def test_trusted_model_code_runs_only_when_named_again(tmp_path):
                    cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     refused = run_cli(["parity", "--artifacts", "art", "--no-latency"], cwd=tmp_path)
-    assert_one_error(refused, 2, "by running net.py:make")
+    assert_one_error(refused, 2, f"by running {tmp_path / 'net.py'}:make")  # the manifest holds the absolute path
     for extra in (["net.py:make"], ["--trust-model-code"]):
         ok = run_cli(["parity", *extra, "--artifacts", "art", "--no-latency", "--samples", "0",
                       "--random", "2"], cwd=tmp_path)

@@ -468,7 +468,7 @@ def test_unconvertible_op_is_a_typed_error_naming_op_and_runtime(tmp_path, fmt):
 def test_zoo_marks_the_unconvertible_cell_and_keeps_the_other_formats(tmp_path):
     if not _installed(BACKENDS["executorch"]):
         pytest.skip(install_hint(BACKENDS["executorch"]))
-    from exporter.commands.parity import _prepare_zoo_model
+    from exporter.zoo_parity import _prepare_zoo_model
     from exporter.pipeline import ExportRequest
 
     request = ExportRequest(model=_median_model(tmp_path), input_size=32,
