@@ -83,7 +83,8 @@ def test_a_breach_of_no_onnx_artifact_does_not_send_the_user_to_locate(lenet, tm
     proc = run_cli("parity", str(lone), "--no-latency", "--samples", "4", "--atol", "1e-12")
     assert proc.returncode == 3, proc.stderr
     fix = [ln for ln in proc.stderr.splitlines() if ln.startswith("fix:")]
-    assert fix == ["fix: --locate reads ONNX graphs only, not pt2: export the model with --format onnx "
+    assert fix == ["fix: the tolerance is the one --atol/--rtol gave: loosen it or drop it for the recipe's; "
+                   "--locate reads ONNX graphs only, not pt2: export the model with --format onnx "
                    "too, then if the ONNX is within tolerance, the pt2 conversion is where the outputs "
                    "diverge; re-export with `exporter export lenet5` and the options the export was "
                    "made with; `--no-fail` reports without failing"], proc.stderr

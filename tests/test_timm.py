@@ -43,7 +43,7 @@ def test_timm_export_then_parity_through_the_cli(tmp_path):
     assert meta["model_spec"] == MODEL and meta["interpolation"] == "bicubic"
     proc = run_cli("parity", "--artifacts", str(out), "--no-latency", "--samples", "4")
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "resnet10t.onnx" in proc.stdout
+    assert "parity: resnet10t.onnx" in proc.stderr and ".onnx" in proc.stdout  # progress, table
 
 
 def test_timm_checkpoint_loads_strictly(tmp_path):
