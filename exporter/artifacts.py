@@ -321,10 +321,11 @@ def _ours(old: dict[str, Any] | None) -> set[str]:
     return files | {MANIFEST} | {f"{old.get('model')}.int8.calib.json"}
 
 
-def refuse_foreign_files(final_dir: Path, names: Iterable[str]) -> None:
+def refuse_foreign_files(final_dir: Path, names: Iterable[str], manifest: dict[str, Any] | None) -> None:
     """Refuse an export whose files ``names`` would replace files in ``final_dir`` that the
-    exporter did not write (not in its manifest); run before any work, and again at the commit."""
-    ours = _ours(read_manifest_if_any(final_dir))
+    exporter did not write (not in ``manifest``, the folder's); run before any work, and again at
+    the commit."""
+    ours = _ours(manifest)
     clash = sorted(n for n in set(names) if (Path(final_dir) / n).exists() and n not in ours)
     if clash:
         raise ArtifactError(f"{final_dir} already holds {', '.join(clash)}, which the exporter did "
@@ -336,7 +337,7 @@ def _commit(stage: Path, final_dir: Path) -> None:
     """Move the staged files into ``final_dir`` (artifacts first, the manifest last)."""
     old = read_manifest_if_any(final_dir)
     items = [p for p in stage.iterdir() if p.name != STAGING_MARKER]
-    refuse_foreign_files(final_dir, [p.name for p in items])
+    refuse_foreign_files(final_dir, [p.name for p in items], old)
     new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
     items.sort(key=lambda p: p.name == MANIFEST)
     for item in items:

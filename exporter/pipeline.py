@@ -255,9 +255,9 @@ def export(request: ExportRequest) -> ExportResult:
     check_output_location(directory)
     check_output_outside_data(directory, request.quant or {})
     claim_output_dir(directory, named.name)
-    refuse_foreign_files(directory, registry.artifact_names(  # before calibration, not at the commit
-        formats, named.name, request.precision, (request.quant or {}).get("target")))
     earlier = read_manifest_if_any(directory)
+    refuse_foreign_files(directory, registry.artifact_names(  # before calibration, not at the commit
+        formats, named.name, request.precision, (request.quant or {}).get("target")), earlier)
     request.stage(f"load: {request.model}")
     recipe, spec, model, weights_info = load_stage(request)
     recipe = override_tolerances(recipe, request.atol, request.rtol)

@@ -23,7 +23,6 @@ from .parity import ArtifactResult, ParityReport
 from .report_folder import ERRORS_PNG, GENERATOR, LATENCY_PNG, check_report_dir
 
 
-
 # ------------------------------------------------------------------------------- formatting
 def fmt_sci(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):

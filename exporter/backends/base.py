@@ -50,4 +50,3 @@ def converter_output_hidden() -> Iterator[None]:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
-

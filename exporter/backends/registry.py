@@ -137,15 +137,11 @@ def artifact_names(formats: list[str], stem: str, precision: str, target: str | 
     """The file names an export of ``formats`` at ``precision`` may write (its FP32 artifacts too;
     ONNX INT8 names its placement ``target``), for the check that no file the exporter did not
     write stands in their way - made before any work."""
-    tags = {"fp32": ""} | ({precision: f".{precision}"} if precision != "fp32" else {})
-    if precision == "int8" and "onnx" in formats:
-        tags["int8-onnx"] = f".int8.{target or 'tensorrt'}"
+    tag = "" if precision == "fp32" else f".{precision}"
     names = {f"{stem}.int8.calib.json"} if precision == "int8" else set()
     for fmt in formats:
-        for key, tag in tags.items():
-            if key == "int8-onnx" and fmt != "onnx" or key == "int8" and fmt == "onnx":
-                continue
-            names |= {f"{stem}{tag}{suffix}" for suffix in get(fmt).suffixes}
+        own = f".int8.{target or 'tensorrt'}" if fmt == "onnx" and precision == "int8" else tag
+        names |= {f"{stem}{t}{suffix}" for t in {"", own} for suffix in get(fmt).suffixes}
     return names
 
 

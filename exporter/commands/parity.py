@@ -235,10 +235,7 @@ def run(args) -> int:
     from ..report import escape, print_report, wide_console, write_report
 
     console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
-    log = progress_logger(args)  # progress on stderr (--verbose: with elapsed seconds), as export's
-
-    def say(msg: str) -> None:
-        log(msg)
+    say = progress_logger(args)  # progress on stderr (--verbose: with elapsed seconds), as export's
 
     from ..validate import check_parity_options
 

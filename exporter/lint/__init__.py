@@ -62,8 +62,8 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
                    fix=f"pass the {precision} artifact (fp16: convert_float_to_float16 with "
                        "keep_io_types=True; int8: Q/DQ from the quantize stage), or ask for "
                        f"--precision {detected}")
-    if placement is None and not isinstance(path_or_model, onnx.ModelProto):
-        placement = "cpu" if Path(path_or_model).name.endswith(".int8.cpu.onnx") else None
+    if not isinstance(path_or_model, onnx.ModelProto):
+        placement = _placement(Path(path_or_model), placement)
     if placement == "cpu":
         report.add(WARNING, "placement", "", "this is the exporter's --target cpu INT8 (ONNX Runtime's "
                    "integer kernels), not made for TensorRT: the Q/DQ findings below are what "
@@ -137,11 +137,18 @@ def lint_path(path: str | Path) -> list[LintReport]:
     return [_lint_for_tensorrt(p) for p in sorted(path.glob("*.onnx"))]
 
 
+def _placement(path: Path, placement: str | None) -> str | None:
+    """The INT8 placement a file was made for: the manifest's, else its name's (``*.int8.cpu.onnx``)."""
+    if placement is None and path.name.endswith(".int8.cpu.onnx"):
+        return "cpu"
+    return placement
+
+
 def _lint_for_tensorrt(path: Path, precision: str | None = None,
                        placement: str | None = None) -> LintReport:
     """A directory's file, linted unless it is the exporter's ``--target cpu`` INT8 (made for ONNX
     Runtime, not TensorRT: listed as skipped; linting the file by name still judges it)."""
-    if placement == "cpu" or (placement is None and path.name.endswith(".int8.cpu.onnx")):
+    if _placement(path, placement) == "cpu":
         return LintReport(source=str(path), precision=precision or "int8", detected_precision="int8",
                           opset=None, nodes=0, skipped=CPU_PLACEMENT_SKIPPED)
     return lint_onnx(path, precision, placement)
