@@ -251,6 +251,9 @@ def check_free_space(directory: Path, needed: int) -> None:
     while not existing.exists():
         existing = existing.parent
     stats = os.statvfs(existing)
+    if stats.f_blocks == 0:  # /proc, /sys: a kernel filesystem with no storage
+        raise OutputLocationError(f"--output {directory}: {existing} is a kernel filesystem that "
+                                  "stores no files", fix="pass --output on a disk, e.g. --output artifacts")
     free = stats.f_bavail * stats.f_frsize
     if free < needed:
         raise OutputLocationError(

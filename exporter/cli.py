@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import threading
 import pkgutil
 import signal
@@ -100,13 +101,35 @@ def _fail(args, argv: list[str], message: str, fix: str, error_type: str, code: 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: typed errors become one ``error:`` line, one ``fix:`` line and an exit code."""
+    console_entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         for sig in handlers:
             signal.signal(sig, _on_signal)
+    try:
+        code = _run(argv)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if console_entry and handlers:  # the interpreter's teardown (~2 s with torch) follows: a
+        for sig in handlers:  # signal then ends it with the command's own result, not a silent 130
+            signal.signal(sig, lambda *_: _exit_now(code))
+    return code
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _run(argv: list[str]) -> int:
+    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -125,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                      "rerun the command (a stale staging directory of a killed run is swept on the next "
                      "run)", "Interrupted", code)
     except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as Unix tools do
-        import os
-
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         except (OSError, ValueError):
@@ -138,12 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         message, fix = _os_error(err)
         return _fail(args, argv, message, fix, type(err).__name__, EXIT_ENVIRONMENT)
     except SystemExit as err:  # --help / --version exit 0 through argparse
+        if isinstance(err.__context__, BrokenPipeError):  # rich's Console.on_broken_pipe: SystemExit(1)
+            return EXIT_BROKEN_PIPE
         return int(err.code or 0) if isinstance(err.code, int) or err.code is None else 2
     except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if debug:
             traceback.print_exc()
         return _fail(args, argv, f"internal error: {type(err).__name__}: {err}", DEBUG_HINT,
                      type(err).__name__, EXIT_INTERNAL)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)

@@ -165,6 +165,12 @@ def folder_path(value: str) -> Path:
     return Path(value)
 
 
+def folder_or_url(value: str) -> str:
+    """An argparse type: a folder path or an fsspec URL, kept as text, never empty."""
+    folder_path(value)
+    return value
+
+
 def absolute_model_spec(spec: str | None) -> str | None:
     """A file.py:factory spec with the file's absolute path (the manifest records it, and a later
     `parity --artifacts` from another folder must find it); other specs as they are."""

@@ -48,6 +48,10 @@ def fmt_ms(value: float | None) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _latency_cell(result: ArtifactResult, batch: int) -> str:
     stats = result.latency.get(batch)
     if stats is None:
@@ -180,7 +184,7 @@ def render_table(report: ParityReport):
     from rich.table import Table
 
     data = terminal_rows(report)
-    table = Table(title=f"{report.model}: eager vs artifacts ({report.device_label}, "
+    table = Table(title=f"{escape(report.model)}: eager vs artifacts ({escape(report.device_label)}, "
                         f"{report.threads} threads)", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1, 0, 0))
     for key in data[0]:
@@ -189,7 +193,7 @@ def render_table(report: ParityReport):
     for row, result in zip(data, [report.eager, *report.artifacts]):
         style = {"breach": "red", "error": "red", "skipped": "yellow", "unsupported": "yellow",
                  "reference": "bold"}.get(result.status)
-        table.add_row(*row.values(), style=style)
+        table.add_row(*map(escape, row.values()), style=style)  # a file name may hold [brackets]
     return table
 
 
@@ -236,8 +240,9 @@ def print_report(report: ParityReport, console=None) -> None:
         for note in item.get("notes", []):
             console.print(f"[yellow]note[/yellow] {item['name']}: {escape(note)}")
     if report.batch_sizes:
-        console.print(f"[dim]latency: {report.warmup} warm-up runs discarded, {report.runs} timed runs "
-                      f"in {report.rounds} interleaved rounds, batch {'/'.join(map(str, report.batch_sizes))}; "
+        console.print(f"[dim]latency: {_count(report.warmup, 'warm-up run')} discarded, "
+                      f"{_count(report.runs, 'timed run')} in {_count(report.rounds, 'interleaved round')}, "
+                      f"batch {'/'.join(map(str, report.batch_sizes))}; "
                       "speed-up = eager p50 / artifact p50 (see docs/LATENCY.md)[/dim]")
     if report.batch_sizes:
         console.print(f"[bold green]ship[/bold green] {escape(report.ship_line())}")
@@ -262,7 +267,7 @@ def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[s
                 "ship (fastest within tolerance)", "status"):
         table.add_column(col)
     for line in zoo_rows(reports, failures):
-        table.add_row(*line.values(), style="red" if line["status"] != "ok" else None)
+        table.add_row(*map(escape, line.values()), style="red" if line["status"] != "ok" else None)
     console.print(table)
 
 
@@ -415,8 +420,9 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
             + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ", no CUDA GPU"),
             f"- **Versions:** python {m.get('python')}, " + ", ".join(
                 f"{k} {v[k]}" for k in _version_keys(reports) if k in v),
-            f"- **Latency method:** {first.warmup} warm-up runs discarded, {first.runs} timed runs in "
-            f"{first.rounds} interleaved rounds per batch size ({', '.join(map(str, first.batch_sizes)) or 'none'}), "
+            f"- **Latency method:** {_count(first.warmup, 'warm-up run')} discarded, "
+            f"{_count(first.runs, 'timed run')} in {_count(first.rounds, 'interleaved round')} per batch "
+            f"size ({', '.join(map(str, first.batch_sizes)) or 'none'}), "
             f"{first.threads} threads for every runtime, p50/p90/p99 in ms; speed-up = eager p50 / "
             "artifact p50 in the same process (docs/LATENCY.md)",
             "- **Checks:** relative error = max |artifact - eager| / max |eager logits| (worst over all "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import WEIGHT_ROUNDING
-from .errors import CalibrationError, UsageError
+from .errors import CalibrationError, InputError, UsageError
 
 MAX_SEED = 2**32 - 1
 
@@ -148,8 +148,8 @@ def quant_problems(quant: dict) -> list[tuple[str, str, type]]:
                   f"{'folder' if Path(value).is_dir() else 'file'} exists here too",
                   f"pass {flag} ./packaged for yours, or {flag} packaged:0 for the shipped photos")
     if calibration and _path(calibration) and not packaged and not Path(calibration).exists():
-        usage(f"--calibration {calibration} does not exist",
-              "pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]")
+        problems.append((f"--calibration {calibration} does not exist",
+                         "pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]", InputError))
     problems += [(what, fix, UsageError) for what, fix in lever_problems(quant)]
     overlap = data_overlap(quant)
     if overlap:
@@ -252,5 +252,5 @@ def check_parity_options(args: Any) -> None:
     positive("--rounds", args.rounds)
     if args.images is not None and not Path(args.images).is_dir():
         what = "a file" if Path(args.images).exists() else "missing"
-        raise UsageError(f"--images {args.images} is {what}, not a directory",
+        raise InputError(f"--images {args.images} is {what}, not a directory",
                          fix="pass a folder of images (class subfolders give accuracy)")

@@ -5,9 +5,11 @@ Each failure must exit non-zero, name the fix, and leave no artifact directory b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -260,6 +262,7 @@ def test_naming_a_file_model_again_by_a_relative_path_is_consent(tmp_path):
 @pytest.mark.parametrize("args, text", [
     (["export", "lenet5", "-o", ""], "argument --output/-o: is empty (an unset variable?)"),
     (["parity", "lenet5", "--report", ""], "argument --report: is empty"),
+    (["matrix", "plan.toml", "--output", ""], "argument --output/-o: is empty"),
     (["export", "lenet5", "--rtol", "nan"], "--rtol must be a finite number >= 0, got nan"),
     (["export", "lenet5", "--rtol", "-1"], "--rtol must be a finite number >= 0, got -1.0"),
     (["export", "lenet5", "--atol", "inf"], "--atol must be a finite number >= 0, got inf"),
@@ -369,7 +372,7 @@ def test_a_closed_stdout_loses_no_report(tmp_path):
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # a reader that is gone before the first line
     _, err = proc.communicate(timeout=300)
-    assert b"Traceback" not in err and proc.returncode != 0
+    assert b"Traceback" not in err and proc.returncode == 141  # 128 + SIGPIPE, not rich's exit 1
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["reports"][0]["model"] == "lenet5"
 
 
@@ -381,3 +384,51 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "report: r[bold]x/report.md" in proc.stdout and (tmp_path / "r[bold]x" / "report.md").is_file()
+    (tmp_path / "m[bold]x.onnx").write_bytes((tmp_path / "a[red]b[/]" / "lenet5.onnx").read_bytes())
+    proc = subprocess.run([*cli, "parity", "m[bold]x.onnx", "--model", "lenet5", "--samples", "2", "--random",
+                           "1", "--runs", "1", "--warmup", "0", "--rounds", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(line.split()[:2] == ["m[bold]x.onnx", "fp32"] for line in proc.stdout.splitlines()), \
+        proc.stdout  # the table cell as it is, not read as markup
+    assert "0 warm-up runs discarded, 1 timed run in 1 interleaved round, batch" in proc.stdout
+
+
+@pytest.mark.parametrize("args, text", [
+    (["lint", "nope.onnx"], "nope.onnx: no such ONNX file or artifact directory"),
+    (["export", "lenet5", "--precision", "int8", "--calibration", "nope/"], "--calibration nope/ does not exist"),
+    (["parity", "lenet5", "--images", "nope"], "--images nope is missing, not a directory"),
+    (["parity", "--artifacts", "nope"], "--artifacts 'nope' does not exist"),
+    (["export", "lenet5", "--checkpoint", "nope.pth"], "nope.pth' does not exist")])
+def test_a_missing_input_path_is_bad_input_whichever_option_names_it(tmp_path, args, text):
+    """Exit 4 (bad input) for every missing input path; --calibration, --images, lint and
+    --artifacts said 2 (usage) where --checkpoint and parity FILE said 4."""
+    proc = subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 4 and len(errors) == 1 and text in errors[0], proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_on_a_kernel_filesystem_is_refused_as_such(tmp_path):
+    """-o /proc/x was refused with '0.0 MiB free', as if a disk were full."""
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "lenet5", "-o", "/proc/zoo-x"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert "error: --output /proc/zoo-x: /proc is a kernel filesystem that stores no files" in proc.stderr
+
+
+def test_a_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
+    """A Ctrl-C in the interpreter's teardown after a finished export (about 2 s with torch)
+    ended in a silent exit 130; the command's result stands."""
+    script = ("import os, signal, sys, time\n"
+              "from exporter.cli import main\n"
+              "sys.argv = ['exporter', 'list']\n"
+              "code = main()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "time.sleep(5)\n"
+              "sys.exit(99)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "lenet5" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -400,7 +400,7 @@ def test_cli_usage_errors(capsys):
 
     assert main(["parity"]) == 2
     assert "which model" in capsys.readouterr().err
-    assert main(["parity", "--artifacts", "/nonexistent-dir"]) == 2
+    assert main(["parity", "--artifacts", "/nonexistent-dir"]) == 4
     assert "--artifacts '/nonexistent-dir' does not exist" in capsys.readouterr().err
 
 

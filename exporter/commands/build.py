@@ -10,7 +10,7 @@ from typing import Any
 
 from ..cli_options import (add_model_options, add_output_options, add_precision_options, print_json,
                            progress_logger)
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 DEFAULT_WORKSPACE_MIB = 2048
 EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporter[tensorrt]')
@@ -160,7 +160,7 @@ def run(args) -> int:
     if args.onnx is not None:
         onnx_path = Path(args.onnx)
         if not onnx_path.is_file():
-            raise UsageError(f"{onnx_path}: no such ONNX file", fix="check the path, or export first")
+            raise InputError(f"{onnx_path}: no such ONNX file", fix="check the path, or export first")
         source_manifest = read_manifest_if_any(onnx_path.parent)
         _check_default_input(onnx_path, source_manifest)
         spec = _spec_from_onnx(onnx_path, source_manifest)

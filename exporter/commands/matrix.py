@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
+    from ..cli_options import folder_or_url
+
     p = sub.add_parser(
         "matrix", help="run a plan (models x formats x precisions) on local workers or Ray",
         description="Export and prove every job of a plan file (see README: The matrix); one "
@@ -22,7 +24,7 @@ exit codes: 0 every job ok (or --no-fail), 3 a parity breach, 4 a bad plan (noth
 5 no GPU / Ray for the plan, else the failed jobs' code; 130 interrupted""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", type=Path, help="plan TOML file")
-    p.add_argument("--output", "-o", default="artifacts/matrix",
+    p.add_argument("--output", "-o", default="artifacts/matrix", type=folder_or_url,
                    help="shared output: a directory, or any fsspec URL the workers can reach, "
                         "e.g. s3://bucket/zoo (pip install 'zoo-exporter[remote]') "
                         "(default artifacts/matrix)")
@@ -96,15 +98,20 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
     specs = plan.jobs(output)
     for cell in plan.dropped:
         say(f"not in the matrix: {cell}")
-    executor = make_executor(ray, jobs, output, plan.cpus_per_job)
+    created = [] if remote else [p for p in [output, *output.parents] if not p.exists()]
     try:
-        executor.check(specs)
-    except BaseException:
-        executor.close()
+        executor = make_executor(ray, jobs, output, plan.cpus_per_job)
+        try:
+            executor.check(specs)
+        except BaseException:
+            executor.close()
+            raise
+        specs = [with_threads(j, executor.threads) for j in specs]
+        say(f"{len(specs)} job(s) from {label} -> {output} ({describe(executor)})")
+        results = run_jobs(specs, executor, progress=progress)
+    except BaseException:  # Ctrl-C, no Ray: the folders this run made stay only if a job finished
+        _remove_empty(created)
         raise
-    specs = [with_threads(j, executor.threads) for j in specs]
-    say(f"{len(specs)} job(s) from {label} -> {output} ({describe(executor)})")
-    results = run_jobs(specs, executor, progress=progress)
     report = dict(title=title, executor=describe(executor),
                   notes=[f"not in the matrix: {c}" for c in plan.dropped])
     if report_dir is not None:
@@ -115,6 +122,21 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
         paths = write_matrix_report(results, output, **report)
     say(result_line(results, paths))
     return results, paths
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders in ``created`` (deepest first) that hold nothing, with the empty
+    ``<model>/<precision>`` folders of jobs cut short under the first of them."""
+    if not created or not created[0].is_dir():
+        return
+    for folder in sorted((p for p in created[0].rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    for folder in created:
+        if folder.is_dir() and any(folder.iterdir()):
+            return
+        if folder.is_dir():
+            folder.rmdir()
 
 
 def result_line(results, paths) -> str:

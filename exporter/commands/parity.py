@@ -231,7 +231,7 @@ def ort_options(args) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- run
 def run(args) -> int:
     from ..cli_options import absolute_model_spec, parse_formats, progress_logger, request_from_args
-    from ..errors import UsageError
+    from ..errors import InputError, UsageError
     from ..report import escape, print_report, wide_console, write_report
 
     console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
@@ -280,7 +280,7 @@ def run(args) -> int:
         directory = Path(args.artifacts)
         if not (directory / "manifest.json").is_file():
             what = "does not exist" if not directory.exists() else "has no manifest.json"
-            raise UsageError(f"--artifacts '{directory}' {what}",
+            raise InputError(f"--artifacts '{directory}' {what}",
                              fix="pass a directory written by `exporter export`, or drop --artifacts")
         from ..artifacts import read_manifest
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 import onnx.external_data_helper
 
-from ..errors import UsageError
+from ..errors import InputError
 from .checks import _check_ops, _check_opset, _check_static_shapes, _check_valid
 from .findings import ERROR, WARNING, Finding, LintError, LintReport, trt_op_table
 from .graph import _Graph, detect_precision
@@ -86,7 +86,6 @@ def lint_onnx(path_or_model: str | Path | onnx.ModelProto, precision: str | None
 def load_onnx_file(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file for checking; a file that is not one (text, truncated, an absurd length,
     external data outside its folder) is an :class:`InputError` saying so."""
-    from ..errors import InputError
 
     path = Path(path)
     fix = "pass an .onnx file written by an exporter; re-export it if it was cut short"
@@ -121,7 +120,7 @@ def lint_path(path: str | Path) -> list[LintReport]:
     if path.is_file():
         return [lint_onnx(path)]
     if not path.is_dir():
-        raise UsageError(f"{path}: no such ONNX file or artifact directory",
+        raise InputError(f"{path}: no such ONNX file or artifact directory",
                          fix="pass a .onnx file or a directory written by `exporter export`")
     manifest = path / "manifest.json"
     if manifest.is_file():
@@ -130,7 +129,7 @@ def lint_path(path: str | Path) -> list[LintReport]:
         entries = [e for e in read_manifest(path).get("artifacts", []) if e.get("format") == "onnx"]
         missing = [e["file"] for e in entries if not (path / e["file"]).is_file()]
         if missing:
-            raise UsageError(f"{manifest} lists ONNX artifacts that are missing: {missing}",
+            raise InputError(f"{manifest} lists ONNX artifacts that are missing: {missing}",
                              fix="re-run `exporter export` into this directory")
         return [_lint_for_tensorrt(path / e["file"], e.get("precision"),
                                    (e.get("details") or {}).get("target")) for e in entries]

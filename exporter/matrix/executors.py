@@ -44,8 +44,21 @@ def _gpu_missing(jobs: Sequence[JobSpec], where: str) -> BackendUnavailableError
                                      "the GPU formats from the plan")
 
 
+class _Stopped(SystemExit):
+    """SIGTERM in a worker: unwinds the running job (its staging directory is removed)."""
+
+
 def _stop(signum, _frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds the job: its staging directory is removed
+    raise _Stopped(128 + signum)
+
+
+def _run_job_in_worker(*args: Any) -> dict[str, Any]:
+    """:func:`run_job`, and the worker's end once a SIGTERM has unwound it: the pool would send
+    the SystemExit back as the job's result and start the next queued job."""
+    try:
+        return run_job(*args)
+    except _Stopped as stop:
+        os._exit(stop.code)
 
 
 def _init_worker(threads: int) -> None:
@@ -98,10 +111,10 @@ class LocalExecutor:
 
     def submit(self, job: JobSpec, calibration: Any = None, reference: Any = None) -> cf.Future:
         try:
-            return self._start().submit(run_job, job, calibration, self.name, reference)
+            return self._start().submit(_run_job_in_worker, job, calibration, self.name, reference)
         except cf.process.BrokenProcessPool:  # a worker died: its pool is gone, start a new one
             self._pool = None
-            return self._start().submit(run_job, job, calibration, self.name, reference)
+            return self._start().submit(_run_job_in_worker, job, calibration, self.name, reference)
 
     def wait(self, handles: Iterable[cf.Future], timeout: float) -> list[tuple[cf.Future, Any]]:
         done, _ = cf.wait(list(handles), timeout=timeout, return_when=cf.FIRST_COMPLETED)

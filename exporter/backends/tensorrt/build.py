@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...artifacts import write_bytes_atomic
-from ...errors import UsageError
+from ...errors import InputError, UsageError
 from ...lint import lint_onnx
 from ...recipes import PRECISIONS, InputSpec
 from .engine_cache import (ENGINE_SCHEMA, default_timing_cache_path, engine_cache_key,
@@ -55,7 +55,7 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, min
     if workspace_bytes <= 0:
         raise UsageError(f"workspace must be positive, got {workspace_bytes} bytes")
     if not onnx_path.is_file():
-        raise UsageError(f"{onnx_path}: no such ONNX file", fix="run `exporter export` first")
+        raise InputError(f"{onnx_path}: no such ONNX file", fix="run `exporter export` first")
     lint_onnx(onnx_path, precision).raise_for_errors()
     profile = engine_profile(onnx_path, input_spec, (min_batch, opt_batch, max_batch))
     trt = require_tensorrt(device)
