@@ -67,7 +67,8 @@ def run_zoo(args, console, runner_options) -> int:
     chosen = zoo_models(args)
     recipes = {name: recipe for name, recipe in all_recipes().items() if name in chosen}
     reports, failures = [], []
-    bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True, disable=args.quiet)
+    bar = tqdm(list(recipes), desc="parity", unit="model", dynamic_ncols=True,  # a log gets the
+               disable=args.quiet or not sys.stderr.isatty())  # per-model lines, not \r frames
     for name in bar:
         bar.set_postfix_str(name)
         written = None

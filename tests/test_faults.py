@@ -79,29 +79,6 @@ def test_sigterm_cleans_up_and_exits_143(tmp_path):
     assert tree_hash(tmp_path) == before
 
 
-@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "driver-only"])
-def test_ctrl_c_of_a_matrix_stops_at_once_and_leaves_no_empty_folders(tmp_path, whole_group):
-    """Ctrl-C of `exporter matrix` while its first jobs were exporting: the workers went on with
-    the queued jobs (the pool sent their SystemExit back as a result) for about 14 s, and the
-    output folders the run had made stayed behind, empty."""
-    plan = Path(__file__).resolve().parent.parent / "examples" / "matrix-small.toml"
-    proc = subprocess.Popen([*EXPORTER, "matrix", str(plan), "-o", "mx/sub", "--no-latency"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    end = time.time() + 240
-    while time.time() < end and proc.poll() is None and not list(tmp_path.glob("mx/**/" + STAGING + "*")):
-        time.sleep(0.05)  # the first jobs are exporting
-    sent = time.time()
-    if whole_group:  # a terminal's Ctrl-C reaches the driver and its workers
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    took = time.time() - sent
-    assert_one_error(subprocess.CompletedProcess([], proc.returncode, "", stderr), 130, "SIGINT")
-    assert took < 8, f"the matrix took {took:.1f} s to stop"
-    assert not (tmp_path / "mx").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
-
-
 def test_sigkill_leaves_staging_that_the_next_run_sweeps(tmp_path):
     out = tmp_path / "out"
     proc = _start_export(out, tmp_path)

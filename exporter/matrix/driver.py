@@ -42,20 +42,26 @@ def share_calibration(jobs: Sequence[JobSpec], executor) -> dict[str, Any]:
 
 
 class Progress:
-    """One tqdm bar on stderr: done / running / failed / skipped, rate and ETA."""
+    """One tqdm bar on a terminal's stderr: done / running / failed / skipped, rate and ETA; in a
+    log (stderr not a terminal) a plain line per finished job instead of carriage-return frames."""
 
     def __init__(self, total: int, enabled: bool = True):
         from tqdm import tqdm
 
         self.counts = {"running": 0, "failed": 0, "skipped": 0, "retried": 0}
+        self.total, self.done = total, 0
+        self.lines = enabled and not sys.stderr.isatty()
         self.bar = tqdm(total=total, desc="matrix", unit="job", file=sys.stderr,
-                        dynamic_ncols=True, disable=not enabled,
-                        mininterval=0.5 if sys.stderr.isatty() else 30)  # logs: a line per 30 s
+                        dynamic_ncols=True, disable=not enabled or self.lines, mininterval=0.5)
 
     def update(self, finished: int = 0, **counts: int) -> None:
         self.counts.update(counts)
         self.bar.set_postfix(self.counts, refresh=False)
         self.bar.update(finished)
+        self.done += finished
+        if self.lines and finished:
+            print(f"matrix: {self.done}/{self.total} job(s) done ("
+                  + ", ".join(f"{k} {v}" for k, v in self.counts.items()) + ")", file=sys.stderr, flush=True)
 
     def write(self, line: str) -> None:
         self.bar.write(line, file=sys.stderr)
