@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import CalibrationError
 from .image_folder import scan_images
@@ -77,6 +77,14 @@ class ImageBatch:
         return int(self.array.shape[0])
 
 
+def upright(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """The image as a viewer shows it: a phone photo's EXIF orientation (tag 274) applied."""
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation in (None, 1) or orientation not in range(2, 9):
+        return img, None
+    return ImageOps.exif_transpose(img), f"EXIF orientation {orientation} applied"
+
+
 def read_image(path: Path, spec: InputSpec, transform) -> tuple[np.ndarray | None, str | None, str]:
     """(CHW float32 array, conversion note, "") of one image file, or (None, None, why not)."""
     try:
@@ -84,7 +92,9 @@ def read_image(path: Path, spec: InputSpec, transform) -> tuple[np.ndarray | Non
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
+                img, turned = upright(img)
                 img, note = convert_mode(img, spec)
+                note = ", ".join(n for n in (turned, note) if n) or None
                 return transform(img).numpy().astype(np.float32), note, ""
     except Image.DecompressionBombError as err:
         return None, None, f"over Pillow's decompression-bomb limit: {err}"

@@ -312,7 +312,11 @@ def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: Inp
         shutil.copy2(cache, stage / cache.name)
     entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
                            log=request.log, **request.quant)
+    from .reuse import data_fingerprints
+
     entry.setdefault("details", {})["options"] = quant_options_record(request.quant)
+    if request.precision == "int8":
+        entry["details"]["data_files"] = data_fingerprints(request.quant)
     # the FP16/INT8 file keeps the FP32 model's metadata; its precision is its own
     path = stage / entry["file"]
     write_onnx_metadata(path, for_artifact(meta, "onnx", entry["precision"]))

@@ -420,11 +420,12 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
             + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get("gpu") else ", no CUDA GPU"),
             f"- **Versions:** python {m.get('python')}, " + ", ".join(
                 f"{k} {v[k]}" for k in _version_keys(reports) if k in v),
-            f"- **Latency method:** {_count(first.warmup, 'warm-up run')} discarded, "
-            f"{_count(first.runs, 'timed run')} in {_count(first.rounds, 'interleaved round')} per batch "
-            f"size ({', '.join(map(str, first.batch_sizes)) or 'none'}), "
-            f"{first.threads} threads for every runtime, p50/p90/p99 in ms; speed-up = eager p50 / "
-            "artifact p50 in the same process (docs/LATENCY.md)",
+            (f"- **Latency method:** {_count(first.warmup, 'warm-up run')} discarded, "
+             f"{_count(first.runs, 'timed run')} in {_count(first.rounds, 'interleaved round')} per batch "
+             f"size ({', '.join(map(str, first.batch_sizes))}), "
+             f"{first.threads} threads for every runtime, p50/p90/p99 in ms; speed-up = eager p50 / "
+             "artifact p50 in the same process (docs/LATENCY.md)") if first.batch_sizes else
+            "- **Latency:** not timed (--no-latency)",
             "- **Checks:** relative error = max |artifact - eager| / max |eager logits| (worst over all "
             "inputs); cosine = worst sample; top-1/top-5 agreement with eager on the real images; "
             "tolerances from each recipe's `[tolerance.<precision>]`",

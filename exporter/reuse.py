@@ -3,11 +3,13 @@
 ``parity`` and ``build`` both start from "the artifacts of this request". A directory is re-used
 when its manifest records the same model options (:data:`pipeline.MODEL_OPTION_KEYS`) and export
 options, and a precision artifact only when it was quantized with the same options (calibration
-source, method, samples, target, budget). Anything else is exported again through the pipeline,
+source, method, samples, target, budget) from calibration files unchanged since (names, sizes,
+modification times). Anything else is exported again through the pipeline,
 which keeps the manifest's other artifacts of the same model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -52,8 +54,31 @@ def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> b
         return False
     if entry["precision"] == "fp32":
         return True
-    recorded = (entry.get("details") or {}).get("options")
-    return recorded == quant_options_record(request.quant)
+    details = entry.get("details") or {}
+    if details.get("options") != quant_options_record(request.quant):
+        return False
+    return "data_files" not in details or details["data_files"] == data_fingerprints(request.quant)
+
+
+def data_fingerprints(quant: dict[str, Any]) -> dict[str, str]:
+    """{option: fingerprint} of the calibration / judging files an INT8 request reads (each file's
+    path, size and modification time), so that a re-use notices data changed in place."""
+    import hashlib
+
+    out = {}
+    for key in ("calibration", "eval_data"):
+        value = quant.get(key)
+        if not isinstance(value, (str, os.PathLike)) or not Path(value).exists():
+            continue  # packaged[:SEED] or arrays: the options record them
+        root = Path(value)
+        files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
+        digest = hashlib.sha256()
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root) if root.is_dir() else path.name}\0{stat.st_size}\0"
+                          f"{stat.st_mtime_ns}\n".encode())
+        out[key] = f"{len(files)} file(s), sha256 {digest.hexdigest()[:16]}"
+    return out
 
 
 def missing_artifacts(manifest: dict[str, Any], directory: Path,
@@ -99,7 +124,8 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
             # the precision artifacts are there and kept; only fp32 formats are missing
             request = replace(request, precision="fp32", quant={})
         request = replace(request, formats=formats)
-        note = f"exported missing {', '.join(f'{f} {p}' for f, p in missing)} into {directory}"
+        note = (f"exported {', '.join(f'{f} {p}' for f, p in missing)} into {directory} (absent, or made "
+                "from other INT8 options or calibration files)")
     else:
         note = f"exported {', '.join(request.formats)} into {directory}"
     say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")

@@ -75,11 +75,16 @@ def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
 
 def _fewer(d: dict) -> str:
     """' (of N requested: ...)' when the source had fewer calibration samples than asked for."""
-    requested, used = (d.get("calibration") or {}).get("requested"), d.get("samples_used")
+    calibration = d.get("calibration") or {}
+    requested, used = calibration.get("requested"), d.get("samples_used")
     if not requested or used is None or used >= requested:
         return ""
-    return (f" (of {requested} requested: the source holds no more once the judging samples are "
-            "held out)")
+    dropped = calibration.get("dropped_for_batch") or 0
+    reasons = [f"{dropped} left out to fill whole batches of the fixed batch size"] if dropped else []
+    if requested - used - dropped > 0:
+        held_out = "split deterministically" in str(d.get("measured_on", ""))
+        reasons.append("the source holds no more" + (" once the judging samples are held out" if held_out else ""))
+    return f" (of {requested} requested: {'; '.join(reasons)})"
 
 
 def _budget_line(d: dict) -> str:

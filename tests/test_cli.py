@@ -384,6 +384,7 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "report: r[bold]x/report.md" in proc.stdout and (tmp_path / "r[bold]x" / "report.md").is_file()
+    assert "- **Latency:** not timed (--no-latency)" in (tmp_path / "r[bold]x" / "report.md").read_text()
     (tmp_path / "m[bold]x.onnx").write_bytes((tmp_path / "a[red]b[/]" / "lenet5.onnx").read_bytes())
     proc = subprocess.run([*cli, "parity", "m[bold]x.onnx", "--model", "lenet5", "--samples", "2", "--random",
                            "1", "--runs", "1", "--warmup", "0", "--rounds", "1"], cwd=tmp_path,

@@ -229,3 +229,53 @@ def test_palette_images_say_alpha_only_when_they_have_transparency():
     pixels = np.asarray(converted)
     assert note == "P->RGB (alpha on white)"
     assert pixels[1, 1].tolist() == [255, 255, 255] and pixels[0, 0].tolist() == [200, 100, 50]
+
+
+def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
+    """A JPEG with EXIF orientation 6 (a phone held upright) was read sideways, without a word."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 0  # a dark left half tells the orientations apart
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    for folder in ("turned", "upright", "plain"):
+        (tmp_path / folder).mkdir()
+    image.save(tmp_path / "turned" / "phone.png", exif=exif)
+    ImageOps.exif_transpose(Image.open(tmp_path / "turned" / "phone.png")).save(tmp_path / "upright" / "a.png")
+    image.save(tmp_path / "plain" / "a.png")
+    spec = get_recipe("mobilenet_v3_small").input
+    turned, upright, plain = (load_image_folder(tmp_path / f, spec) for f in ("turned", "upright", "plain"))
+    assert turned.conversions == {"EXIF orientation 6 applied": 1} and upright.conversions == {}
+    assert np.array_equal(turned.array, upright.array)
+    assert np.abs(turned.array - plain.array).max() > 1.0
+
+
+def test_a_class_the_model_lacks_is_refused_wherever_the_split_puts_its_images(tmp_path):
+    """A class subfolder '11' for 10-class lenet5 was accepted when its two images both fell in
+    the calibration part of the seeded split, and refused when one reached the judging part."""
+    for label in range(4):
+        _images(tmp_path / "lab" / str(label), 10, label)
+    _images(tmp_path / "lab" / "11", 1, 11)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "lab", "--calibration-samples",
+                "32", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "have class subfolder(s) 11, classes the model does not have" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_samples_left_out_for_a_fixed_batch_and_judged_conversions_are_said(tmp_path):
+    """--batch 7 left 4 calibration samples out and the summary blamed the folder ('the source
+    holds no more'); conversions of the judged images were not counted."""
+    _images(tmp_path / "flat", 80, 0)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "flat", "--calibration-samples",
+                "32", "--batch", "7", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "over 28 samples (of 32 requested: 4 left out to fill whole batches of the fixed batch size)" \
+        in proc.stdout
+    assert "holds no more" not in proc.stdout
+    assert "42 image(s) converted RGB->L; 6 left out to fill whole batches of the fixed batch size" \
+        in proc.stdout  # the 48 held out, less the partial batch
+    assert "calibration: converted 28 image(s) RGB->L" in proc.stderr

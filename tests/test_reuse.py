@@ -1,6 +1,6 @@
 """Take or make (``reuse.export_or_reuse``, used by ``parity`` and ``build``): a directory written
-for the same request is re-used untouched; a differing model, export or quantize option, or a
-missing file, is exported again."""
+for the same request is re-used untouched; a differing model, export or quantize option, a
+missing file, or calibration files changed in place, is exported again."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -37,9 +37,9 @@ def test_same_request_is_reused_untouched(base):
 
 
 @pytest.mark.parametrize("change,expect", [
-    ({"quant": {**INT8, "method": "entropy"}}, "exported missing onnx int8"),
-    ({"quant": {**INT8, "samples": 16}}, "exported missing onnx int8"),
-    ({"formats": ("onnx", "torchscript")}, "exported missing torchscript fp32"),
+    ({"quant": {**INT8, "method": "entropy"}}, "exported onnx int8"),
+    ({"quant": {**INT8, "samples": 16}}, "exported onnx int8"),
+    ({"formats": ("onnx", "torchscript")}, "exported torchscript fp32"),
     ({"seed": 1}, "exported onnx into"),
     ({"simplifier": "none"}, "exported onnx into"),
 ])
@@ -53,5 +53,34 @@ def test_any_difference_is_exported_again(base, change, expect):
 def test_deleted_file_is_exported_again(base):
     (base.output / "lenet5.int8.tensorrt.onnx").unlink()
     ready = export_or_reuse(base, say=lambda _m: None)
-    assert ready.note.startswith("exported missing onnx int8")
+    assert ready.note.startswith("exported onnx int8")
     assert (base.output / "lenet5.int8.tensorrt.onnx").is_file()
+
+
+def test_calibration_images_changed_in_place_are_exported_again(tmp_path):
+    """`parity --precision int8 --calibration DIR` re-used an INT8 model calibrated on images that
+    had since been edited in place (same names, modification times put back)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    request = ExportRequest(model="lenet5", output=tmp_path / "out", precision="int8", verify=False,
+                            quant={**INT8, "calibration": str(folder), "min_agreement": 0.5, "samples": 6})
+    export(request)
+    details = [a for a in export_or_reuse(request, say=lambda _m: None).manifest["artifacts"]
+               if a["precision"] == "int8"][0]["details"]
+    assert details["data_files"]["calibration"].startswith("12 file(s), sha256 ")
+    assert export_or_reuse(request, say=lambda _m: None).note.startswith("re-using")
+    edited = folder / "3.png"
+    stat = edited.stat()
+    Image.fromarray(rng.integers(0, 255, (40, 41, 3), dtype=np.uint8)).save(edited)  # another size
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    ready = export_or_reuse(request, say=lambda _m: None)
+    assert ready.note.startswith("exported onnx int8") and "calibration files" in ready.note, ready.note
+    assert export_or_reuse(request, say=lambda _m: None).note.startswith("re-using")

@@ -103,9 +103,9 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     # the judging set before any calibration work: a bad --eval-images fails in seconds
-    x_eval, labels, eval_source, unlabelled = _eval_set(eval_data, held, data, spec, batch,
-                                                        eval_samples, scratch, budget)
-    judging.check_labels(labels, _output_classes(model), eval_source)
+    x_eval, labels, eval_source, unlabelled, class_names = _eval_set(eval_data, held, data, spec, batch,
+                                                                     eval_samples, scratch, budget)
+    judging.check_labels(labels, _output_classes(model), eval_source, class_names)
     criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement, unlabelled)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
@@ -295,11 +295,11 @@ def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec
 
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,
               scratch: Scratch, budget: bool = True):
-    """(inputs, labels or None, description, why a folder gave no labels) the budget is judged on:
-    never the calibration set."""
+    """(inputs, labels or None, description, why a folder gave no labels, the folder's class
+    names) the budget is judged on: never the calibration set."""
     if eval_data is None:
         if held is None and not budget:  # nothing to judge: report on the calibration data, say so
-            return data.array, None, f"calibration data ({len(data)} samples, not held out)", ""
+            return data.array, None, f"calibration data ({len(data)} samples, not held out)", "", []
         copies = 0
         if held is not None:
             copies = drop_calibration_copies(data, held)
@@ -308,8 +308,9 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
         return held.array, held.labels, \
             f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
             + (f" ({copies_note(copies)})" if copies else "") \
-            + judging_notes(held), held.unlabelled
+            + judging_notes(held), held.unlabelled, held.class_names if held.labels is not None else []
     labels, source, paths, notes, unlabelled = None, "eval_data", None, "", ""
+    class_names = list(getattr(eval_data, "class_names", None) or [])
     if isinstance(eval_data, np.ndarray):
         x = eval_data
     elif hasattr(eval_data, "array"):
@@ -320,6 +321,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
         loaded = cal.load_judging(eval_data, spec, eval_samples, batch=batch, scratch=scratch)
         x, source, paths, labels = loaded.array, loaded.source, loaded.paths, loaded.labels
         notes, unlabelled = judging_notes(loaded), loaded.unlabelled
+        class_names = loaded.class_names if loaded.labels is not None else []
     require_disjoint(data, x, paths)
     if batch:
         keep = len(x) - len(x) % batch
@@ -328,7 +330,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if len(x) == 0:
         raise CalibrationError("the evaluation set is empty",
                                fix="pass --eval-images DIR with at least one image per batch")
-    return x, labels, f"{source} ({len(x)} samples{notes})", unlabelled
+    return x, labels, f"{source} ({len(x)} samples{notes})", unlabelled, class_names
 
 
 def _output_classes(model: onnx.ModelProto) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -100,11 +101,15 @@ class Criterion:
                 "(--eval-samples N, or --eval-images DIR)")
 
 
-def check_labels(labels: np.ndarray | None, classes: int, source: str) -> None:
-    """Labels (class subfolders named by index) all name one of the model's ``classes`` outputs."""
-    if labels is None or not classes or int(labels.max()) < classes:
+def check_labels(labels: np.ndarray | None, classes: int, source: str,
+                 class_names: Sequence[str] = ()) -> None:
+    """Labels (class subfolders named by index) all name one of the model's ``classes`` outputs:
+    every class subfolder of the folder, not only those the seeded sample happened to draw from."""
+    if labels is None or not classes:
         return
-    bad = sorted({int(v) for v in labels if v >= classes})
+    bad = sorted({int(v) for v in labels if v >= classes} | {int(n) for n in class_names if n.isdigit() and int(n) >= classes})
+    if not bad:
+        return
     raise CalibrationError(
         f"the images the INT8 budget judges on ({source}) have class subfolder(s) "
         f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}, classes the model does "

@@ -45,6 +45,7 @@ class SampleSet:
     conversions: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
     unlabelled: str = ""  # why a folder's subfolders gave no labels (image_folder.FolderScan)
+    notes: dict[str, str] = field(default_factory=dict)  # path -> its conversion, behind conversions
     _sha: str | None = None
 
     def __len__(self) -> int:
@@ -68,11 +69,13 @@ class SampleSet:
         if not batch:
             return
         keep = len(self) - len(self) % batch
-        self.dropped = len(self) - keep
+        self.dropped += len(self) - keep  # trimmed again later: still the first count
         self.array = self.array[:keep]
         self.paths = self.paths[:keep]
         if self.labels is not None:
             self.labels = self.labels[:keep]
+        if self.notes:
+            self.conversions = count_notes(self.paths, self.notes)
 
     def summary(self) -> dict:
         return {"source": self.source, "kind": self.kind, "requested": self.requested,
@@ -173,10 +176,23 @@ def require_held(held: SampleSet | None, calibration: SampleSet, batch: int | No
             "--eval-images DIR")
 
 
+def count_notes(paths: list[str], notes: dict[str, str]) -> dict[str, int]:
+    """{conversion: images} over ``paths``."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        if path in notes:
+            counts[notes[path]] = counts.get(notes[path], 0) + 1
+    return counts
+
+
 def judging_notes(samples: SampleSet) -> str:
-    """What a judging set's summary adds: files of its folder skipped, subfolders not used as labels."""
+    """What a judging set's summary adds: files of its folder skipped, images converted, subfolders
+    not used as labels."""
     skipped = len(samples.skipped)
     return ((f"; {skipped} file(s) of the folder skipped" if skipped else "")
+            + "".join(f"; {count} image(s) converted {note}" for note, count in samples.conversions.items())
+            + (f"; {samples.dropped} left out to fill whole batches of the fixed batch size"
+               if samples.dropped else "")
             + (f"; no labels, so judged by agreement: {samples.unlabelled}" if samples.unlabelled else ""))
 
 
@@ -249,13 +265,11 @@ def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: i
     labels = np.array([scan.label(Path(p)) for p in paths]) if scan.labelled else None
 
     def part(start: int, stop: int, source: str, requested: int) -> SampleSet:
-        conversions: dict[str, int] = {}
-        for p in paths[start:stop]:
-            if p in notes:
-                conversions[notes[p]] = conversions.get(notes[p], 0) + 1
         return SampleSet(arr[start:stop], source, "folder", requested,
                          labels[start:stop] if labels is not None else None, scan.class_names,
-                         paths[start:stop], skipped, conversions, unlabelled=scan.unlabelled)
+                         paths[start:stop], skipped, count_notes(paths[start:stop], notes),
+                         unlabelled=scan.unlabelled,
+                         notes={p: notes[p] for p in paths[start:stop] if p in notes})
 
     cal = part(0, n_cal, str(root), samples)
     if not n_eval:
