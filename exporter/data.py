@@ -79,8 +79,8 @@ class ImageBatch:
 
 def upright(img: Image.Image) -> tuple[Image.Image, str | None]:
     """The image as a viewer shows it: a phone photo's EXIF orientation (tag 274) applied."""
-    orientation = img.getexif().get(0x0112, 1)
-    if orientation in (None, 1) or orientation not in range(2, 9):
+    orientation = img.getexif().get(0x0112)
+    if orientation not in range(2, 9):  # absent, 1 (upright) or not a valid value
         return img, None
     return ImageOps.exif_transpose(img), f"EXIF orientation {orientation} applied"
 

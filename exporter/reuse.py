@@ -9,6 +9,7 @@ which keeps the manifest's other artifacts of the same model.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,8 +64,6 @@ def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> b
 def data_fingerprints(quant: dict[str, Any]) -> dict[str, str]:
     """{option: fingerprint} of the calibration / judging files an INT8 request reads (each file's
     path, size and modification time), so that a re-use notices data changed in place."""
-    import hashlib
-
     out = {}
     for key in ("calibration", "eval_data"):
         value = quant.get(key)

@@ -82,8 +82,8 @@ def _fewer(d: dict) -> str:
     dropped = calibration.get("dropped_for_batch") or 0
     reasons = [f"{dropped} left out to fill whole batches of the fixed batch size"] if dropped else []
     if requested - used - dropped > 0:
-        held_out = "split deterministically" in str(d.get("measured_on", ""))
-        reasons.append("the source holds no more" + (" once the judging samples are held out" if held_out else ""))
+        reasons.append("the source holds no more"
+                       + (" once the judging samples are held out" if d.get("judged_on_split") else ""))
     return f" (of {requested} requested: {'; '.join(reasons)})"
 
 

@@ -210,6 +210,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "measured": measurement.metrics, "measured_on": eval_source,
         "budget_warning": criterion.warning(measurement.metrics),
         "measured_held_out": eval_data is not None or held is not None,
+        "judged_on_split": eval_data is None and held is not None,  # held out of the calibration source
         "budget_history": history, "sensitivity_top": [[n, round(s, 5)] for n, s in ranking[:10]],
         "latency_cpu": latency,
         "calibration_cache": {"file": cache_path.name, "hit": why == "hit", "reason": why,

@@ -107,7 +107,8 @@ def check_labels(labels: np.ndarray | None, classes: int, source: str,
     every class subfolder of the folder, not only those the seeded sample happened to draw from."""
     if labels is None or not classes:
         return
-    bad = sorted({int(v) for v in labels if v >= classes} | {int(n) for n in class_names if n.isdigit() and int(n) >= classes})
+    named = {int(n) for n in class_names if n.isdigit()}
+    bad = sorted({int(v) for v in labels if v >= classes} | {n for n in named if n >= classes})
     if not bad:
         return
     raise CalibrationError(

@@ -42,11 +42,15 @@ class SampleSet:
     class_names: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    conversions: dict[str, int] = field(default_factory=dict)
     dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
     unlabelled: str = ""  # why a folder's subfolders gave no labels (image_folder.FolderScan)
-    notes: dict[str, str] = field(default_factory=dict)  # path -> its conversion, behind conversions
+    notes: dict[str, str] = field(default_factory=dict)  # path -> its conversion ("RGBA->RGB")
     _sha: str | None = None
+
+    @property
+    def conversions(self) -> dict[str, int]:
+        """{conversion: images} over the samples kept."""
+        return count_notes(self.paths, self.notes)
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -74,8 +78,6 @@ class SampleSet:
         self.paths = self.paths[:keep]
         if self.labels is not None:
             self.labels = self.labels[:keep]
-        if self.notes:
-            self.conversions = count_notes(self.paths, self.notes)
 
     def summary(self) -> dict:
         return {"source": self.source, "kind": self.kind, "requested": self.requested,
@@ -267,8 +269,7 @@ def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: i
     def part(start: int, stop: int, source: str, requested: int) -> SampleSet:
         return SampleSet(arr[start:stop], source, "folder", requested,
                          labels[start:stop] if labels is not None else None, scan.class_names,
-                         paths[start:stop], skipped, count_notes(paths[start:stop], notes),
-                         unlabelled=scan.unlabelled,
+                         paths[start:stop], skipped, unlabelled=scan.unlabelled,
                          notes={p: notes[p] for p in paths[start:stop] if p in notes})
 
     cal = part(0, n_cal, str(root), samples)
