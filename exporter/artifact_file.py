@@ -75,8 +75,8 @@ def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
         for key in ("mean", "std"):
             if getattr(args, key) is None and isinstance(meta.get(key), list):
                 options[key] = tuple(float(v) for v in meta[key])
-        if args.num_classes is None and isinstance(meta.get("num_classes"), int):
-            options["num_classes"] = meta["num_classes"]
+    if args.num_classes is None and isinstance(meta.get("num_classes"), int):  # a fine-tuned head too
+        options["num_classes"] = meta["num_classes"]
     weights = meta.get("weights") or {}
     if args.weights is None and args.checkpoint is None:
         if weights.get("kind") == "random" and args.seed == 0:

@@ -96,7 +96,9 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
     else:
         recipe = get_recipe(spec_str)
     if ".py:" not in spec_str:
-        _refuse_file_options(recipe, channels=channels, mean=mean, std=std, num_classes=num_classes)
+        _refuse_file_options(recipe, channels=channels, mean=mean, std=std)
+        if num_classes is not None and num_classes != recipe.num_classes:  # a fine-tuned classifier
+            recipe = replace(recipe, num_classes=num_classes)
     spec = recipe.input
     if input_size is not None and input_size != max(spec.size):
         if spec.fixed_size:
@@ -111,10 +113,10 @@ def resolve_model(spec_str: str, *, input_size: int | None = None, channels: int
 
 
 def _refuse_file_options(recipe: Recipe, **given: Any) -> None:
-    """--channels/--mean/--std/--num-classes describe a file.py:factory model; a recipe, torchvision
-    or timm model has its own, so a different value would be ignored: a UsageError instead."""
+    """--channels/--mean/--std describe a file.py:factory model; a recipe, torchvision or timm
+    model has its own, so a different value would be ignored: a UsageError instead."""
     own = {"channels": recipe.input.channels, "mean": tuple(recipe.input.mean),
-           "std": tuple(recipe.input.std), "num_classes": recipe.num_classes}
+           "std": tuple(recipe.input.std)}
 
     def shown(value: Any) -> str:
         return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
@@ -226,6 +228,15 @@ def _torchvision_weights(recipe: Recipe, name: str):
                            fix=f"use one of {['DEFAULT'] + [w.name for w in enum]}") from None
 
 
+def _check_pretrained_classes(recipe: Recipe, weights: str, classes: int) -> None:
+    """Named weights come with their classifier: --num-classes must not ask for another one."""
+    if recipe.num_classes != classes:
+        raise UsageError(f"--weights {weights} of {recipe.name} classify {classes} classes, not "
+                         f"{recipe.num_classes} (--num-classes)",
+                         fix=f"for a fine-tuned {recipe.num_classes}-class model pass its state_dict: "
+                             f"--checkpoint PATH --num-classes {recipe.num_classes}; or drop --num-classes")
+
+
 def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
     """Strictly load a local state_dict; keys of heads the recipe strips may be absent."""
     from .checkpoints import read_checkpoint
@@ -248,11 +259,8 @@ def load_checkpoint(model: nn.Module, path: Path, recipe: Recipe) -> None:
         fix = "check the model name, or pass the checkpoint of this architecture"
         if len(heads) == 1 and not missing and not unexpected:  # a fine-tuned head: another class count
             n = heads.pop()
-            example = (f"torchvision.models.{recipe.builder}(num_classes={n})"
-                       if recipe.source == "torchvision" else f"your module with {n} classes")
-            fix = (f"the checkpoint's classifier has {n} classes, {recipe.name} has {recipe.num_classes}: "
-                   f"export a file.py whose factory returns {example}, as exporter export "
-                   f"path/to/file.py:factory --checkpoint {path} --num-classes {n}")
+            fix = (f"the checkpoint's classifier has {n} classes, {recipe.name} is built with "
+                   f"{recipe.num_classes}: add --num-classes {n}")
         raise WeightsError(f"checkpoint '{path}' does not match {recipe.name}: " + "; ".join(parts), fix=fix)
     model.load_state_dict(state, strict=False)
 
@@ -284,8 +292,9 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
     info: dict[str, Any]
     torch.manual_seed(seed)
     if weights and recipe.source == "timm":
-        from .timm_source import create, weights_info
+        from .timm_source import create, pretrained_classes, weights_info
 
+        _check_pretrained_classes(recipe, weights, pretrained_classes(recipe, weights))
         model = create(recipe, pretrained_tag=weights)
         info = weights_info(recipe, weights)
     elif weights:
@@ -293,6 +302,7 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
             raise WeightsError(f"{recipe.name} is not a torchvision model (nor timm): it has no named weights",
                                fix="pass --checkpoint PATH with a state_dict, or omit --weights for random init")
         tv_weights = _torchvision_weights(recipe, weights)
+        _check_pretrained_classes(recipe, weights, len(tv_weights.meta.get("categories") or range(1000)))
         timeout = download_timeout()
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(timeout)  # urllib (torch.hub) has no timeout of its own

@@ -49,7 +49,8 @@ def add_model_options(parser: argparse.ArgumentParser, model_required: bool = Tr
                         "(default ImageNet 0.485,0.456,0.406)")
     parser.add_argument("--std", type=_floats, help="per-channel std of file.py:factory models "
                         "(default ImageNet 0.229,0.224,0.225)")
-    parser.add_argument("--num-classes", type=int, help="classes of file.py:factory models (default 1000)")
+    parser.add_argument("--num-classes", type=int,
+                        help="classes of the model's classifier (default: the model's own; 1000 for file.py:factory)")
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, help="fixed batch size (default: dynamic batch axis)")
     batch.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (the default)")

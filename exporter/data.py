@@ -41,8 +41,9 @@ def convert_mode(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, str 
     if image.mode in HIGH_DEPTH_MODES:  # convert() would clip 16-bit values: scale them instead
         pixels = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I") and pixels.max(initial=0) > 255 else 255.0
-        if image.mode == "F":
-            top = max(float(pixels.max(initial=0)), 1.0)
+        if image.mode == "F":  # float pixels: white is 1.0, 255 or 65535, whichever range they fit
+            peak = float(pixels.max(initial=0))
+            top = next((t for t in (1.0, 255.0, 65535.0) if peak <= t), peak)
         image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         note += f" (high bit depth scaled to 8 bits, /{top:g})"
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)

@@ -86,6 +86,16 @@ def create(recipe, pretrained_tag: str | None = None):
                 "~/.cache/huggingface), or pass --checkpoint PATH to a local state_dict") from None
 
 
+def pretrained_classes(recipe, pretrained_tag: str) -> int:
+    """The class count of the pretrained weights ``pretrained_tag`` (``DEFAULT``: the recipe's tag)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    arch, cfg_tag = split_model_name_tag(recipe.builder)
+    tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
+    cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
+    return int(getattr(cfg, "num_classes", 0) or 1000)
+
+
 def weights_info(recipe, pretrained_tag: str) -> dict[str, Any]:
     from timm.models import get_pretrained_cfg, split_model_name_tag
 

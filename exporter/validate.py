@@ -148,8 +148,11 @@ def quant_problems(quant: dict) -> list[tuple[str, str, type]]:
                   f"{'folder' if Path(value).is_dir() else 'file'} exists here too",
                   f"pass {flag} ./packaged for yours, or {flag} packaged:0 for the shipped photos")
     if calibration and _path(calibration) and not packaged and not Path(calibration).exists():
+        shipped = Path(calibration).name == "packaged"  # ./packaged or packaged/: the photos meant?
         problems.append((f"--calibration {calibration} does not exist",
-                         "pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]", InputError))
+                         "pass an image folder, an .npy of NCHW tensors, or packaged[:SEED]"
+                         + (" (the shipped photos: --calibration packaged, as one word)" if shipped else ""),
+                         InputError))
     problems += [(what, fix, UsageError) for what, fix in lever_problems(quant)]
     overlap = data_overlap(quant)
     if overlap:

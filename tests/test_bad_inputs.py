@@ -249,8 +249,6 @@ CASES = [
      ["export", "net.py:make"], INPUT, ["raised ValueError: boom"]),
     ("factory-needs-argument", _module("def make(width):\n    return nn.Linear(width, 2)\n"),
      ["export", "net.py:make"], INPUT, ["cannot be called without arguments"]),
-    ("recipe-num-classes", None, E + ["--num-classes", "100"], USAGE,
-     ["--num-classes 100 would be ignored: lenet5 builds its own model", "(--num-classes 10)"]),
     ("recipe-mean-std", None, E + ["--mean", "0.5", "--std", "0.25"], USAGE,
      ["--mean 0.5, --std 0.25 would be ignored", "drop --mean --std"]),
     ("file-model-wrong-size", _module("""

@@ -107,8 +107,13 @@ def test_grayscale_and_rgba_converted_and_reported(tmp_path):
         np.testing.assert_array_equal(data.array[0], preprocess(img, SPEC))
 
 
+def _save(path, arr):
+    np.save(path, arr)
+    return path
+
+
 def test_npy_checked_against_the_spec(tmp_path):
-    good = np.random.default_rng(0).standard_normal((20, 3, 64, 64)).astype(np.float32)
+    good = np.random.default_rng(0).uniform(-1.5, 1.5, (20, 3, 64, 64)).astype(np.float32)
     np.save(tmp_path / "good.npy", good)
     data = load_calibration_data(tmp_path / "good.npy", SPEC, samples=16)
     assert len(data) == 16 and data.kind == "npy"
@@ -121,6 +126,19 @@ def test_npy_checked_against_the_spec(tmp_path):
     np.save(tmp_path / "ints.npy", np.zeros((20, 3, 64, 64), np.uint8))
     with pytest.raises(CalibrationError, match="not preprocessed float"):
         load_calibration_data(tmp_path / "ints.npy", SPEC)
+    (tmp_path / "junk.npy").write_bytes(bytes(range(256)) * 4)  # numpy would blame pickling
+    with pytest.raises(CalibrationError, match="is not a .npy file"):
+        load_calibration_data(tmp_path / "junk.npy", SPEC)
+    # ToTensor without Normalize (0..1), and another normalization (values beyond black..white)
+    np.save(tmp_path / "unit.npy", (good + 1.5) / 3)
+    with pytest.raises(CalibrationError, match=r"in 0\.00\.\.1\.00, scaled to 0\.\.1 but not normalized"):
+        load_calibration_data(tmp_path / "unit.npy", SPEC)
+    np.save(tmp_path / "wide.npy", good * 3)
+    with pytest.raises(CalibrationError, match=r"-4\.50\.\.4\.50, outside .* -2\.12\.\.2\.64"):
+        load_calibration_data(tmp_path / "wide.npy", SPEC)
+    # the recipe's own preprocessing of black and white images passes
+    edges = np.stack([preprocess(Image.new("RGB", (64, 64), c), SPEC) for c in ("black", "white")] * 8)
+    assert len(load_calibration_data(_save(tmp_path / "edges.npy", edges), SPEC, samples=16)) == 16
 
 
 def test_methods_give_ordered_ranges(tmp_path):

@@ -56,19 +56,32 @@ def test_checkpoint_form_reaches_the_onnx_weights(form, tmp_path):
                or a.shape == want.T.shape and np.allclose(a, want.T) for a in inits)
 
 
-def test_a_fine_tuned_head_names_the_file_model_route_that_works(tmp_path):
-    """A torchvision checkpoint with a 10-class head: the fix used to say 'check --num-classes',
-    which a torchvision recipe refuses; it now names the file.py:factory route, which works."""
+def test_a_fine_tuned_torchvision_head_exports_with_num_classes(tmp_path):
+    """A torchvision checkpoint with a 10-class head, the commonest real model: the fix used to
+    send the user to write a file.py:factory; --num-classes now builds the recipe with that head,
+    the ONNX records it, parity of the file finds it, and named ImageNet weights refuse it."""
+    import onnx
     import torchvision
 
-    torch.save(torchvision.models.mobilenet_v3_small(num_classes=10).state_dict(), tmp_path / "ten.pth")
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "ten.pth")
     proc = run_cli(["export", "mobilenet_v3_small", "--checkpoint", "ten.pth", "--input-size", "64",
                     "-o", "out"], cwd=tmp_path)
     assert proc.returncode == 4 and not (tmp_path / "out").exists()
-    assert ("fix: the checkpoint's classifier has 10 classes, mobilenet_v3_small has 1000: export a "
-            "file.py whose factory returns torchvision.models.mobilenet_v3_small(num_classes=10)") in proc.stderr
-    (tmp_path / "ten.py").write_text("import torchvision\n\ndef factory():\n"
-                                     "    return torchvision.models.mobilenet_v3_small(num_classes=10)\n")
-    proc = run_cli(["export", "ten.py:factory", "--checkpoint", "ten.pth", "--num-classes", "10",
+    assert ("fix: the checkpoint's classifier has 10 classes, mobilenet_v3_small is built with 1000: "
+            "add --num-classes 10") in proc.stderr
+    proc = run_cli(["export", "mobilenet_v3_small", "--checkpoint", "ten.pth", "--num-classes", "10",
                     "--input-size", "64", "-o", "out"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    exported = onnx.load(str(tmp_path / "out" / "mobilenet_v3_small.onnx"))
+    meta = {p.key: p.value for p in exported.metadata_props}
+    assert meta["num_classes"] == "10" and "class_names" not in meta  # not ImageNet's labels
+    assert exported.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10
+    proc = run_cli(["parity", "out/mobilenet_v3_small.onnx", "--no-latency", "-o", "rep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "-> ok" in proc.stdout or " ok" in proc.stdout
+    proc = run_cli(["export", "mobilenet_v3_small", "--weights", "DEFAULT", "--num-classes", "10",
+                    "-o", "named"], cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "named").exists()
+    assert "--weights DEFAULT of mobilenet_v3_small classify 1000 classes, not 10 (--num-classes)" \
+        in proc.stderr

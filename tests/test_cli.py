@@ -330,6 +330,11 @@ def test_parity_images_labels_are_checked_and_why_there_are_none_is_said(tmp_pat
                           timeout=300)
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "class subfolder(s) 12 name classes the model does not have (its output has 10: 0..9)" in proc.stderr
+    # refused too when --samples draws none of folder 12's images (only the drawn labels were checked)
+    _images(tmp_path / "beyond0", ["0", "12"])
+    proc = subprocess.run([*cli, "--images", str(tmp_path / "beyond0"), "--samples", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4 and "class subfolder(s) 12 name classes" in proc.stderr, proc.stderr[-2000:]
     _images(tmp_path / "named", ["cat", "dog"])
     proc = subprocess.run([*cli, "--images", str(tmp_path / "named"), "--report", str(tmp_path / "rep")],
                           capture_output=True, text=True, timeout=300)

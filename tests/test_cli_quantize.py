@@ -221,7 +221,9 @@ def test_int8_folder_is_split_and_sampled_by_class(tmp_path):
     assert d["measured"]["fp32_top1"] <= d["measured"]["most_common_label_share"] == 0.125
     assert "FP32 itself reaches only top-1 accuracy 0.125 on the 32 labelled" in d["budget_warning"]
     assert f"WARNING: {d['budget_warning']}" in proc.stdout
-    assert "over 16 samples from" in proc.stdout and "requested" not in proc.stdout
+    assert "over 16 samples from" in proc.stdout and "of 16 requested" not in proc.stdout
+    assert "32 samples, split deterministically from the calibration source; of 200 requested " \
+        "(--eval-samples): the source holds no more once the calibration samples are taken" in proc.stdout
     more = _cli("export", "lenet5", "--precision", "int8", "--calibration", str(images),
                 "--max-accuracy-drop", "50", "-o", str(tmp_path / "more"), cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]  # 256 asked of 48 images: said, not silent

@@ -195,6 +195,16 @@ def test_a_packaged_folder_here_does_not_silently_lose_to_the_shipped_photos(tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("given", ["./packaged", "packaged/"])
+def test_a_path_spelling_of_packaged_that_does_not_exist_names_the_shipped_photos(tmp_path, given):
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", given, "-o", "out",
+                cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"--calibration {given} does not exist" in proc.stderr
+    assert "(the shipped photos: --calibration packaged, as one word)" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
 def test_transparent_pixels_are_white_for_grey_and_colour_recipes(tmp_path, mode):
     """Alpha is composited onto white for both colour modes (a grey recipe used to read 0)."""
@@ -229,6 +239,21 @@ def test_palette_images_say_alpha_only_when_they_have_transparency():
     pixels = np.asarray(converted)
     assert note == "P->RGB (alpha on white)"
     assert pixels[1, 1].tolist() == [255, 255, 255] and pixels[0, 0].tolist() == [200, 100, 50]
+
+
+@pytest.mark.parametrize("mode,scale", [("I;16", 257.0), ("F", 1 / 255), ("F", 1.0), ("F", 257.0)])
+def test_high_bit_depth_images_keep_their_brightness(mode, scale):
+    """16-bit and float images map their white, not their brightest pixel, to 255: a float TIFF in
+    0..1 whose brightest pixel is 0.5 used to come out twice as bright."""
+    from exporter.data import convert_mode
+
+    grey = np.tile(np.arange(0, 128, 2, dtype=np.float64), (4, 1))  # 0..126: a dim image
+    pixels = grey * scale
+    image = Image.fromarray(pixels.astype(np.float32)) if mode == "F" else \
+        Image.fromarray(pixels.astype(np.uint16)).convert(mode)
+    converted, note = convert_mode(image, get_recipe("lenet5").input)
+    assert np.abs(np.asarray(converted, np.float64) - grey).max() <= 1, (mode, scale)
+    assert note.startswith(f"{mode}->L (high bit depth scaled to 8 bits")
 
 
 def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
@@ -275,7 +300,19 @@ def test_samples_left_out_for_a_fixed_batch_and_judged_conversions_are_said(tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "over 28 samples (of 32 requested: 4 left out to fill whole batches of the fixed batch size)" \
         in proc.stdout
-    assert "holds no more" not in proc.stdout
-    assert "42 image(s) converted RGB->L; 6 left out to fill whole batches of the fixed batch size" \
+    assert "requested: the source holds no more" not in proc.stdout  # the calibration's 32 were there
+    assert "48 requested" not in proc.stdout
+    assert "of 200 requested (--eval-samples): the source holds no more once the calibration samples " \
+        "are taken; 42 image(s) converted RGB->L; 6 left out to fill whole batches of the fixed batch size" \
         in proc.stdout  # the 48 held out, less the partial batch
     assert "calibration: converted 28 image(s) RGB->L" in proc.stderr
+
+
+def test_a_judging_folder_smaller_than_asked_for_is_said(tmp_path):
+    """--eval-samples 500 on a folder of 40 images judged on 40 without a word."""
+    _images(tmp_path / "judge", 40, 1)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "--eval-images",
+                "judge", "--eval-samples", "500", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "judged on judge (40 samples; of 500 requested (--eval-samples): the source holds no more;" \
+        in proc.stdout, proc.stdout

@@ -142,12 +142,13 @@ def check_labels(sets: list[InputSet], outs: dict[str, np.ndarray]) -> None:
     """Class subfolders name classes the model has (index < its output width): one it lacks
     would count every image there as wrong."""
     from ..errors import InputError
+    from ..quantize.judging import classes_beyond
 
     for s in sets:
         classes = int(outs[s.name].shape[-1]) if outs[s.name].ndim == 2 else 0
-        if s.labels is None or not classes or int(s.labels.max()) < classes:
+        bad = classes_beyond(s.labels, classes, s.class_names)
+        if not bad:
             continue
-        bad = sorted({int(v) for v in s.labels if v >= classes})
         raise InputError(
             f"--images {s.source}: class subfolder(s) {', '.join(map(str, bad[:5]))}"
             f"{', ...' if len(bad) > 5 else ''} name classes the model does not have (its output has "

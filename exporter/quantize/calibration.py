@@ -188,6 +188,25 @@ def _check_npy(arr: np.ndarray, path: Path, spec: InputSpec) -> None:
         raise CalibrationError(
             f"'{path}' looks like raw pixels (range {lo:.1f}..{hi:.1f}), not normalized",
             fix="preprocess with exporter.data.preprocess, or pass the image folder instead")
+    _check_normalized(lo, hi, path, spec)
+
+
+NPY_RANGE_SLACK = 0.5  # beyond black..white after normalization (resampling of float images overshoots)
+
+
+def _check_normalized(lo: float, hi: float, path: Path, spec: InputSpec) -> None:
+    """The values of an ``.npy`` lie where the recipe's mean/std put black..white pixels."""
+    mean, std = np.asarray(spec.mean, np.float64), np.asarray(spec.std, np.float64)
+    want_lo, want_hi = float(((0 - mean) / std).min()), float(((1 - mean) / std).max())
+    fix = "preprocess with exporter.data.preprocess, or pass the image folder instead"
+    expected = f"this recipe's mean {tuple(spec.mean)} and std {tuple(spec.std)} map pixels to " \
+               f"{want_lo:.2f}..{want_hi:.2f}"
+    if want_lo < -NPY_RANGE_SLACK and lo >= 0 and hi <= 1.0 + 1e-6:
+        raise CalibrationError(f"'{path}' holds values in {lo:.2f}..{hi:.2f}, scaled to 0..1 but not "
+                               f"normalized: {expected}", fix=fix)
+    if lo < want_lo - NPY_RANGE_SLACK or hi > want_hi + NPY_RANGE_SLACK:
+        raise CalibrationError(f"'{path}' holds values in {lo:.2f}..{hi:.2f}, outside what "
+                               f"preprocessing for this model gives: {expected}", fix=fix)
 
 
 # ---------------------------------------------------------------- hashing & cache

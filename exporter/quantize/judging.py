@@ -101,14 +101,20 @@ class Criterion:
                 "(--eval-samples N, or --eval-images DIR)")
 
 
+def classes_beyond(labels: np.ndarray | None, classes: int, class_names: Sequence[str] = ()) -> list[int]:
+    """The class indices, of the labels drawn and of the folder's class subfolders, that a model
+    with ``classes`` outputs does not have (none when unlabelled or the width is unknown)."""
+    if labels is None or not classes:
+        return []
+    named = {int(n) for n in class_names if n.isdigit()}
+    return sorted({int(v) for v in labels if v >= classes} | {n for n in named if n >= classes})
+
+
 def check_labels(labels: np.ndarray | None, classes: int, source: str,
                  class_names: Sequence[str] = ()) -> None:
     """Labels (class subfolders named by index) all name one of the model's ``classes`` outputs:
     every class subfolder of the folder, not only those the seeded sample happened to draw from."""
-    if labels is None or not classes:
-        return
-    named = {int(n) for n in class_names if n.isdigit()}
-    bad = sorted({int(v) for v in labels if v >= classes} | {n for n in named if n >= classes})
+    bad = classes_beyond(labels, classes, class_names)
     if not bad:
         return
     raise CalibrationError(

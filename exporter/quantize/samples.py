@@ -191,11 +191,22 @@ def judging_notes(samples: SampleSet) -> str:
     """What a judging set's summary adds: files of its folder skipped, images converted, subfolders
     not used as labels."""
     skipped = len(samples.skipped)
-    return ((f"; {skipped} file(s) of the folder skipped" if skipped else "")
+    return (_shortfall(samples)
+            + (f"; {skipped} file(s) of the folder skipped" if skipped else "")
             + "".join(f"; {count} image(s) converted {note}" for note, count in samples.conversions.items())
             + (f"; {samples.dropped} left out to fill whole batches of the fixed batch size"
                if samples.dropped else "")
             + (f"; no labels, so judged by agreement: {samples.unlabelled}" if samples.unlabelled else ""))
+
+
+def _shortfall(samples: SampleSet) -> str:
+    """'; of N requested: ...' when the source gave fewer samples than --eval-samples asked for."""
+    short = samples.requested - len(samples) - samples.dropped
+    if short <= 0:
+        return ""
+    split = "held out" in samples.source
+    return (f"; of {samples.requested} requested (--eval-samples): the source holds no more"
+            + (" once the calibration samples are taken" if split else ""))
 
 
 def copies_note(copies: int) -> str:
@@ -281,6 +292,10 @@ def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: i
 def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
              scratch: Scratch, check: Callable[[np.ndarray], None]) -> tuple[SampleSet, SampleSet | None]:
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # else numpy reads it as a pickle and blames that
+                raise CalibrationError(f"'{path}' is not a .npy file (no numpy header)",
+                                       fix="save preprocessed NCHW float32 tensors with numpy.save")
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as err:
         raise CalibrationError(f"cannot read '{path}' as a numpy array ({err})",
