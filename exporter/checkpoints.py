@@ -115,8 +115,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         keys = json.dumps([str(k) for k in bad[:3]])
+        nested = [str(k) for k, v in obj.items() if isinstance(v, dict) and v
+                  and all(isinstance(t, torch.Tensor) for t in v.values())]
+        fix = ("save the state_dict itself, or a dict with it under 'state_dict' or 'model'"
+               + (f"; it holds state dicts under {json.dumps(nested)}: save the one to export, e.g. "
+                  f"python -c \"import torch; torch.save(torch.load('{path}')['{nested[0]}'], "
+                  f"'{path.stem}.{nested[0]}.pth')\"" if nested else ""))
         raise WeightsError(f"checkpoint '{path}' is a dict whose entries {keys} are not tensors "
-                           f"(keys: {[str(k) for k in list(obj)[:5]]})",
-                           fix="save the state_dict itself, or a dict with it under 'state_dict' "
-                               "or 'model'")
+                           f"(keys: {[str(k) for k in list(obj)[:5]]})", fix=fix)
     return {str(k).removeprefix("module."): v for k, v in obj.items()}

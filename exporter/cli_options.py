@@ -138,6 +138,12 @@ _QUANT_NAMES = {"calibration": "calibration", "calibration_method": "method",
                 "range_tuning": "range_tuning", "lever_retry": "lever_retry"}
 
 
+def quant_flag(key: str) -> str:
+    """The command-line flag of a quantize option ("samples" -> "--calibration-samples")."""
+    src = next((s for s, k in _QUANT_NAMES.items() if k == key), key)
+    return "--" + src.replace("_", "-")
+
+
 def quant_options(args: argparse.Namespace) -> dict:
     """The INT8 options the user gave (only those), by the names the quantize stage takes; a
     UsageError when they were given to a run that makes no INT8 (they would do nothing)."""

@@ -48,17 +48,25 @@ def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
     return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
 
 
-def _usable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> bool:
+def _unusable(entry: dict[str, Any], directory: Path, request: ExportRequest) -> str:
+    """Why the artifact ``entry`` cannot serve ``request`` as it is ("" when it can)."""
     from .artifacts import artifact_files
 
     if not all((directory / f).exists() for f in artifact_files(entry)):
-        return False
+        return "its file is gone"
     if entry["precision"] == "fp32":
-        return True
+        return ""
     details = entry.get("details") or {}
-    if details.get("options") != quant_options_record(request.quant):
-        return False
-    return "data_files" not in details or details["data_files"] == data_fingerprints(request.quant)
+    had, want = details.get("options") or {}, quant_options_record(request.quant)
+    if had != want:
+        from .cli_options import quant_flag
+
+        changed = [f"{quant_flag(k)} {had.get(k, 'default')} -> {want.get(k, 'default')}"
+                   for k in sorted(set(had) | set(want)) if had.get(k) != want.get(k)]
+        return f"made with other INT8 options: {', '.join(changed)}"
+    if "data_files" in details and details["data_files"] != data_fingerprints(request.quant):
+        return "its calibration or judging files changed since"
+    return ""
 
 
 def data_fingerprints(quant: dict[str, Any]) -> dict[str, str]:
@@ -81,18 +89,21 @@ def data_fingerprints(quant: dict[str, Any]) -> dict[str, str]:
 
 
 def missing_artifacts(manifest: dict[str, Any], directory: Path,
-                      request: ExportRequest) -> list[tuple[str, str]]:
-    """(format, precision) pairs ``request`` asks for that the directory cannot supply as is: FP32
-    of every format, and ``request.precision`` of every format whose backend produces it."""
+                      request: ExportRequest) -> dict[tuple[str, str], str]:
+    """{(format, precision): why} of what ``request`` asks for that the directory cannot supply as
+    is: FP32 of every format, and ``request.precision`` of every format whose backend produces it."""
     from .backends import registry
 
     wanted = [(f, "fp32") for f in request.formats]
     if request.precision != "fp32":
         wanted += [(f, request.precision) for f in request.formats
                    if request.precision in registry.get(f).precisions]
-    have = {(a["format"], a["precision"]) for a in manifest.get("artifacts", [])
-            if _usable(a, directory, request)}
-    return [w for w in wanted if w not in have]
+    why = {w: "absent" for w in wanted}
+    for a in manifest.get("artifacts", []):
+        key = (a["format"], a["precision"])
+        if key in why and why[key]:
+            why[key] = _unusable(a, directory, request)
+    return {w: reason for w, reason in why.items() if reason}
 
 
 def export_or_reuse(request: ExportRequest, *, verify: bool = False,
@@ -123,8 +134,8 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
             # the precision artifacts are there and kept; only fp32 formats are missing
             request = replace(request, precision="fp32", quant={})
         request = replace(request, formats=formats)
-        note = (f"exported {', '.join(f'{f} {p}' for f, p in missing)} into {directory} (absent, or made "
-                "from other INT8 options or calibration files)")
+        note = (f"exported {', '.join(f'{f} {p}' for f, p in missing)} into {directory} ("
+                + "; ".join(dict.fromkeys(missing.values())) + ")")
     else:
         note = f"exported {', '.join(request.formats)} into {directory}"
     say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")

@@ -27,6 +27,9 @@ def _tuning(record: dict | str | None) -> str:
     return f" + range tuning (calibration KL {record['kl_before']:.4g} -> {record['kl_after']:.4g}{kept})"
 
 
+MOSTLY_INT8 = 0.5  # under this share of convs in INT8, the summary warns that the model is mostly float
+
+
 def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
     """INT8 facts a person needs: how much really runs INT8, what was kept, what was measured."""
     if "quantize" in d:  # OpenVINO: the IR of our Q/DQ ONNX, whose facts it keeps
@@ -53,12 +56,17 @@ def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
         + _rounding(d.get("weight_rounding"))
         + f"{' + bias correction' if d.get('bias_correction') else ''}" + _tuning(d.get("range_tuning"))
         + (f" + {len(d['zero_centred'])} activation(s) zero-centred" if d.get("zero_centred") else "")
-        + f" over {d.get('samples_used')} samples{_fewer(d)} from "
+        + f" over {d.get('samples_used')} sample{'' if d.get('samples_used') == 1 else 's'}{_fewer(d)} from "
         f"{(d.get('calibration') or {}).get('source')}, {d.get('skipped_files', 0)} file(s) skipped"
         + (", cache hit" if cache.get("hit") else f", cache miss ({cache.get('reason')})"),
     ]
     if d.get("budget_warning"):
         lines.append(f"    WARNING: {d['budget_warning']}")
+    if by_budget and d["int8_conv_fraction"] < MOSTLY_INT8:
+        lines.append(f"    WARNING: only {d['int8_convs']} of the {d['convs']} convs run INT8: the budget "
+                     f"kept {len(by_budget)} layer(s) in {precision} (--max-kept-fraction allowed it), so "
+                     f"this model is mostly {precision}, with little of INT8's speed and size; "
+                     f"compare --precision {'fp16' if precision == 'fp16' else 'fp32'}")
     retry = d.get("lever_retry")
     if retry:
         lines.append(f"    retried: the default calibration missed the budget (best {retry['default_best']}); "

@@ -85,3 +85,20 @@ def test_a_fine_tuned_torchvision_head_exports_with_num_classes(tmp_path):
     assert proc.returncode == 2 and not (tmp_path / "named").exists()
     assert "--weights DEFAULT of mobilenet_v3_small classify 1000 classes, not 10 (--num-classes)" \
         in proc.stderr
+
+
+def test_a_checkpoint_with_its_state_dict_under_another_key_names_it(tmp_path, monkeypatch):
+    """An EMA checkpoint ({'state_dict_ema': ..., 'epoch': 3}) got a fix that named only
+    'state_dict'/'model'; it now names the nested state dict and how to save it."""
+    from exporter.checkpoints import read_checkpoint
+    from exporter.errors import WeightsError
+
+    state = torch.nn.Linear(3, 2).state_dict()
+    torch.save({"state_dict_ema": state, "epoch": 3}, tmp_path / "ema.pth")
+    with pytest.raises(WeightsError) as caught:
+        read_checkpoint(tmp_path / "ema.pth")
+    assert "it holds state dicts under [\"state_dict_ema\"]: save the one to export" in caught.value.fix
+    command = caught.value.fix.split('python -c "')[1].rstrip('"')
+    monkeypatch.chdir(tmp_path)
+    exec(command, {})  # the printed one-liner works as given
+    assert read_checkpoint(tmp_path / "ema.state_dict_ema.pth").keys() == state.keys()

@@ -129,6 +129,21 @@ def test_refused_budget_suggests_what_the_placements_runtime_runs_instead(tmp_pa
     assert instead in fix and not_instead not in fix
 
 
+def test_summary_warns_when_the_budget_left_the_model_mostly_float():
+    """--max-kept-fraction 1 shipped 1 of 20 convs in INT8 with no word beyond the share."""
+    from exporter.summary import _quant_lines
+
+    kept = [f"/conv{i}" for i in range(19)] + ["/fc/Gemm"]
+    details = {"int8_conv_fraction": 0.05, "int8_convs": 1, "convs": 20, "measured": {},
+               "kept_fp16_layers": kept, "kept_by_rule": {"/conv0": "stem", "/fc/Gemm": "GEMV"}}
+    warning = [line for line in _quant_lines(details) if "WARNING" in line]
+    assert warning == ["    WARNING: only 1 of the 20 convs run INT8: the budget kept 18 layer(s) in fp16 "
+                       "(--max-kept-fraction allowed it), so this model is mostly fp16, with little of "
+                       "INT8's speed and size; compare --precision fp16"]
+    half = {**details, "int8_conv_fraction": 0.5, "int8_convs": 10}
+    assert not any("WARNING" in line for line in _quant_lines(half))
+
+
 def test_summary_says_when_the_levers_were_retried():
     from exporter.summary import _quant_lines
 
@@ -589,3 +604,15 @@ def test_the_names_checked_before_work_cover_every_file_an_export_writes(tmp_pat
     assert written and written <= names, written - names
     manifest = json.loads((out / "manifest.json").read_text())
     assert {a["format"] for a in manifest["artifacts"]} == set(wanted)
+
+
+def test_the_budget_never_keeps_every_conv_out_of_int8(tmp_path):
+    """--max-kept-fraction 1 let the budget keep every conv out: exit 0 with a file labelled INT8
+    that held no Q/DQ. Now one conv stays INT8 at least, and the refusal does not suggest raising
+    a fraction that is already 1."""
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "--max-kept-fraction",
+                "1", "--min-agreement", "1", "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    assert ("cannot be met keeping at most 2 of the 3 convs out of INT8 (--max-kept-fraction 1; never all 3; "
+            "the conv kept out by rule counts toward it): the best (4 layer(s) out, 2 of them convs)") in proc.stderr
+    assert "--max-kept-fraction 1," not in proc.stderr and not (tmp_path / "out").exists()

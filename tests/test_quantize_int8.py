@@ -199,7 +199,7 @@ def test_budget_loop_falls_back_layers(out_dir):
                        lever_retry=False)
     convs = d["convs"]  # the refusal names the cap it hit and how to raise it
     assert f"keeping at most {int(0.05 * convs)} of the {convs} convs" in refused.value.message
-    assert "--max-kept-fraction 0.05)" in refused.value.message
+    assert "(--max-kept-fraction 0.05; the conv kept out by rule counts toward it)" in refused.value.message
     assert "--max-kept-fraction 0.1," in refused.value.fix
     assert "try the slower opt-in lever --weight-rounding exact," in refused.value.fix
     assert not list((out_dir / "b2").glob("*.onnx")) if (out_dir / "b2").exists() else True
@@ -244,3 +244,30 @@ def test_cpu_kept_layer_reads_float_input_and_is_ranked_alone():
     assert scores[name] == pytest.approx(judging.mean_kl(ref, q8.run(q8.build_qdq(model, alone, ranges), x)))
     everything = make_plan(model, "cpu", set(full.quantized) - {name}, demote=False)  # old, noisy
     assert scores[name] < judging.mean_kl(ref, q8.run(q8.build_qdq(model, everything, ranges), x))
+
+
+@pytest.mark.parametrize("batch", [None, 1, 4])
+def test_tensorrt_keeps_gemvs_and_small_gemms_out_of_int8_with_the_reason(batch):
+    """ModelOpt's GEMM rules: a Gemm that runs as a GEMV (dynamic batch or batch 1) or with K or N
+    under 16 stays fp16; with a fixed batch of 2 or more a large Gemm is INT8. Every Gemm used to
+    be kept as 'the classifier GEMM', AlexNet's hidden layers too."""
+    from onnx import helper
+
+    from exporter.quantize import exclusion_reasons
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w_hidden", (64, 32)), ("b_hidden", (64,)), ("w_head", (8, 64)), ("b_head", (8,)))]
+    nodes = [helper.make_node("Gemm", ["x", "w_hidden", "b_hidden"], ["h"], name="hidden", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w_head", "b_head"], ["y"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch or "N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch or "N", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    reasons = exclusion_reasons(model, "tensorrt")
+    assert reasons["head"] == "Gemm with K=64, N=8 (< 16) stays fp16 (ModelOpt's rule)"
+    if batch == 4:
+        assert "hidden" not in reasons
+    else:
+        assert reasons["hidden"].startswith("Gemm runs as a GEMV at batch 1 and stays fp16")
+    assert exclusion_reasons(model, "cpu") == {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -183,7 +182,7 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
     most sensitive layers (ranked on ``x_rank``) in float, in growing groups of at most
     ``max_kept_fraction`` of the convs (``quantize.budget.climb``), else its
     :class:`PrecisionError`. ``build(graph) -> (built, runner)``."""
-    from ..quantize.budget import climb, largest_prefix, refusal
+    from ..quantize.budget import climb, conv_cap, largest_prefix, refusal
     from ..quantize.judging import check_labels, measure
 
     ref = fp32(held)
@@ -191,7 +190,7 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
     layers = quantized_layers(graph)
     names = {n.name: layer_name(n) for n in layers}
     convs = sum(is_conv(n) for n in layers)
-    max_convs = int(math.floor(max_kept_fraction * convs))
+    max_convs = conv_cap(max_kept_fraction, convs)
     history: list[dict] = []
 
     def attempt(kept: list[str]):

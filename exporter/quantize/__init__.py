@@ -118,7 +118,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         if equalized["pairs"] or equalized.get("streams"):
             log(f"calibration: {equalized['pairs']} activation(s) equalized into their consumers"
                 + (f", {equalized['dense_pairs']} of them into dense convs" if equalized.get("dense_pairs") else "")
-                + (f", and {equalized['streams']} residual stream(s)" if equalized.get("streams") else "")
+                + _streams_said(equalized)
                 + f" (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
                   "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
@@ -133,7 +133,8 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         ranges = cal.compute_ranges(stats, method)
         cached = {"ranges": {k: list(v) for k, v in ranges.items()}, "bias": {}}
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
-    rule_kept = default_exclusions(model, target)
+    rule_reasons = exclusion_reasons(model, target)
+    rule_kept = list(rule_reasons)
     kept_base = list(dict.fromkeys(rule_kept + list(force_kept or [])))
     searched = None
     if range_search:
@@ -203,7 +204,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "int8_layers": final_plan.quantized, "kept_fp16_layers": kept,
         "float_out_layers": final_plan.float_out,
         "float_readers": float_readers(model, final_plan) if target == "cpu" else {},
-        "kept_by_rule": {n: EXCLUSION_RULES[target] for n in rule_kept},
+        "kept_by_rule": rule_reasons,
         "kept_layers_precision": q8.kept_precision(target),
         "kept_fp32_layers": {n: why for n, why in calibrated.fp32_layers.items() if n in kept},
         "criterion": criterion.describe(), "budget_met": measurement.ok,
@@ -256,22 +257,45 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
 # lose accuracy; a batch-1 classifier GEMM is a GEMV, memory-bound, where INT8 buys no speed.
 # On ONNX Runtime CPU no rule: a float stem was faster for MobileNetV2 in one profile and slower in
 # in-process timings, slower for ResNet/VGG (benchmarks/INT8_RESULTS.md, reading).
-EXCLUSION_RULES = {"tensorrt": "small-channel conv / classifier GEMM stays fp16 (ModelOpt's rule)",
-                   "cpu": ""}
-SMALL_CHANNELS = 4
+def _streams_said(equalized: dict) -> str:
+    """', and N residual stream(s) and M conv -> conv link(s)' of the equalization's record."""
+    residual = equalized.get("residual_streams", 0)
+    links = equalized.get("streams", 0) - residual
+    said = [f"{residual} residual stream(s)"] * bool(residual) + [f"{links} conv -> conv link(s)"] * bool(links)
+    return f", and {' and '.join(said)}" if said else ""
+
+
+SMALL_CHANNELS = 4  # a conv reading at most this many channels per group stays fp16 on tensorrt
+MIN_GEMM_DIM = 16  # ModelOpt's smallest K/N worth INT8 tensor cores
 
 
 def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
-    """Layers the ``target`` keeps out of INT8 by rule (recorded in the manifest as such)."""
+    """Layers the ``target`` keeps out of INT8 by rule (:func:`exclusion_reasons`)."""
+    return list(exclusion_reasons(model, target))
+
+
+def exclusion_reasons(model: onnx.ModelProto, target: str) -> dict[str, str]:
+    """{layer: why} the ``target`` keeps out of INT8 by rule, as NVIDIA's ModelOpt does for
+    TensorRT: a conv reading few channels (a 3-channel stem), and a Gemm that runs as a GEMV (the
+    batch is dynamic or 1: tensor cores gain nothing) or has K or N under 16. None on ``cpu``."""
     if target != "tensorrt":
-        return []
+        return {}
     graph = Graph(model)
-    out = []
+    batch = q8.fixed_batch(model)
+    out = {}
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
-        if node.op_type == "Gemm" or (node.op_type == "Conv" and len(w) > 1 and
-                                      w[1] * conv_group(node) <= SMALL_CHANNELS):
-            out.append(node.name)
+        if node.op_type == "Conv" and len(w) > 1 and w[1] * conv_group(node) <= SMALL_CHANNELS:
+            out[node.name] = (f"conv reading {w[1] * conv_group(node)} channel(s) stays fp16 "
+                              "(ModelOpt's small-channel rule)")
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            n, k = (w[0], w[1]) if trans_b else (w[1], w[0])
+            if min(n, k) < MIN_GEMM_DIM:
+                out[node.name] = f"Gemm with K={k}, N={n} (< {MIN_GEMM_DIM}) stays fp16 (ModelOpt's rule)"
+            elif batch in (None, 1):
+                out[node.name] = ("Gemm runs as a GEMV at batch 1 and stays fp16 (ModelOpt's GEMV rule; "
+                                  "a fixed --batch of 2 or more quantizes it)")
     return out
 
 

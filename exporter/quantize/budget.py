@@ -146,7 +146,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
     base = list(force_kept or [])
-    max_kept = int(math.floor(max_kept_fraction * len(convs)))
+    max_kept = conv_cap(max_kept_fraction, len(convs))
     history: list[dict] = []
     timed: list[dict] = []  # speed's timing of the last model that met the criterion
 
@@ -194,7 +194,13 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
                   fp16=INSTEAD_OF_INT8[target], untried=untried,
                   best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
-                  coverage=coverage)
+                  coverage=coverage, rule_convs=sum(_op(fp32, n) == "Conv" for n in base))
+
+
+def conv_cap(fraction: float, convs: int) -> int:
+    """How many of ``convs`` convs may be out of INT8 at ``--max-kept-fraction fraction``: never
+    all of them (a model with no INT8 conv left is an FP16/FP32 model, not an INT8 one)."""
+    return max(0, min(int(math.floor(fraction * convs)), convs - 1))
 
 
 def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any, Measurement]],
@@ -220,11 +226,11 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
             fp16: str = "use --precision fp16", untried: str = "",
-            best_convs: int | None = None, coverage: str = "") -> BudgetRefused:
+            best_convs: int | None = None, coverage: str = "", rule_convs: int = 0) -> BudgetRefused:
     """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
     opt-in accuracy lever not used; ``coverage`` (:func:`coverage_gaps`' sentence) puts the data
-    lever first."""
+    lever first; ``rule_convs``: convs out by rule before the budget (they count toward the cap)."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -232,13 +238,18 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         short += f", {best_convs} of them convs"
     return BudgetRefused(
         f"the {runtime + ' ' if runtime else ''}INT8 accuracy budget ({criterion.describe()}) "
-        f"cannot be met keeping at most {max_convs} of the {convs} convs {kept_as} "
-        f"(--max-kept-fraction {fraction:g}): the best ({best_kept} layer(s) {short}) reached "
+        f"cannot be met keeping at most {max(max_convs, rule_convs)} of the {convs} convs {kept_as} "
+        f"(--max-kept-fraction {fraction:g}"
+        + (f"; never all {convs}" if max_convs == convs - 1 and fraction * convs >= convs else "")
+        + (("; the conv kept out by rule counts toward it" if rule_convs == 1 else
+            f"; the {rule_convs} convs kept out by rule count toward it") if rule_convs else "")
+        + f"): the best ({best_kept} layer(s) {short}) reached "
         f"{best.describe()}" + (f"; {coverage}" if coverage else ""),
         fix=("calibrate with data like the judging data (--calibration DIR of deployment images), "
              if coverage else "")
-            + f"{fp16}, loosen the budget with {loosen}, allow more layers {kept_as} with "
-            f"--max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
+            + f"{fp16}, loosen the budget with {loosen}, "
+            + (f"allow more layers {kept_as} with --max-kept-fraction {min(1.0, 2 * fraction) or 0.25:g}, "
+               if max_convs < convs - 1 else "")
             + (f"try the slower opt-in lever {untried}, " if untried else "")
             + ("or calibrate with more of it (--calibration-samples N)" if coverage else
                "or calibrate with more or closer-to-deployment data (--calibration DIR, "

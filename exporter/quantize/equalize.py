@@ -94,7 +94,8 @@ def find_pairs(model: onnx.ModelProto, dense: bool = False) -> list[Pair]:
 def find_streams(model: onnx.ModelProto) -> list[Stream]:
     """Residual streams: sets of tensors joined by two-input Adds, each written by a Conv with
     constant weights or by an Add of the set, and read only by Adds of the set or by dense or
-    depthwise Convs at input 0 (no activation, no graph output, no other reader)."""
+    depthwise Convs at input 0 (no activation, no graph output, no other reader). A set of one
+    tensor (no Add) is a Conv -> Conv link, ShuffleNetV2's: equalized the same way."""
     graph = GraphIndex(model)
     parent: dict[str, str] = {}
 
@@ -250,6 +251,7 @@ def equalize(model: onnx.ModelProto, data: np.ndarray, cap: float = CAP,
     return out, {"pairs": len(pairs), "cap": cap, "max_scale": round(max(spread), 2),
                  **({"dense_pairs": dense_pairs, "dense_alpha": dense_alpha} if dense else {}),
                  **({"streams": len(streams), "stream_tensors": sum(len(x.tensors) for x in streams),
+                     "residual_streams": sum(len(x.tensors) > 1 for x in streams),
                      "stream_alpha": stream_alpha} if streams else {}),
                  "tensors": [p.activation.output[0] for p in pairs]}
 

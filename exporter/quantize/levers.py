@@ -91,7 +91,7 @@ def searched_ranges(model, target: str, excluded: set, ranges: dict, data, cache
         found = search_ranges(model, make_plan(model, target, excluded), ranges, data.array, log=log)
     except PrecisionError as err:
         log(f"calibration: range search skipped ({err.message}); histogram ranges kept")
-        return ranges, f"skipped: {err.message}"
+        return ranges, f"output-error search skipped ({err.message})"
     changed = {k: list(v) for k, v in found.items() if tuple(v) != tuple(ranges.get(k, ()))}
     cached["searched"][target] = changed
     return found, "output-error search"
