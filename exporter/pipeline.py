@@ -274,6 +274,9 @@ def export(request: ExportRequest) -> ExportResult:
     export_info: dict[str, Any] = {}
     with staging(directory) as stage:
         onnx_path = None
+        cache = directory / f"{stem}.int8.calib.json"
+        if request.precision == "int8" and cache.is_file():  # every INT8 format re-uses its ranges
+            shutil.copy2(cache, stage / cache.name)
         meta = build_metadata(recipe, spec, request, weights_info)
         if "onnx" in formats:  # first: the verified FP32 ONNX is the source of from_onnx formats
             onnx_path = stage / f"{stem}.onnx"
@@ -283,7 +286,7 @@ def export(request: ExportRequest) -> ExportResult:
             artifacts.append(artifact_entry(onnx_path, "onnx", "fp32", exporter=request.exporter,
                                             simplifier=request.simplifier, opset=request.opset))
             if request.precision != "fp32":
-                artifacts.append(_quantize(stage, directory, stem, recipe, spec, request, meta))
+                artifacts.append(_quantize(stage, stem, recipe, spec, request, meta))
         artifacts += _runtime_artifacts(formats, graph, recipe, spec, request, stage, stem,
                                         onnx_path, prep.expected_bn_nodes, meta)
         request.stage("verify: every artifact vs eager" if request.verify else "verify: skipped")
@@ -302,14 +305,12 @@ def export(request: ExportRequest) -> ExportResult:
                         replaced=replaced_export(earlier, manifest, directory))
 
 
-def _quantize(stage: Path, directory: Path, stem: str, recipe: Recipe, spec: InputSpec,
+def _quantize(stage: Path, stem: str, recipe: Recipe, spec: InputSpec,
               request: ExportRequest, meta: dict[str, str]) -> dict[str, Any]:
-    """The FP16 / INT8 ONNX from the staged FP32 ONNX (an earlier calibration cache re-used)."""
+    """The FP16 / INT8 ONNX from the staged FP32 ONNX (an earlier calibration cache, staged by
+    :func:`export`, re-used)."""
     from .quantize import quantize_stage
 
-    cache = directory / f"{stem}.int8.calib.json"
-    if cache.is_file():
-        shutil.copy2(cache, stage / cache.name)
     entry = quantize_stage(stage / f"{stem}.onnx", stage, recipe, spec, request.precision,
                            log=request.log, **request.quant)
     from .reuse import data_fingerprints

@@ -203,7 +203,7 @@ CASES = [
     ("parity-rounds-zero", None, P + ["--rounds", "0"], USAGE, ["--rounds must be >= 1"]),
     ("parity-batch-sizes-zero", None, P + ["--batch-sizes", "0"], USAGE, ["positive integers"]),
     ("parity-images-missing", None, P + ["--images", "nope"], INPUT, ["--images nope is missing"]),
-    ("parity-images-file", _write("img.png", b"x"), P + ["--images", "img.png"], USAGE, ["is a file"]),
+    ("parity-images-file", _write("img.png", b"x"), P + ["--images", "img.png"], INPUT, ["is a file"]),
     ("parity-no-model", None, ["parity"], USAGE, ["which model?"]),
     ("parity-zoo-and-model", None, ["parity", "lenet5", "--zoo"], USAGE, ["--zoo runs every recipe"]),
     ("parity-reduced-alone", None, P + ["--reduced"], USAGE, ["--reduced, --models and --keep-artifacts go with --zoo"]),

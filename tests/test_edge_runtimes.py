@@ -226,3 +226,21 @@ def test_shufflenet_v1_ncnn_traces_its_shuffles_as_reshape(tmp_path):
     assert not any("." in t for t in entry["layer_types"])
     row = next(r for r in result.parity if r["format"] == "ncnn")
     assert row["status"] == "ok" and row["rel_max_abs"] <= 1e-4, row
+
+
+def test_openvino_int8_alone_reuses_the_calibration_cache_and_sends_no_telemetry(tmp_path):
+    """`--format openvino --precision int8` run twice recomputed its ranges ('no cache') with the
+    cache beside it: only the ONNX path staged it. OpenVINO's converter loaded its telemetry, whose
+    child processes tried the network and printed tracebacks on Ctrl-C."""
+    need("openvino")
+    cmd = ["export", "lenet5", "--format", "openvino", "--precision", "int8", "--calibration", "packaged",
+           "--calibration-samples", "32", "--eval-samples", "40", "-o", str(tmp_path / "ov")]
+    first = run_cli(*cmd)
+    assert first.returncode == 0 and "cache miss (no cache)" in first.stdout, first.stderr[-2000:]
+    again = run_cli(*cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cache hit" in again.stdout and "computing ranges" not in again.stderr, again.stdout
+    probe = ("from exporter.backends import openvino as b; b._ov(); "
+             "import openvino.tools.ovc.convert_impl as ci; print(ci.tm.__name__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "openvino.tools.ovc.telemetry_stub", out.stderr[-2000:]

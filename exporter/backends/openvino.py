@@ -13,6 +13,7 @@ does not run what was asked is an error, never a relabelled row.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,10 @@ COMPUTE = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 
 def _ov():
+    # OpenVINO's converter sends usage telemetry from child processes when openvino_telemetry
+    # imports (they tried the network offline and printed tracebacks on Ctrl-C); without it the
+    # converter uses its own stub. This process only: nothing is written to the user's consent file.
+    sys.modules.setdefault("openvino_telemetry", None)
     return registry.require_module(registry.get("openvino"), "openvino")
 
 
