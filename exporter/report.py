@@ -285,7 +285,7 @@ def zoo_rows(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         ship = rep.fastest_within_tolerance()
         cells = [f"{a.format}: {a.status}" for a in rep.artifacts if a.status in ("unsupported", "skipped")]
         status = "ok" if rep.ok else f"FAIL ({len(rep.breaches())} breach)"
-        out.append({"model": rep.model, "artifacts": str(len(rep.artifacts)),
+        out.append({"model": rep.label or rep.model, "artifacts": str(len(rep.artifacts)),
                     "worst rel. err": fmt_sci(worst), "min top-1 agr.": fmt_frac(agree),
                     "speed-up b1 (best)": ("unstable" if shaky and not best else
                                            f"{best[0]:.2f}x {best[1]}" if best else "-")

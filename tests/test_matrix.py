@@ -142,6 +142,8 @@ def test_cli_local_run_report_and_rerun_skips(tmp_path):
             assert art["summary"]["cosine"] > (0.99999 if art["precision"] == "fp32" else 0.9)
     md = (out / "report.md").read_text()
     assert "## Jobs" in md and "| lenet5/int8 | ok | local on" in md
+    summary = md[md.index("## Summary"):md.index("## Jobs")]  # one row per job: the precision said
+    assert "| lenet5/fp32 | 2 |" in summary and "| lenet5/int8 | 1 |" in summary
     assert "- lenet5.int8.tensorrt.onnx: INT8 at export: " in md and "-> met: top-1 agreement" in md
     assert not (out / ".matrix").exists()  # the pickled calibration/reference shares are removed
     int8 = out / "lenet5" / "int8" / "lenet5.int8.tensorrt.onnx"

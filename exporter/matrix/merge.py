@@ -70,6 +70,7 @@ def write_matrix_report(results: Sequence[dict[str, Any]], out_dir: Path, title:
     for r in results:
         if r.get("report"):
             rep = report_from_dict(r["report"])
+            rep.label = r["key"]  # a model's jobs differ by precision: the summary names the job
             rep.notes.append(f"job {r['key']}: {where(r)}, {r.get('seconds', 0):.1f} s, "
                              f"attempt(s) {r.get('attempts', 1)}")
             reports.append(rep)

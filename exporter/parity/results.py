@@ -111,6 +111,7 @@ class ParityReport:
     input_spec: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     locations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> locate result
+    label: str = ""  # the row name where one model has several reports (a matrix job: "lenet5/int8")
 
     def breaches(self) -> list[Breach]:
         return [b for a in self.artifacts for b in a.breaches]
