@@ -614,5 +614,6 @@ def test_the_budget_never_keeps_every_conv_out_of_int8(tmp_path):
                 "1", "--min-agreement", "1", "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 6, proc.stderr[-2000:]
     assert ("cannot be met keeping at most 2 of the 3 convs out of INT8 (--max-kept-fraction 1; never all 3; "
-            "the conv kept out by rule counts toward it): the best (4 layer(s) out, 2 of them convs)") in proc.stderr
+            "the conv kept out by rule counts toward it; the 2 other layer(s), not convs, are not counted): "
+            "the best (4 layer(s) out, 2 of them convs)") in proc.stderr
     assert "--max-kept-fraction 1," not in proc.stderr and not (tmp_path / "out").exists()

@@ -231,7 +231,8 @@ def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt
     assert f"{fmt} int8 budget: 0 layer(s) in float -> top-1 agreement" in proc.stderr
     assert f"{fmt} int8 budget: ranking " in proc.stderr
     assert (f"the {fmt} INT8 accuracy budget (top-1 agreement with FP32 >= 1.000) cannot be met "
-            "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0.25)") in proc.stderr
+            "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0.25; the 2 other layer(s), "
+            "not convs, are not counted)") in proc.stderr
     assert "--max-kept-fraction 0.5" in proc.stderr and not out.exists()
     first = ("use --precision fp32 (tflite has no fp16)" if fmt == "tflite"
              else f"use --precision fp16 (the {fmt} fp16 artifact)")  # not fp16 LiteRT lacks

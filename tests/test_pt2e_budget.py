@@ -143,7 +143,8 @@ def test_fit_refuses_with_the_best_it_reached(quantized, tmp_path):
                lambda x: pb.run_graph(net, x), held, None, Criterion("agreement", 1.01),
                calibration, 0.0, "executorch", lambda _m: None)
     text = str(info.value)
-    assert "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0)" in text, text
+    assert "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0; the " in text, text
+    assert "other layer(s), not convs, are not counted): the best" in text, text
     assert "the best (" in text and "n=128" in text
 
 

@@ -217,7 +217,7 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
                    [(names[n], s) for n, s in ranking])
     raise refusal(criterion, result, k, max_convs, convs, max_kept_fraction, runtime=fmt,
                   kept_as="in float", fp16=_instead_of_int8(fmt),
-                  best_convs=sum(n in conv_names for n in ranked[:k]))
+                  best_convs=sum(n in conv_names for n in ranked[:k]), uncounted=len(layers) - convs)
 
 
 def _instead_of_int8(fmt: str) -> str:

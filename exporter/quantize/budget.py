@@ -194,7 +194,8 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
     raise refusal(criterion, result, len(best_kept), max_kept, len(convs), max_kept_fraction,
                   fp16=INSTEAD_OF_INT8[target], untried=untried,
                   best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
-                  coverage=coverage, rule_convs=sum(_op(fp32, n) == "Conv" for n in base))
+                  coverage=coverage, rule_convs=sum(_op(fp32, n) == "Conv" for n in base),
+                  uncounted=len(full_plan.quantized) - len(convs))
 
 
 def conv_cap(fraction: float, convs: int) -> int:
@@ -226,11 +227,13 @@ def climb(ranked: list[str], cap: int, attempt: Callable[[list[str]], tuple[Any,
 def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: int, convs: int,
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
             fp16: str = "use --precision fp16", untried: str = "",
-            best_convs: int | None = None, coverage: str = "", rule_convs: int = 0) -> BudgetRefused:
+            best_convs: int | None = None, coverage: str = "", rule_convs: int = 0,
+            uncounted: int = 0) -> BudgetRefused:
     """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
     opt-in accuracy lever not used; ``coverage`` (:func:`coverage_gaps`' sentence) puts the data
-    lever first; ``rule_convs``: convs out by rule before the budget (they count toward the cap)."""
+    lever first; ``rule_convs``: convs out by rule before the budget (they count toward the cap);
+    ``uncounted``: the quantized layers that are not convs (the budget may move them too, uncapped)."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -243,6 +246,7 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
         + (f"; never all {convs}" if max_convs == convs - 1 and fraction * convs >= convs else "")
         + (("; the conv kept out by rule counts toward it" if rule_convs == 1 else
             f"; the {rule_convs} convs kept out by rule count toward it") if rule_convs else "")
+        + (f"; the {uncounted} other layer(s), not convs, are not counted" if uncounted else "")
         + f"): the best ({best_kept} layer(s) {short}) reached "
         f"{best.describe()}" + (f"; {coverage}" if coverage else ""),
         fix=("calibrate with data like the judging data (--calibration DIR of deployment images), "
