@@ -86,21 +86,22 @@ def create(recipe, pretrained_tag: str | None = None):
                 "~/.cache/huggingface), or pass --checkpoint PATH to a local state_dict") from None
 
 
-def pretrained_classes(recipe, pretrained_tag: str) -> int:
-    """The class count of the pretrained weights ``pretrained_tag`` (``DEFAULT``: the recipe's tag)."""
+def _pretrained_cfg(recipe, pretrained_tag: str) -> tuple[str, Any]:
+    """(full name, timm's pretrained config) of ``pretrained_tag`` (``DEFAULT``: the recipe's tag)."""
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
     arch, cfg_tag = split_model_name_tag(recipe.builder)
     tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
-    cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
-    return int(getattr(cfg, "num_classes", 0) or 1000)
+    name = f"{arch}.{tag}" if tag else arch
+    return name, get_pretrained_cfg(name)
+
+
+def pretrained_classes(recipe, pretrained_tag: str) -> int:
+    """The class count of the pretrained weights ``pretrained_tag``."""
+    return int(getattr(_pretrained_cfg(recipe, pretrained_tag)[1], "num_classes", 0) or 1000)
 
 
 def weights_info(recipe, pretrained_tag: str) -> dict[str, Any]:
-    from timm.models import get_pretrained_cfg, split_model_name_tag
-
-    arch, cfg_tag = split_model_name_tag(recipe.builder)
-    tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
-    cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)
-    return {"kind": "timm", "name": f"{arch}.{tag}" if tag else arch,
+    name, cfg = _pretrained_cfg(recipe, pretrained_tag)
+    return {"kind": "timm", "name": name,
             "hf_hub_id": getattr(cfg, "hf_hub_id", None), "url": getattr(cfg, "url", None)}

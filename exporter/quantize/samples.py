@@ -45,6 +45,7 @@ class SampleSet:
     dropped: int = 0  # samples dropped to make the count a multiple of a fixed batch
     unlabelled: str = ""  # why a folder's subfolders gave no labels (image_folder.FolderScan)
     notes: dict[str, str] = field(default_factory=dict)  # path -> its conversion ("RGBA->RGB")
+    held_out: bool = False  # the judging part of a split source (the rest calibrates)
     _sha: str | None = None
 
     @property
@@ -204,9 +205,8 @@ def _shortfall(samples: SampleSet) -> str:
     short = samples.requested - len(samples) - samples.dropped
     if short <= 0:
         return ""
-    split = "held out" in samples.source
     return (f"; of {samples.requested} requested (--eval-samples): the source holds no more"
-            + (" once the calibration samples are taken" if split else ""))
+            + (" once the calibration samples are taken" if samples.held_out else ""))
 
 
 def copies_note(copies: int) -> str:
@@ -277,16 +277,16 @@ def from_folder(root: Path, spec: InputSpec, samples: int, holdout: int, seed: i
     n_cal, n_eval = split_sizes(len(paths), samples, holdout)
     labels = np.array([scan.label(Path(p)) for p in paths]) if scan.labelled else None
 
-    def part(start: int, stop: int, source: str, requested: int) -> SampleSet:
+    def part(start: int, stop: int, source: str, requested: int, held_out: bool) -> SampleSet:
         return SampleSet(arr[start:stop], source, "folder", requested,
                          labels[start:stop] if labels is not None else None, scan.class_names,
                          paths[start:stop], skipped, unlabelled=scan.unlabelled,
-                         notes={p: notes[p] for p in paths[start:stop] if p in notes})
+                         notes={p: notes[p] for p in paths[start:stop] if p in notes}, held_out=held_out)
 
-    cal = part(0, n_cal, str(root), samples)
+    cal = part(0, n_cal, str(root), samples, False)
     if not n_eval:
         return cal, None
-    return cal, part(n_cal, n_cal + n_eval, f"{root} (held out from calibration)", holdout)
+    return cal, part(n_cal, n_cal + n_eval, f"{root} (held out from calibration)", holdout, True)
 
 
 def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
@@ -316,7 +316,7 @@ def from_npy(path: Path, spec: InputSpec, samples: int, holdout: int, seed: int,
         return cal, None
     held_arr, held_paths = take(perm[n_cal:n_cal + n_eval])
     return cal, SampleSet(held_arr, f"{path} (held out from calibration)", "npy", holdout,
-                          paths=held_paths)
+                          paths=held_paths, held_out=True)
 
 
 def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
@@ -343,4 +343,4 @@ def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
     arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout, judge_photos))
     return cal, SampleSet(arr, f"packaged photos (seed {held_seed}; crops of "
                           f"{', '.join(judge_photos)}: photos the calibration never saw)",
-                          "packaged", holdout, paths=paths)
+                          "packaged", holdout, paths=paths, held_out=True)
