@@ -316,3 +316,17 @@ def test_a_judging_folder_smaller_than_asked_for_is_said(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "judged on judge (40 samples; of 500 requested (--eval-samples): the source holds no more;" \
         in proc.stdout, proc.stdout
+
+
+def test_a_small_warning_on_an_exhausted_judging_folder_does_not_suggest_more_eval_samples(tmp_path):
+    """16 judging images of 500 requested: the too-few-samples WARNING told the user to raise
+    --eval-samples, which the folder cannot give."""
+    _images(tmp_path / "judge", 16, 1)
+    proc = _cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged", "--eval-images",
+                "judge", "--eval-samples", "500", "--no-fail", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "judged on only 16 sample(s): one changed prediction moves the top-1 agreement by 6.2 " \
+        "points" in proc.stdout, proc.stdout
+    assert "its source holds no more, so add images to it or pass --eval-images DIR with at least 20" \
+        in proc.stdout
+    assert "(--eval-samples N, or --eval-images DIR)" not in proc.stdout

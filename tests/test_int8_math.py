@@ -190,6 +190,9 @@ def test_coarse_warning_when_one_prediction_exceeds_the_margin(kind, threshold, 
     assert bool(text) == warns, text
     if warns:
         assert f"only {n} sample(s)" in text and f"{100 / n:.1f} points" in text
+        assert "(--eval-samples N, or --eval-images DIR)" in text
+        exhausted = judging.Criterion(kind, threshold, source_exhausted=True).coarse_warning(n)
+        assert "its source holds no more" in exhausted and "--eval-samples" not in exhausted
 
 
 @pytest.mark.parametrize("kind,fp32_top1,guess,warns", [
@@ -298,6 +301,16 @@ def test_samples_live_on_disk_not_in_memory(tmp_path):
     finally:
         scratch.close()
     assert not scratch.path.exists()
+
+
+def test_packaged_sets_name_only_the_photos_their_crops_came_from():
+    """One calibration sample was described as crops of all six calibration photos."""
+    one, held = cal.load_split("packaged", SPEC, samples=1, holdout=200)
+    drawn = one.paths[0].split("[")[0]
+    assert one.source.endswith(f"crops of {drawn})"), one.source
+    held_photos = sorted({p.split("[")[0] for p in held.paths})
+    assert len(held_photos) == 3 and all(p in held.source for p in held_photos)
+    assert drawn not in held.source
 
 
 def test_split_photos_is_seeded_disjoint_and_keeps_identical_photos_together():

@@ -109,6 +109,22 @@ def test_every_bad_calibration_value_of_a_plan_up_front_by_its_plan_key():
     assert "--" not in info.value.message  # plan keys, not command-line flags
 
 
+def test_a_failed_jobs_error_and_fix_name_the_plans_keys_not_flags(tmp_path):
+    """A budget miss inside a plan's job said '--max-kept-fraction 0' and 'use --precision fp16'
+    to a user who wrote a plan file."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text('models = ["lenet5"]\nformats = ["onnx"]\nprecisions = ["int8"]\n[calibration]\n'
+                    'data = "packaged"\nmin_agreement = 1.0\nmax_kept_fraction = 0.0\n')
+    proc = run_cli("matrix", str(plan), "--output", str(tmp_path / "out"), "--jobs", "1", "--no-progress",
+                   timeout=600)
+    assert proc.returncode == 6, proc.stderr[-3000:]
+    said = proc.stderr + (tmp_path / "out" / "report.md").read_text()
+    assert "([calibration] max_kept_fraction = 0; the conv kept out by rule counts toward it" in said
+    assert 'fix: use precisions = ["fp16"], loosen the budget with [calibration] min_agreement = A' in said
+    assert "[calibration] max_kept_fraction = 0.25" in said
+    assert "--max-kept-fraction" not in said and "--precision" not in said and "--min-agreement" not in said
+
+
 def test_cli_bad_plan_exits_4_before_anything_runs(tmp_path):
     plan = tmp_path / "plan.toml"
     plan.write_text('models = ["lenet5"]\nformats = ["onnx", "tflitex"]\n')

@@ -10,7 +10,7 @@ from onnx import helper, numpy_helper
 
 from exporter.onnx_graph import GraphIndex
 from exporter.quantize import int8 as q8
-from exporter.quantize import default_exclusions
+from exporter.quantize import exclusion_reasons
 from exporter.quantize.calibration import collect_statistics, compute_ranges
 from exporter.quantize.equalize import equalize
 from exporter.quantize.placement import plan as make_plan
@@ -181,7 +181,7 @@ def test_the_equalized_stem_of_a_mobilenet_is_shifted_by_default():
     fp32, x = stem_block(), images(32, 4)
     model, record = equalize(fp32, images(32, 1))
     assert record["pairs"] == 1
-    kept = set(default_exclusions(model, "tensorrt"))
+    kept = set(exclusion_reasons(model, "tensorrt"))
     assert kept == {"stem"}
     ranges = compute_ranges(collect_statistics(model, images(32, 1)), "mse")
     plan = make_plan(model, "tensorrt", kept)

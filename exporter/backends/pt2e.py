@@ -66,8 +66,8 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     """
     from ..quantize.judging import Criterion
     from ..quantize.calibration import DEFAULT_HOLDOUT, load_calibration_data, load_judging, load_split
-    from ..quantize.samples import (copies_note, drop_calibration_copies, judging_notes, require_disjoint,
-                                    require_held)
+    from ..quantize.samples import (copies_note, drop_calibration_copies, exhausted, judging_notes,
+                                    require_disjoint, require_held)
 
     quant = ctx.request.quant
     samples = int(quant.get("samples") or DEFAULT_SAMPLES)
@@ -79,7 +79,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
         copies = drop_calibration_copies(data, held)
         labels = held.labels
         criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"),
-                                   held.unlabelled)
+                                   held.unlabelled, source_exhausted=exhausted(held))
         return (np.asarray(data.array), np.asarray(held.array), labels,
                 f"{held.source} ({len(held)} samples, held out from the {len(data)} calibrated on"
                 + (f"; {copies_note(copies)}" if copies else "")
@@ -88,7 +88,7 @@ def calibration_data(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, st
     held = load_judging(eval_data, ctx.spec, int(quant.get("eval_samples") or DEFAULT_HOLDOUT))
     labels = held.labels
     criterion = Criterion.make(labels, quant.get("max_accuracy_drop"), quant.get("min_agreement"),
-                               held.unlabelled)
+                               held.unlabelled, source_exhausted=exhausted(held))
     data = load_calibration_data(quant.get("calibration"), ctx.spec, samples)
     require_disjoint(data, held.array, held.paths)
     return (np.asarray(data.array), np.asarray(held.array), labels,

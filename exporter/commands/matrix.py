@@ -83,7 +83,7 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
     from ..matrix.driver import run_jobs
     from ..matrix.executors import describe, make_executor
     from ..matrix.merge import write_matrix_report
-    from ..matrix.plan import with_threads
+    from ..matrix.plan import job_in_plan_keys, with_threads
 
     remote = storage.is_url(str(output))
     output = str(output).rstrip("/") if remote else Path(output)
@@ -108,7 +108,8 @@ def execute_plan(plan, output: str | Path, *, jobs: int | None, ray: str | None,
             raise
         specs = [with_threads(j, executor.threads) for j in specs]
         say(f"{len(specs)} job(s) from {label} -> {output} ({describe(executor)})")
-        results = run_jobs(specs, executor, progress=progress)
+        results = run_jobs(specs, executor, progress=progress,
+                           reword=None if plan.cli else job_in_plan_keys)
     except BaseException:  # Ctrl-C, no Ray: the folders this run made stay only if a job finished
         _remove_empty(created)
         raise

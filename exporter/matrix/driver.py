@@ -81,9 +81,11 @@ def _crash(job: JobSpec, err: BaseException, attempts: int) -> dict[str, Any]:
 
 def run_jobs(jobs: Sequence[JobSpec], executor, *, progress: bool = True,
              say: Callable[[str], None] | None = None,
-             share_reference: bool = True) -> list[dict[str, Any]]:
+             share_reference: bool = True,
+             reword: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every job's result dict, in plan order (see :func:`exporter.matrix.jobs.run_job`).
-    ``share_reference=False``: every job computes its own eager reference."""
+    ``share_reference=False``: every job computes its own eager reference; ``reword``: how a
+    result's error and fix are said (a plan file's keys for the command line's flags)."""
     from .reference import SharedReferences
 
     bar = Progress(len(jobs), enabled=progress)
@@ -120,6 +122,7 @@ def run_jobs(jobs: Sequence[JobSpec], executor, *, progress: bool = True,
                         bar.update(retried=retried)
                         continue
                     outcome = _crash(job, outcome, attempt)
+                outcome = reword(outcome) if reword else outcome
                 results[job.key] = {**outcome, "attempts": attempt}
                 if outcome["status"] == "error":
                     failed += 1

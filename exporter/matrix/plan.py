@@ -78,6 +78,7 @@ class Plan:
     gpu_model: str | None = None
     cpus_per_job: int | None = None
     dropped: list[str] = field(default_factory=list)  # cells no format produces, said to the user
+    cli: bool = False  # from an --zoo command line (its messages name flags), not a plan file
 
     def jobs(self, output: Path | str) -> list[JobSpec]:
         from ..backends import registry
@@ -203,15 +204,34 @@ def _table(data: dict, key: str, allowed, problems: list[str]) -> dict[str, Any]
     return {k: v for k, v in table.items() if k in allowed}
 
 
-def _plan_keys(text: str) -> str:
-    """A quantize-option message with the plan's [calibration] keys for the command-line flags."""
+def _plan_keys(text: str, table: str = "") -> str:
+    """A quantize-option message with the plan's [calibration] keys for the command-line flags;
+    with ``table`` each reads ``[calibration] key = VALUE``."""
     flags = {"--" + dest.replace("_", "-"): key for key, dest in CALIBRATION_KEYS.items()}
     flags.update({"--calibration-samples": "samples", "--calibration-method": "method",
                   "--calibration": "data", "--eval-images": "eval_images",
                   "--eval-samples": "eval_samples", "--target": "target"})
     for flag in sorted(flags, key=len, reverse=True):
-        text = re.sub(re.escape(flag) + r"(?![\w-])", flags[flag], text)
+        key = table + flags[flag]
+        if table:  # a value after the flag is the key's value
+            text = re.sub(re.escape(flag) + r" (?!(?:or|and|to|of|with|is)\b)(?=[\w.\"'])", key + " = ", text)
+        text = re.sub(re.escape(flag) + r"(?![\w-])", key, text)
     return text
+
+
+def job_in_plan_keys(result: dict[str, Any]) -> dict[str, Any]:
+    """A failed job's error and fix in the plan file's keys, not the command line's flags (a job
+    raises the errors ``exporter export`` does)."""
+    said = {}
+    for field_name in ("error", "fix"):
+        text = result.get(field_name)
+        if text:
+            text = _plan_keys(text, "[calibration] ")
+            text = re.sub(r"--precision (\w+)", r'precisions = ["\1"]', text)
+            for key in MODEL_KEYS:
+                text = re.sub(rf"--{key}(?![\w-])", f"the plan's {key}", text)
+            said[field_name] = text
+    return {**result, **said}
 
 
 def parse_plan(data: dict[str, Any], source: str = "<plan>", cli: bool = False) -> Plan:
@@ -238,7 +258,7 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", cli: bool = False) 
     return Plan(source=source, models=models, formats=formats, precisions=precisions,
                 model_options={k: data[k] for k in MODEL_KEYS if k in data}, quant=quant,
                 parity=parity, gpu_model=resources.get("gpu"),
-                cpus_per_job=resources.get("cpus_per_job"), dropped=dropped)
+                cpus_per_job=resources.get("cpus_per_job"), dropped=dropped, cli=cli)
 
 
 def load_plan(path: str | Path, **overrides: Any) -> Plan:

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import onnx
@@ -28,8 +28,8 @@ from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
 from .placement import TARGETS, Graph, ensure_node_names, float_readers, linear_nodes, plan as make_plan
-from .samples import (Scratch, copies_note, drop_calibration_copies, judging_notes, require_disjoint,
-                      require_held)
+from .samples import (Scratch, copies_note, drop_calibration_copies, exhausted, judging_notes,
+                      require_disjoint, require_held)
 from .shift import find_shifts
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
@@ -103,10 +103,11 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if data.skipped:
         log(f"calibration: skipped {len(data.skipped)} unreadable/non-image file(s)")
     # the judging set before any calibration work: a bad --eval-images fails in seconds
-    x_eval, labels, eval_source, unlabelled, class_names = _eval_set(eval_data, held, data, spec, batch,
-                                                                     eval_samples, scratch, budget)
-    judging.check_labels(labels, _output_classes(model), eval_source, class_names)
-    criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement, unlabelled)
+    judged = _eval_set(eval_data, held, data, spec, batch, eval_samples, scratch, budget)
+    x_eval, labels, eval_source = judged.inputs, judged.labels, judged.description
+    judging.check_labels(labels, _output_classes(model), eval_source, judged.class_names)
+    criterion = judging.Criterion.make(labels, max_accuracy_drop, min_agreement, judged.unlabelled,
+                                       source_exhausted=judged.exhausted)
     fp32_model = model
     if bias_correction is None:  # measured on both targets: benchmarks/INT8_LEVERS.md, INT8_EXACT.md
         bias_correction = True
@@ -269,11 +270,6 @@ SMALL_CHANNELS = 4  # a conv reading at most this many channels per group stays 
 MIN_GEMM_DIM = 16  # ModelOpt's smallest K/N worth INT8 tensor cores
 
 
-def default_exclusions(model: onnx.ModelProto, target: str) -> list[str]:
-    """Layers the ``target`` keeps out of INT8 by rule (:func:`exclusion_reasons`)."""
-    return list(exclusion_reasons(model, target))
-
-
 def exclusion_reasons(model: onnx.ModelProto, target: str) -> dict[str, str]:
     """{layer: why} the ``target`` keeps out of INT8 by rule, as NVIDIA's ModelOpt does for
     TensorRT: a conv reading few channels (a 3-channel stem), and a Gemm that runs as a GEMV (the
@@ -318,23 +314,34 @@ def _cpu_latency(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, spec: InputSpec
             "int8_ms": round(iq, 3), "speedup": round(fp / iq, 3)}
 
 
+class JudgingSet(NamedTuple):
+    """What the budget is judged on: never the calibration set."""
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    description: str
+    unlabelled: str = ""  # why a folder gave no labels
+    class_names: Sequence[str] = ()  # the folder's class subfolders, when labelled
+    exhausted: bool = False  # its source holds no more samples than these
+
+
 def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_samples: int,
-              scratch: Scratch, budget: bool = True):
-    """(inputs, labels or None, description, why a folder gave no labels, the folder's class
-    names) the budget is judged on: never the calibration set."""
+              scratch: Scratch, budget: bool = True) -> JudgingSet:
+    """The held-out part of the calibration source, or ``eval_data`` (an array, a sample set or
+    a path), checked disjoint from the calibration set."""
     if eval_data is None:
         if held is None and not budget:  # nothing to judge: report on the calibration data, say so
-            return data.array, None, f"calibration data ({len(data)} samples, not held out)", "", []
+            return JudgingSet(data.array, None, f"calibration data ({len(data)} samples, not held out)")
         copies = 0
         if held is not None:
             copies = drop_calibration_copies(data, held)
             held.trim_to_batch(batch)
         require_held(held, data, batch)
-        return held.array, held.labels, \
-            f"{held.source}: {len(held)} samples, split deterministically from the calibration source" \
-            + (f" ({copies_note(copies)})" if copies else "") \
-            + judging_notes(held), held.unlabelled, held.class_names if held.labels is not None else []
-    labels, source, paths, notes, unlabelled = None, "eval_data", None, "", ""
+        return JudgingSet(
+            held.array, held.labels,
+            f"{held.source}: {len(held)} samples, split deterministically from the calibration source"
+            + (f" ({copies_note(copies)})" if copies else "") + judging_notes(held),
+            held.unlabelled, held.class_names if held.labels is not None else [], exhausted(held))
+    labels, source, paths, notes, unlabelled, short = None, "eval_data", None, "", "", False
     class_names = list(getattr(eval_data, "class_names", None) or [])
     if isinstance(eval_data, np.ndarray):
         x = eval_data
@@ -345,7 +352,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     else:
         loaded = cal.load_judging(eval_data, spec, eval_samples, batch=batch, scratch=scratch)
         x, source, paths, labels = loaded.array, loaded.source, loaded.paths, loaded.labels
-        notes, unlabelled = judging_notes(loaded), loaded.unlabelled
+        notes, unlabelled, short = judging_notes(loaded), loaded.unlabelled, exhausted(loaded)
         class_names = loaded.class_names if loaded.labels is not None else []
     require_disjoint(data, x, paths)
     if batch:
@@ -355,7 +362,7 @@ def _eval_set(eval_data, held, data, spec: InputSpec, batch: int | None, eval_sa
     if len(x) == 0:
         raise CalibrationError("the evaluation set is empty",
                                fix="pass --eval-images DIR with at least one image per batch")
-    return x, labels, f"{source} ({len(x)} samples{notes})", unlabelled, class_names
+    return JudgingSet(x, labels, f"{source} ({len(x)} samples{notes})", unlabelled, class_names, short)
 
 
 def _output_classes(model: onnx.ModelProto) -> int:

@@ -43,13 +43,21 @@ def binomial_tail(successes: int, n: int, p: float) -> float:
 class Criterion:
     kind: str  # "accuracy_drop" | "agreement"
     threshold: float  # max drop in points, or min agreement
+    source_exhausted: bool = False  # the judging source gave fewer samples than requested
 
     @classmethod
     def make(cls, labels: np.ndarray | None, max_accuracy_drop: float | None,
-             min_agreement: float | None = None, unlabelled: str = "") -> "Criterion":
+             min_agreement: float | None = None, unlabelled: str = "",
+             source_exhausted: bool = False) -> "Criterion":
         """Labelled judging data default to an accuracy drop, unless ``min_agreement`` was asked
         for; ``unlabelled``: why the judging folder's subfolders gave no labels (said if that
-        refuses)."""
+        refuses); ``source_exhausted``: more samples cannot come from the same source."""
+        made = cls._make(labels, max_accuracy_drop, min_agreement, unlabelled)
+        made.source_exhausted = source_exhausted
+        return made
+
+    @classmethod
+    def _make(cls, labels, max_accuracy_drop, min_agreement, unlabelled) -> "Criterion":
         both = two_budgets(max_accuracy_drop, min_agreement)
         if both:
             raise UsageError(both[0], fix=both[1])
@@ -95,10 +103,13 @@ class Criterion:
         if margin <= 1e-9 or step <= margin + 1e-9:
             return ""
         metric = "top-1 accuracy" if self.kind == "accuracy_drop" else "top-1 agreement"
+        need = math.ceil(100.0 / margin - 1e-9)
+        how = (f"its source holds no more, so add images to it or pass --eval-images DIR with at "
+               f"least {need}" if self.source_exhausted
+               else f"judge on at least {need} (--eval-samples N, or --eval-images DIR)")
         return (f"the INT8 budget was judged on only {samples} sample(s): one changed prediction moves "
                 f"the {metric} by {step:.1f} points, more than the {margin:.1f} it allows, so it "
-                f"passes only if none changes; judge on at least {math.ceil(100.0 / margin - 1e-9)} "
-                "(--eval-samples N, or --eval-images DIR)")
+                f"passes only if none changes; {how}")
 
 
 def classes_beyond(labels: np.ndarray | None, classes: int, class_names: Sequence[str] = ()) -> list[int]:

@@ -200,10 +200,14 @@ def judging_notes(samples: SampleSet) -> str:
             + (f"; no labels, so judged by agreement: {samples.unlabelled}" if samples.unlabelled else ""))
 
 
+def exhausted(samples: SampleSet) -> bool:
+    """The source gave fewer samples than were requested: it holds no more."""
+    return samples.requested - len(samples) - samples.dropped > 0
+
+
 def _shortfall(samples: SampleSet) -> str:
     """'; of N requested: ...' when the source gave fewer samples than --eval-samples asked for."""
-    short = samples.requested - len(samples) - samples.dropped
-    if short <= 0:
+    if not exhausted(samples):
         return ""
     return (f"; of {samples.requested} requested (--eval-samples): the source holds no more"
             + (" once the calibration samples are taken" if samples.held_out else ""))
@@ -337,10 +341,16 @@ def from_packaged(seed: int, spec: InputSpec, samples: int, holdout: int,
         return SampleSet(arr, f"packaged photos (seed {seed})", "packaged", samples, paths=paths), None
     cal_photos, judge_photos = split_photos(photo_groups(photos), seed)
     arr, paths = _fill(scratch, spec, samples, items(seed, samples, cal_photos))
-    cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {', '.join(cal_photos)})",
+    cal = SampleSet(arr, f"packaged photos (seed {seed}; crops of {_drawn(cal_photos, paths)})",
                     "packaged", samples, paths=paths)
     held_seed = seed + HOLDOUT_SEED_OFFSET
     arr, paths = _fill(scratch, spec, holdout, items(held_seed, holdout, judge_photos))
     return cal, SampleSet(arr, f"packaged photos (seed {held_seed}; crops of "
-                          f"{', '.join(judge_photos)}: photos the calibration never saw)",
+                          f"{_drawn(judge_photos, paths)}: photos the calibration never saw)",
                           "packaged", holdout, paths=paths, held_out=True)
+
+
+def _drawn(photos: list[str], crops: list[str]) -> str:
+    """The photos that ``crops`` (``name[x,y,side]``) were cut from, in ``photos``' order."""
+    used = {crop.split("[", 1)[0] for crop in crops}
+    return ", ".join(name for name in photos if name in used)
