@@ -81,8 +81,8 @@ def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
     if args.weights is None and args.checkpoint is None:
         if weights.get("kind") == "random" and args.seed == 0:
             options["seed"] = int(weights.get("seed", 0))
-        elif weights.get("kind") == "checkpoint" and Path(weights.get("path", "")).is_file():
-            options["checkpoint"] = weights["path"]
+        elif weights.get("kind") == "checkpoint":
+            options["checkpoint"] = weights.get("path", "")
         elif weights.get("kind") in ("torchvision", "timm"):
             options["weights"] = weights["name"].split(".")[-1] if weights["kind"] == "torchvision" \
                 else "DEFAULT"
@@ -121,9 +121,33 @@ def resolve(args) -> tuple[Path, str, dict[str, Any], dict[str, Any]]:
                          "named by an artifact is not run without consent",
                          fix=f"read {spec.rpartition(':')[0]} first, then pass it again: exporter "
                              f"parity {path} --model {spec} (or add --trust-model-code)")
+    _check_checkpoint(path, (meta.get("weights") or {}), options.get("checkpoint") or args.checkpoint)
     if "model" not in options:
         raise UsageError(f"{path} carries no model metadata: which eager model is it?",
                          fix=f"exporter parity {path} --model SPEC (a recipe, torchvision:<name>, "
                              "timm:<name> or file.py:factory) with the export's --input-size and "
                              "--checkpoint")
     return path, fmt, meta, options
+
+
+def _check_checkpoint(path: Path, recorded: dict[str, Any], checkpoint: str | None) -> None:
+    """The checkpoint the eager reference loads is the one the file was exported from: a file
+    whose recorded checkpoint is gone, or another checkpoint, is not compared against random or
+    other weights (that reads as a parity breach of a good file)."""
+    if recorded.get("kind") != "checkpoint" or not checkpoint:
+        return
+    from .artifacts import sha256_file
+    from .errors import InputError
+
+    name, sha = Path(recorded.get("path", "")).name, str(recorded.get("sha256") or "")
+    if not Path(checkpoint).is_file():
+        raise InputError(f"{path} was exported from the checkpoint {name} (sha256 {sha[:12]}...), and it "
+                         f"is no longer at {checkpoint}",
+                         fix=f"pass it where it is now: exporter parity {path} --checkpoint PATH")
+    now = sha256_file(Path(checkpoint))
+    if sha and now != sha:
+        raise InputError(f"{path} was exported from the checkpoint {name} (sha256 {sha[:12]}...), not from "
+                         f"{checkpoint} (sha256 {now[:12]}...): the eager reference would not be the model "
+                         "the file was made from",
+                         fix=f"pass the checkpoint the file was exported from: exporter parity {path} "
+                             "--checkpoint PATH")

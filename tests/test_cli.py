@@ -301,6 +301,33 @@ def test_parity_refuses_a_checkpoint_that_changed_since_the_export(tmp_path):
     assert "--locate" not in proc.stderr
 
 
+def test_parity_of_a_file_whose_checkpoint_moved_or_differs_is_refused_not_breached(tmp_path):
+    """The file's metadata names its checkpoint; once it moved, parity FILE compared the file with
+    a random-init model and reported a breach (exit 3) of a good file."""
+    from exporter.builders import build_model
+    from exporter.recipes import get_recipe
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    for seed, name in ((0, "lenet.pth"), (1, "other.pth")):
+        torch.save(build_model(get_recipe("lenet5"), seed=seed)[0].state_dict(), tmp_path / name)
+    made = cli("export", "lenet5", "--checkpoint", "lenet.pth", "-o", "out", "--no-verify")
+    assert made.returncode == 0, made.stderr
+    quick = ("--no-latency", "--samples", "2")
+    assert cli("parity", "out/lenet5.onnx", *quick).returncode == 0
+    (tmp_path / "lenet.pth").rename(tmp_path / "moved.pth")
+    gone = cli("parity", "out/lenet5.onnx", *quick)
+    assert gone.returncode == 4, gone.stderr[-2000:]
+    assert "error: out/lenet5.onnx was exported from the checkpoint lenet.pth (sha256 " in gone.stderr
+    assert f"is no longer at {tmp_path / 'lenet.pth'}" in gone.stderr and "--checkpoint PATH" in gone.stderr
+    assert cli("parity", "out/lenet5.onnx", "--checkpoint", "moved.pth", *quick).returncode == 0
+    other = cli("parity", "out/lenet5.onnx", "--checkpoint", "other.pth", *quick)
+    assert other.returncode == 4, other.stderr[-2000:]
+    assert "not from other.pth (sha256 " in other.stderr and "breach" not in other.stderr
+
+
 @pytest.mark.parametrize("missing", ["nothere.onnx", "out/nothere.pt2", "a/b/model.ts.pt", "x.tflite"])
 def test_parity_of_a_mistyped_file_says_the_file_does_not_exist(tmp_path, missing):
     proc = subprocess.run([sys.executable, "-m", "exporter", "parity", missing, "--no-latency"],
