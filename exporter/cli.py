@@ -76,6 +76,44 @@ def _os_error(err: OSError) -> tuple[str, str]:
     return f"{what}{where}", "check the path; " + DEBUG_HINT
 
 
+OOM_TEXTS = ("can't allocate memory", "failed to allocate memory", "std::bad_alloc", "out of memory",
+             "cannot allocate memory")
+
+
+def _out_of_memory(err: BaseException) -> tuple[str, str] | None:
+    """Message and fix when ``err`` is an allocation that failed (torch, onnxruntime, a converter),
+    which is this machine's limit at these options, not a bug; None otherwise."""
+    text = str(err)
+    if not isinstance(err, MemoryError) and not any(t in text.lower() for t in OOM_TEXTS):
+        return None
+    import re
+
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" of {int(asked.group(1)) / 2**30:.2f} GiB" if asked else ""
+    return (f"out of memory: an allocation{size} failed ({type(err).__name__}){_memory_limits()}",
+            "lower --input-size or --batch, close other programs, or run on a machine with more "
+            "memory (or a higher limit); nothing half-written was left behind")
+
+
+def _memory_limits() -> str:
+    """'; X GiB is available now[, this process may use at most Y GiB (ulimit -v)]'."""
+    said = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        said = f"; {int(info['MemAvailable'].split()[0]) / 2**20:.1f} GiB is available now"
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return said
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        said += f"; this process may use at most {limit / 2**30:.1f} GiB of address space (ulimit -v)"
+    return said
+
+
 def _on_signal(signum, _frame):
     signal.signal(signum, signal.SIG_IGN)  # one clean-up; a second signal must not cut it short
     raise Interrupted(signum, EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED)
@@ -165,5 +203,8 @@ def _run(argv: list[str]) -> int:
     except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if debug:
             traceback.print_exc()
+        memory = _out_of_memory(err)
+        if memory:
+            return _fail(args, argv, *memory, type(err).__name__, EXIT_ENVIRONMENT)
         return _fail(args, argv, f"internal error: {type(err).__name__}: {err}", DEBUG_HINT,
                      type(err).__name__, EXIT_INTERNAL)

@@ -118,6 +118,18 @@ def test_file_size_limit_mid_write_is_one_error_and_nothing_left(tmp_path):
     assert tree_hash(tmp_path) == before
 
 
+def test_running_out_of_memory_is_an_environment_error_not_a_bug(tmp_path):
+    """An input size this machine cannot hold said 'internal error ... report it as a bug' (exit 1)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+    proc = run_cli(["export", "resnet18", "--input-size", "1536", "--output", "out"], cwd=tmp_path,
+                   preexec=limit)
+    error = assert_one_error(proc, 5, "out of memory: an allocation of", "lower --input-size")
+    assert "at most 6.0 GiB of address space (ulimit -v)" in error and "internal error" not in error
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_only_mount_is_refused_up_front(tmp_path, lenet_export):
     src = copy_export(lenet_export, tmp_path / "src")
     before = tree_hash(src)
