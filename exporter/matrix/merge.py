@@ -43,7 +43,8 @@ def report_from_dict(d: dict[str, Any]) -> ParityReport:
         batch_sizes=tuple(method.get("batch_sizes", ())), warmup=method.get("warmup", 0),
         runs=method.get("runs", 0), rounds=method.get("rounds", 0), machine=d.get("machine", {}),
         weights=d.get("weights", {}), input_spec=d.get("input_spec", {}),
-        notes=list(d.get("notes", [])), locations=d.get("locations", {}))
+        notes=list(d.get("notes", [])), locations=d.get("locations", {}),
+        tolerance_flags=list(d.get("tolerance_flags", [])))
 
 
 def where(result: dict[str, Any]) -> str:

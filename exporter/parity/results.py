@@ -112,6 +112,7 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     locations: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> locate result
     label: str = ""  # the row name where one model has several reports (a matrix job: "lenet5/int8")
+    tolerance_flags: list[str] = field(default_factory=list)  # ["--atol 1e-12"]: set on the command line
 
     def breaches(self) -> list[Breach]:
         return [b for a in self.artifacts for b in a.breaches]
@@ -121,7 +122,8 @@ class ParityReport:
         return not self.breaches()
 
     def locate_command(self) -> str:
-        return f"exporter parity {self.model_spec} --artifacts {self.directory} --locate"
+        return " ".join([f"exporter parity {self.model_spec} --artifacts {self.directory}",
+                         *self.tolerance_flags, "--locate"])
 
     def error(self) -> "ParityError | ExporterError | None":
         """The ParityError describing every breach (None when all artifacts are within tolerance)."""
@@ -135,8 +137,12 @@ class ParityReport:
                               fix=f"re-export them (exporter export {self.model_spec} with the options the "
                                   "export was made with); a file changed since the export is damaged")
         breaching = [a for a in self.artifacts if a.file in files]
-        if any(loc.get("first") for loc in self.locations.values()):
+        located = [loc for file, loc in self.locations.items() if file in files]
+        if any(loc.get("first") for loc in located):
             fix = "see the first diverging layer above"
+        elif located:
+            fix = ("--locate ran and names no layer (its summary above says why): the divergence is in "
+                   "the last layers or the output itself")
         elif any(a.format == "onnx" for a in breaching):
             fix = f"find the first diverging layer with `{self.locate_command()}`"
         else:  # --locate reads named intermediate tensors, which only the ONNX graphs have
@@ -148,7 +154,7 @@ class ParityReport:
                    f"{'s are' if len(formats) > 1 else ' is'} where the outputs diverge")
         fix += (f"; re-export with `exporter export {self.model_spec}` and the options the export "
                 "was made with; `--no-fail` reports without failing")
-        overridden = any(n.startswith("tolerances overridden on the command line") for n in self.notes)
+        overridden = bool(self.tolerance_flags)
         if overridden:
             fix = ("the tolerance is the one --atol/--rtol gave: loosen it or drop it for the recipe's; "
                    + fix)
@@ -195,7 +201,7 @@ class ParityReport:
             "machine": self.machine, "ok": self.ok,
             "breaches": [b.to_dict() for b in self.breaches()],
             "eager": self.eager.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
-            "notes": self.notes, "locations": self.locations,
+            "notes": self.notes, "locations": self.locations, "tolerance_flags": self.tolerance_flags,
             "fastest_within_tolerance": self._ship_record(),
         }
 
