@@ -64,9 +64,12 @@ def model_options(meta: dict[str, Any], args) -> dict[str, Any]:
     shape = meta.get("input_shape")
     if isinstance(shape, list) and len(shape) == 4 and meta.get("layout") == "NHWC":
         shape = [shape[0], shape[3], shape[1], shape[2]]
+    crop = meta.get("crop_size")  # the size it was exported at, also where H/W are dynamic
     if args.input_size is None and isinstance(shape, list) and len(shape) == 4 \
             and isinstance(shape[2], int) and shape[2] == shape[3]:
         options["input_size"] = int(shape[2])
+    elif args.input_size is None and isinstance(crop, list) and len(crop) == 2 and crop[0] == crop[1]:
+        options["input_size"] = int(crop[0])
     spec = args.model_spec or meta.get("model_spec") or ""
     if ".py:" in str(spec):  # a user module has no recipe: its input is what the file records
         if args.channels is None and isinstance(shape, list) and len(shape) == 4 \

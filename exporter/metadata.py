@@ -59,6 +59,17 @@ def class_names_for(recipe, weights_info: dict[str, Any]) -> list[str] | None:
     return None
 
 
+def preprocessing_text(spec, normalize_in_graph: bool) -> str:
+    """The preprocessing the export was checked with, as a runtime team would implement it."""
+    h, w = spec.size
+    order = "L (grayscale)" if spec.color_mode == "L" else "RGB"
+    norm = ("(x - mean) / std is in the graph: feed the [0, 1] pixels" if normalize_in_graph
+            else "then (x - mean) / std per channel")
+    return (f"{order} image; resize so the shorter side is {spec.resize} "
+            f"({getattr(spec, 'interpolation', 'bilinear')}, aspect kept); centre-crop {h}x{w}; "
+            f"pixels to float in [0, 1]; {norm}")
+
+
 def build_metadata(recipe, spec, request, weights_info: dict[str, Any]) -> dict[str, str]:
     """The artifact metadata of one export (per-artifact keys are added by :func:`for_artifact`)."""
     import torch
@@ -82,7 +93,9 @@ def build_metadata(recipe, spec, request, weights_info: dict[str, Any]) -> dict[
         "mean": list(spec.mean),
         "std": list(spec.std),
         "resize": spec.resize,
+        "crop_size": list(spec.size),
         "interpolation": getattr(spec, "interpolation", "bilinear"),
+        "preprocessing": preprocessing_text(spec, options.normalize_in_graph),
         "normalization": ("in the graph: (pixels - mean) / std, pixels in [0, 1]"
                           if options.normalize_in_graph else "outside the graph"),
         "num_classes": recipe.num_classes,

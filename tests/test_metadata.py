@@ -41,6 +41,11 @@ def _check_common(meta: dict) -> None:
     assert meta["class_names"][0] == "tench" and meta["class_names"][-1] == "toilet tissue"
     assert meta["weights"] == {"kind": "random", "seed": 0, "bn_stats": "randomized"}
     assert meta["exporter_version"].startswith("zoo-exporter ")
+    # enough to preprocess without the tool: the resize, the crop and the order of the steps
+    assert meta["crop_size"] == [64, 64] and meta["resize"] == 73
+    assert meta["preprocessing"] == ("RGB image; resize so the shorter side is 73 (bilinear, aspect kept); "
+                                     "centre-crop 64x64; pixels to float in [0, 1]; then (x - mean) / std "
+                                     "per channel")
 
 
 @pytest.mark.parametrize("file, precision", [("mobilenet_v3_small.onnx", "fp32"),

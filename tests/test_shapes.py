@@ -153,6 +153,13 @@ def test_dynamic_size_parity_at_two_sizes_and_on_a_later_run(tmp_path):
         assert {"photos", "random", "photos@96x96", "random@96x96"} <= set(artifact["metrics"])
         assert all(m["rel_max_abs"] < 1e-4 for m in artifact["metrics"].values()), artifact["metrics"]
         assert any(n.startswith("at 96x96: rel max-abs") for n in artifact["notes"])
+    # the file alone: checked at the size it was exported at (it checked 224 and 256 here)
+    proc = run_cli(["parity", str(out / "mobilenet_v2.onnx"), "--no-latency", "--samples", "4",
+                    "--random", "1", "--json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = json.loads(proc.stdout)["reports"]
+    assert report["input_spec"]["size"] == [64, 64]
+    assert {"photos", "photos@96x96"} <= set(report["artifacts"][0]["metrics"]), report["artifacts"][0]
 
 
 @pytest.mark.slow
