@@ -226,22 +226,16 @@ def _check_rows(rows: list[dict[str, Any]], recipe: Recipe, command: str) -> Non
                               "pass --no-fail to keep the artifacts anyway")
 
 
-def export(request: ExportRequest) -> ExportResult:
-    """Run the whole export pipeline; nothing is written unless every stage succeeds."""
-    from .artifacts import (check_free_space, check_output_location, claim_output_dir,
-                            refuse_foreign_files)
-    from .builders import resolve_model
-    from .graph_input import check_graph_input, check_dynamic_size, wrap
-    from .validate import check_model_options, check_output_outside_data
-
-    start = time.perf_counter()
-    from .recipes import override_tolerances
+def check_request(request: ExportRequest):
+    """(formats, graph input options, the named recipe): every check of ``request`` that needs no
+    model built and no file written (usage first, then options, files, formats, the model spec)."""
+    from .backends import registry
+    from .graph_input import check_graph_input
+    from .validate import check_model_options
 
     options = check_graph_input(request, request.formats)  # usage, before any environment check
     formats = _parse_formats(request.formats, request.precision)
-    check_model_options(request)  # before any model is built or any file written
-    from .backends import registry
-
+    check_model_options(request)
     for fmt in formats:
         registry.check_request(fmt, request)
     if request.precision == "int8" and not request.quant.get("calibration"):
@@ -251,6 +245,21 @@ def export(request: ExportRequest) -> ExportResult:
                              f"{request.model} --precision int8 --calibration packaged")
     named, _ = resolve_model(request.model, input_size=request.input_size, channels=request.channels,
                              mean=request.mean, std=request.std, num_classes=request.num_classes)
+    return formats, options, named
+
+
+def export(request: ExportRequest) -> ExportResult:
+    """Run the whole export pipeline; nothing is written unless every stage succeeds."""
+    from .artifacts import (check_free_space, check_output_location, claim_output_dir,
+                            refuse_foreign_files)
+    from .graph_input import check_dynamic_size, wrap
+    from .validate import check_output_outside_data
+
+    start = time.perf_counter()
+    from .backends import registry
+    from .recipes import override_tolerances
+
+    formats, options, named = check_request(request)
     directory = Path(request.output or Path("artifacts") / named.name)
     check_output_location(directory)
     check_output_outside_data(directory, request.quant or {})

@@ -205,6 +205,20 @@ def test_build_command_rejects_bad_options(argv, text, tmp_path, monkeypatch, ca
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv,code,text", [
+    (["build", "nosuchmodel", "--precision", "fp16"], 4, "nosuchmodel"),
+    (["build", "mobilenet_v2", "--precision", "int8"], 2, "INT8 needs calibration images"),
+    (["build", "resnet18", "--input-size", "0"], 2, "--input-size"),
+])
+def test_build_checks_its_own_options_before_the_gpu(argv, code, text, tmp_path):
+    """Without TensorRT, a mistyped model or a missing --calibration said 'TensorRT backend
+    unavailable' (exit 5) where export says exit 4 / 2: a user fixed the GPU first for nothing."""
+    proc = subprocess.run([sys.executable, "-m", "exporter", *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == code and text in proc.stderr, proc.stderr[-2000:]
+    assert "TensorRT" not in proc.stderr.splitlines()[0] and list(tmp_path.iterdir()) == []
+
+
 def test_lint_command_exit_codes(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper

@@ -156,6 +156,11 @@ def run(args) -> int:
     from ..backends.tensorrt import build_engine, require_tensorrt
 
     batches = _validate(args)
+    if args.onnx is None:  # the export's own checks come first: a wrong option is not a missing GPU
+        from ..cli_options import request_from_args
+        from ..pipeline import check_request
+
+        check_request(request_from_args(args, formats=("onnx",)))
     require_tensorrt(args.device)  # before any export work: no TensorRT/GPU -> nothing written
     if args.onnx is not None:
         onnx_path = Path(args.onnx)
