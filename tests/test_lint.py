@@ -316,3 +316,17 @@ def test_the_cpu_int8_placement_is_named_not_just_rejected(tmp_path):
         in proc.stdout
     [skipped] = [r for r in lint_path(out) if r.skipped]
     assert skipped.ok and skipped.to_dict()["skipped"].startswith("the exporter's --target cpu INT8")
+
+
+def test_lint_of_a_pt2_says_it_is_not_onnx_rather_than_corrupt(tmp_path):
+    """A valid .pt2 was called 'not a readable ONNX model (... Wire format was corrupt)' with the
+    fix 're-export it if it was cut short'."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.pt2", "w") as archive:
+        archive.writestr("model/version", "1")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "lint", "model.pt2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    assert "model.pt2 is a zip archive (a PyTorch .pt2/.pt file or another package), not ONNX" in proc.stderr
+    assert "cut short" not in proc.stderr and "Traceback" not in proc.stderr

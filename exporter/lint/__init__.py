@@ -95,6 +95,13 @@ def load_onnx_file(path: str | Path) -> onnx.ModelProto:
     size = path.stat().st_size
     if size == 0:
         raise InputError(f"{path} is empty (0 bytes), not an ONNX model", fix=fix)
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"
+    if zipped:  # pt2, AOTInductor, TorchScript and Core ML packages are zip archives
+        raise InputError(f"{path} is a zip archive (a PyTorch .pt2/.pt file or another package), not ONNX: "
+                         "lint reads ONNX graphs (what TensorRT parses)",
+                         fix="lint the ONNX file of the same export (artifacts/<model>/<model>.onnx), or "
+                             "the artifact directory; check a .pt2 with `exporter parity FILE`")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - DecodeError, RuntimeError, ValueError ...
