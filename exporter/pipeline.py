@@ -393,18 +393,29 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
 
 
 def replaced_export(old: dict[str, Any] | None, new: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """{"files": the earlier export's files the commit removed, "changed": {option: [old, new]}}
-    when ``directory`` held an export of other model options; {} otherwise."""
+    """{"files": the earlier export's files the commit removed, "overwritten": its files this
+    export wrote anew, "changed": {option: [old, new]}} when ``directory`` held an export of other
+    model options; {} otherwise."""
     if not old or old.get("model_options") == new.get("model_options") and \
             old.get("input") == new.get("input") and old.get("weights") == new.get("weights"):
         return {}
     listed = {name for a in new.get("artifacts", []) for name in artifact_files(a)}
-    files = [name for a in old.get("artifacts", []) for name in artifact_files(a)
-             if name not in listed and not (directory / name).exists()]
+    earlier = [name for a in old.get("artifacts", []) for name in artifact_files(a)]
+    files = [name for name in earlier if name not in listed and not (directory / name).exists()]
+    overwritten = [name for name in earlier if name in listed]
     before, after = old.get("model_options") or {}, new.get("model_options") or {}
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
-    return {"files": files, "changed": changed} if files else {}
+    if not changed and old.get("weights") != new.get("weights"):
+        changed["weights"] = ["earlier", "these"]
+    return {"files": files, "overwritten": overwritten, "changed": changed} \
+        if files or overwritten else {}
+
+
+def changed_options(replaced: dict[str, Any]) -> str:
+    """'input_size 64 -> default, seed 0 -> 1' of a :func:`replaced_export` record."""
+    shown = lambda v: "default" if v is None else v  # noqa: E731
+    return ", ".join(f"{k} {shown(a)} -> {shown(b)}" for k, (a, b) in replaced.get("changed", {}).items())
 
 
 _OPTION_TYPES = {"model": str, "weights": str, "checkpoint": str, "output_name": str, "seed": int,

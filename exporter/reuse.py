@@ -114,7 +114,7 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
     its outputs already and times nothing); an export builds it anyway."""
     from .artifacts import read_manifest_if_any
     from .builders import resolve_model
-    from .pipeline import export, load_reference
+    from .pipeline import changed_options, export, load_reference
     from .validate import check_model_options
 
     check_model_options(request)  # before a directory is read or anything exported
@@ -140,5 +140,10 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
         note = f"exported {', '.join(request.formats)} into {directory}"
     say(f"exporting {request.model} ({', '.join(request.formats)}) -> {directory}")
     result = export(replace(request, output=directory, verify=verify, fail_on_breach=verify))
+    if result.replaced:  # the folder held an export of other model options: it is gone now
+        changed = changed_options(result.replaced)
+        note += ("; it replaced the export of other model options there"
+                 + (f" ({changed})" if changed else "")
+                 + " (one folder holds one export: --output keeps both)")
     return Prepared(result.directory, result.recipe, result.spec, result.reference, result.manifest,
                     note)

@@ -224,10 +224,14 @@ def export_summary(result) -> str:
                          f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")
     replaced = getattr(result, "replaced", None)
     if replaced:
-        changed = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in replaced["changed"].items())
+        from .pipeline import changed_options
+
+        changed = changed_options(replaced)
+        done = ([f"overwrote {', '.join(replaced['overwritten'])}"] if replaced.get("overwritten") else []) \
+            + ([f"removed {', '.join(replaced['files'])}"] if replaced.get("files") else [])
         lines.append(f"  replaced: an earlier export of other model options"
-                     f"{f' ({changed})' if changed else ''} in this folder; removed its "
-                     f"{', '.join(replaced['files'])}, made for those options")
+                     f"{f' ({changed})' if changed else ''} in this folder; {' and '.join(done)}, "
+                     "made for those options (one folder holds one export: --output keeps both)")
     kept = set(getattr(result, "kept", ()))
     for a in m["artifacts"]:
         lines.append(f"  artifact: {a['file']} ({a['format']}, {a['precision']}, {_size(a['bytes'])})"

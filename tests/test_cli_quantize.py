@@ -564,8 +564,13 @@ def test_artifacts_an_earlier_export_left_are_marked_not_reported_as_made(tmp_pa
     proc = _cli("export", "lenet5", "-o", str(out), "--seed", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("  replaced: an earlier export of other model options (seed 0 -> 1) in this folder; "
-            "removed its lenet5.int8.tensorrt.onnx, made for those options") in proc.stdout
+            "overwrote lenet5.onnx and removed lenet5.int8.tensorrt.onnx, made for those options (one "
+            "folder holds one export: --output keeps both)") in proc.stdout
     assert not (out / "lenet5.int8.tensorrt.onnx").exists()
+    # the same files overwritten for other options were not said at all
+    proc = _cli("export", "lenet5", "-o", str(out), "--seed", "2", "--json", cwd=tmp_path)
+    assert json.loads(proc.stdout)["replaced_earlier"] == {
+        "files": [], "overwritten": ["lenet5.onnx"], "changed": {"seed": [1, 2]}}
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "cpu"])

@@ -86,3 +86,20 @@ def test_calibration_images_changed_in_place_are_exported_again(tmp_path):
     ready = export_or_reuse(request, say=lambda _m: None)
     assert ready.note.endswith("(its calibration or judging files changed since)"), ready.note
     assert export_or_reuse(request, say=lambda _m: None).note.startswith("re-using")
+
+
+def test_parity_that_replaces_an_export_of_other_options_says_so(tmp_path):
+    """`parity MODEL` into a folder holding an export at another --input-size re-exported at the
+    default size without a word; the earlier files were gone."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    assert cli("export", "mobilenet_v3_small", "--input-size", "64", "-o", "x", "--no-verify").returncode == 0
+    proc = cli("parity", "mobilenet_v3_small", "--input-size", "96", "-o", "x", "--no-latency", "--samples", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exported onnx, torchscript into x; it replaced the export of other model options there (input_size 64 -> " \
+        "96) (one folder holds one export: --output keeps both)" in proc.stdout + proc.stderr
