@@ -324,7 +324,11 @@ def plot_latency(reports: Sequence[ParityReport], path: Path) -> Path:
                                else float("nan") for b in batches])  # unstable: not plotted
     height = max(2.5, 0.45 * len(labels) * max(1, len(batches)) ** 0.5 + 1.2)
     fig, ax = plt.subplots(figsize=(9, height))
-    if labels:
+    if labels and not any(x == x for row in values for x in row):  # every one NaN: unstable
+        ax.text(0.5, 0.5, "every speed-up was unstable on this machine: none is plotted\n"
+                "(report.md says why; rerun on a quiet machine)", ha="center", va="center",
+                transform=ax.transAxes)
+    elif labels:
         n = len(batches)
         width = 0.8 / n
         for k, b in enumerate(batches):

@@ -89,7 +89,10 @@ def test_unstable_speedup_is_marked_in_table_and_report(lenet, tmp_path):
     # the ship line names the fastest artifact but never quotes its unstable speed-up as a number
     ship = report.ship_line()
     assert "speed-up vs eager unstable on this machine (not a result" in ship and "x eager" not in ship
+    # and the pick itself compares unstable timings: a guess, and it says so
+    assert ship.startswith("fastest within tolerance (batch 1) by unstable timings (a guess, not a result")
     assert f"ship {ship}" in text.replace("\n", " ") or "unstable on this machine" in text
     record = doc["reports"][0]["fastest_within_tolerance"]
     assert record["speedup_vs_eager"] is None and record["speedup_stable"] is False
+    assert record["pick_stable"] is False
     assert "x eager" not in paths["markdown"].read_text().split("**Ship:**")[1].splitlines()[0]

@@ -134,8 +134,8 @@ def test_export_every_format_at_once_and_parity_names_the_fastest(mobile_set, tm
     ship = data["fastest_within_tolerance"]
     fastest = min(rows.values(), key=lambda a: a["latency"]["1"]["p50_ms"])
     assert ship["file"] == fastest["file"] and ship["p50_ms"] == fastest["latency"]["1"]["p50_ms"]
-    assert f"**Ship:** fastest within tolerance (batch 1): {ship['file']}" in \
-        (report / "report.md").read_text()
+    line = (report / "report.md").read_text().split("**Ship:** fastest within tolerance (batch 1)")[1]
+    assert f": {ship['file']} (" in line.splitlines()[0]  # after ' by unstable timings (...)' on a busy machine
 
 
 # ------------------------------------------------------------------------------- errors

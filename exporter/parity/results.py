@@ -182,8 +182,16 @@ class ParityReport:
             said = ", speed-up vs eager unstable on this machine (not a result; see the note)"
         else:
             said = f", {speed:.2f}x eager" if speed else ""
-        return (f"fastest within tolerance (batch {first}): {best.file} ({best.format} "
+        how = "" if self.pick_is_stable() else \
+            " by unstable timings (a guess, not a result: rerun on a quiet machine)"
+        return (f"fastest within tolerance (batch {first}){how}: {best.file} ({best.format} "
                 f"{best.precision}, {best.runtime}) p50 {best.latency[first].p50_ms:.3g} ms" + said)
+
+    def pick_is_stable(self) -> bool:
+        """Every candidate's timing at the first batch size is stable: the pick compares results."""
+        first = self.batch_sizes[0] if self.batch_sizes else None
+        return all(a.latency[first].stable for a in self.artifacts
+                   if a.status == "ok" and first in a.latency)
 
     def raise_for_breaches(self) -> None:
         err = self.error()
@@ -214,7 +222,7 @@ class ParityReport:
         return {"file": best.file, "format": best.format, "precision": best.precision,
                 "batch": first, "p50_ms": best.latency[first].p50_ms,
                 "speedup_vs_eager": best.speedup.get(first) if stable else None,
-                "speedup_stable": stable}
+                "speedup_stable": stable, "pick_stable": self.pick_is_stable()}
 
 
 def check_tolerance(result: ArtifactResult, tol: Tolerance) -> list[Breach]:
