@@ -126,11 +126,18 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
             fix="try --simplifier onnxslim (or onnxsim), or pass --simplify-fallback to keep the "
                 "unsimplified graph",
         ) from err
+    # onnxsim records every node it removed or changed (hundreds of names in a shipped file's
+    # metadata); the manifest keeps the node counts instead
+    own = [p for p in simplified.metadata_props if not p.key.startswith(f"{simplifier}.")]
+    dropped = len(simplified.metadata_props) - len(own)
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(own)
     if metadata:
         set_onnx_metadata(simplified, metadata)
     onnx.save(simplified, str(path))
     return {"simplifier": simplifier, "nodes_before": before, "nodes_after": len(simplified.graph.node),
-            "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified)}
+            "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified),
+            "simplifier_metadata_dropped": dropped}
 
 
 def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,
