@@ -239,6 +239,9 @@ def export_summary(result) -> str:
                         "rebuilt or checked by this run" if a["file"] in kept else ""))
         if a["file"] not in kept:
             lines.extend(_quant_lines(a.get("details", {})))
+    if not result.parity and any(a["file"] not in kept for a in m["artifacts"]):
+        lines.append(f"  parity vs eager: not checked (--no-verify); check with `exporter parity "
+                     f"{m.get('model_spec', m['model'])} --artifacts {result.directory}`")
     for row in result.parity:
         if row.get("status") == "skipped":  # e.g. Core ML off macOS: converted and checked, not run
             lines.append(f"  parity vs eager [{row['file']}]: {row.get('error')}")

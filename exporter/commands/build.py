@@ -17,7 +17,8 @@ EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporte
   exporter build resnet18 --precision fp16                 # export (or re-use) the ONNX, then build
   exporter build --onnx artifacts/resnet18/resnet18.fp16.onnx --precision fp16 --max-batch 64
   exporter build mobilenet_v2 --precision int8 --calibration packaged --json
-exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (no TensorRT/GPU), 6 could not produce"""
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (no TensorRT/GPU, out of
+memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
 
 
 def add_parser(sub) -> None:

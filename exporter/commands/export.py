@@ -19,11 +19,12 @@ EPILOG = """examples:
   exporter export resnet18 --input-size 64 --dynamic-size --layout nhwc --normalize-in-graph
   exporter export --zoo --reduced -o artifacts/zoo        # every recipe, as matrix jobs on local workers
   exporter export --zoo --ray auto --format onnx,torchscript   # the same jobs as Ray tasks
-exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (a missing runtime, a full
+or read-only disk, out of memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX / pt2 / AOTInductor / TorchScript",
+    p = sub.add_parser("export", help="export a model to ONNX, PyTorch (pt2, AOTInductor, TorchScript) and the mobile/edge runtimes' formats",
                        description="Export a model (BN folded, simplified), write its metadata into "
                                    "every artifact, and verify each artifact against eager PyTorch.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

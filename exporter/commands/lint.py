@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
   exporter lint artifacts/resnet18                 # every ONNX of an export (manifest.json)
   exporter lint model.int8.tensorrt.onnx --precision int8 --json
 
-exit codes: 0 every ONNX file ready, 2 usage, 4 a file not TensorRT-ready (its findings printed),
-missing or not readable""",
+exit codes: 0 every ONNX file ready; 2 usage; 4 a file not TensorRT-ready (its findings printed),
+or one missing or not readable; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)""",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", type=Path, help="an .onnx file or an artifact directory (manifest.json)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),

@@ -8,7 +8,7 @@ EPILOG = """examples:
   exporter list --json | python -c "import json,sys; print([r['name'] for r in json.load(sys.stdin)])"
 beyond the recipes: torchvision:<name> (any torchvision classifier), timm:<name>, file.py:factory
 
-exit codes: 0 ok, 2 usage, 4 a recipe file that does not parse"""
+exit codes: 0 ok, 2 usage, 4 a recipe file that does not parse; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
 
 
 def add_parser(sub) -> None:

@@ -32,7 +32,8 @@ EPILOG = """examples:
   exporter parity resnet18 --format onnx,pt2 --rtol 1e-3 --json > parity.json
   exporter parity --zoo --reduced                            # every recipe at its test size
   exporter parity --zoo --reduced --jobs 2 --no-latency      # as matrix jobs on 2 local workers
-exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment, 6 could not produce"""
+exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (a missing runtime, a full
+or read-only disk, out of memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
 
 
 def add_parser(sub) -> None:
