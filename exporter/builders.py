@@ -341,9 +341,12 @@ def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> int |
     try:
         with torch.no_grad():
             out = model(dummy)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        fix = f"use the recipe's size {recipe.input.size[0]} or a size >= {recipe.input.min_size}"
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - RuntimeError, and a model's own assert/ValueError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        fix = (f"use the recipe's size {recipe.input.size[0]} (not every size >= "
+               f"{recipe.input.min_size} fits this architecture: its layers must divide evenly)")
         if recipe.source == "file":  # no recipe knows its size: the user does
             fix = (f"pass the --input-size {recipe.name} was built for (got {spec.size[0]}; a "
                    "fixed-size flatten before a Linear takes one size only)")

@@ -39,6 +39,11 @@ def timm_recipe(name: str):
             f"'{arch}' is not a timm model",
             fix=(f"did you mean {' or '.join('timm:' + c for c in close)}?" if close else
                  "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""))
+    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
+    if tag and tag not in tags:
+        raise UnknownModelError(f"timm has no pretrained cfg '{name}'",
+                                fix=f"use timm:{arch} or one of its tags: "
+                                    + ", ".join(f"timm:{arch}.{t}" for t in tags[:5]))
     cfg = get_pretrained_cfg(name if tag else arch)
     if cfg is None:
         raise UnknownModelError(f"timm has no pretrained cfg '{name}'",
@@ -64,12 +69,7 @@ def create(recipe, pretrained_tag: str | None = None):
     arch, cfg_tag = split_model_name_tag(recipe.builder)
     if pretrained_tag is None:
         return timm.create_model(arch, pretrained=False, num_classes=recipe.num_classes)
-    tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
-    full = f"{arch}.{tag}" if tag else arch
-    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
-    if tag and tag not in tags:
-        raise WeightsError(f"timm has no pretrained weights '{full}'",
-                           fix=f"use --weights DEFAULT or one of {tags}")
+    full, _ = _pretrained_cfg(recipe, pretrained_tag)
     try:
         from huggingface_hub.utils import logging as hub_logging
 
@@ -90,9 +90,14 @@ def _pretrained_cfg(recipe, pretrained_tag: str) -> tuple[str, Any]:
     """(full name, timm's pretrained config) of ``pretrained_tag`` (``DEFAULT``: the recipe's tag)."""
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
+    timm = require_timm()
     arch, cfg_tag = split_model_name_tag(recipe.builder)
     tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
     name = f"{arch}.{tag}" if tag else arch
+    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
+    if tag and tag not in tags:
+        raise WeightsError(f"timm has no pretrained weights '{name}'",
+                           fix=f"use --weights DEFAULT or one of {tags}")
     return name, get_pretrained_cfg(name)
 
 

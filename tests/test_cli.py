@@ -469,3 +469,18 @@ def test_a_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "lenet5" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_a_model_that_asserts_on_its_input_size_is_bad_input_not_a_bug(tmp_path):
+    """torchvision's ViT asserts 'Wrong image height!'; only RuntimeError was read as a size
+    problem, the rest said 'internal error ... report it as a bug' (exit 1)."""
+    (tmp_path / "fixed.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = torch.nn.Linear(3, 10)\n"
+        "    def forward(self, x):\n        assert x.shape[-1] == 224, f'Wrong image width {x.shape[-1]}'\n"
+        "        return self.fc(x.mean((2, 3)))\n\ndef build():\n    return Net()\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "fixed.py:build", "--input-size", "96",
+                           "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "fixed_build cannot take a 1x3x96x96 input (Wrong image width 96)" in proc.stderr
+    assert "internal error" not in proc.stderr and not (tmp_path / "out").exists()

@@ -69,6 +69,18 @@ def test_unknown_timm_model_suggests_names(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("argv,text", [
+    (["timm:resnet10t", "--weights", "a1_in1k"], "timm has no pretrained weights 'resnet10t.a1_in1k'"),
+    (["timm:resnet10t.a1_in1k"], "timm has no pretrained cfg 'resnet10t.a1_in1k'"),
+])
+def test_a_pretrained_tag_timm_does_not_have_is_bad_input_with_the_tags(argv, text, tmp_path):
+    """Both said 'internal error: RuntimeError: Invalid pretrained tag (a1_in1k)' (exit 1)."""
+    proc = run_cli("export", *argv, "--output", str(tmp_path / "x"))
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert text in proc.stderr and "c3_in1k" in proc.stderr and "internal error" not in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_timm_weights_offline_is_one_line_with_the_fix(tmp_path):
     import os
 
