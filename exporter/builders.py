@@ -5,6 +5,7 @@ classifier, ``timm:<name>`` for a timm model (``exporter.timm_source``), or ``pa
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InputSpecError, UnknownModelError, UsageError, WeightsError
+from .offline_weights import WEIGHTS_FILE
 from .recipes import InputSpec, PrepareSpec, Recipe, get_recipe
 
 # torchvision classifiers whose auxiliary heads the deploy form removes.
@@ -142,7 +144,8 @@ def _instantiate(recipe: Recipe, tv_weights: Any = None) -> nn.Module:
                 kwargs.pop(key, None)
         else:
             kwargs["num_classes"] = recipe.num_classes
-        return tvm.get_model(recipe.builder, weights=tv_weights, **kwargs)
+        with contextlib.redirect_stdout(sys.stderr):  # torch.hub's 'Downloading: ...' line: stdout is --json's
+            return tvm.get_model(recipe.builder, weights=tv_weights, **kwargs)
     if recipe.source == "timm":
         from .timm_source import create
 
@@ -310,12 +313,15 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
             model = _instantiate(replace(recipe, num_classes=1000), tv_weights)
         except (OSError, RuntimeError) as err:  # URLError and TimeoutError are OSErrors
             reason = getattr(err, "reason", err)
-            why = (f"no answer within {timeout:g}s" if isinstance(reason, TimeoutError)
-                   or "timed out" in str(err) else f"{type(err).__name__}: {err}")
+            timed_out = isinstance(reason, TimeoutError) or "timed out" in str(err)
+            why = f"no answer within {timeout:g}s" if timed_out else f"{type(err).__name__}: {err}"
             raise WeightsError(
                 f"could not download torchvision weights {tv_weights} from {tv_weights.url} ({why})",
-                fix=f"run once with internet access (cached in {torch.hub.get_dir()}), raise "
-                    f"{TIMEOUT_ENV}, or pass --checkpoint PATH to a local state_dict",
+                fix=f"run once with internet access (cached in {torch.hub.get_dir()})"
+                    + (f", raise {TIMEOUT_ENV} for a slow network" if timed_out else "")
+                    + ", or pass --checkpoint PATH to a local state_dict"
+                    + (" (these very weights ship with set-up: --checkpoint \"$(python -m "
+                       "exporter.offline_weights)\")" if WEIGHTS_FILE in tv_weights.url else ""),
             ) from None
         finally:
             socket.setdefaulttimeout(previous)

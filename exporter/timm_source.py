@@ -5,8 +5,10 @@ timm is an optional extra (``pip install 'zoo-exporter[timm]'``), imported only 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -77,7 +79,8 @@ def create(recipe, pretrained_tag: str | None = None):
     except ImportError:
         pass
     try:
-        return timm.create_model(full, pretrained=True)
+        with contextlib.redirect_stdout(sys.stderr):  # a download's progress is not --json's stdout
+            return timm.create_model(full, pretrained=True)
     except Exception as err:  # noqa: BLE001 - hub/HTTP/IO errors have no common base
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise WeightsError(

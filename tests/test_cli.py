@@ -484,3 +484,21 @@ def test_a_model_that_asserts_on_its_input_size_is_bad_input_not_a_bug(tmp_path)
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "fixed_build cannot take a 1x3x96x96 input (Wrong image width 96)" in proc.stderr
     assert "internal error" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_failed_weight_download_keeps_json_stdout_clean_and_names_the_shipped_weights(tmp_path):
+    """torch.hub wrote 'Downloading: ...' to stdout ahead of --json's document; a refused
+    connection was told to raise the network timeout."""
+    import os
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "hub"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}  # a refused connection, with or without internet
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "mobilenet_v2", "--weights",
+                           "IMAGENET1K_V1", "--json", "-o", "out"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)  # one document, nothing before it
+    assert doc["ok"] is False and "could not download torchvision weights" in doc["error"]
+    assert 'Downloading: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"' in proc.stderr
+    assert '--checkpoint "$(python -m exporter.offline_weights)"' in doc["fix"]
+    assert "ZOO_EXPORTER_NET_TIMEOUT" not in doc["fix"] and not (tmp_path / "out").exists()
