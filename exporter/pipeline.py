@@ -367,7 +367,9 @@ def _manifest(request, recipe, spec, weights_info, prep, export_info, artifacts,
         "model_spec": request.model,
         "recipe": {"name": recipe.name, "family": recipe.family, "source": recipe.source,
                    "builder": recipe.builder, "num_classes": recipe.num_classes,
-                   "path": str(recipe.path) if recipe.path else None},
+                   "path": str(recipe.path) if recipe.path else None,
+                   **({"source_sha256": model_code_sha256(recipe.builder)} if recipe.source == "file"
+                      else {})},
         "weights": weights_info,
         "input": {**spec.to_dict(), "batch": request.batch, "dynamic_batch": request.batch is None,
                   **graph_input_record(request, spec)},
@@ -396,8 +398,7 @@ def replaced_export(old: dict[str, Any] | None, new: dict[str, Any], directory: 
     """{"files": the earlier export's files the commit removed, "overwritten": its files this
     export wrote anew, "changed": {option: [old, new]}} when ``directory`` held an export of other
     model options; {} otherwise."""
-    if not old or old.get("model_options") == new.get("model_options") and \
-            old.get("input") == new.get("input") and old.get("weights") == new.get("weights"):
+    if not old or all(old.get(k) == new.get(k) for k in ("model_options", "input", "weights", "recipe")):
         return {}
     listed = {name for a in new.get("artifacts", []) for name in artifact_files(a)}
     earlier = [name for a in old.get("artifacts", []) for name in artifact_files(a)]
@@ -406,8 +407,13 @@ def replaced_export(old: dict[str, Any] | None, new: dict[str, Any], directory: 
     before, after = old.get("model_options") or {}, new.get("model_options") or {}
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)}
-    if not changed and old.get("weights") != new.get("weights"):
-        changed["weights"] = ["earlier", "these"]
+    code = [(x.get("recipe") or {}).get("source_sha256") for x in (old, new)]
+    if code[0] != code[1]:
+        changed["model code"] = [f"sha256 {str(code[0])[:12]}...", f"{str(code[1])[:12]}..."]
+    old_weights, new_weights = old.get("weights") or {}, new.get("weights") or {}
+    if "checkpoint" not in changed and old_weights.get("sha256") != new_weights.get("sha256"):
+        changed["checkpoint content"] = [f"sha256 {str(old_weights.get('sha256'))[:12]}...",
+                                         f"{str(new_weights.get('sha256'))[:12]}..."]
     return {"files": files, "overwritten": overwritten, "changed": changed} \
         if files or overwritten else {}
 
@@ -468,16 +474,32 @@ def load_reference(directory: Path) -> tuple[Recipe, InputSpec, nn.Module]:
     from .prepare import prepare_for_deploy
 
     recipe, spec, model, weights = load_stage(request_from_manifest(directory))
-    check_same_weights(directory, weights)
+    check_same_weights(directory, weights, recipe.builder)
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     return recipe, spec, reference
 
 
-def check_same_weights(directory: Path, weights: dict[str, Any]) -> None:
-    """The checkpoint a manifest names still holds the weights the export was made from."""
+def model_code_sha256(spec: str) -> str | None:
+    """sha256 of a ``file.py:factory`` model's file (None for other specs or a file gone)."""
+    path = Path(spec.rpartition(":")[0]) if ".py:" in spec else None
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
+def check_same_weights(directory: Path, weights: dict[str, Any], builder: str | None = None) -> None:
+    """The checkpoint a manifest names still holds the weights the export was made from, and a
+    ``file.py:factory`` model's file (``builder``) still holds the code it was made from."""
     from .errors import InputError
 
-    recorded = (read_manifest_if_any(directory) or {}).get("weights") or {}
+    manifest = read_manifest_if_any(directory) or {}
+    code = (manifest.get("recipe") or {}).get("source_sha256")
+    if builder and code and model_code_sha256(builder) not in (None, code):
+        path = builder.rpartition(":")[0]
+        raise InputError(f"the model file {path} changed since the export in {directory} (sha256 "
+                         f"{code[:12]}... at export, {model_code_sha256(builder)[:12]}... now): the eager "
+                         "reference would not be the model the artifacts were made from",
+                         fix=f"put back the code the export used, or re-export with this one "
+                             f"(exporter export {path}:{builder.rpartition(':')[2]} -o {directory})")
+    recorded = manifest.get("weights") or {}
     if recorded.get("kind") == "checkpoint" == weights.get("kind") and recorded.get("sha256") \
             and recorded.get("sha256") != weights.get("sha256"):
         raise InputError(

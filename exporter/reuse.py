@@ -44,6 +44,12 @@ def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
 
     if GraphInput.from_manifest(manifest) != GraphInput.of(request):
         return False
+    code = (manifest.get("recipe") or {}).get("source_sha256")
+    if code:  # a file.py:factory model whose code was edited since is another model
+        from .pipeline import model_code_sha256
+
+        if model_code_sha256(request.model) != code:
+            return False
     export = manifest.get("export") or {}
     return all(export.get(k) in (None, getattr(request, k)) for k in EXPORT_OPTION_KEYS)
 

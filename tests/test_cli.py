@@ -502,3 +502,27 @@ def test_a_failed_weight_download_keeps_json_stdout_clean_and_names_the_shipped_
     assert 'Downloading: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"' in proc.stderr
     assert '--checkpoint "$(python -m exporter.offline_weights)"' in doc["fix"]
     assert "ZOO_EXPORTER_NET_TIMEOUT" not in doc["fix"] and not (tmp_path / "out").exists()
+
+
+def test_an_edited_model_file_is_another_model_for_reuse_and_parity(tmp_path):
+    """After editing file.py's forward, a re-export kept the old ONNX 'from an earlier export of
+    the same model', and parity --artifacts blamed the artifacts (exit 3)."""
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    source = ("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n        self.fc = torch.nn.Linear(8, 10)\n"
+              "    def forward(self, x):\n        y = self.conv(x)\n        return self.fc((y + y.relu()).mean((2, 3)))\n\n"
+              "def build():\n    return Net()\n")
+    model = tmp_path / "net.py"
+    model.write_text(source)
+    assert cli("export", "net.py:build", "--input-size", "32", "-o", "out", "--no-verify").returncode == 0
+    model.write_text(source.replace("y + y.relu()", "y - y.relu()"))
+    stale = cli("parity", "net.py:build", "--artifacts", "out", "--no-latency", "--samples", "2")
+    assert stale.returncode == 4, stale.stderr[-2000:]
+    assert "error: the model file" in stale.stderr and "changed since the export in out" in stale.stderr
+    again = cli("export", "net.py:build", "--input-size", "32", "-o", "out", "--format", "pt2", "--no-verify")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "kept from an earlier export" not in again.stdout and not (tmp_path / "out" / "net_build.onnx").exists()
+    assert "replaced: an earlier export of other model options (model code sha256 " in again.stdout

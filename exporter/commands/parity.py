@@ -148,7 +148,7 @@ def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = 
     request = request_from_manifest(directory, **overrides)
     recipe, spec, model, weights = load_stage(request)
     if "checkpoint" not in overrides:
-        check_same_weights(directory, weights)
+        check_same_weights(directory, weights, recipe.builder)
     reference, _ = prepare_for_deploy(model, recipe, fold=False)
     return recipe, spec, reference
 
