@@ -1,9 +1,11 @@
 """One index of an ONNX graph (producers, consumers, constants), shared by the quantizer and the lint."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
 # onnxruntime 1.32's CPU pass that quantizes float weights/biases feeding Q/DQ pairs; it wrecks Q/DQ
@@ -60,8 +62,23 @@ class GraphIndex:
                 return attr.t.data_type
         return None
 
+    @cached_property
+    def non_float(self) -> set[str]:
+        """Tensors shape inference types as other than float (int64 shapes a ViT concatenates);
+        empty where inference fails."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
+        except Exception:  # noqa: BLE001 - no types: every non-constant counts as an activation
+            return set()
+        floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+        values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        return {v.name for v in values
+                if v.type.tensor_type.elem_type and v.type.tensor_type.elem_type not in floats}
+
     def is_activation(self, name: str) -> bool:
-        return bool(name) and name not in self.inits and name not in self.constants
+        """A float tensor computed by the graph (not a weight, constant or integer shape)."""
+        return bool(name) and name not in self.inits and name not in self.constants \
+            and name not in self.non_float
 
     def is_weight(self, name: str) -> bool:
         """A constant, possibly fake-quantized on the fly (initializer -> QuantizeLinear)."""

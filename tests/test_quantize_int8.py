@@ -271,3 +271,58 @@ def test_tensorrt_keeps_gemvs_and_small_gemms_out_of_int8_with_the_reason(batch)
     else:
         assert reasons["hidden"].startswith("Gemm runs as a GEMV at batch 1 and stays fp16")
     assert exclusion_reasons(model, "cpu") == {}
+
+
+def test_a_token_wise_gemm_is_not_a_gemv_and_a_model_left_all_float_is_refused():
+    """A Gemm after Reshape(-1, C) multiplies batch x tokens rows (ViT/DeiT MLPs, ConvNeXt): the
+    GEMV rule kept them all in fp16 and DeiT's 'INT8' file had no QuantizeLinear at all."""
+    from onnx import helper
+
+    from exporter.errors import PrecisionError
+    from exporter.quantize import _refuse_nothing_left, exclusion_reasons
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (64, 32)), ("b", (64,)))] + [numpy_helper.from_array(np.array([-1, 32]), "shape")]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["tokens"], name="reshape"),
+             helper.make_node("Gemm", ["tokens", "w", "b"], ["y"], name="mlp", transB=1)]
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                              ["N", 197, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert exclusion_reasons(model, "tensorrt") == {}
+    flat = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="head", transB=1)], "head",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits[:2])
+    head = helper.make_model(flat, opset_imports=[helper.make_opsetid("", 18)])
+    reasons = exclusion_reasons(head, "tensorrt")
+    assert list(reasons) == ["head"]
+    with pytest.raises(PrecisionError) as info:
+        _refuse_nothing_left(head, reasons, "tensorrt")
+    assert "no layer of this model can run INT8 on the tensorrt placement: its 1 conv/Gemm layer(s)" \
+        in info.value.message and "--precision fp16" in info.value.fix
+
+
+def test_cpu_placement_never_quantizes_an_integer_shape_concat():
+    """DeiT's cpu INT8 export failed in ONNX Runtime: 'tensor(int64) of input (Concat_output_0) of
+    operator (QuantizeLinear) is invalid' - the placement took a shape Concat for an INT8 Concat."""
+    from onnx import helper
+
+    from exporter.quantize.placement import plan as make_plan
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(rng.standard_normal((16, 8 * 36)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("Shape", ["y"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], name="gather"),
+             helper.make_node("Concat", ["n", "minus_one"], ["new_shape"], name="concat", axis=0),
+             helper.make_node("Reshape", ["y", "new_shape"], ["flat"], name="reshape"),
+             helper.make_node("Gemm", ["flat", "fc"], ["logits"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    edges = make_plan(model, "cpu").edges
+    assert "x" in edges and not {"n", "new_shape", "shape"} & set(edges), edges
