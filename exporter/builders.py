@@ -333,10 +333,14 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
             digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
             info = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "sha256": digest}
         else:
-            from .prepare import randomize_bn_stats
+            from .prepare import randomize_bn_stats, randomize_zero_weights
 
-            randomize_bn_stats(model, seed)
-            info = {"kind": "random", "seed": seed, "bn_stats": "randomized"}
+            randomized = randomize_bn_stats(model, seed)
+            info = {"kind": "random", "seed": seed,
+                    "bn_stats": "randomized" if randomized else "no BatchNorm in this model"}
+            zeros = randomize_zero_weights(model, seed)
+            if zeros:  # a zero-initialized head (torchvision's ViT) gives all-zero logits
+                info["zero_weights_randomized"] = zeros
     return model.eval(), info
 
 

@@ -372,6 +372,21 @@ def prepare_for_deploy(model: nn.Module, recipe: Recipe, fold: bool = True
 
 
 @torch.no_grad()
+def randomize_zero_weights(model: nn.Module, seed: int = 0) -> list[str]:
+    """Seeded N(0, 0.02) weights for the Linear/Conv layers a random init leaves all zero (a
+    zero-initialized classifier head: every logit 0, every comparison with it meaningless).
+    Returns their names."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    changed = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and weight is not None and not weight.any():
+                weight.copy_((torch.randn(weight.shape, generator=gen) * 0.02).to(weight))
+                changed.append(name)
+    return changed
+
+
 def randomize_bn_stats(model: nn.Module, seed: int = 0) -> int:
     """Give every BN non-trivial stats so folding is not a no-op; deterministic by ``seed``.
 

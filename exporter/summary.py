@@ -156,10 +156,16 @@ def slower_warning(speedup: float, float_readers: dict, fp32_file: str = "the FP
             f"deploy {fp32_file} on this CPU, or the --target tensorrt INT8 model on a GPU")
 
 
-def weights_line(info: dict) -> str:
+def weights_line(info: dict, source: str = "") -> str:
+    """What the weights are; random ones say how to pass real ones (a file model: a checkpoint)."""
     if info["kind"] == "random":
-        return (f"weights: seeded random init (seed {info['seed']}, BN statistics randomized) - "
-                "NOT trained; pass --weights DEFAULT or --checkpoint PATH for real weights")
+        bn = "BN statistics randomized" if info.get("bn_stats", "randomized") == "randomized" \
+            else "no BatchNorm to randomize"
+        zeros = info.get("zero_weights_randomized") or []
+        also = f", zero-initialized {', '.join(zeros)} given random weights" if zeros else ""
+        real = "--checkpoint PATH" if source == "file" else "--weights DEFAULT or --checkpoint PATH"
+        return (f"weights: seeded random init (seed {info['seed']}, {bn}{also}) - NOT trained; pass "
+                f"{real} for real weights")
     if info["kind"] in ("torchvision", "timm"):
         return f"weights: {info['kind']} {info['name']}"
     return f"weights: checkpoint {info['path']} (sha256 {info['sha256'][:12]})"
@@ -200,7 +206,7 @@ def export_summary(result) -> str:
     h, w = result.spec.size
     lines = [f"{result.recipe.name}: input {m['input']['channels']}x{h}x{w}, batch {_batch(m)}, "
              f"done in {result.seconds:.1f} s -> {result.directory}",
-             "  " + weights_line(m["weights"])]
+             "  " + weights_line(m["weights"], (m.get("recipe") or {}).get("source", ""))]
     graph = _graph_input_line(m["input"])
     if graph:
         lines.append(graph)

@@ -526,3 +526,21 @@ def test_an_edited_model_file_is_another_model_for_reuse_and_parity(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "kept from an earlier export" not in again.stdout and not (tmp_path / "out" / "net_build.onnx").exists()
     assert "replaced: an earlier export of other model options (model code sha256 " in again.stdout
+
+
+def test_a_zero_initialized_head_gets_random_weights_and_no_bn_is_said(tmp_path):
+    """torchvision's ViT zero-initializes its head: every logit 0, cosine 0, a parity breach the
+    default random init could never pass. A model without BN read 'BN statistics randomized', and
+    a file model was told to pass --weights DEFAULT, which it refuses."""
+    (tmp_path / "zero.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)\n        self.head = torch.nn.Linear(16, 10)\n"
+        "        torch.nn.init.zeros_(self.head.weight)\n        torch.nn.init.zeros_(self.head.bias)\n"
+        "    def forward(self, x):\n        return self.head(self.conv(x).relu().mean((2, 3)))\n\n"
+        "def build():\n    return Net()\n")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "zero.py:build", "--input-size", "32",
+                           "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "weights: seeded random init (seed 0, no BatchNorm to randomize, zero-initialized head given " \
+        "random weights) - NOT trained; pass --checkpoint PATH for real weights" in proc.stdout
+    assert "cosine 1.000000" in proc.stdout
