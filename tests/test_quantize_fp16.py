@@ -117,3 +117,25 @@ def test_onnx_runtime_cpu_runs_the_fp16_graph_in_fp32_arithmetic(tmp_path):
     scale = np.abs(rounded).max()
     assert np.abs(ort16 - rounded).max() < 1e-4 * scale  # fp32 arithmetic on fp16 weights
     assert np.abs(ort16 - true16).max() > 10 * np.abs(ort16 - rounded).max()  # not fp16 arithmetic
+
+
+def test_an_initializer_shared_by_a_fp16_conv_and_a_fp32_layernorm_converts():
+    """A random init's zero biases, merged into one initializer by onnxsim, were read by a Conv
+    (to fp16) and a LayerNormalization (kept fp32): ONNX Runtime refused the graph ('bound to
+    different types'), every ConvNeXt/Swin/DeiT FP16 export ended in an internal error."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "zeros"),
+             numpy_helper.from_array(np.ones(8, np.float32), "ones")]
+    nodes = [helper.make_node("Conv", ["x", "w", "zeros"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["y"], ["t"], name="nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "ones", "zeros"], ["out"], name="ln", axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    converted, details = convert_fp16(model)
+    assert "ln" in details["kept_fp32_nodes"]
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert np.abs(run(converted, x) - run(model, x)).max() < 1e-2

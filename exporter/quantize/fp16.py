@@ -78,6 +78,7 @@ def convert_fp16(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tu
     present = {n.op_type for n in model32.graph.node}
     op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | (set(ALWAYS_FP32) & present))
     large = large_magnitude_nodes(model32, sample) if sample is not None else []
+    _unshare_initializers(model32, {n.name for n in model32.graph.node if n.op_type in op_block} | set(large))
     with warnings.catch_warnings():  # "float32 number ... truncated to 1e-07" per tiny weight
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(
@@ -91,6 +92,31 @@ def convert_fp16(model: onnx.ModelProto, sample: np.ndarray | None = None) -> tu
                                      **{n: f"|output| > {MAX_FP16_MAGNITUDE:g} on sample inputs"
                                         for n in large}}}
     return converted, details
+
+
+def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> int:
+    """Give each node kept fp32 its own copy of an initializer it shares with a converted node.
+    onnxsim merges equal initializers (a random init's zero biases), and the converter then left
+    the one tensor float for both a fp16 Conv and a fp32 LayerNormalization: an invalid graph."""
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                readers.setdefault(name, set()).add(node.name)
+    copies = 0
+    for node in model.graph.node:
+        if node.name not in kept:
+            continue
+        for slot, name in enumerate(node.input):
+            if name in inits and readers[name] - kept:  # also read by a node that turns fp16
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__fp32_{node.name}"
+                model.graph.initializer.append(copy)
+                node.input[slot] = copy.name
+                copies += 1
+    return copies
 
 
 def _force_fp32_outputs(model: onnx.ModelProto) -> list[str]:
