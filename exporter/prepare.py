@@ -405,9 +405,10 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> int:
             "weight": torch.rand(n, generator=gen) + 0.5,
             "bias": torch.randn(n, generator=gen) * 0.1,
         }
-        for attr, value in values.items():
-            tensor = getattr(module, attr)
-            if tensor is not None:
-                tensor.copy_(value.to(tensor))
+        with torch.no_grad():  # weight and bias are parameters that require grad
+            for attr, value in values.items():
+                tensor = getattr(module, attr)
+                if tensor is not None:
+                    tensor.copy_(value.to(tensor))
         count += 1
     return count
