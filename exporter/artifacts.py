@@ -336,12 +336,37 @@ def refuse_foreign_files(final_dir: Path, names: Iterable[str], manifest: dict[s
                                              "files away")
 
 
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` itself (flock on its descriptor: no lock file), so two
+    exporters committing into one folder take turns; a no-op where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _commit(stage: Path, final_dir: Path) -> None:
-    """Move the staged files into ``final_dir`` (artifacts first, the manifest last)."""
+    """Move the staged files into ``final_dir`` (artifacts first, the manifest last), under the
+    folder's lock, after checking again what another exporter may have committed meanwhile."""
+    with _locked(final_dir):
+        new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
+        if new is not None:  # another model's export may have landed here while this one ran
+            claim_output_dir(final_dir, new.get("model"))
+        _move_into_place(stage, final_dir, new)
+
+
+def _move_into_place(stage: Path, final_dir: Path, new: dict[str, Any] | None) -> None:
     old = read_manifest_if_any(final_dir)
     items = [p for p in stage.iterdir() if p.name != STAGING_MARKER]
     refuse_foreign_files(final_dir, [p.name for p in items], old)
-    new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
     items.sort(key=lambda p: p.name == MANIFEST)
     for item in items:
         target = final_dir / item.name

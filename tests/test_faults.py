@@ -242,3 +242,20 @@ def test_internal_error_is_one_line_with_the_bug_hint(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "list"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert_one_error(proc, 1, "internal error: KeyError", "--debug")
+
+
+def test_two_models_exported_at_once_into_one_new_folder_never_both_succeed(tmp_path):
+    """Both said 'done' (exit 0) and the folder held only the second model: the first's files
+    were gone. The claim is checked again at the commit, under a lock on the folder."""
+    procs = [subprocess.Popen([*EXPORTER, "export", model, "--output", "same", "--no-verify"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for model in ("lenet5", "nin")]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 4], results
+    loser = next(err for code, err in results if code == 4)
+    assert "holds the export of" in loser and "one directory per model" in loser
+    manifest = json.loads((tmp_path / "same" / "manifest.json").read_text())
+    assert all((tmp_path / "same" / a["file"]).is_file() for a in manifest["artifacts"])
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == sorted(
+        [a["file"] for a in manifest["artifacts"]] + ["manifest.json"])
