@@ -52,8 +52,30 @@ def _ndim(conv: nn.Module) -> int:
     return len(conv.kernel_size)
 
 
+def _remainder(bn: _BatchNorm) -> nn.Module | None:
+    """What a BN module becomes once folded: nn.Identity for a plain BN, the dropout and
+    activation of timm's BatchNormAct2d (BN -> drop -> act); None for a subclass whose forward
+    is unknown (not folded)."""
+    if type(bn).forward is _BatchNorm.forward:
+        return nn.Identity()
+    if type(bn).__name__ == "BatchNormAct2d" and isinstance(getattr(bn, "act", None), nn.Module) \
+            and isinstance(getattr(bn, "drop", None), nn.Module):
+        return nn.Sequential(bn.drop, bn.act)
+    return None
+
+
+class _BatchNormLeaves(torch.fx.Tracer):
+    """fx tracing that keeps every BN module whole (timm's BatchNormAct2d was traced into, and
+    its BN then read as 'not called')."""
+
+    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        return isinstance(m, _BatchNorm) or super().is_leaf_module(m, qualified_name)
+
+
 def _fold_blocker(conv: nn.Module, bn: _BatchNorm) -> str | None:
     """Why this (conv or linear, bn) pair cannot be folded, or None when it can."""
+    if _remainder(bn) is None:
+        return f"{type(bn).__name__} is a BatchNorm subclass with its own forward"
     if bn.running_mean is None or bn.running_var is None:
         return "no running stats (track_running_stats=False): eval uses batch statistics"
     if isinstance(conv, nn.Linear):
@@ -125,7 +147,7 @@ def _describe(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
 
 def _pairs_from_fx(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str], int]:
     """(foldable (conv, bn) pairs, {bn: reason} for the others, unfolded BN call sites)."""
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _BatchNormLeaves().trace(model)
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
     pairs: list[tuple[str, str]] = []
@@ -195,8 +217,9 @@ def fold_batchnorms(model: nn.Module) -> FoldReport:
         report.traced = False
         report.expected_bn_nodes = len(reasons)  # best guess: each unfolded BN called once
     for conv_name, bn_name in pairs:
-        _fold_pair(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _set_module(model, bn_name, nn.Identity())
+        bn = model.get_submodule(bn_name)
+        _fold_pair(model.get_submodule(conv_name), bn)
+        _set_module(model, bn_name, _remainder(bn))
         report.folded.append((conv_name, bn_name))
     seen = {bn for _, bn in pairs} | set(reasons)
     for bn in bns:
