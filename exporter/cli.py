@@ -168,6 +168,8 @@ def _exit_now(code: int) -> None:
 
 def _run(argv: list[str]) -> int:
     debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
+    if debug:  # native libraries' warnings pass through (backends.base.native_stderr_captured)
+        os.environ["ZOO_EXPORTER_DEBUG"] = "1"
     args = None
     try:
         args = build_parser().parse_args(argv)

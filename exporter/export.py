@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adaptive_pool import matmul_pools
-from .backends.base import converter_output_hidden
+from .backends.base import converter_output_hidden, native_stderr_captured
 from .errors import ExportError, SimplifyError, UsageError
 from .recipes import InputSpec
 
@@ -103,8 +103,9 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
             set_onnx_metadata(model, metadata)
             onnx.save(model, str(path))
         return {"simplifier": "none", "nodes_before": before, "nodes_after": before, "simplify_seconds": 0.0}
+    native: list[str] = []
     try:
-        with warnings.catch_warnings(), converter_output_hidden():
+        with warnings.catch_warnings(), converter_output_hidden(), native_stderr_captured(native):
             warnings.simplefilter("ignore")
             if simplifier == "onnxsim":
                 import onnxsim
@@ -137,7 +138,7 @@ def simplify_onnx(path: Path, simplifier: str = DEFAULT_SIMPLIFIER,
     onnx.save(simplified, str(path))
     return {"simplifier": simplifier, "nodes_before": before, "nodes_after": len(simplified.graph.node),
             "simplify_seconds": round(time.perf_counter() - start, 3), "ops": op_histogram(simplified),
-            "simplifier_metadata_dropped": dropped}
+            "simplifier_metadata_dropped": dropped, "simplifier_warnings": len(native)}
 
 
 def export_torchscript(model: nn.Module, spec: InputSpec, path: Path,

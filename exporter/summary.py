@@ -224,6 +224,9 @@ def export_summary(result) -> str:
         else:
             simplified = (f"{nodes} nodes -> {exp.get('nodes_after')} after {exp.get('simplifier')}, "
                           f"export {seconds:.1f} s + simplify {exp.get('simplify_seconds', 0):.1f} s")
+            if exp.get("simplifier_warnings"):
+                simplified += (f" ({exp['simplifier']} printed {exp['simplifier_warnings']} warning line(s): "
+                               "hidden, --debug shows them)")
         lines.append(f"  onnx: {exp['exporter']} exporter, opset {exp['opset']}, {simplified}")
         if exp.get("adaptive_pools_as_matmul"):
             lines.append(f"  onnx: adaptive average pool written as two MatMuls (sizes do not "

@@ -36,6 +36,30 @@ def runner_for(artifact: dict[str, Any], directory: Path, device: str = "cpu",
 
 
 @contextlib.contextmanager
+def native_stderr_captured(said: list[str]) -> Iterator[None]:
+    """The process's file descriptor 2 (native libraries' warnings, e.g. onnxsim's 'failed to run
+    Transpose op ... skip' per node) collected into ``said`` instead of the terminal; with
+    ``--debug`` (ZOO_EXPORTER_DEBUG) they pass through."""
+    if os.environ.get("ZOO_EXPORTER_DEBUG"):
+        yield
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+@contextlib.contextmanager
 def converter_output_hidden() -> Iterator[None]:
     """A converter's own prints (Python's ``sys.stdout`` and the process's file descriptor 1,
     where native code writes) discarded: stdout is the summary's, or ``--json``'s one document."""
