@@ -332,11 +332,14 @@ def unwrap_logits(out: Any, output: int | str | None = None) -> torch.Tensor:
     if isinstance(out, dict) and len(out) == 1 and isinstance(out.get("out"), torch.Tensor):
         return out["out"]
     if isinstance(out, (tuple, list, dict)) and len(out) > 1:
-        first = "0" if not isinstance(out, dict) else next(iter(out))
+        items = list(out.items()) if isinstance(out, dict) else list(enumerate(out))
+        widths = [(v.shape[-1] if isinstance(v, torch.Tensor) and v.dim() == 2 else -1, k) for k, v in items]
+        likely = max(widths, key=lambda w: w[0])[1]  # the widest (batch, N) output: the classes, likely
+        example = f"--output-name {likely}" if isinstance(out, dict) else f"--output-index {likely}"
         raise ModelOutputError(
             f"the model returns {len(out)} outputs ({_describe_outputs(out)}); which one is the "
-            "logits?", fix=f"pass --output-index N or --output-name NAME (e.g. "
-                           f"{'--output-index 0' if not isinstance(out, dict) else '--output-name ' + first})")
+            "logits?", fix=f"pass --output-index N or --output-name NAME (e.g. {example}, the widest "
+                           "2-d output)")
     raise ExportError(
         f"cannot find the logits in a model output of type {type(out).__name__}",
         fix="make forward return a tensor, a tuple whose first item is the logits, "

@@ -258,11 +258,11 @@ def print_report(report: ParityReport, console=None) -> None:
 
 
 def print_zoo_summary(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = (),
-                      console=None) -> None:
+                      console=None, title: str = "zoo parity") -> None:
     from rich.table import Table
 
     console = console or wide_console()
-    table = Table(title="zoo parity")
+    table = Table(title=title)
     for col in ("model", "artifacts", "worst rel. err", "min top-1 agr.", "speed-up b1 (best)",
                 "ship (fastest within tolerance)", "status"):
         table.add_column(col)
@@ -474,7 +474,8 @@ def markdown(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]]
 def to_json(reports: Sequence[ParityReport], failures: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"generator": GENERATOR, "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "ok": all(r.ok for r in reports) and not failures,
-            "reports": [r.to_dict() for r in reports], "failures": list(failures)}
+            "reports": [r.to_dict() for r in reports], "failures": list(failures),
+            "breaches": [str(b) for r in reports for b in r.breaches()]}  # failures: models not run
 
 
 def _json_default(obj: Any):

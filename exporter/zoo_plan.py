@@ -143,18 +143,18 @@ def run_zoo_plan(args, command: str, default_output: str) -> int:
             with contextlib.suppress(OSError):
                 Path(output).rmdir()  # the output root this run made, when nothing is left in it
     if not args.quiet:
-        _print_summary(results)
+        _print_summary(results, f"zoo {command}")
     else:  # --quiet: no progress and no table, but the result and where the report is
         print(result_line(results, paths))
     return finish(results, paths, args.no_fail, rerun="rerun the same command")
 
 
-def _print_summary(results) -> None:
-    """The zoo table ``exporter parity --zoo`` prints, from the jobs' reports."""
+def _print_summary(results, title: str) -> None:
+    """The zoo table ``exporter export|parity --zoo`` prints, from the jobs' reports."""
     from .matrix.merge import report_from_dict
     from .report import print_zoo_summary
 
     reports = [report_from_dict(r["report"]) for r in results if r.get("report")]
     failures = [{"model": r["key"], "error": r.get("error") or "failed"}
                 for r in results if not r.get("report")]
-    print_zoo_summary(reports, failures)
+    print_zoo_summary(reports, failures, title=title)

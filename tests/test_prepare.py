@@ -249,6 +249,14 @@ def test_deploy_model_unwraps_named_tuples():
         DeployModel(Returns((logits, aux)))(torch.zeros(1))  # never a silent pick of the first
     with pytest.raises(ModelOutputError, match="--output-index 2 does not select"):
         DeployModel(Returns((logits, aux)), 2)(torch.zeros(1))
+    # the example names the widest 2-d output, the classes' most likely (it named [0], an embedding)
+    embedding, classes = torch.zeros(1, 8), torch.zeros(1, 10)
+    with pytest.raises(ModelOutputError) as info:
+        DeployModel(Returns((embedding, classes)))(torch.zeros(1))
+    assert "(e.g. --output-index 1, the widest 2-d output)" in info.value.fix
+    with pytest.raises(ModelOutputError) as info:
+        DeployModel(Returns({"embedding": embedding, "scores": classes}))(torch.zeros(1))
+    assert "(e.g. --output-name scores, the widest 2-d output)" in info.value.fix
 
 
 def test_make_inplace_safe():

@@ -69,7 +69,8 @@ def test_atol_override_breaches_with_exit_3_and_json_error(lenet):
     report = json.loads(proc.stdout)  # one document, the breach inside it
     assert report["ok"] is False and {b["metric"] for b in report["reports"][0]["breaches"]} == {"max_abs"}
     assert report["exit_code"] == 3 and report["error_type"] == "ParityError"
-    assert f"exporter parity lenet5 --artifacts {out} --locate" in report["fix"]  # an ONNX breached
+    assert f"exporter parity lenet5 --artifacts {out} --atol 1e-12 --locate" in report["fix"]  # an ONNX breached
+    assert any(b.startswith("lenet5.onnx output") for b in report["breaches"])  # at the top too
     assert "breach the tolerance --atol/--rtol set vs eager PyTorch" in report["error"]
     assert report["fix"].startswith("the tolerance is the one --atol/--rtol gave")
     assert "tolerances overridden on the command line: --atol 1e-12" in report["reports"][0]["notes"]
