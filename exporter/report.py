@@ -147,8 +147,19 @@ def rows(report: ParityReport, compact: bool = False) -> list[dict[str, str]]:
                                          result.latency.items() if not s.stable) or "stable"
         row["RSS +MB"] = _memory_cell(result)
         row["status"] = _status_cell(result)
+        if not compact:  # what "ok" was judged against (an int8 file passes at a wide error)
+            row["tolerance"] = _tolerance_cell(result.tolerance)
         out.append(row)
     return out
+
+
+def _tolerance_cell(tol) -> str:
+    if tol is None:
+        return ""
+    parts = [f"rel <= {tol.rel_max_abs:g}", f"cos >= {tol.min_cosine:g}", f"top-1 >= {tol.min_top1_agreement:g}"]
+    if tol.max_abs is not None:
+        parts.append(f"max-abs <= {tol.max_abs:g}")
+    return ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------- terminal

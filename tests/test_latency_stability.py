@@ -84,6 +84,7 @@ def test_unstable_speedup_is_marked_in_table_and_report(lenet, tmp_path):
     assert "img/s b4" in table.getvalue() and "unstable" in text
     paths = write_report([report], tmp_path / "rep")
     assert "unstable (" in paths["markdown"].read_text()
+    assert "tolerance |" in paths["markdown"].read_text() and "| rel <= " in paths["markdown"].read_text()
     doc = to_json([report])
     assert doc["reports"][0]["artifacts"][0]["speedup_stable"] == {"1": False, "4": False}
     # the ship line names the fastest artifact but never quotes its unstable speed-up as a number
