@@ -359,7 +359,9 @@ def check_input_size(model: nn.Module, recipe: Recipe, spec: InputSpec) -> int |
                f"{recipe.input.min_size} fits this architecture: its layers must divide evenly)")
         if recipe.source == "file":  # no recipe knows its size: the user does
             fix = (f"pass the --input-size {recipe.name} was built for (got {spec.size[0]}; a "
-                   "fixed-size flatten before a Linear takes one size only)")
+                   "fixed-size flatten before a Linear takes one size only; --input-size is square, so "
+                   "a model built for a non-square input such as 128x64 needs a factory that pads or "
+                   "resizes a square input to it)")
         wanted = re.search(r"to have (\d+) channels, but got (\d+)", first)
         if wanted:
             n = int(wanted.group(1))

@@ -65,7 +65,7 @@ def preprocessing_text(spec, normalize_in_graph: bool) -> str:
     order = "L (grayscale)" if spec.color_mode == "L" else "RGB"
     norm = ("(x - mean) / std is in the graph: feed the [0, 1] pixels" if normalize_in_graph
             else "then (x - mean) / std per channel")
-    return (f"{order} image; resize so the shorter side is {spec.resize} "
+    return (f"{order} image, EXIF orientation applied; resize so the shorter side is {spec.resize} "
             f"({getattr(spec, 'interpolation', 'bilinear')}, aspect kept); centre-crop {h}x{w}; "
             f"pixels to float in [0, 1]; {norm}")
 

@@ -43,7 +43,8 @@ def _check_common(meta: dict) -> None:
     assert meta["exporter_version"].startswith("zoo-exporter ")
     # enough to preprocess without the tool: the resize, the crop and the order of the steps
     assert meta["crop_size"] == [64, 64] and meta["resize"] == 73
-    assert meta["preprocessing"] == ("RGB image; resize so the shorter side is 73 (bilinear, aspect kept); "
+    assert meta["preprocessing"] == ("RGB image, EXIF orientation applied; resize so the shorter side is 73 "
+                                     "(bilinear, aspect kept); "
                                      "centre-crop 64x64; pixels to float in [0, 1]; then (x - mean) / std "
                                      "per channel")
 
