@@ -547,6 +547,7 @@ def test_a_zero_initialized_head_gets_random_weights_and_no_bn_is_said(tmp_path)
     assert "cosine 1.000000" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_simplifiers_native_warnings_are_counted_not_printed(tmp_path):
     """onnxsim printed ~70 'WARNING: failed to run "Transpose" op ... skip' lines for Swin-T on
     stderr, even with --quiet."""

@@ -266,6 +266,7 @@ def test_cli_locate_reports_first_diverging_layer(corrupted, capsys):
     assert "first diverging layer" in out and _module_of(info["initializer"]) in out
 
 
+@pytest.mark.slow
 def test_locate_labels_each_file_skips_int8_graphs_and_the_fix_keeps_the_tolerance(tmp_path):
     """--locate printed unlabelled 'first diverging layer' lines, compared an INT8 graph's on-purpose
     rescaled tensors with eager's (the stem 'diverged' by 400%), and the breach's fix suggested a
