@@ -279,7 +279,7 @@ def test_a_token_wise_gemm_is_not_a_gemv_and_a_model_left_all_float_is_refused()
     from onnx import helper
 
     from exporter.errors import PrecisionError
-    from exporter.quantize import _refuse_nothing_left, exclusion_reasons
+    from exporter.quantize.rules import exclusion_reasons, refuse_nothing_left
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
@@ -298,7 +298,7 @@ def test_a_token_wise_gemm_is_not_a_gemv_and_a_model_left_all_float_is_refused()
     reasons = exclusion_reasons(head, "tensorrt")
     assert list(reasons) == ["head"]
     with pytest.raises(PrecisionError) as info:
-        _refuse_nothing_left(head, reasons, "tensorrt")
+        refuse_nothing_left(head, reasons, "tensorrt")
     assert "no layer of this model can run INT8 on the tensorrt placement: its 1 conv/Gemm layer(s)" \
         in info.value.message and "--precision fp16" in info.value.fix
 
