@@ -26,7 +26,8 @@ from . import calibration as cal
 from . import equalize as eq
 from . import int8 as q8
 from . import levers as lv
-from .placement import TARGETS, Graph, ensure_node_names, float_readers, plan as make_plan
+from .placement import (TARGETS, Graph, constant_weights_to_initializers, ensure_node_names, float_readers,
+                        plan as make_plan)
 from .samples import (Scratch, copies_note, drop_calibration_copies, exhausted, judging_notes,
                       require_disjoint, require_held)
 from .rules import exclusion_reasons, refuse_nothing_left
@@ -67,6 +68,7 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
         return _fp16(model, out_dir, name, recipe, spec)
     if target not in TARGETS:
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
+    constant_weights_to_initializers(model)
     if method not in cal.METHODS:
         raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
     # weight_rounding None = round-to-nearest (benchmarks/INT8_GPTQ.md: GPTQ lowers the tensorrt KL,

@@ -57,6 +57,25 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def constant_weights_to_initializers(model: onnx.ModelProto) -> int:
+    """Make a Conv/Gemm weight that a Constant node holds an initializer (onnxsim folds timm
+    ConvNeXt's layer scale into the weight and writes it as a Constant node: those convs were
+    neither INT8 nor kept with a reason). Returns how many moved."""
+    weights = {n.input[1] for n in model.graph.node if n.op_type in LINEAR_OPS and len(n.input) > 1}
+    moved = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.output[0] in weights and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved.append(node)
+    for node in moved:
+        model.graph.node.remove(node)
+    return len(moved)
+
+
 def linear_nodes(graph: Graph) -> list[onnx.NodeProto]:
     """Conv / Gemm nodes with a constant weight: the layers that can run in int8."""
     out = []
