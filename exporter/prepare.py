@@ -404,15 +404,15 @@ def randomize_zero_weights(model: nn.Module, seed: int = 0) -> list[str]:
     Returns their names."""
     gen = torch.Generator().manual_seed(seed + 1)
     changed = []
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and weight is not None and not weight.any():
-                weight.copy_((torch.randn(weight.shape, generator=gen) * 0.02).to(weight))
-                changed.append(name)
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and weight is not None and not weight.any():
+            weight.copy_((torch.randn(weight.shape, generator=gen) * 0.02).to(weight))
+            changed.append(name)
     return changed
 
 
+@torch.no_grad()
 def randomize_bn_stats(model: nn.Module, seed: int = 0) -> int:
     """Give every BN non-trivial stats so folding is not a no-op; deterministic by ``seed``.
 
@@ -431,10 +431,9 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> int:
             "weight": torch.rand(n, generator=gen) + 0.5,
             "bias": torch.randn(n, generator=gen) * 0.1,
         }
-        with torch.no_grad():  # weight and bias are parameters that require grad
-            for attr, value in values.items():
-                tensor = getattr(module, attr)
-                if tensor is not None:
-                    tensor.copy_(value.to(tensor))
+        for attr, value in values.items():
+            tensor = getattr(module, attr)
+            if tensor is not None:
+                tensor.copy_(value.to(tensor))
         count += 1
     return count
