@@ -358,13 +358,14 @@ def _commit(stage: Path, final_dir: Path) -> None:
     folder's lock, after checking again what another exporter may have committed meanwhile."""
     with _locked(final_dir):
         new = json.loads((stage / MANIFEST).read_text()) if (stage / MANIFEST).is_file() else None
-        if new is not None:  # another model's export may have landed here while this one ran
-            claim_output_dir(final_dir, new.get("model"))
-        _move_into_place(stage, final_dir, new)
+        # another model's export may have landed here while this one ran
+        old = claim_output_dir(final_dir, new.get("model")) if new is not None \
+            else read_manifest_if_any(final_dir)
+        _move_into_place(stage, final_dir, old, new)
 
 
-def _move_into_place(stage: Path, final_dir: Path, new: dict[str, Any] | None) -> None:
-    old = read_manifest_if_any(final_dir)
+def _move_into_place(stage: Path, final_dir: Path, old: dict[str, Any] | None,
+                     new: dict[str, Any] | None) -> None:
     items = [p for p in stage.iterdir() if p.name != STAGING_MARKER]
     refuse_foreign_files(final_dir, [p.name for p in items], old)
     items.sort(key=lambda p: p.name == MANIFEST)

@@ -20,6 +20,8 @@ import re
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARITY = 0, 1, 2, 3
 EXIT_INPUT, EXIT_ENVIRONMENT, EXIT_PRODUCE = 4, 5, 6
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+# the exit codes every command may end with, named in each command's --help
+EXIT_CODES_ALWAYS = "1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

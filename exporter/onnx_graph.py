@@ -63,17 +63,22 @@ class GraphIndex:
         return None
 
     @cached_property
-    def non_float(self) -> set[str]:
-        """Tensors shape inference types as other than float (int64 shapes a ViT concatenates);
-        empty where inference fails."""
+    def tensor_types(self) -> dict[str, onnx.TypeProto.Tensor] | None:
+        """{tensor: its element type and shape} by ONNX shape inference; None where it fails."""
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False)
-        except Exception:  # noqa: BLE001 - no types: every non-constant counts as an activation
-            return set()
-        floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+        except Exception:  # noqa: BLE001 - a graph shape inference cannot read
+            return None
         values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-        return {v.name for v in values
-                if v.type.tensor_type.elem_type and v.type.tensor_type.elem_type not in floats}
+        return {v.name: v.type.tensor_type for v in values}
+
+    @cached_property
+    def non_float(self) -> set[str]:
+        """Tensors shape inference types as other than float (int64 shapes a ViT concatenates);
+        empty where inference fails (every non-constant then counts as an activation)."""
+        floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+        return {name for name, t in (self.tensor_types or {}).items()
+                if t.elem_type and t.elem_type not in floats}
 
     def is_activation(self, name: str) -> bool:
         """A float tensor computed by the graph (not a weight, constant or integer shape)."""

@@ -492,10 +492,11 @@ def check_same_weights(directory: Path, weights: dict[str, Any], builder: str | 
 
     manifest = read_manifest_if_any(directory) or {}
     code = (manifest.get("recipe") or {}).get("source_sha256")
-    if builder and code and model_code_sha256(builder) not in (None, code):
+    now = model_code_sha256(builder) if builder and code else None
+    if now not in (None, code):
         path = builder.rpartition(":")[0]
         raise InputError(f"the model file {path} changed since the export in {directory} (sha256 "
-                         f"{code[:12]}... at export, {model_code_sha256(builder)[:12]}... now): the eager "
+                         f"{code[:12]}... at export, {now[:12]}... now): the eager "
                          "reference would not be the model the artifacts were made from",
                          fix=f"put back the code the export used, or re-export with this one "
                              f"(exporter export {path}:{builder.rpartition(':')[2]} -o {directory})")

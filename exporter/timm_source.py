@@ -41,7 +41,7 @@ def timm_recipe(name: str):
             f"'{arch}' is not a timm model",
             fix=(f"did you mean {' or '.join('timm:' + c for c in close)}?" if close else
                  "list them with python -c \"import timm; print(timm.list_models('resnet*'))\""))
-    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
+    tags = _tags(timm, arch)
     if tag and tag not in tags:
         raise UnknownModelError(f"timm has no pretrained cfg '{name}'",
                                 fix=f"use timm:{arch} or one of its tags: "
@@ -89,6 +89,11 @@ def create(recipe, pretrained_tag: str | None = None):
                 "~/.cache/huggingface), or pass --checkpoint PATH to a local state_dict") from None
 
 
+def _tags(timm: ModuleType, arch: str) -> list[str]:
+    """The pretrained tags timm has for ``arch`` (``c3_in1k`` of ``resnet10t.c3_in1k``)."""
+    return [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
+
+
 def _pretrained_cfg(recipe, pretrained_tag: str) -> tuple[str, Any]:
     """(full name, timm's pretrained config) of ``pretrained_tag`` (``DEFAULT``: the recipe's tag)."""
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -97,7 +102,7 @@ def _pretrained_cfg(recipe, pretrained_tag: str) -> tuple[str, Any]:
     arch, cfg_tag = split_model_name_tag(recipe.builder)
     tag = cfg_tag if pretrained_tag == "DEFAULT" else pretrained_tag
     name = f"{arch}.{tag}" if tag else arch
-    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch + ".*") if "." in t]
+    tags = _tags(timm, arch)
     if tag and tag not in tags:
         raise WeightsError(f"timm has no pretrained weights '{name}'",
                            fix=f"use --weights DEFAULT or one of {tags}")

@@ -20,9 +20,10 @@ from exporter.cli import main
 from exporter.recipes import all_recipes
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
-                          timeout=600)
+def run_cli(*args: str, cwd=None, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``exporter ARGS`` in a subprocess, as users run it (in ``cwd``, with ``env``)."""
+    return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_list_shows_every_recipe_with_details(capsys):
@@ -271,8 +272,7 @@ def test_naming_a_file_model_again_by_a_relative_path_is_consent(tmp_path):
 def test_empty_folders_and_unusable_tolerances_are_usage_errors(tmp_path, args, text):
     """-o "" was the current folder (an unset $OUT exported there); NaN tolerances passed every
     check, negative ones failed every artifact as a 'breach'."""
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_cli(*args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and text in proc.stderr, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
 
@@ -309,8 +309,7 @@ def test_parity_of_a_file_whose_checkpoint_moved_or_differs_is_refused_not_breac
     from exporter.recipes import get_recipe
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
+        return run_cli(*args, cwd=tmp_path, timeout=300)
 
     for seed, name in ((0, "lenet.pth"), (1, "other.pth")):
         torch.save(build_model(get_recipe("lenet5"), seed=seed)[0].state_dict(), tmp_path / name)
@@ -335,8 +334,7 @@ def test_parity_of_a_file_whose_checkpoint_moved_or_differs_is_refused_not_breac
 
 @pytest.mark.parametrize("missing", ["nothere.onnx", "out/nothere.pt2", "a/b/model.ts.pt", "x.tflite"])
 def test_parity_of_a_mistyped_file_says_the_file_does_not_exist(tmp_path, missing):
-    proc = subprocess.run([sys.executable, "-m", "exporter", "parity", missing, "--no-latency"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = run_cli("parity", missing, "--no-latency", cwd=tmp_path, timeout=120)
     assert proc.returncode == 4 and f"error: file {missing} does not exist" in proc.stderr, proc.stderr
     assert "unknown model" not in proc.stderr and list(tmp_path.iterdir()) == []
 
@@ -376,8 +374,8 @@ def test_parity_images_labels_are_checked_and_why_there_are_none_is_said(tmp_pat
 
 
 def test_simplifier_none_is_said_as_not_simplified(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "lenet5", "--simplifier", "none",
-                           "--no-verify", "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = run_cli("export", "lenet5", "--simplifier", "none", "--no-verify", "-o", "out", cwd=tmp_path,
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("onnx:"))
     assert "12 nodes, not simplified (--simplifier none)" in line and "after none" not in line
@@ -441,8 +439,7 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path):
 def test_a_missing_input_path_is_bad_input_whichever_option_names_it(tmp_path, args, text):
     """Exit 4 (bad input) for every missing input path; --calibration, --images, lint and
     --artifacts said 2 (usage) where --checkpoint and parity FILE said 4."""
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_cli(*args, cwd=tmp_path, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 4 and len(errors) == 1 and text in errors[0], proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
@@ -451,8 +448,7 @@ def test_a_missing_input_path_is_bad_input_whichever_option_names_it(tmp_path, a
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_an_output_on_a_kernel_filesystem_is_refused_as_such(tmp_path):
     """-o /proc/x was refused with '0.0 MiB free', as if a disk were full."""
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "lenet5", "-o", "/proc/zoo-x"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = run_cli("export", "lenet5", "-o", "/proc/zoo-x", cwd=tmp_path, timeout=120)
     assert proc.returncode == 5, proc.stderr[-2000:]
     assert "error: --output /proc/zoo-x: /proc is a kernel filesystem that stores no files" in proc.stderr
 
@@ -480,8 +476,7 @@ def test_a_model_that_asserts_on_its_input_size_is_bad_input_not_a_bug(tmp_path)
         "    def __init__(self):\n        super().__init__()\n        self.fc = torch.nn.Linear(3, 10)\n"
         "    def forward(self, x):\n        assert x.shape[-1] == 224, f'Wrong image width {x.shape[-1]}'\n"
         "        return self.fc(x.mean((2, 3)))\n\ndef build():\n    return Net()\n")
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "fixed.py:build", "--input-size", "96",
-                           "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_cli("export", "fixed.py:build", "--input-size", "96", "-o", "out", cwd=tmp_path)
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "fixed_build cannot take a 1x3x96x96 input (Wrong image width 96)" in proc.stderr
     assert "internal error" not in proc.stderr and not (tmp_path / "out").exists()
@@ -494,9 +489,8 @@ def test_a_failed_weight_download_keeps_json_stdout_clean_and_names_the_shipped_
 
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "hub"), "https_proxy": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9"}  # a refused connection, with or without internet
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "mobilenet_v2", "--weights",
-                           "IMAGENET1K_V1", "--json", "-o", "out"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = run_cli("export", "mobilenet_v2", "--weights", "IMAGENET1K_V1", "--json", "-o", "out", cwd=tmp_path,
+                   timeout=300, env=env)
     assert proc.returncode == 4, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)  # one document, nothing before it
     assert doc["ok"] is False and "could not download torchvision weights" in doc["error"]
@@ -509,8 +503,7 @@ def test_an_edited_model_file_is_another_model_for_reuse_and_parity(tmp_path):
     """After editing file.py's forward, a re-export kept the old ONNX 'from an earlier export of
     the same model', and parity --artifacts blamed the artifacts (exit 3)."""
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=600)
+        return run_cli(*args, cwd=tmp_path)
 
     source = ("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
               "        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)\n        self.fc = torch.nn.Linear(8, 10)\n"
@@ -539,8 +532,7 @@ def test_a_zero_initialized_head_gets_random_weights_and_no_bn_is_said(tmp_path)
         "        torch.nn.init.zeros_(self.head.weight)\n        torch.nn.init.zeros_(self.head.bias)\n"
         "    def forward(self, x):\n        return self.head(self.conv(x).relu().mean((2, 3)))\n\n"
         "def build():\n    return Net()\n")
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "zero.py:build", "--input-size", "32",
-                           "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_cli("export", "zero.py:build", "--input-size", "32", "-o", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "weights: seeded random init (seed 0, no BatchNorm to randomize, zero-initialized head given " \
         "random weights) - NOT trained; pass --checkpoint PATH for real weights" in proc.stdout
@@ -551,8 +543,8 @@ def test_a_zero_initialized_head_gets_random_weights_and_no_bn_is_said(tmp_path)
 def test_the_simplifiers_native_warnings_are_counted_not_printed(tmp_path):
     """onnxsim printed ~70 'WARNING: failed to run "Transpose" op ... skip' lines for Swin-T on
     stderr, even with --quiet."""
-    proc = subprocess.run([sys.executable, "-m", "exporter", "export", "torchvision:swin_t", "--input-size", "96",
-                           "--no-verify", "-o", "out"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_cli("export", "torchvision:swin_t", "--input-size", "96", "--no-verify", "-o", "out",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "failed to run" not in proc.stderr
     assert re.search(r"onnxsim printed \d+ warning line\(s\): hidden, --debug shows them", proc.stdout)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..cli_options import (add_model_options, add_output_options, add_precision_options, print_json,
                            progress_logger)
-from ..errors import InputError, UsageError
+from ..errors import EXIT_CODES_ALWAYS, InputError, UsageError
 
 DEFAULT_WORKSPACE_MIB = 2048
 EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporter[tensorrt]')
@@ -18,7 +18,7 @@ EPILOG = """examples: (need TensorRT and an NVIDIA GPU: pip install 'zoo-exporte
   exporter build --onnx artifacts/resnet18/resnet18.fp16.onnx --precision fp16 --max-batch 64
   exporter build mobilenet_v2 --precision int8 --calibration packaged --json
 exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (no TensorRT/GPU, out of
-memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
+memory), 6 could not produce; """ + EXIT_CODES_ALWAYS
 
 
 def add_parser(sub) -> None:

@@ -7,6 +7,7 @@ from ..backends import registry
 from ..cli_options import (add_graph_input_options, add_model_options, add_output_options, add_precision_options,
                            add_tolerance_options, parse_formats, print_json, progress_logger,
                            request_from_args)
+from ..errors import EXIT_CODES_ALWAYS
 from ..zoo_plan import add_fanout_options, add_models_option
 
 EPILOG = """examples:
@@ -20,11 +21,12 @@ EPILOG = """examples:
   exporter export --zoo --reduced -o artifacts/zoo        # every recipe, as matrix jobs on local workers
   exporter export --zoo --ray auto --format onnx,torchscript   # the same jobs as Ray tasks
 exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (a missing runtime, a full
-or read-only disk, out of memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
+or read-only disk, out of memory), 6 could not produce; """ + EXIT_CODES_ALWAYS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX, PyTorch (pt2, AOTInductor, TorchScript) and the mobile/edge runtimes' formats",
+    p = sub.add_parser("export", help="export a model to ONNX, PyTorch (pt2, AOTInductor, TorchScript) "
+                                      "and the mobile/edge runtimes' formats",
                        description="Export a model (BN folded, simplified), write its metadata into "
                                    "every artifact, and verify each artifact against eager PyTorch.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

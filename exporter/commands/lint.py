@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import EXIT_CODES_ALWAYS, InputError, UsageError
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
   exporter lint model.int8.tensorrt.onnx --precision int8 --json
 
 exit codes: 0 every ONNX file ready; 2 usage; 4 a file not TensorRT-ready (its findings printed),
-or one missing or not readable; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)""",
+or one missing or not readable; """ + EXIT_CODES_ALWAYS,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", type=Path, help="an .onnx file or an artifact directory (manifest.json)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 
+from ..errors import EXIT_CODES_ALWAYS
+
 EPILOG = """examples:
   exporter list
   exporter list --json | python -c "import json,sys; print([r['name'] for r in json.load(sys.stdin)])"
 beyond the recipes: torchvision:<name> (any torchvision classifier), timm:<name>, file.py:factory
 
-exit codes: 0 ok, 2 usage, 4 a recipe file that does not parse; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
+exit codes: 0 ok, 2 usage, 4 a recipe file that does not parse; """ + EXIT_CODES_ALWAYS
 
 
 def add_parser(sub) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import EXIT_CODES_ALWAYS
+
 
 def add_parser(sub) -> None:
     from ..cli_options import folder_or_url
@@ -21,8 +23,7 @@ def add_parser(sub) -> None:
   exporter matrix plan.toml --ray auto --output s3://bucket/zoo   # artifacts + report at a URL
 
 exit codes: 0 every job ok (or --no-fail), 3 a parity breach, 4 a bad plan (nothing run),
-5 no GPU / Ray for the plan, else the failed jobs' code; 1 internal error (a bug); 130/143
-interrupted (SIGINT/SIGTERM)""",
+5 no GPU / Ray for the plan, else the failed jobs' code; """ + EXIT_CODES_ALWAYS,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", type=Path, help="plan TOML file")
     p.add_argument("--output", "-o", default="artifacts/matrix", type=folder_or_url,

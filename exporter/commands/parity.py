@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import EXIT_CODES_ALWAYS
 from ..defaults import MODEL_OPTION_KEYS  # options that change the eager model
 
 
@@ -33,7 +34,7 @@ EPILOG = """examples:
   exporter parity --zoo --reduced                            # every recipe at its test size
   exporter parity --zoo --reduced --jobs 2 --no-latency      # as matrix jobs on 2 local workers
 exit codes: 0 ok, 2 usage, 3 parity breach, 4 bad input, 5 environment (a missing runtime, a full
-or read-only disk, out of memory), 6 could not produce; 1 internal error (a bug); 130/143 interrupted (SIGINT/SIGTERM)"""
+or read-only disk, out of memory), 6 could not produce; """ + EXIT_CODES_ALWAYS
 
 
 def add_parser(sub) -> None:

@@ -23,7 +23,7 @@ def exclusion_reasons(model: onnx.ModelProto, target: str) -> dict[str, str]:
         return {}
     graph = Graph(model)
     batch = q8.fixed_batch(model)
-    rows = _gemm_rows(model)
+    rows = _gemm_rows(graph)
     out = {}
     for node in linear_nodes(graph):
         w = graph.inits[node.input[1]].dims
@@ -41,17 +41,13 @@ def exclusion_reasons(model: onnx.ModelProto, target: str) -> dict[str, str]:
     return out
 
 
-def _gemm_rows(model: onnx.ModelProto) -> dict[str, Any]:
+def _gemm_rows(graph: Graph) -> dict[str, Any]:
     """{Gemm: its rows} - "batch" where they are the graph's batch (a classifier after Flatten),
     an int where fixed, None where inferred from a reshape (tokens x batch, never a GEMV)."""
-    from onnx import shape_inference
-
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - no shapes: every Gemm counts as batch-sized (the safe rule)
+    model = graph.model
+    if graph.tensor_types is None:  # no shapes: every Gemm counts as batch-sized (the safe rule)
         return {n.name: "batch" for n in model.graph.node if n.op_type == "Gemm"}
-    dims = {v.name: v.type.tensor_type.shape.dim for v in
-            [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    dims = {name: t.shape.dim for name, t in graph.tensor_types.items()}
     batch_dim = dims[model.graph.input[0].name][0] if dims.get(model.graph.input[0].name) else None
     out: dict[str, Any] = {}
     for node in model.graph.node:
