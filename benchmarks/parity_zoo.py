@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from exporter.parity import build_inputs, run_parity
     from exporter.pipeline import ExportRequest
     from exporter.recipes import all_recipes
-    from exporter.report import write_report
+    from exporter.report_files import write_report
 
     recipes = all_recipes()
     names = args.models.split(",") if args.models else list(recipes)

@@ -46,7 +46,7 @@ def manifest_matches(manifest: dict[str, Any], request: ExportRequest) -> bool:
         return False
     code = (manifest.get("recipe") or {}).get("source_sha256")
     if code:  # a file.py:factory model whose code was edited since is another model
-        from .pipeline import model_code_sha256
+        from .manifest_model import model_code_sha256
 
         if model_code_sha256(request.model) != code:
             return False
@@ -120,7 +120,8 @@ def export_or_reuse(request: ExportRequest, *, verify: bool = False,
     its outputs already and times nothing); an export builds it anyway."""
     from .artifacts import read_manifest_if_any
     from .builders import resolve_model
-    from .pipeline import changed_options, export, load_reference
+    from .manifest_model import changed_options, load_reference
+    from .pipeline import export
     from .validate import check_model_options
 
     check_model_options(request)  # before a directory is read or anything exported

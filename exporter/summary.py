@@ -233,7 +233,7 @@ def export_summary(result) -> str:
                          f"divide): {', '.join(exp['adaptive_pools_as_matmul'])}")
     replaced = getattr(result, "replaced", None)
     if replaced:
-        from .pipeline import changed_options
+        from .manifest_model import changed_options
 
         changed = changed_options(replaced)
         done = ([f"overwrote {', '.join(replaced['overwritten'])}"] if replaced.get("overwritten") else []) \

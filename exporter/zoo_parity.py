@@ -59,7 +59,8 @@ def run_zoo(args, console, runner_options) -> int:
 
     from .errors import ExporterError, ParityError
     from .recipes import all_recipes
-    from .report import escape, print_zoo_summary, write_report
+    from .report import escape, print_zoo_summary
+    from .report_files import write_report
 
     from .commands.parity import _parity_one, _print_json
     from .zoo_plan import zoo_models

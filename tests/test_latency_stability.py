@@ -57,7 +57,8 @@ def test_unstable_speedup_is_marked_in_table_and_report(lenet, tmp_path):
     from rich.console import Console
 
     from exporter.parity import build_inputs, run_parity
-    from exporter.report import TERMINAL_COLUMNS, print_report, render_table, to_json, write_report
+    from exporter.report import TERMINAL_COLUMNS, print_report, render_table
+    from exporter.report_files import to_json, write_report
 
     recipe, spec, reference = lenet
     manifest = {"model": "lenet5", "artifacts": [], "input": {}}

@@ -378,7 +378,7 @@ def test_executorch_int8_real_mobilenet_v2_meets_0_90_with_layers_in_float(tmp_p
     from exporter.backends.executorch import ExecuTorchRunner
     from exporter.data import packaged_crops
     from exporter.metrics import compare_outputs
-    from exporter.pipeline import load_reference
+    from exporter.manifest_model import load_reference
 
     out = tmp_path / "mv2"
     proc = run_cli("export", "mobilenet_v2", "--checkpoint", str(weights), "--format", "executorch",

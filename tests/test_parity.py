@@ -157,7 +157,7 @@ def test_report_covers_every_artifact_with_latency(mv3_report):
 
 
 def test_report_files_embed_pngs(mv3_report, tmp_path):
-    from exporter.report import write_report
+    from exporter.report_files import write_report
 
     paths = write_report([mv3_report], tmp_path / "rep")
     md = paths["markdown"].read_text()

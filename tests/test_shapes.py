@@ -35,7 +35,7 @@ def _export(tmp_path: Path, name: str, *options: str) -> tuple[Path, subprocess.
 
 
 def _eager(directory: Path):
-    from exporter.pipeline import load_reference
+    from exporter.manifest_model import load_reference
 
     _, spec, reference = load_reference(directory)
     return spec, reference
@@ -113,7 +113,7 @@ def test_nhwc_pixels_dynamic_size_artifact_matches_eager(tmp_path):
     # parity feeds what the manifest records: told the graph takes NCHW, or normalized inputs,
     # it breaches (the export's verify stage above is the honest run)
     from exporter.parity import build_inputs, run_parity
-    from exporter.pipeline import load_reference
+    from exporter.manifest_model import load_reference
 
     recipe, spec, reference = load_reference(out)
     manifest = json.loads((out / "manifest.json").read_text())

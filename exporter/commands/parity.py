@@ -141,7 +141,8 @@ def prepare_directory(request, say=print):
 
 def reference_for_directory(directory: Path, overrides: dict[str, Any] | None = None):
     """(recipe, spec, reference) recorded by ``directory``'s manifest, with optional overrides."""
-    from ..pipeline import check_same_weights, load_reference, load_stage, request_from_manifest
+    from ..manifest_model import check_same_weights, load_reference, request_from_manifest
+    from ..pipeline import load_stage
     from ..prepare import prepare_for_deploy
 
     if not overrides:
@@ -235,7 +236,8 @@ def ort_options(args) -> dict[str, Any]:
 def run(args) -> int:
     from ..cli_options import absolute_model_spec, parse_formats, progress_logger, request_from_args
     from ..errors import InputError, UsageError
-    from ..report import escape, print_report, wide_console, write_report
+    from ..report import escape, print_report, wide_console
+    from ..report_files import write_report
 
     console = wide_console(stderr=args.json)  # --json: the table and logs go to stderr
     say = progress_logger(args)  # progress on stderr (--verbose: with elapsed seconds), as export's
@@ -333,7 +335,7 @@ def _print_json(reports, failures, paths, ok: bool, err=None) -> None:
     import json
 
     from ..cli_options import print_json
-    from ..report import _json_default, to_json
+    from ..report_files import _json_default, to_json
 
     document = json.loads(json.dumps(to_json(reports, failures), default=_json_default))
     document.update(command="parity", exit_ok=ok,

@@ -1,5 +1,5 @@
 """The merged report of a matrix run: the jobs' plain-data parity reports turned back into
-:class:`~exporter.parity.ParityReport` s and written by :func:`exporter.report.write_report`
+:class:`~exporter.parity.ParityReport` s and written by :func:`exporter.report_files.write_report`
 (the same report.md / report.json / plots as ``exporter parity``), plus where each job ran."""
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def job_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 def write_matrix_report(results: Sequence[dict[str, Any]], out_dir: Path, title: str,
                         notes: Sequence[str] = (), executor: str = "") -> dict[str, Path]:
     """report.md / report.json / plots at ``out_dir``'s top, with a Jobs section."""
-    from ..report import _md_table, write_report
+    from ..report_files import _md_table, write_report
 
     reports, failures = [], []
     for r in results:
