@@ -51,6 +51,7 @@ def _quant_lines(d: dict, fp32_file: str = "the FP32 ONNX") -> list[str]:
         + (f", {len(d['float_out_layers'])} run in float (a kept layer reads their output)"
            if d.get("float_out_layers") else ""),
         _budget_line(d),
+        *_floor_line(d),
         f"    calibration: {d.get('method')}"
         + (f" + {d['range_search']}" if d.get("range_search") else "")
         + _rounding(d.get("weight_rounding"))
@@ -105,6 +106,18 @@ def _budget_line(d: dict) -> str:
         shown += f", top-1 {m['int8_top1']:.3f} vs FP32 {m['fp32_top1']:.3f}"
     return (f"    budget: {d.get('criterion')} -> {'met' if d.get('budget_met') else 'NOT met'}: "
             f"{shown}; judged on {d.get('measured_on')}")
+
+
+def _floor_line(d: dict) -> list[str]:
+    """The judging samples' floor (:func:`~exporter.quantize.judging.noise_floor`), when measured."""
+    floor = d.get("judging_floor")
+    if not floor:
+        return []
+    from .quantize.judging import floor_sentence
+
+    return [f"    judging floor: {floor_sentence(floor)}"
+            + ("; that is below the budget, so INT8 is asked to flip fewer near-ties than the noise does"
+               if floor.get("below_budget") else "")]
 
 
 def _pt2e_lines(d: dict) -> list[str]:

@@ -54,6 +54,11 @@ def test_int8_export_from_the_command_line(tmp_path):
     lo, hi = m["top1_agreement_ci95"]
     assert lo <= m["top1_agreement"] <= hi and hi - lo < 0.1
     assert "95% CI" in proc.stdout and "judged on" in proc.stdout
+    floor = d["judging_floor"]  # FP32 against itself under one pixel level of noise
+    assert floor["samples"] == 200 and floor["pixel_levels"] == 1 and floor["below_budget"] is False
+    assert 0.95 <= floor["top1_agreement"] <= 1.0 and floor["kl_mean"] > 0
+    assert (f"judging floor: FP32 itself keeps its top-1 on {floor['top1_agreement']:.3f} of these "
+            "samples under +-1 pixel level of input noise\n") in proc.stdout
     assert "0 file(s) skipped, cache miss (no cache)" in proc.stdout
     # the artifact itself: INT8 weights, and close to the FP32 ONNX on photo crops
     model = onnx.load(str(path))
@@ -127,6 +132,10 @@ def test_refused_budget_suggests_what_the_placements_runtime_runs_instead(tmp_pa
     assert proc.returncode == 6, proc.stderr[-2000:]
     fix = proc.stderr[proc.stderr.index("fix: "):]
     assert instead in fix and not_instead not in fix
+    # lenet5's judging crops: FP32 itself flips some under one pixel level of noise, so 1.0 is
+    # more than the data allow, and the refusal says so with the number
+    error = proc.stderr[proc.stderr.index("error: "):proc.stderr.index("fix: ")]
+    assert "FP32 itself keeps its top-1 on 0.9" in error and "below the 1.000 asked" in error
 
 
 def test_summary_warns_when_the_budget_left_the_model_mostly_float():

@@ -213,6 +213,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
         "kept_fp32_layers": {n: why for n, why in calibrated.fp32_layers.items() if n in kept},
         "criterion": criterion.describe(), "budget_met": measurement.ok,
         "measured": measurement.metrics, "measured_on": eval_source,
+        "judging_floor": fitted.floor,
         "budget_warning": criterion.warning(measurement.metrics),
         "measured_held_out": eval_data is not None or held is not None,
         "judged_on_split": eval_data is None and held is not None,  # held out of the calibration source
@@ -235,6 +236,7 @@ class _Fitted:
     history: list[dict]
     ranking: list
     latency: dict | None
+    floor: dict | None = None  # judging.noise_floor of the judging samples
 
 
 def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labels, criterion, data,
@@ -242,19 +244,21 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
          max_kept_fraction: float, speed_guard: bool, untried: str, log) -> _Fitted:
     """The budget loop over ``calibrated`` (or, budget off, the plan with ``kept_base`` out)."""
     ranges, bias, weights = calibrated.ranges, calibrated.bias, calibrated.weights
+    ref = q8.run(model, x_eval)
+    floor = judging.noise_floor(lambda a: q8.run(model, a), x_eval, spec.std, ref, criterion)
     if not budget:
         qmodel = q8.build_qdq(model, make_plan(model, target, set(kept_base)), ranges, bias,
                               weights=weights, fp32_layers=calibrated.fp32_layers)
-        return _Fitted(qmodel, kept_base, judging.measure(q8.run(model, x_eval), q8.run(qmodel, x_eval),
-                                                      labels, criterion), [], [], None)
+        return _Fitted(qmodel, kept_base, judging.measure(ref, q8.run(qmodel, x_eval), labels, criterion),
+                       [], [], None, floor)
     speed = (lambda m: _cpu_latency(fp32_model, m, spec, batch)) \
         if target == "cpu" and speed_guard else None
     result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
                             bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
                             force_kept=kept_base, log=log, weights=weights, speed=speed,
-                            untried=untried, fp32_layers=calibrated.fp32_layers)
+                            untried=untried, fp32_layers=calibrated.fp32_layers, floor=floor)
     return _Fitted(result.model, result.kept, result.measurement, result.history,
-                   result.sensitivity, result.latency)
+                   result.sensitivity, result.latency, floor)
 
 
 # ModelOpt's TensorRT exclusions: tiny-channel convs (a 3-channel stem) gain nothing from INT8 and

@@ -26,7 +26,7 @@ from ..errors import PrecisionError
 from ..summary import timings_note
 from . import int8 as q8
 from .calibration import tensor_maxima
-from .judging import Criterion, Measurement, mean_kl, measure
+from .judging import Criterion, Measurement, floor_sentence, mean_kl, measure
 from .placement import plan as make_plan
 
 
@@ -135,13 +135,15 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                log: Callable[[str], None] = lambda _m: None,
                weights: dict | None = None,
                speed: Callable[[onnx.ModelProto], dict] | None = None,
-               untried: str = "", fp32_layers: Collection[str] = ()) -> BudgetResult:
+               untried: str = "", fp32_layers: Collection[str] = (),
+               floor: dict | None = None) -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
     weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
     target: INT8 vs FP32 latency) times a model that meets the criterion with layers kept; one
     under ``MIN_SPEEDUP`` x FP32 is refused (more kept layers would only be slower). ``untried``:
-    the opt-in levers the refusal suggests (the flags not given)."""
+    the opt-in levers the refusal suggests (the flags not given). ``floor``: the judging samples'
+    :func:`~.judging.noise_floor`, said in a refusal."""
     ref = q8.run(fp32, x_eval)
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
@@ -195,7 +197,7 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                   fp16=INSTEAD_OF_INT8[target], untried=untried,
                   best_convs=sum(_op(fp32, n) == "Conv" for n in best_kept),
                   coverage=coverage, rule_convs=sum(_op(fp32, n) == "Conv" for n in base),
-                  uncounted=len(full_plan.quantized) - len(convs))
+                  uncounted=len(full_plan.quantized) - len(convs), floor=floor)
 
 
 def conv_cap(fraction: float, convs: int) -> int:
@@ -228,12 +230,13 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
             fraction: float, runtime: str = "", kept_as: str = "out of INT8",
             fp16: str = "use --precision fp16", untried: str = "",
             best_convs: int | None = None, coverage: str = "", rule_convs: int = 0,
-            uncounted: int = 0) -> BudgetRefused:
+            uncounted: int = 0, floor: dict | None = None) -> BudgetRefused:
     """The budget's :class:`BudgetRefused`: the cap it hit, the best it reached, the levers.
     ``kept_as`` says where a kept layer runs ("out of INT8", "in float"); ``untried`` names the
     opt-in accuracy lever not used; ``coverage`` (:func:`coverage_gaps`' sentence) puts the data
     lever first; ``rule_convs``: convs out by rule before the budget (they count toward the cap);
-    ``uncounted``: the quantized layers that are not convs (the budget may move them too, uncapped)."""
+    ``uncounted``: the quantized layers that are not convs (the budget may move them too, uncapped);
+    ``floor``: the judging samples' :func:`~.judging.noise_floor`."""
     loosen = ("--max-accuracy-drop N (points of top-1 accuracy)" if criterion.kind == "accuracy_drop"
               else "--min-agreement A (top-1 agreement with FP32)")
     short = "out" if kept_as == "out of INT8" else kept_as
@@ -248,7 +251,7 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
             f"; the {rule_convs} convs kept out by rule count toward it") if rule_convs else "")
         + (f"; the {uncounted} other layer(s), not convs, are not counted" if uncounted else "")
         + f"): the best ({best_kept} layer(s) {short}) reached "
-        f"{best.describe()}" + (f"; {coverage}" if coverage else ""),
+        f"{best.describe()}" + (f"; {coverage}" if coverage else "") + _floor_clause(floor, criterion),
         fix=("calibrate with data like the judging data (--calibration DIR of deployment images), "
              if coverage else "")
             + f"{fp16}, loosen the budget with {loosen}, "
@@ -262,6 +265,17 @@ def refusal(criterion: Criterion, best: Measurement, best_kept: int, max_convs: 
                "; agreement on unlabelled crops flips on near-ties, so where labelled images exist "
                "judge by accuracy instead (--eval-images DIR with class subfolders named by class index)"),
         best=f"{best_kept} layer(s) {short}: {best.describe()}")
+
+
+def _floor_clause(floor: dict | None, criterion: Criterion) -> str:
+    """'; FP32 itself keeps its top-1 on 0.945 of these samples under ... noise[, below the 0.95
+    asked: ...]' of a refusal ('' without a floor)."""
+    if not floor:
+        return ""
+    below = floor.get("below_budget")
+    return (f"; {floor_sentence(floor)}" + (
+        f", below the {criterion.threshold:.3f} asked: some of these samples are near-ties, and INT8 "
+        "is asked to flip fewer of them than that noise does" if below else ""))
 
 
 def best_speed(speed: Callable[[onnx.ModelProto], dict], model: onnx.ModelProto,

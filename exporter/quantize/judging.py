@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -182,3 +182,40 @@ def mean_kl(ref: np.ndarray, cand: np.ndarray) -> float:
     lq = cand - cand.max(1, keepdims=True)
     lq -= np.log(np.exp(lq).sum(1, keepdims=True))
     return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+FLOOR_PIXEL_LEVELS = 1  # the input noise a judging floor is measured at, in 8-bit pixel levels
+
+
+def noise_floor(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, std: Sequence[float],
+                ref: np.ndarray | None = None, criterion: "Criterion | None" = None,
+                levels: float = FLOOR_PIXEL_LEVELS, seed: int = 0) -> dict | None:
+    """How often FP32 (``run``) keeps its own top-1 on the judging samples ``x`` when every input
+    value moves by up to ``levels`` 8-bit pixel level(s), uniform (about what re-saving a photo
+    does): near-ties flip under that, so top-1 agreement above it asks INT8 to change fewer
+    predictions than the noise does (benchmarks/INT8_AGREEMENT_FLOOR.md). ``x`` is normalized by
+    ``std`` per channel; None when ``std`` does not fit its channels or ``x`` is empty."""
+    std = np.asarray(std, np.float32).reshape(-1)
+    if x.ndim != 4 or not len(x) or len(std) not in (1, x.shape[1]) or not (std > 0).all():
+        return None
+    ref = run(x) if ref is None else ref
+    rng = np.random.default_rng(seed)
+    step = (levels / 255.0) / std.reshape(1, -1, 1, 1)
+    noisy = (x + rng.uniform(-1.0, 1.0, x.shape).astype(np.float32) * step).astype(np.float32)
+    logits = run(noisy)
+    agree = compare_outputs(ref, logits)["top1_agreement"]
+    floor = {"pixel_levels": levels, "top1_agreement": agree, "kl_mean": mean_kl(ref, logits),
+             "samples": int(len(x))}
+    if criterion is not None and criterion.kind == "agreement":
+        floor["below_budget"] = bool(agree < criterion.threshold - 1e-9)
+    return floor
+
+
+def floor_sentence(floor: dict | None) -> str:
+    """'FP32 itself keeps its top-1 on 0.952 of these samples under +-1 pixel level of input
+    noise' ('' without a floor)."""
+    if not floor:
+        return ""
+    levels = floor["pixel_levels"]
+    return (f"FP32 itself keeps its top-1 on {floor['top1_agreement']:.3f} of these samples under "
+            f"+-{levels:g} pixel level{'' if levels == 1 else 's'} of input noise")
