@@ -256,7 +256,7 @@ def _fit(model, fp32_model, target: str, calibrated: lv.Calibrated, x_eval, labe
     result = bud.fit_budget(model, target, ranges, bias, x_eval, labels, criterion,
                             bud.sensitivity_inputs(data.array), max_kept_fraction=max_kept_fraction,
                             force_kept=kept_base, log=log, weights=weights, speed=speed,
-                            untried=untried, fp32_layers=calibrated.fp32_layers, floor=floor)
+                            untried=untried, fp32_layers=calibrated.fp32_layers, floor=floor, ref=ref)
     return _Fitted(result.model, result.kept, result.measurement, result.history,
                    result.sensitivity, result.latency, floor)
 

@@ -136,15 +136,16 @@ def fit_budget(fp32: onnx.ModelProto, target: str, ranges: dict, bias: dict, x_e
                weights: dict | None = None,
                speed: Callable[[onnx.ModelProto], dict] | None = None,
                untried: str = "", fp32_layers: Collection[str] = (),
-               floor: dict | None = None) -> BudgetResult:
+               floor: dict | None = None, ref: np.ndarray | None = None) -> BudgetResult:
     """All INT8 (but ``force_kept``) if it meets ``criterion`` on ``x_eval``; else keep the most
     sensitive layers (ranked on ``x_rank``) out of INT8, in growing groups. ``weights``: int8
     weights chosen per layer (GPTQ's), else round-to-nearest. ``speed(model)`` (the ``cpu``
     target: INT8 vs FP32 latency) times a model that meets the criterion with layers kept; one
     under ``MIN_SPEEDUP`` x FP32 is refused (more kept layers would only be slower). ``untried``:
     the opt-in levers the refusal suggests (the flags not given). ``floor``: the judging samples'
-    :func:`~.judging.noise_floor`, said in a refusal."""
-    ref = q8.run(fp32, x_eval)
+    :func:`~.judging.noise_floor`, said in a refusal; ``ref``: FP32's logits on ``x_eval``, when
+    the caller has them."""
+    ref = q8.run(fp32, x_eval) if ref is None else ref
     full_plan = make_plan(fp32, target)
     convs = [n for n in full_plan.quantized if _op(fp32, n) == "Conv"]
     base = list(force_kept or [])
