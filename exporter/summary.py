@@ -129,6 +129,7 @@ def _pt2e_lines(d: dict) -> list[str]:
     lines = [f"    int8: {d.get('quantizer')}; kept in float by the budget: {len(kept)}"
              + (f" ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''})" if kept else ""),
              _budget_line(d),
+             *_floor_line(d),
              f"    calibration: {cal.get('used')} samples from {cal.get('source')}, "
              f"{cal.get('skipped', 0)} file(s) skipped"]
     if d.get("options_not_used"):

@@ -213,6 +213,8 @@ def test_int8_lenet5_records_its_budget_and_runs_int8(tmp_path, fmt):
     assert details["measured"]["samples"] == 200  # the default --eval-samples, split off the source
     assert details["calibration"]["used"] == 32 and details["calibration"]["kind"] == "packaged"
     assert 0.5 <= details["measured"]["top1_agreement"] <= 1.0
+    floor = details["judging_floor"]  # FP32 against itself, one pixel level of noise, same samples
+    assert floor["samples"] == 200 and 0.9 <= floor["top1_agreement"] <= 1.0 and not floor["below_budget"]
     row = _parity_row(_manifest(out), entry["file"])
     assert row["cosine"] > 0.9, row  # int8 logits track fp32 (random init: loose)
     if fmt == "tflite":
@@ -234,6 +236,7 @@ def test_int8_missing_the_budget_is_a_precision_error_with_numbers(tmp_path, fmt
             "keeping at most 0 of the 3 convs in float (--max-kept-fraction 0.25; the 2 other layer(s), "
             "not convs, are not counted)") in proc.stderr
     assert "--max-kept-fraction 0.5" in proc.stderr and not out.exists()
+    assert "FP32 itself keeps its top-1 on 0.9" in proc.stderr and "below the 1.000 asked" in proc.stderr
     first = ("use --precision fp32 (tflite has no fp16)" if fmt == "tflite"
              else f"use --precision fp16 (the {fmt} fp16 artifact)")  # not fp16 LiteRT lacks
     assert f"fix: {first}, loosen the budget" in proc.stderr
@@ -248,6 +251,7 @@ def test_int8_summary_says_what_the_budget_measured(tmp_path, fmt):
     assert "    budget: top-1 agreement with FP32 >= 0.500 -> met: top-1 agreement" in proc.stdout
     assert "judged on packaged photos (seed 7919" in proc.stdout and "kept in float by the budget: 0" in proc.stdout
     assert "    calibration: 32 samples from packaged photos" in proc.stdout
+    assert "    judging floor: FP32 itself keeps its top-1 on " in proc.stdout
     assert "[START]" not in proc.stdout  # a converter's progress lines are not the summary
     # stderr: the exporter's own progress lines, no converter/runtime/torch chatter between them
     assert [ln.split(":")[0] for ln in proc.stderr.strip().splitlines()] == [

@@ -208,7 +208,7 @@ def int8_within_budget(ctx, fmt: str, quantizer, build: Callable[[Any], tuple[An
     result = pt2e_budget.fit(
         graph, build, lambda x: pt2e_budget.run_graph(ctx.deploy, x), held, labels, criterion,
         sensitivity_inputs(calibration), MAX_KEPT_FRACTION if fraction is None else float(fraction),
-        fmt, ctx.log)
+        fmt, ctx.log, std=tuple(ctx.spec.std))
     record.update(calibration=data.summary(), **result.record(criterion, held_source))
     return result.built, record
 

@@ -165,6 +165,7 @@ class Fit:
     measurement: Any
     history: list[dict] = field(default_factory=list)
     ranking: list[tuple[str, float]] = field(default_factory=list)
+    floor: dict | None = None  # quantize.judging.noise_floor of the held-out samples
 
     def record(self, criterion, held_source: str) -> dict[str, Any]:
         return {"criterion": criterion.describe(), "budget_met": self.measurement.ok,
@@ -172,21 +173,24 @@ class Fit:
                 "budget_warning": criterion.warning(self.measurement.metrics),
                 "measured_held_out": True,
                 "kept_float": self.kept, "budget_history": self.history,
-                "sensitivity_top": [[n, round(s, 6)] for n, s in self.ranking[:10]]}
+                "sensitivity_top": [[n, round(s, 6)] for n, s in self.ranking[:10]],
+                "judging_floor": self.floor}
 
 
 def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: np.ndarray,
         labels: np.ndarray | None, criterion, x_rank: np.ndarray, max_kept_fraction: float,
-        fmt: str, log: Callable[[str], None]) -> Fit:
+        fmt: str, log: Callable[[str], None], std: tuple[float, ...] = ()) -> Fit:
     """The artifact with every layer int8 if it meets ``criterion`` on ``held``; else with the
     most sensitive layers (ranked on ``x_rank``) in float, in growing groups of at most
     ``max_kept_fraction`` of the convs (``quantize.budget.climb``), else its
-    :class:`PrecisionError`. ``build(graph) -> (built, runner)``."""
+    :class:`PrecisionError`. ``build(graph) -> (built, runner)``; ``std``: the input's
+    per-channel normalization, for the judging floor (``quantize.judging.noise_floor``)."""
     from ..quantize.budget import climb, conv_cap, largest_prefix, refusal
-    from ..quantize.judging import check_labels, measure
+    from ..quantize.judging import check_labels, measure, noise_floor
 
     ref = fp32(held)
     check_labels(labels, int(ref.shape[-1]), "held out")
+    floor = noise_floor(fp32, held, std, ref, criterion) if std else None
     layers = quantized_layers(graph)
     names = {n.name: layer_name(n) for n in layers}
     convs = sum(is_conv(n) for n in layers)
@@ -204,7 +208,7 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
 
     built, result = attempt([])
     if result.ok:
-        return Fit(built, [], result, history)
+        return Fit(built, [], result, history, floor=floor)
     log(f"{fmt} int8 budget: ranking {len(layers)} layers by sensitivity on {len(x_rank)} "
         f"calibration samples (with flips)")
     ranking = sensitivity(graph, x_rank, fp32(x_rank), log)
@@ -214,10 +218,11 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
     k, built, result, met = climb(ranked, cap, attempt, result)
     if met:
         return Fit(built, [names[n] for n in ranked[:k]], result, history,
-                   [(names[n], s) for n, s in ranking])
+                   [(names[n], s) for n, s in ranking], floor)
     raise refusal(criterion, result, k, max_convs, convs, max_kept_fraction, runtime=fmt,
                   kept_as="in float", fp16=_instead_of_int8(fmt),
-                  best_convs=sum(n in conv_names for n in ranked[:k]), uncounted=len(layers) - convs)
+                  best_convs=sum(n in conv_names for n in ranked[:k]), uncounted=len(layers) - convs,
+                  floor=floor)
 
 
 def _instead_of_int8(fmt: str) -> str:
