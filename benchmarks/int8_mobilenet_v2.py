@@ -24,8 +24,9 @@ not change it: see the default run).
 ``--imagenet-samples [odd|even]`` keeps the 64 calibration crops and judges on labelled ImageNet
 photos instead (``imagenet_samples.py``: the 20 that foolbox's wheel ships, which nothing here
 calibrates on): the table on 200 crops (seed 1) of the odd- (or even-) numbered ten, the budget on
-200 crops (seed 7919) of the other ten, so the table's photos are seen by nothing. It adds top-1 accuracy against the
-ImageNet labels and keeps the latency table.
+200 crops (seed 7919) of the other ten, so the table's photos are seen by nothing. It adds top-1
+accuracy against the ImageNet labels, the budget's path (agreement and KL per step) and keeps the
+latency table.
 """
 from __future__ import annotations
 
