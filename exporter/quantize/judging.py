@@ -194,21 +194,37 @@ def noise_floor(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, std: Seq
     value moves by up to ``levels`` 8-bit pixel level(s), uniform (about what re-saving a photo
     does): near-ties flip under that, so top-1 agreement above it asks INT8 to change fewer
     predictions than the noise does (benchmarks/INT8_AGREEMENT_FLOOR.md). ``x`` is normalized by
-    ``std`` per channel; None when ``std`` does not fit its channels or ``x`` is empty."""
+    ``std`` per channel; None when ``std`` does not fit its channels or ``x`` is empty. ``run`` reads
+    its input by ``len`` and slices (a batched runner): the noisy samples are made one slice at a
+    time, so memory does not grow with ``len(x)``."""
     std = np.asarray(std, np.float32).reshape(-1)
     if x.ndim != 4 or not len(x) or len(std) not in (1, x.shape[1]) or not (std > 0).all():
         return None
     ref = run(x) if ref is None else ref
-    rng = np.random.default_rng(seed)
-    step = (levels / 255.0) / std.reshape(1, -1, 1, 1)
-    noisy = (x + rng.uniform(-1.0, 1.0, x.shape).astype(np.float32) * step).astype(np.float32)
-    logits = run(noisy)
+    logits = run(_Noised(x, (levels / 255.0) / std.reshape(1, -1, 1, 1), seed))
     agree = compare_outputs(ref, logits)["top1_agreement"]
     floor = {"pixel_levels": levels, "top1_agreement": agree, "kl_mean": mean_kl(ref, logits),
              "samples": int(len(x))}
     if criterion is not None and criterion.kind == "agreement":
         floor["below_budget"] = bool(agree < criterion.threshold - 1e-9)
     return floor
+
+
+class _Noised:
+    """``x`` plus seeded uniform noise of up to ``step`` (per channel), made slice by slice as a
+    runner reads it (``len`` and ``x[i:j]``): memory holds one slice, whatever ``len(x)``."""
+
+    def __init__(self, x: np.ndarray, step: np.ndarray, seed: int):
+        self.x, self.step, self.seed = x, step.astype(np.float32), seed
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        start, stop, _ = part.indices(len(self.x))
+        chunk = np.asarray(self.x[start:stop], dtype=np.float32)
+        noise = np.random.default_rng([self.seed, start]).uniform(-1.0, 1.0, chunk.shape)
+        return chunk + noise.astype(np.float32) * self.step
 
 
 def floor_sentence(floor: dict | None) -> str:
