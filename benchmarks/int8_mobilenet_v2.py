@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.data import packaged_crops, packaged_photos, photo_groups, split_photos  # noqa: E402
 from exporter.errors import PrecisionError  # noqa: E402
-from exporter.metrics import compare_outputs  # noqa: E402
+from exporter.metrics import accuracy as labelled_accuracy, compare_outputs  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import quantize_stage  # noqa: E402
 from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple] = []
     accuracy = {}  # method -> top-1 accuracy against the ImageNet labels (--imagenet-samples)
     if labels is not None:
-        accuracy["FP32 ONNX"] = float((ref.argmax(1) == labels).mean())
+        accuracy["FP32 ONNX"] = labelled_accuracy(ref, labels)["top1"]
 
     def judge(name: str, logits: np.ndarray, d: dict | str | None, secs: float) -> None:
         cmp = compare_outputs(ref, logits)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         kl = mean_kl(ref, logits)
         rows.append((name, cmp["top1_agreement"], lo, hi, cmp["top5_agreement"], kl, d, secs))
         if labels is not None:
-            accuracy[name] = float((logits.argmax(1) == labels).mean())
+            accuracy[name] = labelled_accuracy(logits, labels)["top1"]
         print(f"{name}: {cmp['top1_agreement']:.3f} [{lo:.3f}, {hi:.3f}] KL {kl:.4f} ({secs:.0f} s)"
               + (f" accuracy {accuracy[name]:.3f}" if labels is not None else ""), flush=True)
 
