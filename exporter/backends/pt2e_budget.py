@@ -190,7 +190,7 @@ def fit(graph, build: Callable[[Any], tuple[Any, Runner]], fp32: Runner, held: n
 
     ref = fp32(held)
     check_labels(labels, int(ref.shape[-1]), "held out")
-    floor = noise_floor(fp32, held, std, ref, criterion) if std else None
+    floor = noise_floor(fp32, held, std, ref, criterion)  # None without a fitting std
     layers = quantized_layers(graph)
     names = {n.name: layer_name(n) for n in layers}
     convs = sum(is_conv(n) for n in layers)
