@@ -33,7 +33,8 @@ from exporter.latency import benchmark  # noqa: E402
 from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize import placement  # noqa: E402
-from exporter.quantize.calibration import collect_statistics, compute_ranges  # noqa: E402
+from exporter.quantize.calibration import collect_statistics  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.recipes import all_recipes  # noqa: E402
 
 from quant_helpers import fp32_onnx  # noqa: E402

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.equalize import DENSE_ALPHA, STREAM_ALPHA, equalize  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         x_cal = packaged_crops(p.spec, 64, seed=cal_seed).array
         for config, options in CONFIGS.items():
             model, record = equalize(p.fp32, x_cal, **options)
-            ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+            ranges = compute_ranges(cal.collect_statistics(model, x_cal), "mse")
             for target in args.targets.split(","):
                 t = time.time()
                 plan = make_plan(model, target)

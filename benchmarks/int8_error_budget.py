@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.quantize import budget as bud  # noqa: E402
 from exporter.quantize import judging  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
@@ -60,7 +61,7 @@ def decompose(target: str, fp32, x_cal, judge: Judge) -> list[str]:
     t0 = time.time()
     model, _ = equalize(fp32, x_cal)
     plan = make_plan(model, target)
-    ranges = search_ranges(model, plan, cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse"),
+    ranges = search_ranges(model, plan, compute_ranges(cal.collect_statistics(model, x_cal), "mse"),
                            x_cal)
     bias = q8.bias_correction(model, plan, ranges, x_cal)  # on by default for both placements
 

@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from exporter.data import packaged_crops  # noqa: E402
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize.bias import bias_correction  # noqa: E402
 from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.adaround import optimize_weights  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
@@ -74,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     ref_logits = q8.run(fp32, x_test)
     ref = ref_logits.argmax(1)
     t = time.time()
-    ranges = cal.compute_ranges(cal.collect_statistics(fp32, x_cal), "mse")
+    ranges = compute_ranges(cal.collect_statistics(fp32, x_cal), "mse")
     secs = {"mse": time.time() - t}
     t = time.time()
     eq_model = equalize(fp32, x_cal)[0]
-    eq_ranges = cal.compute_ranges(cal.collect_statistics(eq_model, x_cal), "mse")
+    eq_ranges = compute_ranges(cal.collect_statistics(eq_model, x_cal), "mse")
     secs["eq"] = time.time() - t
     bases = {"": (fp32, ranges), "eq": (eq_model, eq_ranges)}
     variants = {"eqd": {"dense_alpha": DENSE_ALPHA},
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(key in c.split("+") for c in args.configs.split(",")):
             t = time.time()
             model = equalize(fp32, x_cal, **options)[0]
-            bases[key] = (model, cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse"))
+            bases[key] = (model, compute_ranges(cal.collect_statistics(model, x_cal), "mse"))
             secs[key] = time.time() - t
     rows = []
     for target in args.targets.split(","):
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             bias = None
             if "bc" in levers:
                 bkey = f"bc:{config}"
-                bias = timed(bkey, lambda: q8.bias_correction(base, plan, rng, x_cal, weights=weights))
+                bias = timed(bkey, lambda: bias_correction(base, plan, rng, x_cal, weights=weights))
                 spent += secs[f"{target}:{bkey}"]
             if "tune" in levers:
                 rng = timed(f"tune:{config}", lambda: tune_ranges(base, plan, rng, x_cal, bias, weights))

@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import exporter.data as data  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize.bias import bias_correction  # noqa: E402
 from exporter.quantize import tune  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.judging import mean_kl  # noqa: E402
@@ -122,16 +124,16 @@ def main(argv: list[str]) -> int:
     refs = {k: q8.run(p.fp32, x) for k, x in judges.items()}
     x_cal = data.packaged_crops(p.spec, 64, seed=0, only=group_names(cal_group)).array
     model, _ = equalize(p.fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    ranges = compute_ranges(cal.collect_statistics(model, x_cal), "mse")
     plan = make_plan(model, TARGET)
     searched = search_ranges(model, plan, ranges, x_cal)
-    bias = q8.bias_correction(model, plan, searched, x_cal)
+    bias = bias_correction(model, plan, searched, x_cal)
     exact: dict | None = None
     for variant in variants:
         t = time.time()
         if variant in WIDENED:
             r = widened(model, x_cal, searched, variant)
-            qdq = q8.build_qdq(model, plan, r, q8.bias_correction(model, plan, r, x_cal))
+            qdq = q8.build_qdq(model, plan, r, bias_correction(model, plan, r, x_cal))
             print(f"{TARGET} split {split} {variant}: " + judged(qdq, judges, refs)
                   + f" ({time.time() - t:.0f} s)", flush=True)
             continue
@@ -144,7 +146,7 @@ def main(argv: list[str]) -> int:
         if "E" in variant:  # exact weight rounding, the bias corrected for those weights
             if exact is None:
                 exact = round_weights(model, plan, searched, x_cal, mode="exact", seed=0)
-                exact_bias = q8.bias_correction(model, plan, searched, x_cal, weights=exact)
+                exact_bias = bias_correction(model, plan, searched, x_cal, weights=exact)
             weights, b0 = exact, exact_bias
         if "S" in variant and "B" not in variant:
             r, b = tune.tune_ranges(model, plan, searched, x_cal, b0, weights, steps=STEPS), b0
@@ -168,11 +170,11 @@ def ablated(fp32, x_cal: np.ndarray, variant: str):
     """The Q/DQ model of the default levers less the ones ``variant`` names (:data:`ABLATIONS`)."""
     eq = variant not in ("noeq", "plain")
     model = equalize(fp32, x_cal, dense_alpha=DENSE_ALPHA, stream_alpha=STREAM_ALPHA)[0] if eq else fp32
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    ranges = compute_ranges(cal.collect_statistics(model, x_cal), "mse")
     plan = make_plan(model, TARGET)
     if variant not in ("hist", "plain"):
         ranges = search_ranges(model, plan, ranges, x_cal)
-    bias = q8.bias_correction(model, plan, ranges, x_cal) if variant not in ("nobc", "plain") else {}
+    bias = bias_correction(model, plan, ranges, x_cal) if variant not in ("nobc", "plain") else {}
     return q8.build_qdq(model, plan, ranges, bias)
 
 
@@ -184,7 +186,7 @@ WIDENED = {"minmax": "the calibration min/max (no clipping of anything calibrati
 
 def widened(model, x_cal: np.ndarray, searched: dict, variant: str) -> dict:
     """The searched ranges widened as ``variant`` says (:data:`WIDENED`); bias corrected after."""
-    minmax = cal.compute_ranges(cal.collect_statistics(model, x_cal), "minmax")
+    minmax = compute_ranges(cal.collect_statistics(model, x_cal), "minmax")
     if variant == "minmax":
         return minmax
     factor = 1.25

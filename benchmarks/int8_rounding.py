@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.parity import machine_info  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize.bias import bias_correction  # noqa: E402
 from exporter.quantize.gptq import round_weights  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
 
@@ -55,7 +56,7 @@ def rows_for(target: str, fp32, x_cal: np.ndarray, judges: dict, label: str) -> 
         t0 = time.time()
         # bias refitted for nearest too (default_levers' own is the same): `s` times each row alike
         weights = {} if how == "nearest" else round_weights(model, plan, ranges, x_cal, mode=how)
-        bias = q8.bias_correction(model, full, ranges, x_cal, weights=weights)
+        bias = bias_correction(model, full, ranges, x_cal, weights=weights)
         qdq = q8.build_qdq(model, plan, ranges, bias, weights=weights)
         seconds = time.time() - t0
         cells = agreement_cells(qdq, judges, nearest_hits)  # nearest is judged first

@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from exporter.parity import cpu_int8_isa, machine_info  # noqa: E402
 from exporter.quantize import calibration as cal  # noqa: E402
+from exporter.quantize.thresholds import compute_ranges  # noqa: E402
 from exporter.quantize import int8 as q8  # noqa: E402
+from exporter.quantize.bias import bias_correction  # noqa: E402
 from exporter.quantize.judging import mean_kl, wilson_interval  # noqa: E402
 from exporter.quantize.equalize import equalize  # noqa: E402
 from exporter.quantize.placement import plan as make_plan  # noqa: E402
@@ -70,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     fp32, x_cal, x = p.fp32, p.x_cal, p.x_judge
     ref = q8.run(fp32, x)
     base = equalize(fp32, x_cal)[0]  # the export's default cpu levers, as quantize_stage runs them
-    ranges = cal.compute_ranges(cal.collect_statistics(base, x_cal), "mse")
+    ranges = compute_ranges(cal.collect_statistics(base, x_cal), "mse")
     rows, models = [], {}
     for guard in (False, True):
         # every lever after the ranges sees the weights it will be stored with: fitted per weight set
         plan = replace(make_plan(base, "cpu"), u8s8_guard=guard)
         searched = search_ranges(base, plan, ranges, x_cal)
-        model = q8.build_qdq(base, plan, searched, q8.bias_correction(base, plan, searched, x_cal))
+        model = q8.build_qdq(base, plan, searched, bias_correction(base, plan, searched, x_cal))
         models[guard] = model
         for level, basic in (("default (integer kernels)", False), ("basic (Q/DQ in float)", True)):
             sess = q8.make_session(model, basic=basic)

@@ -214,19 +214,21 @@ def default_levers(fp32, target: str, x: np.ndarray, cap: float | None = None,
     ``x``: equalization (``cap``: its cap, default the export's), MSE ranges, output-error search,
     bias correction. ``symmetric_high``: a non-negative tensor's high is its symmetric amax, as
     before 2026-12-05 (benchmarks/int8_unsigned_range.py)."""
-    from exporter.quantize import calibration as cal, exclusion_reasons, int8 as q8
+    from exporter.quantize import calibration as cal, exclusion_reasons
+    from exporter.quantize.thresholds import compute_ranges
     from exporter.quantize.equalize import CAP, DENSE_ALPHA, STREAM_ALPHA, equalize
     from exporter.quantize.placement import plan as make_plan
+    from exporter.quantize.bias import bias_correction
     from exporter.quantize.range_search import search_ranges
 
     model, _ = equalize(fp32, x, cap=CAP if cap is None else cap, dense_alpha=DENSE_ALPHA,
                         stream_alpha=STREAM_ALPHA)
     base = list(exclusion_reasons(model, target))
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x), "mse")
+    ranges = compute_ranges(cal.collect_statistics(model, x), "mse")
     if symmetric_high:
         ranges = {k: (lo, amax, amax) if lo >= 0 else (lo, hi, amax) for k, (lo, hi, amax) in ranges.items()}
     ranges = search_ranges(model, make_plan(model, target, set(base)), ranges, x)
-    return model, base, ranges, q8.bias_correction(model, make_plan(model, target), ranges, x)
+    return model, base, ranges, bias_correction(model, make_plan(model, target), ranges, x)
 
 
 def protocol_judges(p: Protocol) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -12,7 +12,8 @@ from PIL import Image
 from exporter.data import preprocess
 from exporter.errors import CalibrationError, PrecisionError, UsageError
 from exporter.quantize import quantize_stage
-from exporter.quantize.calibration import compute_ranges, load_calibration_data
+from exporter.quantize.calibration import load_calibration_data
+from exporter.quantize.thresholds import compute_ranges
 from exporter.recipes import get_recipe
 from exporter.pipeline import ExportRequest
 from exporter.validate import check_model_options, packaged_seed

@@ -10,7 +10,8 @@ from exporter.errors import PrecisionError
 from exporter.quantize import budget as bud
 from exporter.quantize import judging
 from exporter.quantize import int8 as q8
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.placement import ensure_node_names, plan as make_plan
 from exporter.recipes import all_recipes
 

@@ -10,7 +10,8 @@ from onnx import helper, numpy_helper
 
 from exporter.quantize import equalize as eq
 from exporter.quantize import int8 as q8
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from quant_helpers import onnx_model
 

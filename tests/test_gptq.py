@@ -11,7 +11,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from exporter.quantize import int8 as q8
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.gptq import EXACT_MAX_K, exact_matrix, gptq_matrix, round_weights
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from exporter.quantize.reconstruct import apply

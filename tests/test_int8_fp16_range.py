@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from exporter.data import packaged_crops
 from exporter.metrics import compare_outputs
 from exporter.quantize import calibration as cal
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.fp16 import (FP16_MAX, MAX_FP16_MAGNITUDE, fp16_unsafe_layers,
                                     large_magnitude_nodes)
 from exporter.quantize.int8 import build_qdq, run
@@ -144,7 +145,7 @@ def test_build_qdq_keeps_named_layers_fp32_where_fp16_overflows():
     model = _three_convs(bias=0.0, gain=1.0)
     b_max = float(np.abs(run(model, x, extra=["B"])["B"]).max())
     model = _three_convs(bias=0.0, gain=4 * FP16_MAX / b_max)
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x), "minmax")
+    ranges = compute_ranges(cal.collect_statistics(model, x), "minmax")
     plan = make_plan(model, "tensorrt", {"B"})
     ref = run(model, x, extra=["RB"])["RB"]
     with np.errstate(over="ignore"):

@@ -11,7 +11,10 @@ from PIL import Image
 from exporter.quantize import budget as bud
 from exporter.quantize import judging
 from exporter.quantize import calibration as cal
+from exporter.quantize.thresholds import compute_ranges
+from exporter.quantize import thresholds
 from exporter.quantize import int8 as q8
+from exporter.quantize.bias import bias_correction
 from exporter.quantize.placement import plan as make_plan
 from exporter.image_folder import scan_images
 from exporter.quantize.samples import Scratch, split_sizes
@@ -31,10 +34,10 @@ def test_mse_threshold_matches_brute_force(dist):
     x = {"gauss": rng.standard_normal(200_000), "laplace": rng.laplace(size=200_000),
          "relu": np.maximum(rng.standard_normal(200_000), 0)}[dist].astype(np.float32)
     top = float(np.abs(x).max())
-    width = top / cal.BINS
-    idx = np.minimum((np.abs(x) / width).astype(np.int64), cal.BINS - 1)
-    hist = np.bincount(idx[x != 0], minlength=cal.BINS).astype(np.float64)
-    chosen = cal._mse(hist, width)
+    width = top / thresholds.BINS
+    idx = np.minimum((np.abs(x) / width).astype(np.int64), thresholds.BINS - 1)
+    hist = np.bincount(idx[x != 0], minlength=thresholds.BINS).astype(np.float64)
+    chosen = thresholds.mse_threshold(hist, width)
     grid = np.linspace(top / 256, top, 256)
     errors = [float(np.mean((x - _fake_quant(x, a)) ** 2)) for a in grid]
     best = grid[int(np.argmin(errors))]
@@ -48,20 +51,20 @@ def test_unsigned_high_matches_brute_force_and_clips_less_than_amax():
     [0, high] (uint8 on ``cpu``, zero-centred int8 on ``tensorrt``), ``amax`` for symmetric int8."""
     x = np.maximum(np.random.default_rng(3).laplace(size=200_000), 0).astype(np.float32)
     top = float(x.max())
-    width = top / cal.BINS
-    idx = np.minimum((x / width).astype(np.int64), cal.BINS - 1)
-    pos = np.bincount(idx[x != 0], minlength=cal.BINS).astype(np.float64)
-    stats = {"tensors": {"r": {"min": 0.0, "max": top, "pos": cal._sparse(pos),
-                               "neg": cal._sparse(np.zeros(cal.BINS))}}}
-    low, high, amax = cal.compute_ranges(stats, "mse")["r"]
+    width = top / thresholds.BINS
+    idx = np.minimum((x / width).astype(np.int64), thresholds.BINS - 1)
+    pos = np.bincount(idx[x != 0], minlength=thresholds.BINS).astype(np.float64)
+    stats = {"tensors": {"r": {"min": 0.0, "max": top, "pos": thresholds.sparse_hist(pos),
+                               "neg": thresholds.sparse_hist(np.zeros(thresholds.BINS))}}}
+    low, high, amax = compute_ranges(stats, "mse")["r"]
 
     def centred(v, a):  # [0, a] in 254 steps: zero-centred int8 (-127..127 around a / 2)
-        step = a / cal.UNSIGNED_STEPS
-        return np.clip(np.round(v / step), 0, cal.UNSIGNED_STEPS) * step
+        step = a / thresholds.UNSIGNED_STEPS
+        return np.clip(np.round(v / step), 0, thresholds.UNSIGNED_STEPS) * step
 
     grid = np.linspace(top / 256, top, 256)
     errors = [float(np.mean((x - centred(x, a)) ** 2)) for a in grid]
-    assert low == 0.0 and amax == pytest.approx(cal._mse(pos, width), rel=1e-9)
+    assert low == 0.0 and amax == pytest.approx(thresholds.mse_threshold(pos, width), rel=1e-9)
     assert float(np.mean((x - centred(x, high)) ** 2)) <= 1.02 * min(errors), (high, grid[np.argmin(errors)])
     # twice the steps: the optimum clips less, and the symmetric amax would cost this quantizer more
     assert 1.05 * amax < high < top
@@ -70,11 +73,11 @@ def test_unsigned_high_matches_brute_force_and_clips_less_than_amax():
 
 def test_percentile_and_minmax_thresholds():
     x = np.concatenate([np.linspace(0, 1, 99_990), np.full(10, 50.0)]).astype(np.float32)
-    width = 50.0 / cal.BINS
-    idx = np.minimum((x / width).astype(np.int64), cal.BINS - 1)
-    hist = np.bincount(idx, minlength=cal.BINS).astype(np.float64)
-    assert cal._percentile(hist, 99.99, width) == pytest.approx(1.0, abs=2 * width)
-    assert cal._percentile(hist, 100.0, width) == pytest.approx(50.0, abs=width)
+    width = 50.0 / thresholds.BINS
+    idx = np.minimum((x / width).astype(np.int64), thresholds.BINS - 1)
+    hist = np.bincount(idx, minlength=thresholds.BINS).astype(np.float64)
+    assert thresholds.percentile_threshold(hist, 99.99, width) == pytest.approx(1.0, abs=2 * width)
+    assert thresholds.percentile_threshold(hist, 100.0, width) == pytest.approx(50.0, abs=width)
 
 
 def test_per_channel_weight_quantization_brute_force():
@@ -113,7 +116,7 @@ def test_bias_correction_matches_numpy_reference():
     plan = make_plan(model, "tensorrt")
     amax = float(np.abs(x).max())
     ranges = {"input": (float(x.min()), float(x.max()), amax)}
-    delta = q8.bias_correction(model, plan, ranges, x)["conv"]
+    delta = bias_correction(model, plan, ranges, x)["conv"]
     # reference: mean over N, H, W of conv(x, w) - conv(fq(x), q(w)), computed with torch
     import torch
     import torch.nn.functional as F
@@ -344,7 +347,7 @@ def test_coverage_gaps_name_the_tensors_judged_data_drive_past_the_calibration()
     x = packaged_crops(spec, 24, seed=0).array
     x_cal = 0.3 * x  # dimmer calibration data: every range reached on x is larger
     tensors = list(make_plan(model, "tensorrt").edges)
-    ranges = cal.compute_ranges(cal.collect_statistics(model, x_cal), "mse")
+    ranges = compute_ranges(cal.collect_statistics(model, x_cal), "mse")
     full = {part: q8.run(model, data, extra=tensors) for part, data in (("cal", x_cal), ("eval", x))}
     brute = {part: {t: float(np.abs(v[t]).max()) for t in tensors} for part, v in full.items()}
     gaps, sentence = bud.coverage_gaps(model, ranges, tensors, x_cal, x)

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporter.quantize import int8 as q8
 from exporter.quantize.adaround import adaround_matrix, optimize_weights
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan, weight_axis
 from exporter.quantize.range_search import best_range, candidate_range, fake_quant, search_ranges
 from exporter.quantize.reconstruct import single_thread, Layer, apply, outputs_at, patches, sample_positions

@@ -10,8 +10,10 @@ from onnx import helper, numpy_helper
 
 from exporter.onnx_graph import GraphIndex
 from exporter.quantize import int8 as q8
+from exporter.quantize.bias import bias_correction
 from exporter.quantize import exclusion_reasons
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.equalize import equalize
 from exporter.quantize.placement import plan as make_plan
 from exporter.quantize.shift import centred_key, find_shifts
@@ -224,7 +226,7 @@ def test_bias_correction_fits_the_zero_centred_quantizer_too():
     model, x = block(), images(32, 5)
     ranges = ranges_of(model)
     plan = make_plan(model, "tensorrt")
-    deltas = q8.bias_correction(model, plan, ranges, x)
+    deltas = bias_correction(model, plan, ranges, x)
     assert sorted(deltas) == sorted(["conv0", PROJECT, "conv2", centred_key(PROJECT), centred_key("conv2")])
     r0 = q8.run(model, x, extra=["r0"])["r0"]
     w1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w1")).copy()

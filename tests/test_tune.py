@@ -8,7 +8,8 @@ import torch
 
 from exporter.quantize import int8 as q8
 from exporter.quantize.judging import mean_kl
-from exporter.quantize.calibration import collect_statistics, compute_ranges
+from exporter.quantize.calibration import collect_statistics
+from exporter.quantize.thresholds import compute_ranges
 from exporter.quantize.placement import TARGETS, plan as make_plan
 from exporter.quantize.tune import _Graph, tune_ranges
 from test_equalize import mobile_block
@@ -25,7 +26,7 @@ def test_the_torch_walk_computes_what_onnxruntime_does(target, kept):
     ranges = compute_ranges(collect_statistics(model, x), "mse")
     plan = make_plan(model, target, kept)
     qmodel = q8.build_qdq(model, plan, ranges, shift=False)  # the graph tune_ranges walks
-    tunable = {f"{q8._safe(t)}_QuantizeLinear": plan.range_of.get(t, t) for t in plan.edges}
+    tunable = {f"{q8.safe_name(t)}_QuantizeLinear": plan.range_of.get(t, t) for t in plan.edges}
     graph = _Graph(qmodel, tunable)
     assert len(graph.tunable) == len(plan.edges) >= 2
     zero = {k: torch.zeros(()) for k in set(tunable.values())}

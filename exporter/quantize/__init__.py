@@ -32,6 +32,7 @@ from .samples import (Scratch, copies_note, drop_calibration_copies, exhausted, 
                       require_disjoint, require_held)
 from .rules import exclusion_reasons, refuse_nothing_left
 from .shift import find_shifts
+from .thresholds import PERCENTILE, compute_ranges
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
@@ -124,7 +125,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
                 + _streams_said(equalized)
                 + f" (per-channel scale up to {equalized['max_scale']:g})")
     components = {"model": sha256_file(fp32_onnx), "preprocessing": cal.preprocessing_sha(spec),
-                  "data": data.sha256, "method": f"{method}:{cal.PERCENTILE if method == 'percentile' else ''}"
+                  "data": data.sha256, "method": f"{method}:{PERCENTILE if method == 'percentile' else ''}"
                   + (f":equalized:cap{eq.CAP:g}" if equalized["pairs"] else "")
                   + (f":dense{equalized['dense_alpha']:g}" if equalized.get("dense_pairs") else "")
                   + (f":stream{equalized['stream_alpha']:g}" if equalized.get("streams") else "")}
@@ -133,7 +134,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     if cached is None:
         log(f"calibration: computing ranges ({why})")
         stats = cal.collect_statistics(model, data.array, log=log)
-        ranges = cal.compute_ranges(stats, method)
+        ranges = compute_ranges(stats, method)
         cached = {"ranges": {k: list(v) for k, v in ranges.items()}, "bias": {}}
     ranges = {k: tuple(v) for k, v in cached["ranges"].items()}
     rule_reasons = exclusion_reasons(model, target)
@@ -192,7 +193,7 @@ def _int8(model, fp32_onnx, out_dir, name, spec, scratch, log, *, calibration, m
     cal.write_cache(cache_path, components, cached)
     entry["details"] = {
         "target": target, "method": method,
-        "percentile": cal.PERCENTILE if method == "percentile" else None,
+        "percentile": PERCENTILE if method == "percentile" else None,
         "calibration": data.summary(), "samples_used": len(data),
         "skipped_files": len(data.skipped), "conversions": dict(data.conversions),
         "activations": "int8 symmetric, zero-point 0" if final_plan.signed else "uint8 asymmetric",

@@ -12,7 +12,7 @@ methods: ``minmax`` (max |x|), ``percentile`` (99.99th percentile of |x|), ``ent
 KL-divergence threshold search on the |x| histogram), and ``mse`` (the amax minimising the expected
 squared int8 error, clipping plus rounding).
 
-A range is ``(low, high, amax)``: ``amax`` for a symmetric int8 quantizer (127 steps on each side
+The methods' threshold math is :mod:`.thresholds`. A range is ``(low, high, amax)``: ``amax`` for a symmetric int8 quantizer (127 steps on each side
 of zero), ``low``/``high`` for one that spends all its levels on ``[low, high]``: ONNX Runtime's
 uint8 (``cpu``) and the zero-centred int8 of a ReLU output (``tensorrt``, :mod:`.shift`), both
 about 255 levels. With ``mse``, a tensor that is never negative gets its own ``high``, the one that
@@ -37,11 +37,9 @@ from ..errors import CalibrationError
 from ..recipes import InputSpec
 from ..validate import packaged_seed
 from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
+from .thresholds import BINS, sparse_hist
 
 METHODS = CALIBRATION_METHODS
-PERCENTILE = 99.99
-BINS = 2048
-UNSIGNED_STEPS = 254  # steps of a quantizer spending its levels on [0, high] (int8 zero-centred: -127..127)
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
 CACHE_VERSION = 5  # 4: mse ranges of non-negative tensors have their own high; 5: cpu's conv outputs read by float ops
 # elements per tensor and batch that enter a histogram (min/max always see every element); the
@@ -248,9 +246,9 @@ def write_cache(path: Path, components: dict[str, str], stats: dict) -> None:
 
 # ---------------------------------------------------------------- statistics
 def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
-    from .int8 import _with_outputs, make_session
+    from .int8 import with_outputs, make_session
 
-    return make_session(_with_outputs(model, names), basic=True)
+    return make_session(with_outputs(model, names), basic=True)
 
 
 def activation_tensors(model: onnx.ModelProto) -> list[str]:
@@ -332,7 +330,7 @@ def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
         pos[name] += np.bincount(idx[v > 0], minlength=BINS)
         neg[name] += np.bincount(idx[v < 0], minlength=BINS)
     return {
-        "tensors": {n: {"min": lo[n], "max": hi[n], "pos": _sparse(pos[n]), "neg": _sparse(neg[n])}
+        "tensors": {n: {"min": lo[n], "max": hi[n], "pos": sparse_hist(pos[n]), "neg": sparse_hist(neg[n])}
                     for n in names},
         "samples": int(len(data)),
     }
@@ -343,88 +341,3 @@ def _prime_at_least(n: int) -> int:
     while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
         n += 1
     return n
-
-
-def _sparse(hist: np.ndarray) -> list[list[int]]:
-    nz = np.nonzero(hist)[0]
-    return [nz.tolist(), hist[nz].tolist()]
-
-
-def _dense(sparse: list) -> np.ndarray:
-    hist = np.zeros(BINS, np.float64)
-    hist[np.asarray(sparse[0], dtype=np.int64)] = sparse[1]
-    return hist
-
-
-def compute_ranges(stats: dict, method: str) -> dict[str, tuple[float, float, float]]:
-    """tensor -> (low, high, symmetric amax) chosen by ``method``."""
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method '{method}'", fix=f"use one of {METHODS}")
-    ranges = {}
-    for name, t in stats["tensors"].items():
-        lo, hi = float(t["min"]), float(t["max"])
-        top = max(abs(lo), abs(hi), 1e-12)
-        if method == "minmax":
-            ranges[name] = (lo, hi, top)
-            continue
-        pos, neg = _dense(t["pos"]), _dense(t["neg"])
-        width = top / BINS
-        if method == "percentile":
-            amax = _percentile(pos + neg, PERCENTILE, width)
-            up = _percentile(pos, PERCENTILE, width) if hi > 0 else hi
-            down = -_percentile(neg, PERCENTILE, width) if lo < 0 else lo
-        elif method == "mse":
-            amax = _mse(pos + neg, width)
-            up, down = min(hi, amax), max(lo, -amax)
-            if lo >= 0:  # all levels on [0, high]: uint8, or int8 zero-centred (2 x 127 steps)
-                up = min(hi, _mse(pos, width, levels=UNSIGNED_STEPS))
-        else:
-            amax = _entropy(pos + neg, width)
-            up, down = min(hi, amax), max(lo, -amax)
-        ranges[name] = (min(down, 0.0) if lo < 0 else lo, up, max(amax, 1e-12))
-    return ranges
-
-
-def _percentile(hist: np.ndarray, pct: float, width: float) -> float:
-    total = hist.sum()
-    if total == 0:
-        return width
-    idx = int(np.searchsorted(np.cumsum(hist), total * pct / 100.0))
-    return (min(idx, BINS - 1) + 1) * width
-
-
-def _entropy(hist: np.ndarray, width: float, levels: int = 128, stride: int = 16) -> float:
-    """TensorRT-style threshold: minimise KL(P || Q) of the clipped vs 128-level histogram."""
-    hist = hist.copy()
-    hist[0] = 0  # exact zeros (post-ReLU) carry no information about the scale
-    if hist.sum() == 0:
-        return BINS * width
-    best, best_i = np.inf, BINS
-    for i in range(levels, BINS + 1, stride):
-        p = hist[:i].copy()
-        p[-1] += hist[i:].sum()
-        nz = p > 0
-        base, extra = divmod(i, levels)
-        lengths = np.full(levels, base) + (np.arange(levels) < extra)
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        mass = np.add.reduceat(hist[:i], starts)
-        used = np.add.reduceat(nz.astype(np.float64), starts)
-        per = np.divide(mass, used, out=np.zeros(levels), where=used > 0)
-        q = np.repeat(per, lengths) * nz
-        ps, qs = p / p.sum(), q / max(q.sum(), 1e-30)
-        ok = nz & (qs > 0)
-        kl = float(np.sum(ps[ok] * np.log(ps[ok] / qs[ok]))) + (np.inf if (nz & (qs == 0)).any() else 0)
-        if kl < best:
-            best, best_i = kl, i
-    return best_i * width
-
-
-def _mse(hist: np.ndarray, width: float, levels: int = 127, candidates: int = 256) -> float:
-    """amax minimising the expected squared int8 error (clipping + rounding) over the histogram."""
-    centers = (np.arange(BINS) + 0.5) * width
-    amaxes = np.linspace(BINS * width / candidates, BINS * width, candidates)
-    step = amaxes / levels
-    clip = np.maximum(centers[None, :] - amaxes[:, None], 0.0) ** 2
-    rounding = np.where(centers[None, :] <= amaxes[:, None], (step ** 2 / 12.0)[:, None], 0.0)
-    cost = ((clip + rounding) * hist[None, :]).sum(axis=1)
-    return float(amaxes[int(np.argmin(cost))])

@@ -14,9 +14,7 @@ need edge-level control. Conventions follow what TensorRT and ORT accept:
   fp32; for the ``cpu`` target they stay fp32 (ORT CPU has no fast fp16 conv: measured, fp16
   fallback layers cost more than int8 saves).
 
-Bias correction: the mean per-channel output of every int8 Conv/Gemm over the calibration data
-is pulled back to the FP32 mean by adjusting its float bias (iterated, so the correction of early
-layers is seen by later ones).
+Bias correction (:mod:`.bias`) adds per-channel deltas to the float biases written here.
 
 ONNX Runtime note: 1.32's CPU optimizer ``WeightBiasQuantization`` rewrites float biases of
 DQ-fed convs into int32 DQ and wrecks graphs whose non-quantized parts are fp16. Every session
@@ -36,7 +34,7 @@ from ..onnx_graph import WEIGHT_BIAS_QUANTIZATION, conv_group
 from ..scratch import scratch_dir
 from .placement import Graph, Plan, weight_axis
 from .equalize import drop_redundant_min, restore_float_pairs
-from .shift import add_centred_copies, apply_shift, centred_key, find_shifts
+from .shift import apply_shift, centred_key, find_shifts
 
 DISABLED_ORT_OPTIMIZERS = [WEIGHT_BIAS_QUANTIZATION]  # one definition: onnx_graph.py
 
@@ -91,7 +89,7 @@ def run(model, x: np.ndarray, batch: int | None = None, extra: list[str] | None 
         batch = fixed_batch(model) or batch or 16
     batch = batch or 16
     if extra:
-        model = _with_outputs(model, extra)
+        model = with_outputs(model, extra)
     sess = make_session(model, basic=basic)
     names = [o.name for o in sess.get_outputs()]
     inp = sess.get_inputs()[0].name
@@ -253,7 +251,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         scale, zp = _scale_zp(ranges[src], plan.signed)
         if tensor in shifts:
             scale = shifts[tensor].scale
-        base = _safe(tensor)
+        base = safe_name(tensor)
         new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
                       helper.make_tensor(f"{base}_zp", act_dtype, [], [zp])]
         new_nodes += [
@@ -277,7 +275,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
         shape = [-1 if a == axis else 1 for a in range(q.ndim)]  # per-channel vectors -> weight
         if name in readers:
             shift_weights[name] = q.astype(np.float32) * scale.reshape(shape)
-        base = _safe(name)
+        base = safe_name(name)
         new_inits += [numpy_helper.from_array(q, f"{base}_w_int8"),
                       numpy_helper.from_array(scale, f"{base}_w_scale"),
                       numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_w_zp")]
@@ -314,7 +312,7 @@ def build_qdq(fp32: onnx.ModelProto, plan: Plan, ranges: dict, bias_delta: dict 
     g.node.extend(new_nodes)
     drop_redundant_min(model)
     restore_float_pairs(model)
-    _toposort(g)
+    toposort(g)
     _drop_unused_initializers(g)
     return model
 
@@ -334,12 +332,12 @@ def _bias_array(graph: Graph, node, new_inits: list) -> np.ndarray:
     return numpy_helper.to_array(graph.inits[name]).astype(np.float32)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return name.strip("/").replace("/", "_").replace(":", "_") or "t"
 
 
 def _set_bias(graph: Graph, node, delta: np.ndarray, new_inits: list, channels: int) -> None:
-    base = _safe(node.name)
+    base = safe_name(node.name)
     if len(node.input) > 2 and node.input[2]:
         bias = numpy_helper.to_array(graph.inits[node.input[2]]).astype(np.float32)
     else:
@@ -351,7 +349,7 @@ def _set_bias(graph: Graph, node, delta: np.ndarray, new_inits: list, channels: 
 
 
 def _to_fp16(graph: Graph, node, new_nodes: list, new_inits: list) -> None:
-    base = _safe(node.name)
+    base = safe_name(node.name)
     for slot in (1, 2):
         if len(node.input) > slot and node.input[slot] in graph.inits:
             arr = numpy_helper.to_array(graph.inits[node.input[slot]]).astype(np.float16)
@@ -366,7 +364,7 @@ def _to_fp16(graph: Graph, node, new_nodes: list, new_inits: list) -> None:
                                       name=f"{base}_CastOut"))
 
 
-def _toposort(g: onnx.GraphProto) -> None:
+def toposort(g: onnx.GraphProto) -> None:
     available = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     pending, ordered = list(g.node), []
     while pending:
@@ -392,64 +390,7 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
     g.initializer.extend(keep)
 
 
-def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarray,
-                    kept_dtype: str | None = None, weights: dict | None = None, shift: bool = True) -> dict:
-    """Per-channel bias deltas that zero each int8 Conv/Gemm's *own* mean output error.
-
-    One pass over ``data``: every int8 layer gets a shadow copy that reads the Q/DQ'd FP32 input
-    through the int8 weight; the difference of the per-channel means of the FP32 output and the
-    shadow output is the layer's own systematic error, added to its bias. (Layer-local, so the
-    corrections do not double-count errors inherited from earlier layers.) With ``shift``, a layer
-    whose input some placement zero-centres (:func:`.shift.find_shifts`, scope ``any``) gets a
-    second shadow reading the zero-centred quantizer, and a second delta under
-    ``shift.centred_key(layer)``: the two quantizers round differently, so their mean errors differ.
-    """
-    qdq = build_qdq(fp32, plan, ranges, None, kept_dtype, weights, shift=False)
-    qgraph = Graph(qdq)
-    model = onnx.ModelProto()
-    model.CopyFrom(fp32)
-    g = model.graph
-    have = {t.name for t in g.initializer}
-    g.initializer.extend(t for t in qdq.graph.initializer if t.name not in have)
-    g.node.extend(n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
-    centred = find_shifts(Graph(fp32), plan, ranges, "any") if shift else {}
-    centred_inputs = add_centred_copies(model, centred)
-    readers = {item.consumer.name: centred_inputs[t] for t, item in centred.items()}
-    pairs = {}
-    for name in plan.quantized:
-        qnode = qgraph.nodes[name]
-        for key, source in [(name, None)] + ([(centred_key(name), readers[name])] if name in readers else []):
-            shadow = onnx.NodeProto()
-            shadow.CopyFrom(qnode)
-            shadow.name = f"{_safe(key)}_shadow"
-            if source is not None:
-                shadow.input[0] = source
-            del shadow.output[:]
-            shadow.output.append(f"{_safe(key)}_shadow_out")
-            g.node.append(shadow)
-            pairs[key] = (qnode.output[0], shadow.output[0])
-    _toposort(g)
-    names = sorted({t for pair in pairs.values() for t in pair})
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    sess = make_session(_with_outputs(model, names), basic=True)
-    out_names = [o.name for o in sess.get_outputs()]
-    inp = sess.get_inputs()[0].name
-    step = fixed_batch(fp32) or 8
-    for i in range(0, len(data), step):  # streaming: per-channel sums, one batch in memory
-        x = np.ascontiguousarray(data[i:i + step], dtype=np.float32)
-        for name, val in zip(out_names, sess.run(None, {inp: x})):
-            if name in names:
-                axes = tuple(a for a in range(val.ndim) if a != 1)
-                per_channel = val.astype(np.float64).sum(axis=axes)
-                spatial = int(np.prod([val.shape[a] for a in axes[1:]])) if val.ndim > 2 else 1
-                sums[name] = sums.get(name, 0.0) + per_channel / spatial
-        count += len(x)
-    return {key: ((sums[ref] - sums[sh]) / count).astype(np.float32)
-            for key, (ref, sh) in pairs.items()}
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the tensors ``names``."""
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import PrecisionError
 from . import int8 as q8
+from .bias import bias_correction as correct_biases
 from .placement import plan as make_plan
 
 RETRY_LEVERS = {"weight_rounding": "exact", "range_tuning": False}
@@ -47,7 +48,7 @@ def apply_levers(model, target: str, excluded: set, ranges: dict, data, cached: 
         stored = cached.setdefault("bias", {}).get(bias_key)
         if stored is None:
             log("calibration: bias correction")
-            bias = q8.bias_correction(model, make_plan(model, target), ranges, data.array,
+            bias = correct_biases(model, make_plan(model, target), ranges, data.array,
                                       weights=weights)
             cached["bias"][bias_key] = {k: v.tolist() for k, v in bias.items()}
         else:

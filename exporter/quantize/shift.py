@@ -121,12 +121,12 @@ def add_centred_copies(model: onnx.ModelProto, shifts: dict[str, Shift]) -> dict
     zero-centred quantizer in the unshifted domain: ``Sub(c) -> Q(c/127) -> DQ -> Add(c)``, which
     is what the shifted model's reader sees, without rewriting the producer and the reader.
     Returns {tensor: name of the copy's output}."""
-    from .int8 import _safe
+    from .int8 import safe_name
 
     out = {}
     quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
     for tensor, item in shifts.items():
-        base = _safe(tensor)
+        base = safe_name(tensor)
         source = quantizers[f"{base}_q"].input[0]  # the tensor, or the Relu before a dropped Min
         c = np.float32(item.offset)
         model.graph.initializer.extend([
@@ -184,10 +184,10 @@ def apply_shift(model: onnx.ModelProto, graph: GraphIndex, shift: Shift,
                 consumer_weight: np.ndarray, new_inits: list) -> None:
     """Rewrite ``model`` (already holding the Q/DQ nodes) for one shift; ``consumer_weight`` is
     the dequantized int8 weight the consumer runs with."""
-    from .int8 import _safe
+    from .int8 import safe_name
 
     c = np.float32(shift.offset)
-    base = f"{_safe(shift.tensor)}_shift"
+    base = f"{safe_name(shift.tensor)}_shift"
     prod = shift.producer
     bias = _bias(graph, prod, shift.channels, new_inits)
     _add_init(graph, new_inits, (bias - c).astype(np.float32), f"{base}_producer_bias")

@@ -91,7 +91,7 @@ def tune_ranges(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.ndarra
     qmodel = q8.build_qdq(fp32, plan, ranges, bias, weights=weights, shift=False,  # torch_exec: no Pad
                           fp32_layers=fp32_layers)
     sources = {t: plan.range_of.get(t, t) for t in plan.edges}
-    tunable = {f"{q8._safe(t)}_QuantizeLinear": src for t, src in sources.items()}
+    tunable = {f"{q8.safe_name(t)}_QuantizeLinear": src for t, src in sources.items()}
     graph = _Graph(qmodel, tunable)
     keys = sorted({src for src in sources.values()})
     log_scale = {k: torch.zeros((), requires_grad=True) for k in keys}
