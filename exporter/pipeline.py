@@ -11,12 +11,12 @@ from typing import Any, Callable
 from torch import nn
 
 from . import __version__
-from .artifacts import (MANIFEST, artifact_entry, read_manifest_if_any, sha256_file, staging,
-                        tool_versions, write_json_atomic)
+from .artifacts import MANIFEST, artifact_entry, read_manifest_if_any, sha256_file, tool_versions, write_json_atomic
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, PrecisionError, UsageError
 from .metadata import build_metadata, for_artifact, write_onnx_metadata
 from .manifest_model import model_code_sha256, replaced_export
+from .output_dir import staging
 from .export import DEFAULT_EXPORTER, DEFAULT_OPSET, DEFAULT_SIMPLIFIER, export_onnx, simplify_onnx
 from .recipes import InputSpec, Recipe
 
@@ -251,8 +251,8 @@ def check_request(request: ExportRequest):
 
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
-    from .artifacts import (check_free_space, check_output_location, claim_output_dir,
-                            refuse_foreign_files)
+    from .output_dir import (check_free_space, check_output_location, claim_output_dir,
+                             refuse_foreign_files)
     from .graph_input import check_dynamic_size, wrap
     from .validate import check_output_outside_data
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.artifacts import STAGING_PREFIX
+from exporter.output_dir import STAGING_PREFIX
 from exporter.backends import registry
 from exporter.errors import EXIT_INPUT, PlanError
 from exporter.matrix import parse_plan
