@@ -32,7 +32,7 @@ from .samples import (Scratch, copies_note, drop_calibration_copies, exhausted, 
                       require_disjoint, require_held)
 from .rules import exclusion_reasons, refuse_nothing_left
 from .shift import find_shifts
-from .thresholds import PERCENTILE, compute_ranges
+from .thresholds import METHODS, PERCENTILE, compute_ranges
 
 DEFAULT_METHOD = "mse"  # best measured on both targets (benchmarks/INT8_RESULTS.md)
 DEFAULT_SAMPLES = 256
@@ -70,8 +70,8 @@ def quantize_stage(fp32_onnx: Path, out_dir: Path, recipe, spec: InputSpec, prec
     if target not in TARGETS:
         raise UsageError(f"unknown --target '{target}'", fix=f"use one of {TARGETS}")
     constant_weights_to_initializers(model)
-    if method not in cal.METHODS:
-        raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {cal.METHODS}")
+    if method not in METHODS:
+        raise UsageError(f"unknown --calibration-method '{method}'", fix=f"use one of {METHODS}")
     # weight_rounding None = round-to-nearest (benchmarks/INT8_GPTQ.md: GPTQ lowers the tensorrt KL,
     # but not top-1 on held-out crops), kept apart from an explicit "nearest" for the lever retry
     if weight_rounding is not None and weight_rounding not in WEIGHT_ROUNDING:

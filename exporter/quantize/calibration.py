@@ -12,12 +12,13 @@ methods: ``minmax`` (max |x|), ``percentile`` (99.99th percentile of |x|), ``ent
 KL-divergence threshold search on the |x| histogram), and ``mse`` (the amax minimising the expected
 squared int8 error, clipping plus rounding).
 
-The methods' threshold math is :mod:`.thresholds`. A range is ``(low, high, amax)``: ``amax`` for a symmetric int8 quantizer (127 steps on each side
-of zero), ``low``/``high`` for one that spends all its levels on ``[low, high]``: ONNX Runtime's
-uint8 (``cpu``) and the zero-centred int8 of a ReLU output (``tensorrt``, :mod:`.shift`), both
-about 255 levels. With ``mse``, a tensor that is never negative gets its own ``high``, the one that
-minimises the error of that quantizer: about twice as many steps over the same values clip less
-(benchmarks/INT8_UNSIGNED_RANGE.md); before 2026-12-05 both used the symmetric ``amax``.
+The methods' threshold math is :mod:`.thresholds`. A range is ``(low, high, amax)``: ``amax`` for
+a symmetric int8 quantizer (127 steps on each side of zero), ``low``/``high`` for one that spends
+all its levels on ``[low, high]``: ONNX Runtime's uint8 (``cpu``) and the zero-centred int8 of a
+ReLU output (``tensorrt``, :mod:`.shift`), both about 255 levels. With ``mse``, a tensor that is
+never negative gets its own ``high``, the one that minimises the error of that quantizer: about
+twice as many steps over the same values clip less (benchmarks/INT8_UNSIGNED_RANGE.md); before
+2026-12-05 both used the symmetric ``amax``.
 """
 from __future__ import annotations
 
@@ -32,14 +33,12 @@ import numpy as np
 import onnx
 
 from ..data import build_transform
-from ..defaults import CALIBRATION_METHODS
 from ..errors import CalibrationError
 from ..recipes import InputSpec
 from ..validate import packaged_seed
 from .samples import SampleSet, Scratch, from_folder, from_npy, from_packaged
 from .thresholds import BINS, sparse_hist
 
-METHODS = CALIBRATION_METHODS
 MIN_SAMPLES = 16  # fewer usable samples than min(requested, MIN_SAMPLES) is an error
 CACHE_VERSION = 5  # 4: mse ranges of non-negative tensors have their own high; 5: cpu's conv outputs read by float ops
 # elements per tensor and batch that enter a histogram (min/max always see every element); the
@@ -246,7 +245,7 @@ def write_cache(path: Path, components: dict[str, str], stats: dict) -> None:
 
 # ---------------------------------------------------------------- statistics
 def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
-    from .int8 import with_outputs, make_session
+    from .int8 import make_session, with_outputs
 
     return make_session(with_outputs(model, names), basic=True)
 

@@ -112,7 +112,7 @@ CENTRED = "|zero-centred"  # bias_correction's key suffix: the delta for a zero-
 
 
 def centred_key(layer: str) -> str:
-    """Where :func:`~.int8.bias_correction` puts ``layer``'s delta for a zero-centred input."""
+    """Where :func:`~.bias.bias_correction` puts ``layer``'s delta for a zero-centred input."""
     return layer + CENTRED
 
 
