@@ -27,6 +27,16 @@ STAGING_MARKER = ".zoo-exporter-staging.json"
 
 
 # ----------------------------------------------------------------------- output location
+def without_parent_steps(directory: Path) -> Path:
+    """``directory`` with its ``..`` steps resolved (``a/../b`` -> ``b``), so that making it does not
+    first make ``a``; symlinks before a ``..`` are followed, as the kernel would. Unchanged when it
+    has no ``..``."""
+    if ".." not in Path(directory).parts:
+        return Path(directory)
+    real = os.path.realpath(directory)
+    return Path(real if Path(directory).is_absolute() else os.path.relpath(real))
+
+
 def check_output_location(directory: Path) -> None:
     """Refuse an ``--output`` that cannot hold an export, before any work is done."""
     directory = Path(directory)

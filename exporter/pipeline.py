@@ -252,7 +252,7 @@ def check_request(request: ExportRequest):
 def export(request: ExportRequest) -> ExportResult:
     """Run the whole export pipeline; nothing is written unless every stage succeeds."""
     from .output_dir import (check_free_space, check_output_location, claim_output_dir,
-                             refuse_foreign_files)
+                             refuse_foreign_files, without_parent_steps)
     from .graph_input import check_dynamic_size, wrap
     from .validate import check_output_outside_data
 
@@ -261,7 +261,7 @@ def export(request: ExportRequest) -> ExportResult:
     from .recipes import override_tolerances
 
     formats, options, named = check_request(request)
-    directory = Path(request.output or Path("artifacts") / named.name)
+    directory = without_parent_steps(Path(request.output or Path("artifacts") / named.name))
     check_output_location(directory)
     check_output_outside_data(directory, request.quant or {})
     claim_output_dir(directory, named.name)

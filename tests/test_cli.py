@@ -453,6 +453,14 @@ def test_an_output_on_a_kernel_filesystem_is_refused_as_such(tmp_path):
     assert "error: --output /proc/zoo-x: /proc is a kernel filesystem that stores no files" in proc.stderr
 
 
+def test_an_output_through_a_missing_folder_and_back_makes_only_the_output(tmp_path):
+    """-o a/../b exported into b but left an empty a/ behind, a folder nobody asked for."""
+    proc = run_cli("export", "lenet5", "--format", "onnx", "-o", "a/../b", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"][0]["file"] == "lenet5.onnx"
+
+
 def test_a_signal_after_the_command_finished_keeps_its_exit_code(tmp_path):
     """A Ctrl-C in the interpreter's teardown after a finished export (about 2 s with torch)
     ended in a silent exit 130; the command's result stands."""
