@@ -93,18 +93,19 @@ def _training_problems(model: onnx.ModelProto, training_ops: Sequence[str]) -> l
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
 
-def unfolded_pairs(graph: onnx.GraphProto) -> list[tuple[str, str]]:
+def unfolded_pairs(model: onnx.ModelProto) -> list[tuple[str, str]]:
     """(producer, BN) node names where a BatchNormalization directly consumes the output of a
     Conv/ConvTranspose/Gemm that nothing else reads: a fold the export should have made."""
-    producer = {out: node for node in graph.node for out in node.output}
-    readers = Counter(name for node in graph.node for name in node.input)
-    readers.update(o.name for o in graph.output)
+    from .onnx_graph import GraphIndex
+
+    index = GraphIndex(model)
     pairs = []
-    for node in graph.node:
+    for node in model.graph.node:
         if node.op_type != "BatchNormalization" or not node.input:
             continue
-        src = producer.get(node.input[0])
-        if src is not None and src.op_type in FOLDABLE_PRODUCERS and readers[node.input[0]] == 1:
+        src, tensor = index.producer.get(node.input[0]), node.input[0]
+        readers = len(index.consumers.get(tensor, [])) + (tensor in index.outputs)
+        if src is not None and src.op_type in FOLDABLE_PRODUCERS and readers == 1:
             pairs.append((src.name or src.op_type, node.name or node.op_type))
     return pairs
 
@@ -141,7 +142,7 @@ def check_deploy_form(onnx_path_or_model: str | Path | onnx.ModelProto, expected
     result = DeployCheck(bn_nodes=op_counts.get("BatchNormalization", 0),
                          expected_bn=expected_unfolded_bn, inputs=inputs, outputs=outputs,
                          op_counts=dict(op_counts), path=path)
-    pairs = unfolded_pairs(graph)
+    pairs = unfolded_pairs(model)
     if pairs:
         shown = ", ".join(f"{a} -> {b}" for a, b in pairs[:4]) + (", ..." if len(pairs) > 4 else "")
         result.problems.append(f"{len(pairs)} unfolded Conv/Gemm -> BatchNormalization pair(s): "

@@ -1,4 +1,5 @@
-"""One index of an ONNX graph (producers, consumers, constants), shared by the quantizer and the lint."""
+"""One index of an ONNX graph (producers, consumers, constants), shared by the quantizer, the lint
+and the deploy check."""
 from __future__ import annotations
 
 from functools import cached_property
