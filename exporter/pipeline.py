@@ -11,7 +11,8 @@ from typing import Any, Callable
 from torch import nn
 
 from . import __version__
-from .artifacts import MANIFEST, artifact_entry, read_manifest_if_any, sha256_file, tool_versions, write_json_atomic
+from .artifacts import (MANIFEST, artifact_entry, read_manifest_if_any, sha256_file, tool_versions,
+                        write_json_atomic)
 from .builders import build_model, check_input_size, resolve_model
 from .errors import ParityError, PrecisionError, UsageError
 from .metadata import build_metadata, for_artifact, write_onnx_metadata

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .int8 import build_qdq, fixed_batch, make_session, safe_name, toposort, with_outputs
+from .int8 import build_qdq, fixed_batch, safe_name, session_with_outputs, toposort
 from .placement import Graph, Plan
 from .shift import add_centred_copies, centred_key, find_shifts
 
@@ -49,7 +49,7 @@ def bias_correction(fp32: onnx.ModelProto, plan: Plan, ranges: dict, data: np.nd
     names = sorted({t for pair in pairs.values() for t in pair})
     sums: dict[str, np.ndarray] = {}
     count = 0
-    sess = make_session(with_outputs(model, names), basic=True)
+    sess = session_with_outputs(model, names)
     out_names = [o.name for o in sess.get_outputs()]
     inp = sess.get_inputs()[0].name
     step = fixed_batch(fp32) or 8

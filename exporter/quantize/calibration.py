@@ -244,12 +244,6 @@ def write_cache(path: Path, components: dict[str, str], stats: dict) -> None:
 
 
 # ---------------------------------------------------------------- statistics
-def _session_with_outputs(model: onnx.ModelProto, names: list[str]):
-    from .int8 import make_session, with_outputs
-
-    return make_session(with_outputs(model, names), basic=True)
-
-
 def activation_tensors(model: onnx.ModelProto) -> list[str]:
     """Float activations either placement can quantize: the inputs of Conv/Gemm, Add, Concat, Mul,
     pooling and shape-only ops, and what those ops (but shape-only ones) write through a ReLU
@@ -274,10 +268,10 @@ def tensor_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
                   batch: int = 8) -> dict[str, float]:
     """Largest |value| of each named floating-point tensor over ``data``, streamed by batch (a
     fixed-batch model in its own batch size); integer and empty tensors are left out."""
-    from .int8 import fixed_batch
+    from .int8 import fixed_batch, session_with_outputs
 
     batch = fixed_batch(model) or batch
-    sess = _session_with_outputs(model, tensors)
+    sess = session_with_outputs(model, tensors)
     input_name = sess.get_inputs()[0].name
     top: dict[str, float] = {}
     for i in range(0, len(data), batch):
@@ -293,10 +287,10 @@ def collect_statistics(model: onnx.ModelProto, data: np.ndarray, batch: int = 8,
     """Two streaming passes over ``data`` (an array or memmap): min/max, then |x| histograms of
     every activation tensor. Memory holds one batch of activations, whatever ``len(data)``."""
     names = activation_tensors(model)
-    from .int8 import fixed_batch
+    from .int8 import fixed_batch, session_with_outputs
 
     batch = fixed_batch(model) or batch
-    sess = _session_with_outputs(model, names)
+    sess = session_with_outputs(model, names)
     out_names = [o.name for o in sess.get_outputs()]
     input_name = sess.get_inputs()[0].name
     say = log or (lambda _msg: None)

@@ -191,9 +191,9 @@ def _input_factor(dense: bool, s: np.ndarray) -> np.ndarray:
 def channel_maxima(model: onnx.ModelProto, tensors: list[str], data: np.ndarray,
                    batch: int = 8) -> dict[str, np.ndarray]:
     """Per-channel largest magnitude of each NCHW tensor over ``data``, streamed by batch."""
-    from .int8 import with_outputs, fixed_batch, make_session
+    from .int8 import fixed_batch, session_with_outputs
 
-    sess = make_session(with_outputs(model, tensors), basic=True)
+    sess = session_with_outputs(model, tensors)
     name = sess.get_inputs()[0].name
     batch = fixed_batch(model) or batch
     out: dict[str, np.ndarray] = {}

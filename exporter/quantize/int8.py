@@ -399,3 +399,8 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         if name not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(name))
     return m
+
+
+def session_with_outputs(model: onnx.ModelProto, names: list[str]):
+    """A basic-optimization session of ``model`` that also outputs the tensors ``names``."""
+    return make_session(with_outputs(model, names), basic=True)
